@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# `make run`: Kafka (unless KAFKA_BOOTSTRAP_SERVERS is given), topics, migrations, all four
+# services on the embedded SQLite default. Ctrl-C stops everything this script started.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BIN=.venv/bin
+started_kafka=0
+
+cleanup() {
+  trap - EXIT INT TERM
+  if [[ $started_kafka == 1 ]]; then
+    echo "stopping Kafka"
+    deploy/local/kafka.sh stop || true
+  fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+if [[ -z "${KAFKA_BOOTSTRAP_SERVERS:-}" ]]; then
+  if ! deploy/local/kafka.sh status >/dev/null 2>&1; then
+    deploy/local/kafka.sh start
+    started_kafka=1
+  fi
+  export KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:${KAFKA_PORT:-9092}
+fi
+
+"$BIN/portline" topics create
+"$BIN/portline" migrate
+"$BIN/portline" run all

@@ -1,0 +1,1 @@
+"""Contracts and plumbing shared by the PORTline services (no business rules live here)."""

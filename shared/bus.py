@@ -1,0 +1,175 @@
+"""Kafka plumbing: the idempotent producer, the consumer loop, and an in-memory fake.
+
+The consumer commits a partition's offset only after the inbox processor has committed the
+handler's database transaction, so a crash anywhere redelivers instead of losing a message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import defaultdict
+from collections.abc import Sequence
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+
+from shared.inbox import InboxProcessor, IncomingMessage, is_transient
+from shared.outbox import OutgoingMessage
+from shared.topics import ALL_TOPICS, TopicSpec
+
+__all__ = [
+    "ConsumerLoop",
+    "InMemoryPublisher",
+    "KafkaPublisher",
+    "create_topics",
+    "make_consumer",
+]
+
+log = logging.getLogger(__name__)
+
+
+class KafkaPublisher:
+    """An idempotent, acks=all producer; publish() returns once every message is acked."""
+
+    def __init__(self, bootstrap_servers: str, *, client_id: str) -> None:
+        self._producer = AIOKafkaProducer(
+            bootstrap_servers=bootstrap_servers,
+            client_id=client_id,
+            acks="all",
+            enable_idempotence=True,
+            linger_ms=5,
+            request_timeout_ms=15000,
+        )
+        self._started = False
+
+    async def start(self) -> None:
+        await self._producer.start()
+        self._started = True
+
+    async def stop(self) -> None:
+        if self._started:
+            await self._producer.stop()
+            self._started = False
+
+    @property
+    def started(self) -> bool:
+        return self._started
+
+    async def publish(self, messages: Sequence[OutgoingMessage]) -> None:
+        # Enqueue in order first (keeps per-partition order), then wait for every ack.
+        futures = [
+            await self._producer.send(m.topic, value=m.value, key=m.key, headers=list(m.headers))
+            for m in messages
+        ]
+        await asyncio.gather(*futures)
+
+
+class InMemoryPublisher:
+    """A fake publisher for unit tests: records what would have been sent."""
+
+    def __init__(self) -> None:
+        self.sent: list[OutgoingMessage] = []
+        self.by_topic: dict[str, list[OutgoingMessage]] = defaultdict(list)
+
+    async def publish(self, messages: Sequence[OutgoingMessage]) -> None:
+        for m in messages:
+            self.sent.append(m)
+            self.by_topic[m.topic].append(m)
+
+
+def make_consumer(
+    bootstrap_servers: str, *, group_id: str, topics: Sequence[str]
+) -> AIOKafkaConsumer:
+    return AIOKafkaConsumer(
+        *topics,
+        bootstrap_servers=bootstrap_servers,
+        group_id=group_id,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        isolation_level="read_committed",
+        max_poll_interval_ms=300000,
+    )
+
+
+class ConsumerLoop:
+    """Feeds records to an inbox processor and commits offsets after each applied batch."""
+
+    def __init__(
+        self,
+        consumer: AIOKafkaConsumer,
+        processor: InboxProcessor,  # type: ignore[type-arg]
+        *,
+        retry_backoff: float = 1.0,
+    ) -> None:
+        self._consumer = consumer
+        self._processor = processor
+        self._retry_backoff = retry_backoff
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            batches = await self._consumer.getmany(timeout_ms=500, max_records=200)
+            for tp, records in batches.items():
+                await self._drain(tp, records, stop)
+
+    async def _drain(
+        self, tp: TopicPartition, records: Sequence[object], stop: asyncio.Event
+    ) -> None:
+        done = None
+        for record in records:
+            msg = IncomingMessage(
+                topic=record.topic,  # type: ignore[attr-defined]
+                partition=record.partition,  # type: ignore[attr-defined]
+                offset=record.offset,  # type: ignore[attr-defined]
+                key=record.key,  # type: ignore[attr-defined]
+                value=record.value,  # type: ignore[attr-defined]
+            )
+            try:
+                await self._processor.process(msg)
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
+                log.warning(
+                    "transient failure; will redeliver",
+                    extra={"topic": msg.topic, "partition": msg.partition, "offset": msg.offset},
+                )
+                if done is not None:
+                    await self._consumer.commit({tp: done + 1})
+                self._consumer.seek(tp, msg.offset)
+                await asyncio.sleep(self._retry_backoff)
+                return
+            done = msg.offset
+            if stop.is_set():
+                break
+        if done is not None:
+            await self._consumer.commit({tp: done + 1})
+
+
+async def create_topics(
+    bootstrap_servers: str, specs: Sequence[TopicSpec] = ALL_TOPICS, *, replication: int = 1
+) -> list[str]:
+    """Create the topics that do not exist yet; returns the names created."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, client_id="portline-admin")
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        wanted = [s for s in specs if s.name not in existing]
+        if not wanted:
+            return []
+        with contextlib.suppress(TopicAlreadyExistsError):
+            await admin.create_topics(
+                [
+                    NewTopic(
+                        name=s.name,
+                        num_partitions=s.partitions,
+                        replication_factor=replication,
+                        topic_configs={"retention.ms": str(s.retention_ms)},
+                    )
+                    for s in wanted
+                ]
+            )
+        return [s.name for s in wanted]
+    finally:
+        await admin.close()

@@ -1,0 +1,62 @@
+"""Versioned event models for every PORTline topic; importing this registers them all."""
+
+from shared.events.common import BlindKeys, Consent, DecisionReason, SealedToken
+from shared.events.intake import InboundRejected, Location, OverdoseReported
+from shared.events.outreach import (
+    AttemptLogged,
+    ContactMade,
+    DoNotContactRequested,
+    OutreachConcluded,
+    OutreachDeclined,
+    ReferralMade,
+    ReferralStatusChanged,
+    ServiceItem,
+    ServicesProvided,
+    TaskAssigned,
+    VisitCompleted,
+    VisitScheduled,
+)
+from shared.events.scheduler import (
+    CaseClosed,
+    CaseOpened,
+    EpisodeOpened,
+    ReportLinked,
+    TaskCancelled,
+    TaskCompleted,
+    TaskDue,
+    TaskExpired,
+    TaskOverdue,
+    TaskScheduled,
+)
+
+__all__ = [
+    "AttemptLogged",
+    "BlindKeys",
+    "CaseClosed",
+    "CaseOpened",
+    "Consent",
+    "ContactMade",
+    "DecisionReason",
+    "DoNotContactRequested",
+    "EpisodeOpened",
+    "InboundRejected",
+    "Location",
+    "OutreachConcluded",
+    "OutreachDeclined",
+    "OverdoseReported",
+    "ReferralMade",
+    "ReferralStatusChanged",
+    "ReportLinked",
+    "SealedToken",
+    "ServiceItem",
+    "ServicesProvided",
+    "TaskAssigned",
+    "TaskCancelled",
+    "TaskCompleted",
+    "TaskDue",
+    "TaskExpired",
+    "TaskOverdue",
+    "TaskScheduled",
+    "VisitCompleted",
+    "VisitScheduled",
+]

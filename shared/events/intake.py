@@ -1,0 +1,69 @@
+"""Events intake publishes: reported overdoses (with revisions) and rejected inbound messages."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Literal
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+
+from shared.envelope import Event
+from shared.events.common import BlindKeys, Consent, DecisionReason, SealedToken
+from shared.topics import INTAKE_OVERDOSES, INTAKE_REJECTED
+
+__all__ = ["InboundRejected", "Location", "OverdoseReported"]
+
+
+class Location(BaseModel):
+    """Where the overdose happened: coarse fields in the clear, the street address sealed."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    county: str | None = None
+    state: str | None = None
+    address: SealedToken | None = None
+
+
+class OverdoseReported(Event):
+    """An EMS run or ED visit that meets an overdose definition (or a revision of one)."""
+
+    event_type = "OverdoseReported"
+    topic = INTAKE_OVERDOSES.name
+
+    report_id: uuid.UUID
+    revision: int = Field(
+        default=1, ge=1, description="Later messages about the same visit revise."
+    )
+    program_id: str
+    source_kind: Literal["ems", "ed"]
+    source_org: str
+    source_ref: str = Field(description="The partner's own id: PCR number or MSH-10.")
+    incident_at: AwareDatetime
+    received_at: AwareDatetime
+    identity: SealedToken | None = Field(
+        default=None, description="Sealed JSON: names, date of birth, phone, address, MRN."
+    )
+    blind_keys: BlindKeys = BlindKeys()
+    deidentified: bool = Field(description="No name and no phone: counted, never assigned.")
+    location: Location = Location()
+    opioid: bool
+    any_drug: bool
+    reasons: list[DecisionReason]
+    naloxone_given: bool = False
+    disposition: str | None = None
+    consent: Consent = Consent.UNKNOWN
+    leave_behind: list[str] = Field(default_factory=list)
+
+
+class InboundRejected(Event):
+    """A partner message intake could not accept; the raw message is stored sealed for replay."""
+
+    event_type = "InboundRejected"
+    topic = INTAKE_REJECTED.name
+
+    inbound_id: uuid.UUID
+    source_kind: Literal["ems", "ed"]
+    source_org: str
+    reason_code: str
+    reason: str
+    received_at: AwareDatetime

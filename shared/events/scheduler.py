@@ -1,0 +1,117 @@
+"""Events the scheduler publishes on port.scheduler.cases.v1, keyed by case."""
+
+from __future__ import annotations
+
+import uuid
+from enum import StrEnum
+from typing import Literal
+
+from pydantic import AwareDatetime, Field
+
+from shared.envelope import Event
+from shared.topics import SCHEDULER_CASES
+
+__all__ = [
+    "CaseClosed",
+    "CaseOpened",
+    "EpisodeOpened",
+    "ReportLinked",
+    "TaskCancelled",
+    "TaskCompleted",
+    "TaskDue",
+    "TaskExpired",
+    "TaskKind",
+    "TaskOverdue",
+    "TaskScheduled",
+]
+
+
+class TaskKind(StrEnum):
+    REMOTE_CONTACT = "remote_contact"
+    IN_PERSON_VISIT = "in_person_visit"
+    FOLLOW_UP = "follow_up"
+
+
+class _CaseEvent(Event):
+    topic = SCHEDULER_CASES.name
+
+    case_id: uuid.UUID
+    program_id: str
+
+
+class CaseOpened(_CaseEvent):
+    event_type = "CaseOpened"
+
+    person_id: uuid.UUID
+    opened_at: AwareDatetime
+
+
+class EpisodeOpened(_CaseEvent):
+    event_type = "EpisodeOpened"
+
+    episode_id: uuid.UUID
+    person_id: uuid.UUID
+    incident_at: AwareDatetime
+    repeat: bool = Field(description="A repeat overdose while the case was open.")
+
+
+class ReportLinked(_CaseEvent):
+    event_type = "ReportLinked"
+
+    report_id: uuid.UUID
+    episode_id: uuid.UUID
+    match: Literal["exact", "possible", "new_person"]
+
+
+class TaskScheduled(_CaseEvent):
+    event_type = "TaskScheduled"
+
+    task_id: uuid.UUID
+    episode_id: uuid.UUID
+    kind: TaskKind
+    priority: int
+    window_opens_at: AwareDatetime
+    due_at: AwareDatetime
+    expires_at: AwareDatetime
+    policy_version: str
+
+
+class _TaskTimerEvent(_CaseEvent):
+    task_id: uuid.UUID
+    fired_at: AwareDatetime
+    late: bool = Field(default=False, description="Fired after downtime, past its due time.")
+
+
+class TaskDue(_TaskTimerEvent):
+    event_type = "TaskDue"
+
+
+class TaskOverdue(_TaskTimerEvent):
+    event_type = "TaskOverdue"
+
+
+class TaskExpired(_TaskTimerEvent):
+    event_type = "TaskExpired"
+
+
+class TaskCompleted(_CaseEvent):
+    event_type = "TaskCompleted"
+
+    task_id: uuid.UUID
+    outcome: str
+    completed_at: AwareDatetime
+
+
+class TaskCancelled(_CaseEvent):
+    event_type = "TaskCancelled"
+
+    task_id: uuid.UUID
+    reason: str
+    cancelled_at: AwareDatetime
+
+
+class CaseClosed(_CaseEvent):
+    event_type = "CaseClosed"
+
+    reason: str
+    closed_at: AwareDatetime

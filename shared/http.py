@@ -1,0 +1,161 @@
+"""The HTTP edge every service shares: errors with stable codes, health, readiness, metrics.
+
+Every error response has the same shape, so clients handle them in one place:
+
+    {"error": {"code": "validation_error", "message": "...", "details": [...]}}
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+from fastapi import FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
+
+from shared.metrics import HTTP_REQUESTS, HTTP_SECONDS
+
+__all__ = [
+    "ApiError",
+    "ErrorBody",
+    "ErrorResponse",
+    "install_common_routes",
+    "install_error_handlers",
+]
+
+
+class ApiError(Exception):
+    """An error a route raises on purpose: an HTTP status, a stable code, a human sentence."""
+
+    def __init__(
+        self, status: int, code: str, message: str, *, details: list[Any] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.details = details or []
+
+
+class ErrorBody(BaseModel):
+    code: str
+    message: str
+    details: list[Any] = []
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody
+
+
+_STATUS_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    406: "not_acceptable",
+    409: "conflict",
+    412: "precondition_failed",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    428: "precondition_required",
+    429: "too_many_requests",
+}
+
+
+def _error(status: int, code: str, message: str, details: list[Any] | None = None) -> JSONResponse:
+    body = ErrorResponse(error=ErrorBody(code=code, message=message, details=details or []))
+    return JSONResponse(body.model_dump(mode="json"), status_code=status)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    async def api_error(_request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, ApiError)
+        return _error(exc.status, exc.code, exc.message, exc.details)
+
+    async def validation_error(_request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, RequestValidationError)
+        # Report where and why, never the submitted values (they may be PHI).
+        details = [
+            {"loc": list(e.get("loc", ())), "type": e.get("type"), "msg": e.get("msg")}
+            for e in exc.errors()
+        ]
+        return _error(422, "validation_error", "The request does not match the schema.", details)
+
+    async def http_error(_request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, StarletteHTTPException)
+        code = _STATUS_CODES.get(exc.status_code, f"http_{exc.status_code}")
+        message = exc.detail if isinstance(exc.detail, str) else code.replace("_", " ")
+        response = _error(exc.status_code, code, message)
+        if exc.headers:
+            response.headers.update(exc.headers)
+        return response
+
+    async def unexpected(_request: Request, _exc: Exception) -> Response:
+        return _error(500, "internal_error", "An unexpected error occurred; it has been logged.")
+
+    app.add_exception_handler(ApiError, api_error)
+    app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(Exception, unexpected)
+
+
+ReadinessCheck = Callable[[], Awaitable[dict[str, str]]]
+
+
+class Health(BaseModel):
+    status: str
+    service: str
+
+
+class Readiness(BaseModel):
+    status: str
+    service: str
+    checks: dict[str, str]
+
+
+def install_common_routes(app: FastAPI, *, service: str, readiness: ReadinessCheck) -> None:
+    """/healthz, /readyz and /metrics, plus request metrics for every route."""
+
+    @app.get("/healthz", tags=["operations"], summary="Liveness: the process is serving")
+    async def healthz() -> Health:
+        return Health(status="ok", service=service)
+
+    @app.get(
+        "/readyz",
+        tags=["operations"],
+        summary="Readiness: the database and Kafka are reachable",
+        responses={503: {"model": Readiness}},
+    )
+    async def readyz() -> Response:
+        checks = await readiness()
+        ready = all(v == "ok" for v in checks.values())
+        body = Readiness(status="ready" if ready else "not_ready", service=service, checks=checks)
+        return JSONResponse(body.model_dump(), status_code=200 if ready else 503)
+
+    @app.get("/metrics", tags=["operations"], summary="Prometheus metrics")
+    async def metrics() -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    routes: Sequence[Any] = app.router.routes
+
+    @app.middleware("http")
+    async def record(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        route = "unmatched"
+        for r in routes:
+            if r.matches(request.scope)[0] == Match.FULL:
+                route = getattr(r, "path", "unmatched")
+                break
+        started = time.perf_counter()
+        response = await call_next(request)
+        HTTP_SECONDS.labels(service, request.method, route).observe(time.perf_counter() - started)
+        HTTP_REQUESTS.labels(service, request.method, route, str(response.status_code)).inc()
+        return response

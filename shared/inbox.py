@@ -1,0 +1,219 @@
+"""Idempotent consumption: the handler's effects and the inbox mark commit together.
+
+A handler that keeps failing on the same message (a poison message) is retried a bounded
+number of times and then written to the dead-letter store, so the partition moves on.
+Transient infrastructure failures (the database is down) are not the message's fault: they
+are raised to the consumer loop, which backs off and redelivers without counting attempts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from typing import Generic, TypeVar
+
+import sqlalchemy as sa
+from sqlmodel import Field, SQLModel
+
+from shared.db import UTCDateTime
+from shared.envelope import Envelope, EnvelopeError
+from shared.uow import UnitOfWork
+
+__all__ = [
+    "DeadLetter",
+    "Handler",
+    "InboxProcessor",
+    "InboxRecord",
+    "IncomingMessage",
+    "Outcome",
+    "is_transient",
+]
+
+log = logging.getLogger(__name__)
+
+U = TypeVar("U", bound=UnitOfWork)
+Handler = Callable[[U, Envelope], Awaitable[None]]
+
+
+class InboxRecord(SQLModel, table=True):
+    """An event this consumer has applied; its presence makes redelivery a no-op."""
+
+    __tablename__ = "inbox"
+
+    consumer: str = Field(sa_column=sa.Column(sa.String(100), primary_key=True))
+    event_id: str = Field(sa_column=sa.Column(sa.String(64), primary_key=True))
+    processed_at: datetime = Field(sa_column=sa.Column(UTCDateTime(), nullable=False))
+
+
+class DeadLetter(SQLModel, table=True):
+    """A message this consumer gave up on, kept whole for inspection and replay."""
+
+    __tablename__ = "dead_letter"
+    __table_args__ = (sa.UniqueConstraint("consumer", "topic", "partition", "offset"),)
+
+    id: int | None = Field(
+        default=None,
+        sa_column=sa.Column(
+            sa.BigInteger().with_variant(sa.Integer(), "sqlite"),
+            primary_key=True,
+            autoincrement=True,
+        ),
+    )
+    consumer: str = Field(sa_column=sa.Column(sa.String(100), nullable=False))
+    topic: str = Field(sa_column=sa.Column(sa.String(200), nullable=False))
+    partition: int = Field(sa_column=sa.Column(sa.Integer(), nullable=False))
+    offset: int = Field(sa_column=sa.Column(sa.BigInteger(), nullable=False))
+    key: bytes | None = Field(default=None, sa_column=sa.Column(sa.LargeBinary(), nullable=True))
+    event_id: str | None = Field(default=None, sa_column=sa.Column(sa.String(64), nullable=True))
+    payload: bytes = Field(sa_column=sa.Column(sa.LargeBinary(), nullable=False))
+    error: str = Field(sa_column=sa.Column(sa.Text(), nullable=False))
+    attempts: int = Field(sa_column=sa.Column(sa.Integer(), nullable=False))
+    created_at: datetime = Field(sa_column=sa.Column(UTCDateTime(), nullable=False))
+    resolved_at: datetime | None = Field(
+        default=None, sa_column=sa.Column(UTCDateTime(), nullable=True)
+    )
+
+
+DEAD_LETTER: sa.Table = DeadLetter.__table__  # type: ignore[attr-defined]
+
+
+@dataclass(frozen=True)
+class IncomingMessage:
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes
+
+
+class Outcome(StrEnum):
+    APPLIED = "applied"
+    DUPLICATE = "duplicate"
+    DEAD_LETTERED = "dead_lettered"
+
+
+_TRANSIENT = (sa.exc.OperationalError, sa.exc.InterfaceError, ConnectionError, TimeoutError)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether a failure is the infrastructure's (retry forever) rather than the message's."""
+    if isinstance(exc, sa.exc.DBAPIError) and exc.connection_invalidated:
+        return True
+    return isinstance(exc, _TRANSIENT) or (isinstance(exc, OSError) and exc.errno is not None)
+
+
+def _describe(exc: BaseException) -> str:
+    # Exception text from handlers is ours, not the partner's; still keep it short.
+    return f"{type(exc).__name__}: {exc}"[:2000]
+
+
+class InboxProcessor(Generic[U]):
+    """Applies each event at most once per consumer, dead-lettering poison messages."""
+
+    def __init__(
+        self,
+        consumer: str,
+        uow_factory: Callable[[], U],
+        handler: Handler[U],
+        *,
+        max_attempts: int = 5,
+        backoff_seconds: float = 0.2,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self.consumer = consumer
+        self._uow_factory = uow_factory
+        self._handler = handler
+        self._max_attempts = max_attempts
+        self._backoff = backoff_seconds
+        self._sleep = sleep
+
+    async def process(self, message: IncomingMessage) -> Outcome:
+        try:
+            envelope = Envelope.from_bytes(message.value)
+        except EnvelopeError as exc:
+            return await self._dead_letter(message, None, str(exc), attempts=1)
+
+        last_error = ""
+        for attempt in range(1, self._max_attempts + 1):
+            try:
+                return await self._apply(envelope)
+            except Exception as exc:
+                if is_transient(exc):
+                    raise
+                last_error = _describe(exc)
+                log.warning(
+                    "handler failed",
+                    extra={
+                        "consumer": self.consumer,
+                        "event_id": envelope.id,
+                        "event_type": envelope.type,
+                        "attempt": attempt,
+                        "error": type(exc).__name__,
+                    },
+                )
+                if attempt < self._max_attempts:
+                    await self._sleep(self._backoff * attempt)
+        return await self._dead_letter(message, envelope.id, last_error, self._max_attempts)
+
+    async def _apply(self, envelope: Envelope) -> Outcome:
+        async with self._uow_factory() as uow:
+            seen = await uow.session.get(InboxRecord, (self.consumer, envelope.id))
+            if seen is not None:
+                return Outcome.DUPLICATE
+            await self._handler(uow, envelope)
+            uow.session.add(
+                InboxRecord(
+                    consumer=self.consumer, event_id=envelope.id, processed_at=uow.clock.now()
+                )
+            )
+            try:
+                await uow.commit()
+            except sa.exc.IntegrityError:
+                # A concurrent delivery of the same event won the race; ours rolled back whole.
+                return Outcome.DUPLICATE
+        return Outcome.APPLIED
+
+    async def _dead_letter(
+        self, message: IncomingMessage, event_id: str | None, error: str, attempts: int
+    ) -> Outcome:
+        async with self._uow_factory() as uow:
+            table = DEAD_LETTER
+            exists = await uow.session.execute(
+                sa.select(table.c.id).where(
+                    table.c.consumer == self.consumer,
+                    table.c.topic == message.topic,
+                    table.c.partition == message.partition,
+                    table.c.offset == message.offset,
+                )
+            )
+            if exists.first() is None:
+                uow.session.add(
+                    DeadLetter(
+                        consumer=self.consumer,
+                        topic=message.topic,
+                        partition=message.partition,
+                        offset=message.offset,
+                        key=message.key,
+                        event_id=event_id,
+                        payload=message.value,
+                        error=error,
+                        attempts=attempts,
+                        created_at=uow.clock.now(),
+                    )
+                )
+                await uow.commit()
+        log.error(
+            "message dead-lettered",
+            extra={
+                "consumer": self.consumer,
+                "topic": message.topic,
+                "partition": message.partition,
+                "offset": message.offset,
+                "event_id": event_id,
+            },
+        )
+        return Outcome.DEAD_LETTERED

@@ -1,0 +1,214 @@
+"""A service's running parts, built in the app's lifespan and torn down with it.
+
+Nothing connects at import time: the engine, the Kafka producer, the outbox relay and the
+consumers are created here when the service starts. Kafka being down at start is not fatal:
+the service serves /healthz, reports not-ready, and keeps trying to connect.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from fastapi import APIRouter, FastAPI
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from shared.bus import ConsumerLoop, KafkaPublisher, make_consumer
+from shared.clock import Clock, SystemClock
+from shared.db import create_engine, session_factory
+from shared.envelope import Envelope
+from shared.http import install_common_routes, install_error_handlers
+from shared.inbox import InboxProcessor, Outcome
+from shared.metrics import EVENTS_CONSUMED
+from shared.outbox import OutboxRelay
+from shared.settings import ServiceName, Settings
+from shared.uow import UnitOfWork
+
+__all__ = ["ConsumerSpec", "Runtime", "create_service_app"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ConsumerSpec:
+    """A consumer a service runs: its name (also its inbox key and group id) and handler."""
+
+    name: str
+    topics: Sequence[str]
+    handler: Callable[[UnitOfWork, Envelope], Awaitable[None]]
+
+
+class _CountingProcessor(InboxProcessor[UnitOfWork]):
+    def __init__(self, service: str, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._service = service
+
+    async def process(self, message: Any) -> Outcome:
+        outcome = await super().process(message)
+        EVENTS_CONSUMED.labels(self._service, self.consumer, outcome.value).inc()
+        return outcome
+
+
+class Runtime:
+    """Engine, sessions, publisher, relay and consumers of one service."""
+
+    def __init__(
+        self,
+        service: ServiceName,
+        settings: Settings,
+        *,
+        clock: Clock | None = None,
+        schema: str | None = None,
+    ) -> None:
+        self.service = service
+        self.settings = settings
+        self.clock: Clock = clock or SystemClock()
+        self.engine: AsyncEngine = create_engine(
+            settings.database_url, service=service, schema=schema
+        )
+        self.sessions: async_sessionmaker[AsyncSession] = session_factory(self.engine)
+        self.publisher = KafkaPublisher(
+            settings.kafka_bootstrap_servers, client_id=f"portline-{service}"
+        )
+        self.relay = OutboxRelay(
+            self.sessions,
+            self.publisher,
+            clock=self.clock,
+            batch_size=settings.relay_batch_size,
+            poll_interval=settings.relay_poll_interval_seconds,
+        )
+        self.consumers: list[ConsumerSpec] = []
+        self._stop = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._kafka_ready = asyncio.Event()
+
+    @property
+    def source(self) -> str:
+        return f"/portline/{self.service}"
+
+    def uow(self) -> UnitOfWork:
+        return UnitOfWork(self.sessions, clock=self.clock, source=self.source)
+
+    def add_consumer(self, spec: ConsumerSpec) -> None:
+        self.consumers.append(spec)
+
+    async def start(self) -> None:
+        self._tasks.append(asyncio.create_task(self._connect_kafka(), name="kafka-connect"))
+
+    async def _connect_kafka(self) -> None:
+        delay = 0.5
+        while not self._stop.is_set():
+            try:
+                await self.publisher.start()
+                break
+            except Exception as exc:
+                log.warning(
+                    "kafka not reachable; retrying",
+                    extra={"service": self.service, "error": type(exc).__name__, "retry_in": delay},
+                )
+                await self.publisher.stop()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), delay)
+                delay = min(delay * 2, 10.0)
+        if self._stop.is_set():
+            return
+        self._kafka_ready.set()
+        self._tasks.append(asyncio.create_task(self.relay.run(self._stop), name="outbox-relay"))
+        for spec in self.consumers:
+            self._tasks.append(
+                asyncio.create_task(self._consume(spec), name=f"consumer-{spec.name}")
+            )
+
+    async def _consume(self, spec: ConsumerSpec) -> None:
+        processor = _CountingProcessor(
+            self.service,
+            f"{self.service}.{spec.name}",
+            self.uow,
+            spec.handler,
+            max_attempts=self.settings.inbox_max_attempts,
+            backoff_seconds=self.settings.inbox_retry_backoff_seconds,
+        )
+        while not self._stop.is_set():
+            consumer = make_consumer(
+                self.settings.kafka_bootstrap_servers,
+                group_id=f"portline-{self.service}-{spec.name}",
+                topics=spec.topics,
+            )
+            try:
+                await consumer.start()
+                await ConsumerLoop(consumer, processor).run(self._stop)
+            except Exception:
+                log.exception("consumer crashed; restarting", extra={"consumer": spec.name})
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), 2.0)
+            finally:
+                await consumer.stop()
+
+    async def readiness(self) -> dict[str, str]:
+        checks: dict[str, str] = {}
+        try:
+            async with self.engine.connect() as conn:
+                await conn.execute(sa.text("select 1"))
+            checks["database"] = "ok"
+        except Exception as exc:
+            checks["database"] = f"unavailable: {type(exc).__name__}"
+        checks["kafka"] = "ok" if self._kafka_ready.is_set() else "unavailable: connecting"
+        return checks
+
+    async def close(self) -> None:
+        self._stop.set()
+        for task in self._tasks:
+            try:
+                await asyncio.wait_for(task, timeout=10)
+            except (TimeoutError, asyncio.CancelledError):
+                task.cancel()
+            except Exception:
+                log.exception("task failed during shutdown", extra={"task": task.get_name()})
+        await self.publisher.stop()
+        await self.engine.dispose()
+
+
+def create_service_app(
+    service: ServiceName,
+    settings: Settings,
+    *,
+    title: str,
+    description: str,
+    version: str = "0.1.0",
+    routers: Sequence[APIRouter] = (),
+    consumers: Callable[[Runtime], Sequence[ConsumerSpec]] | None = None,
+    runtime_factory: Callable[[], Runtime] | None = None,
+) -> FastAPI:
+    """A FastAPI app whose lifespan owns a Runtime (available as app.state.runtime)."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        runtime = runtime_factory() if runtime_factory else Runtime(service, settings)
+        app.state.runtime = runtime
+        for spec in consumers(runtime) if consumers else ():
+            runtime.add_consumer(spec)
+        await runtime.start()
+        try:
+            yield
+        finally:
+            await runtime.close()
+
+    app = FastAPI(title=title, description=description, version=version, lifespan=lifespan)
+    install_error_handlers(app)
+    for router in routers:
+        app.include_router(router)
+
+    async def readiness() -> dict[str, str]:
+        runtime: Runtime | None = getattr(app.state, "runtime", None)
+        if runtime is None:
+            return {"runtime": "unavailable: starting"}
+        return await runtime.readiness()
+
+    install_common_routes(app, service=service, readiness=readiness)
+    return app

@@ -1,0 +1,103 @@
+"""One typed settings object for every service, read once at start-up.
+
+Secrets are refused when they look like placeholders outside development, and a production
+service with a missing key stops at start instead of running unsealed.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["SERVICES", "PlaceholderSecretError", "ServiceName", "Settings", "get_settings"]
+
+ServiceName = Literal["intake", "scheduler", "outreach", "reporting"]
+SERVICES: tuple[ServiceName, ...] = ("intake", "scheduler", "outreach", "reporting")
+
+_PLACEHOLDER = re.compile(
+    r"^(|changeme|change[-_ ]?me|placeholder|secret|password|dev|test|todo|xxx+|<.*>|\$\{.*\})$",
+    re.IGNORECASE,
+)
+
+
+class PlaceholderSecretError(ValueError):
+    """A secret setting is empty or a placeholder where real secrets are required."""
+
+
+def _is_placeholder(value: str) -> bool:
+    return bool(_PLACEHOLDER.match(value.strip())) or "change" in value.lower()
+
+
+class Settings(BaseSettings):
+    """PORTline settings. Environment variables win over the defaults shown here."""
+
+    model_config = SettingsConfigDict(env_prefix="PORTLINE_", extra="ignore", frozen=True)
+
+    env: Literal["development", "test", "production"] = "development"
+    database_url: str = Field(
+        default="sqlite+aiosqlite:///var/{service}.db",
+        validation_alias="DATABASE_URL",
+        description="One URL for all services; on PostgreSQL each service gets its own schema, "
+        "on SQLite '{service}' in the path gives each service its own file.",
+    )
+    kafka_bootstrap_servers: str = Field(
+        default="127.0.0.1:9092", validation_alias="KAFKA_BOOTSTRAP_SERVERS"
+    )
+    kafka_replication: int = Field(default=1, ge=1, description="Replication factor for topics.")
+    var_dir: Path = Path("var")
+    host: str = "127.0.0.1"
+    intake_port: int = 8001
+    mllp_port: int = 2575
+    scheduler_port: int = 8002
+    outreach_port: int = 8003
+    reporting_port: int = 8004
+    log_level: str = "INFO"
+
+    # PHI sealing: "kid:base64key[,kid:base64key...]"; the first key seals, all keys open.
+    seal_keys: SecretStr | None = None
+    blind_index_key: SecretStr | None = None
+    jwt_secret: SecretStr | None = None
+    jwt_issuer: str = "portline"
+
+    inbox_max_attempts: int = Field(default=5, ge=1)
+    inbox_retry_backoff_seconds: float = Field(default=0.2, ge=0)
+    relay_poll_interval_seconds: float = Field(default=0.2, gt=0)
+    relay_batch_size: int = Field(default=200, ge=1)
+
+    @property
+    def is_development(self) -> bool:
+        return self.env == "development"
+
+    @model_validator(mode="after")
+    def _refuse_placeholders(self) -> Settings:
+        if self.is_development:
+            return self
+        for name in ("seal_keys", "blind_index_key", "jwt_secret"):
+            secret: SecretStr | None = getattr(self, name)
+            if secret is None:
+                if self.env == "production":
+                    raise PlaceholderSecretError(
+                        f"PORTLINE_{name.upper()} is required when PORTLINE_ENV={self.env}"
+                    )
+                continue
+            if _is_placeholder(secret.get_secret_value()):
+                raise PlaceholderSecretError(
+                    f"PORTLINE_{name.upper()} looks like a placeholder; "
+                    f"set a real secret when PORTLINE_ENV={self.env}"
+                )
+        return self
+
+    def port_for(self, service: ServiceName) -> int:
+        port: int = getattr(self, f"{service}_port")
+        return port
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read from the environment once."""
+    return Settings()

@@ -1,0 +1,102 @@
+"""Idempotent consumers and dead-lettering against real PostgreSQL and Kafka."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from shared.bus import ConsumerLoop, KafkaPublisher, make_consumer
+from shared.envelope import Envelope
+from shared.inbox import DeadLetter, InboxProcessor
+from shared.outbox import OutgoingMessage
+from shared.uow import UnitOfWork
+from tests.support import TEST_TOPIC, WidgetCreated, applied, wait_for
+
+pytestmark = pytest.mark.integration
+
+
+def envelope(name: str, subject: str) -> Envelope:
+    return Envelope.wrap(
+        WidgetCreated(widget_id=uuid.uuid4(), name=name),
+        source="/portline/test",
+        subject=subject,
+        time=datetime.now(UTC),
+    )
+
+
+async def test_poison_message_is_retried_then_dead_lettered_and_the_rest_flow(
+    uow_factory: Callable[[], UnitOfWork],
+    sessions: async_sessionmaker[AsyncSession],
+    publisher: KafkaPublisher,
+    kafka_bootstrap: str,
+) -> None:
+    subject = f"person-{uuid.uuid4()}"
+    good = [envelope(f"good-{i}", subject) for i in range(3)]
+    poison = envelope("poison", subject)
+    sequence = [good[0], poison, good[1], good[2]]
+    messages = [OutgoingMessage(TEST_TOPIC, subject.encode(), e.to_bytes()) for e in sequence]
+    garbage = OutgoingMessage(TEST_TOPIC, subject.encode(), b"\x00not an envelope{")
+    await publisher.publish([*messages[:2], garbage, *messages[2:]])
+
+    calls: Counter[str] = Counter()
+
+    async def handle(uow: UnitOfWork, env: Envelope) -> None:
+        if env.subject != subject:
+            return
+        calls[env.data["name"]] += 1
+        if env.data["name"] == "poison":
+            raise ValueError("this event can never be applied")
+        await uow.session.execute(applied.insert().values(event_id=env.id, name=env.data["name"]))
+
+    processor = InboxProcessor(
+        "test.poison", uow_factory, handle, max_attempts=3, backoff_seconds=0
+    )
+    group = f"g-{uuid.uuid4()}"
+
+    async def dead_letters() -> list[DeadLetter]:
+        async with sessions() as s:
+            rows = await s.execute(sa.select(DeadLetter).where(DeadLetter.key == subject.encode()))
+            return list(rows.scalars())
+
+    async def applied_names() -> list[str]:
+        async with sessions() as s:
+            return list(
+                (await s.execute(sa.select(applied.c.name).order_by(applied.c.id))).scalars()
+            )
+
+    async def settled() -> bool:
+        return len(await applied_names()) == 3 and len(await dead_letters()) == 2
+
+    async def run_consumer(until: Callable[[], object], linger: float) -> None:
+        stop = asyncio.Event()
+        consumer = make_consumer(kafka_bootstrap, group_id=group, topics=[TEST_TOPIC])
+        await consumer.start()
+        task = asyncio.create_task(ConsumerLoop(consumer, processor).run(stop))
+        try:
+            await wait_for(until, timeout=30)
+            await asyncio.sleep(linger)
+        finally:
+            stop.set()
+            await task
+            await consumer.stop()
+
+    await run_consumer(settled, linger=0.5)
+
+    assert await applied_names() == ["good-0", "good-1", "good-2"]
+    assert calls == {"good-0": 1, "poison": 3, "good-1": 1, "good-2": 1}
+    letters = {(d.event_id, d.attempts) for d in await dead_letters()}
+    assert letters == {(poison.id, 3), (None, 1)}
+    poison_letter = next(d for d in await dead_letters() if d.event_id == poison.id)
+    assert "ValueError" in poison_letter.error
+    assert poison_letter.payload == poison.to_bytes()
+
+    # Offsets were committed past everything: a restarted consumer in the group sees nothing new.
+    await run_consumer(lambda: True, linger=3.0)
+    assert calls == {"good-0": 1, "poison": 3, "good-1": 1, "good-2": 1}

@@ -1,0 +1,170 @@
+"""The outbox relay and the inbox on the embedded SQLite database, with an in-memory broker."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from shared.bus import InMemoryPublisher
+from shared.clock import ManualClock
+from shared.db import create_engine, session_factory
+from shared.envelope import Envelope
+from shared.inbox import DEAD_LETTER, InboxProcessor, IncomingMessage, Outcome
+from shared.migrations import current_revision, upgrade
+from shared.outbox import OUTBOX, OutboxRelay
+from shared.uow import UnitOfWork
+from tests.support import TEST_TOPIC, applied, create_widget, test_metadata, widgets
+
+T0 = datetime(2026, 11, 21, 9, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+async def sessions(tmp_path: Path) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
+    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path}/{{service}}.db", service="intake")
+    await upgrade(engine, service="intake")
+    async with engine.begin() as conn:
+        await conn.run_sync(test_metadata.create_all)
+    yield session_factory(engine)
+    await engine.dispose()
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock(T0)
+
+
+@pytest.fixture
+def uow_factory(
+    sessions: async_sessionmaker[AsyncSession], clock: ManualClock
+) -> Callable[[], UnitOfWork]:
+    return lambda: UnitOfWork(sessions, clock=clock, source="/portline/test")
+
+
+async def test_migrations_are_idempotent(tmp_path: Path) -> None:
+    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path}/x.db", service="scheduler")
+    await upgrade(engine, service="scheduler")
+    await upgrade(engine, service="scheduler")
+    assert await current_revision(engine) == "scheduler_0001"
+    await engine.dispose()
+
+
+async def test_relay_publishes_committed_events_once_in_order_and_marks_them(
+    uow_factory: Callable[[], UnitOfWork],
+    sessions: async_sessionmaker[AsyncSession],
+    clock: ManualClock,
+) -> None:
+    async with uow_factory() as uow:
+        first = await create_widget(uow, "one", subject="p1")
+        second = await create_widget(uow, "two", subject="p1")
+        await uow.commit()
+    async with uow_factory() as uow:
+        await create_widget(uow, "rolled back", subject="p1")
+
+    broker = InMemoryPublisher()
+    relay = OutboxRelay(sessions, broker, clock=clock)
+    assert await relay.run_once() == 2
+    assert await relay.run_once() == 0
+
+    sent = [Envelope.from_bytes(m.value) for m in broker.by_topic[TEST_TOPIC]]
+    assert [e.id for e in sent] == [first.id, second.id]
+    assert {m.key for m in broker.sent} == {b"p1"}
+    async with sessions() as s:
+        marks = (await s.execute(sa.select(OUTBOX.c.published_at))).scalars().all()
+    assert marks == [T0, T0]
+
+
+async def test_failed_publish_leaves_rows_for_the_next_run(
+    uow_factory: Callable[[], UnitOfWork],
+    sessions: async_sessionmaker[AsyncSession],
+    clock: ManualClock,
+) -> None:
+    class BrokerDown(InMemoryPublisher):
+        async def publish(self, messages: object) -> None:
+            raise ConnectionError("broker unreachable")
+
+    async with uow_factory() as uow:
+        await create_widget(uow, "w", subject="p")
+        await uow.commit()
+    with pytest.raises(ConnectionError):
+        await OutboxRelay(sessions, BrokerDown(), clock=clock).run_once()
+    broker = InMemoryPublisher()
+    assert await OutboxRelay(sessions, broker, clock=clock).run_once() == 1
+
+
+def message(env: Envelope | bytes, offset: int) -> IncomingMessage:
+    value = env if isinstance(env, bytes) else env.to_bytes()
+    return IncomingMessage(topic=TEST_TOPIC, partition=0, offset=offset, key=b"p", value=value)
+
+
+async def test_inbox_applies_each_event_once(
+    uow_factory: Callable[[], UnitOfWork], sessions: async_sessionmaker[AsyncSession]
+) -> None:
+    async with uow_factory() as uow:
+        env = await create_widget(uow, "w", subject="p")
+
+    async def handle(uow: UnitOfWork, e: Envelope) -> None:
+        await uow.session.execute(applied.insert().values(event_id=e.id, name=e.data["name"]))
+
+    processor = InboxProcessor("t", uow_factory, handle)
+    assert await processor.process(message(env, 0)) is Outcome.APPLIED
+    assert await processor.process(message(env, 0)) is Outcome.DUPLICATE
+    assert await processor.process(message(env, 7)) is Outcome.DUPLICATE
+    async with sessions() as s:
+        assert (await s.execute(sa.select(sa.func.count()).select_from(applied))).scalar() == 1
+
+
+async def test_handler_failure_rolls_back_its_effects_then_dead_letters(
+    uow_factory: Callable[[], UnitOfWork], sessions: async_sessionmaker[AsyncSession]
+) -> None:
+    async with uow_factory() as uow:
+        env = await create_widget(uow, "w", subject="p")
+    naps: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        naps.append(seconds)
+
+    async def half_then_fail(uow: UnitOfWork, e: Envelope) -> None:
+        await uow.session.execute(widgets.insert().values(id=str(uuid.uuid4()), name="partial"))
+        raise KeyError("missing reference")
+
+    processor = InboxProcessor(
+        "t", uow_factory, half_then_fail, max_attempts=4, backoff_seconds=0.5, sleep=sleep
+    )
+    assert await processor.process(message(env, 3)) is Outcome.DEAD_LETTERED
+    assert await processor.process(message(env, 3)) is Outcome.DEAD_LETTERED  # redelivered
+    assert naps == [0.5, 1.0, 1.5] * 2
+    async with sessions() as s:
+        partial = (await s.execute(sa.select(widgets.c.name))).scalars().all()
+        letters = (await s.execute(sa.select(DEAD_LETTER.c.attempts, DEAD_LETTER.c.error))).all()
+    assert partial == []
+    assert letters == [(4, "KeyError: 'missing reference'")]
+
+
+async def test_undecodable_message_is_dead_lettered_at_once(
+    uow_factory: Callable[[], UnitOfWork],
+) -> None:
+    async def never(uow: UnitOfWork, e: Envelope) -> None:
+        raise AssertionError("must not be called")
+
+    processor = InboxProcessor("t", uow_factory, never)
+    assert await processor.process(message(b"\xff\xfe", 1)) is Outcome.DEAD_LETTERED
+
+
+async def test_transient_database_failure_is_raised_not_dead_lettered(
+    uow_factory: Callable[[], UnitOfWork],
+) -> None:
+    async with uow_factory() as uow:
+        env = await create_widget(uow, "w", subject="p")
+
+    async def db_down(uow: UnitOfWork, e: Envelope) -> None:
+        raise sa.exc.OperationalError("select 1", {}, ConnectionRefusedError())
+
+    processor = InboxProcessor("t", uow_factory, db_down, max_attempts=2, backoff_seconds=0)
+    with pytest.raises(sa.exc.OperationalError):
+        await processor.process(message(env, 0))

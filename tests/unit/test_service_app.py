@@ -1,0 +1,55 @@
+"""Every service's HTTP edge: liveness, readiness, metrics, docs and the error shape."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+import pytest
+
+from services.intake.app import create_app as intake_app
+from services.outreach.app import create_app as outreach_app
+from services.reporting.app import create_app as reporting_app
+from services.scheduler.app import create_app as scheduler_app
+from shared.settings import Settings
+
+FACTORIES = [intake_app, scheduler_app, outreach_app, reporting_app]
+
+
+@pytest.mark.parametrize("factory", FACTORIES)
+async def test_service_serves_operations_endpoints_and_reports_kafka_not_ready(
+    factory: object, tmp_path: Path
+) -> None:
+    settings = Settings(
+        env="development",
+        database_url=f"sqlite+aiosqlite:///{tmp_path}/{{service}}.db",
+        kafka_bootstrap_servers="127.0.0.1:9",  # nothing listens: readiness must say so
+        var_dir=tmp_path,
+    )
+    app = factory(settings)  # type: ignore[operator]
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://svc") as client:
+            health = await client.get("/healthz")
+            assert health.status_code == 200
+            assert health.json()["status"] == "ok"
+
+            ready = await client.get("/readyz")
+            assert ready.status_code == 503
+            checks = ready.json()["checks"]
+            assert checks["database"] == "ok"
+            assert checks["kafka"].startswith("unavailable")
+
+            metrics = await client.get("/metrics")
+            assert metrics.status_code == 200
+            assert "portline_http_requests_total" in metrics.text
+
+            assert (await client.get("/docs")).status_code == 200
+            spec = (await client.get("/openapi.json")).json()
+            assert spec["info"]["title"].startswith("PORTline")
+
+            missing = await client.get("/no/such/route")
+            assert missing.status_code == 404
+            assert missing.json() == {
+                "error": {"code": "not_found", "message": "Not Found", "details": []}
+            }
