@@ -8,7 +8,7 @@ import uuid
 from collections.abc import Callable
 
 import sqlalchemy as sa
-from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka import AIOKafkaConsumer, ConsumerRecord
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from shared.envelope import Envelope, Event
@@ -74,13 +74,17 @@ async def read_topic(
 ) -> list[ConsumerRecord[bytes, bytes]]:
     """Every record on the topic matching `where`, waiting until `expect` arrive (bounded),
     then a little longer so that unexpected extra copies would show up too."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    # No group: the consumer takes every partition and, with nothing committed, starts at the
+    # beginning of each.
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap,
+        group_id=None,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+    )
     await consumer.start()
     try:
-        partitions = await consumer.partitions_for_topic(topic) or set()
-        tps = [TopicPartition(topic, p) for p in partitions]
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
         found: list[ConsumerRecord[bytes, bytes]] = []
         deadline = time.monotonic() + timeout
         settle_until: float | None = None

@@ -46,14 +46,15 @@ def test_run_all_brings_up_four_ready_services_and_ctrl_c_stops_them(
     )
     assert "intake: at intake_0001" in migrated.stdout
 
-    log = (tmp_path / "run.log").open("w+")
-    proc = subprocess.Popen(
-        [PORTLINE, "run", "all"],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    log_path = tmp_path / "run.log"
+    with log_path.open("w") as log:
+        proc = subprocess.Popen(
+            [PORTLINE, "run", "all"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     try:
         deadline = time.monotonic() + 90
         pending = dict(ports)
@@ -75,8 +76,7 @@ def test_run_all_brings_up_four_ready_services_and_ctrl_c_stops_them(
     finally:
         os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
         rc = proc.wait(timeout=40)
-    log.seek(0)
-    output = log.read()
+    output = log_path.read_text()
     assert rc == 0, output[-3000:]
     for port in ports.values():
         assert f"http://127.0.0.1:{port}" in output

@@ -40,7 +40,7 @@ async def test_migrate_creates_a_schema_per_service_and_is_idempotent(postgres_u
                 "where table_name in ('outbox', 'inbox', 'dead_letter', 'alembic_version')"
             )
         )
-        tables = {(s, t) for s, t in rows.tuples()}
+        tables = {(s, t) for s, t in rows.all()}
     await engine.dispose()
     for service in ("intake", "scheduler", "outreach", "reporting"):
         for table in ("outbox", "inbox", "dead_letter", "alembic_version"):

@@ -181,7 +181,7 @@ async def test_relay_does_not_skip_rows_committed_out_of_id_order(
                 await s.execute(
                     sa.select(OutboxRecord.__table__.c.event_id, OutboxRecord.__table__.c.id)
                 )
-            ).tuples()
+            ).all()
         )
     assert ids[first.id] < ids[second.id]
     records = await read_topic(kafka_bootstrap, TEST_TOPIC, where=for_subject(subject), expect=2)
