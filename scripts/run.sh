@@ -10,7 +10,7 @@ cleanup() {
   trap - EXIT INT TERM
   if [[ $started_kafka == 1 ]]; then
     echo "stopping Kafka"
-    deploy/local/kafka.sh stop || true
+    env -u KAFKA_BOOTSTRAP_SERVERS deploy/local/kafka.sh stop || true
   fi
 }
 trap cleanup EXIT

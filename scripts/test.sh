@@ -12,7 +12,9 @@ started=()
 cleanup() {
   local rc=$?
   trap - EXIT INT TERM
-  for svc in "${started[@]}"; do deploy/local/"$svc".sh stop || true; done
+  for svc in "${started[@]}"; do
+    env -u KAFKA_BOOTSTRAP_SERVERS -u DATABASE_URL deploy/local/"$svc".sh stop || true
+  done
   exit $rc
 }
 trap cleanup EXIT
