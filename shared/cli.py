@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import sys
 from collections.abc import Sequence
 
@@ -29,8 +30,6 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.service == "all":
         print(f"PORTline ({settings.env}) starting all services:")
         return run_all(settings)
-    import importlib
-
     module = importlib.import_module(f"services.{args.service}.app")
     serve(args.service, module.create_app)
     return 0
@@ -44,7 +43,7 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
 
     async def go() -> None:
         for service in _services(args.services):
-            engine = create_engine(settings.database_url, service=service)
+            engine = create_engine(settings.db_url, service=service)
             try:
                 await upgrade(engine, service=service)
                 print(f"{service}: at {await current_revision(engine)}")
@@ -102,6 +101,16 @@ def build_parser() -> argparse.ArgumentParser:
     keys_sub = keys.add_subparsers(dest="keys_command", required=True)
     generate = keys_sub.add_parser("generate", help="print fresh secrets for a deployment")
     generate.set_defaults(func=_cmd_keys)
+
+    for service in SERVICES:
+        # Each service may contribute commands of its own (services/<name>/cli.py).
+        try:
+            module = importlib.import_module(f"services.{service}.cli")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"services.{service}.cli":
+                raise
+            continue
+        module.register(sub)
     return parser
 
 

@@ -173,9 +173,17 @@ class InboxProcessor(Generic[U]):
             try:
                 await uow.commit()
             except sa.exc.IntegrityError:
-                # A concurrent delivery of the same event won the race; ours rolled back whole.
-                return Outcome.DUPLICATE
+                # Either a concurrent delivery of the same event won the race (ours rolled
+                # back whole), or the handler's own writes broke a constraint: only the
+                # first is a duplicate; the second is the handler failing.
+                if await self._seen(envelope.id):
+                    return Outcome.DUPLICATE
+                raise
         return Outcome.APPLIED
+
+    async def _seen(self, event_id: str) -> bool:
+        async with self._uow_factory() as uow:
+            return await uow.session.get(InboxRecord, (self.consumer, event_id)) is not None
 
     async def _dead_letter(
         self, message: IncomingMessage, event_id: str | None, error: str, attempts: int

@@ -23,6 +23,7 @@ from sqlmodel import Field, SQLModel
 
 from shared.clock import Clock
 from shared.db import UTCDateTime
+from shared.metrics import EVENTS_PUBLISHED
 
 __all__ = [
     "OUTBOX",
@@ -94,7 +95,9 @@ class OutboxRelay:
         batch_size: int = 200,
         poll_interval: float = 0.2,
         on_stage: Callable[[RelayStage], None] | None = None,
+        service: str = "",
     ) -> None:
+        self._service = service
         self._sessions = sessions
         self._publisher = publisher
         self._clock = clock
@@ -134,6 +137,8 @@ class OutboxRelay:
                 [OutgoingMessage(r.topic, r.key.encode(), r.payload.encode()) for r in rows]
             )
             self._on_stage("sent")
+            for r in rows:
+                EVENTS_PUBLISHED.labels(self._service, r.topic).inc()
             await session.execute(
                 sa.update(table)
                 .where(table.c.id.in_([r.id for r in rows]))

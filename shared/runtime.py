@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -69,9 +69,7 @@ class Runtime:
         self.service = service
         self.settings = settings
         self.clock: Clock = clock or SystemClock()
-        self.engine: AsyncEngine = create_engine(
-            settings.database_url, service=service, schema=schema
-        )
+        self.engine: AsyncEngine = create_engine(settings.db_url, service=service, schema=schema)
         self.sessions: async_sessionmaker[AsyncSession] = session_factory(self.engine)
         self.publisher = KafkaPublisher(
             settings.kafka_bootstrap_servers, client_id=f"portline-{service}"
@@ -82,6 +80,7 @@ class Runtime:
             clock=self.clock,
             batch_size=settings.relay_batch_size,
             poll_interval=settings.relay_poll_interval_seconds,
+            service=service,
         )
         self.consumers: list[ConsumerSpec] = []
         self._stop = asyncio.Event()
@@ -183,9 +182,14 @@ def create_service_app(
     version: str = "0.1.0",
     routers: Sequence[APIRouter] = (),
     consumers: Callable[[Runtime], Sequence[ConsumerSpec]] | None = None,
+    extension: Callable[[FastAPI, Runtime], AbstractAsyncContextManager[None]] | None = None,
     runtime_factory: Callable[[], Runtime] | None = None,
 ) -> FastAPI:
-    """A FastAPI app whose lifespan owns a Runtime (available as app.state.runtime)."""
+    """A FastAPI app whose lifespan owns a Runtime (available as app.state.runtime).
+
+    `extension` is the service's own start-up and shutdown (listeners, batchers, seeds),
+    entered after the runtime started and left before it closes.
+    """
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -195,7 +199,11 @@ def create_service_app(
             runtime.add_consumer(spec)
         await runtime.start()
         try:
-            yield
+            if extension is None:
+                yield
+            else:
+                async with extension(app, runtime):
+                    yield
         finally:
             await runtime.close()
 

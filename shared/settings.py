@@ -39,11 +39,12 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="PORTLINE_", extra="ignore", frozen=True)
 
     env: Literal["development", "test", "production"] = "development"
-    database_url: str = Field(
-        default="sqlite+aiosqlite:///var/{service}.db",
+    database_url: str | None = Field(
+        default=None,
         validation_alias="DATABASE_URL",
         description="One URL for all services; on PostgreSQL each service gets its own schema, "
-        "on SQLite '{service}' in the path gives each service its own file.",
+        "on SQLite '{service}' in the path gives each service its own file. Unset: SQLite "
+        "files under the var dir.",
     )
     kafka_bootstrap_servers: str = Field(
         default="127.0.0.1:9092", validation_alias="KAFKA_BOOTSTRAP_SERVERS"
@@ -64,10 +65,33 @@ class Settings(BaseSettings):
     jwt_secret: SecretStr | None = None
     jwt_issuer: str = "portline"
 
+    # intake
+    intake_max_message_bytes: int = Field(default=1_048_576, ge=1024)
+    intake_max_ems_bytes: int = Field(default=5 * 1_048_576, ge=1024)
+    intake_consent_element: str = Field(
+        default="itDisposition.PeerFollowUp",
+        description="eCustomResults element that holds the answer to 'may a peer follow up?'",
+    )
+    intake_leave_behind_element: str = "itDisposition.LeaveBehind"
+    intake_partner_cache_seconds: float = Field(default=30.0, ge=0)
+    intake_batch_max: int = Field(default=256, ge=1)
+    intake_mllp_tls_cert: Path | None = None
+    intake_mllp_tls_key: Path | None = None
+    intake_seed_demo: bool = Field(
+        default=False, description="Seed the demo program and partners at start (development)."
+    )
+
     inbox_max_attempts: int = Field(default=5, ge=1)
     inbox_retry_backoff_seconds: float = Field(default=0.2, ge=0)
     relay_poll_interval_seconds: float = Field(default=0.2, gt=0)
     relay_batch_size: int = Field(default=200, ge=1)
+
+    @property
+    def db_url(self) -> str:
+        """DATABASE_URL, or the embedded default: one SQLite file per service in var_dir."""
+        if self.database_url:
+            return self.database_url
+        return f"sqlite+aiosqlite:///{self.var_dir}/{{service}}.db"
 
     @property
     def is_development(self) -> bool:

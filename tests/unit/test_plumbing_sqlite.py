@@ -15,7 +15,7 @@ from shared.bus import InMemoryPublisher
 from shared.clock import ManualClock
 from shared.db import create_engine, session_factory
 from shared.envelope import Envelope
-from shared.inbox import DEAD_LETTER, InboxProcessor, IncomingMessage, Outcome
+from shared.inbox import DEAD_LETTER, InboxProcessor, InboxRecord, IncomingMessage, Outcome
 from shared.migrations import current_revision, upgrade
 from shared.outbox import OUTBOX, OutboxRelay
 from shared.uow import UnitOfWork
@@ -168,3 +168,20 @@ async def test_transient_database_failure_is_raised_not_dead_lettered(
     processor = InboxProcessor("t", uow_factory, db_down, max_attempts=2, backoff_seconds=0)
     with pytest.raises(sa.exc.OperationalError):
         await processor.process(message(env, 0))
+
+
+async def test_handler_breaking_a_constraint_is_a_failure_not_a_duplicate(
+    uow_factory: Callable[[], UnitOfWork], sessions: async_sessionmaker[AsyncSession]
+) -> None:
+    async with uow_factory() as uow:
+        env = await create_widget(uow, "w", subject="p")
+    async with sessions() as s, s.begin():
+        s.add(InboxRecord(consumer="other", event_id="taken", processed_at=T0))
+
+    async def clash(uow: UnitOfWork, e: Envelope) -> None:
+        # Flushed only at commit, where it collides with a row that has nothing to do with
+        # this delivery: the handler failed; the event was not seen before.
+        uow.session.add(InboxRecord(consumer="other", event_id="taken", processed_at=T0))
+
+    processor = InboxProcessor("t", uow_factory, clash, max_attempts=2, backoff_seconds=0)
+    assert await processor.process(message(env, 9)) is Outcome.DEAD_LETTERED
