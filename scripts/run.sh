@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # `make run`: Kafka (unless KAFKA_BOOTSTRAP_SERVERS is given), topics, migrations, all four
-# services on the embedded SQLite default. Ctrl-C stops everything this script started.
+# services on the embedded SQLite default, with the demo program and partners seeded (their
+# API keys printed). Ctrl-C stops everything this script started.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=.venv/bin
@@ -26,4 +27,7 @@ fi
 
 "$BIN/portline" topics create
 "$BIN/portline" migrate
+if [[ "${PORTLINE_ENV:-development}" == "development" ]]; then
+  "$BIN/portline" intake seed-demo
+fi
 "$BIN/portline" run all

@@ -43,9 +43,10 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
 
     async def go() -> None:
         for service in _services(args.services):
-            engine = create_engine(settings.db_url, service=service)
+            schema = settings.schema_for(service)
+            engine = create_engine(settings.db_url, service=service, schema=schema)
             try:
-                await upgrade(engine, service=service)
+                await upgrade(engine, service=service, schema=schema)
                 print(f"{service}: at {await current_revision(engine)}")
             finally:
                 await engine.dispose()

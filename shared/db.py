@@ -60,7 +60,10 @@ def create_engine(database_url: str, *, service: str, schema: str | None = None)
             url,
             pool_size=10,
             max_overflow=10,
-            pool_pre_ping=True,
+            # No pre-ping (a round trip per checkout): a connection the server dropped fails
+            # its transaction once, is discarded with the pool's stale connections, and the
+            # caller's retry (a partner's resend, a consumer's redelivery) gets a fresh one.
+            pool_recycle=1800,
             connect_args={"server_settings": {"search_path": schema}},
         )
     if url.startswith("sqlite"):

@@ -25,6 +25,7 @@ __all__ = [
     "ApiError",
     "ErrorBody",
     "ErrorResponse",
+    "add_openapi_schemas",
     "install_common_routes",
     "install_error_handlers",
 ]
@@ -159,3 +160,23 @@ def install_common_routes(app: FastAPI, *, service: str, readiness: ReadinessChe
         HTTP_SECONDS.labels(service, request.method, route).observe(time.perf_counter() - started)
         HTTP_REQUESTS.labels(service, request.method, route, str(response.status_code)).inc()
         return response
+
+
+def add_openapi_schemas(app: FastAPI, models: Sequence[type[BaseModel]]) -> None:
+    """Publish models that routes read from the raw body (so FastAPI cannot see them)
+    under components/schemas, where the routes' request bodies refer to them."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema:
+            return app.openapi_schema
+        schema = build()
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        for model in models:
+            js = model.model_json_schema(ref_template="#/components/schemas/{model}")
+            components.update(js.pop("$defs", {}))
+            components[model.__name__] = js
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

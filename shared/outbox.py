@@ -105,6 +105,7 @@ class OutboxRelay:
         self._poll_interval = poll_interval
         self._on_stage = on_stage or (lambda _stage: None)
         self._wake = asyncio.Event()
+        self._lock_id: int | None = None
 
     def wake(self) -> None:
         """Ask the running relay to look for rows now instead of at its next poll."""
@@ -114,10 +115,13 @@ class OutboxRelay:
         """Publish one batch; returns how many rows were published."""
         async with self._sessions() as session, session.begin():
             if session.get_bind().dialect.name == "postgresql":
-                schema = (await session.execute(sa.text("select current_schema()"))).scalar_one()
-                lock_id = zlib.crc32(f"portline-outbox:{schema}".encode())
+                if self._lock_id is None:
+                    schema = (
+                        await session.execute(sa.text("select current_schema()"))
+                    ).scalar_one()
+                    self._lock_id = zlib.crc32(f"portline-outbox:{schema}".encode())
                 got = await session.execute(
-                    sa.text("select pg_try_advisory_xact_lock(:id)"), {"id": lock_id}
+                    sa.text("select pg_try_advisory_xact_lock(:id)"), {"id": self._lock_id}
                 )
                 if not got.scalar_one():
                     return 0

@@ -69,7 +69,9 @@ class Runtime:
         self.service = service
         self.settings = settings
         self.clock: Clock = clock or SystemClock()
-        self.engine: AsyncEngine = create_engine(settings.db_url, service=service, schema=schema)
+        self.engine: AsyncEngine = create_engine(
+            settings.db_url, service=service, schema=schema or settings.schema_for(service)
+        )
         self.sessions: async_sessionmaker[AsyncSession] = session_factory(self.engine)
         self.publisher = KafkaPublisher(
             settings.kafka_bootstrap_servers, client_id=f"portline-{service}"
@@ -92,7 +94,9 @@ class Runtime:
         return f"/portline/{self.service}"
 
     def uow(self) -> UnitOfWork:
-        return UnitOfWork(self.sessions, clock=self.clock, source=self.source)
+        return UnitOfWork(
+            self.sessions, clock=self.clock, source=self.source, on_published=self.relay.wake
+        )
 
     def add_consumer(self, spec: ConsumerSpec) -> None:
         self.consumers.append(spec)

@@ -46,6 +46,12 @@ class Settings(BaseSettings):
         "on SQLite '{service}' in the path gives each service its own file. Unset: SQLite "
         "files under the var dir.",
     )
+    db_schema_prefix: str = Field(
+        default="",
+        pattern=r"^[a-z_][a-z0-9_]{0,30}$|^$",
+        description="Prefix for each service's PostgreSQL schema (e.g. 'staging_' gives "
+        "'staging_intake'), for several deployments or test runs in one database.",
+    )
     kafka_bootstrap_servers: str = Field(
         default="127.0.0.1:9092", validation_alias="KAFKA_BOOTSTRAP_SERVERS"
     )
@@ -75,6 +81,9 @@ class Settings(BaseSettings):
     intake_leave_behind_element: str = "itDisposition.LeaveBehind"
     intake_partner_cache_seconds: float = Field(default=30.0, ge=0)
     intake_batch_max: int = Field(default=256, ge=1)
+    intake_batch_concurrency: int = Field(
+        default=3, ge=1, description="Group-commit transactions in flight at once."
+    )
     intake_mllp_tls_cert: Path | None = None
     intake_mllp_tls_key: Path | None = None
     intake_seed_demo: bool = Field(
@@ -92,6 +101,10 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite+aiosqlite:///{self.var_dir}/{{service}}.db"
+
+    def schema_for(self, service: str) -> str:
+        """The PostgreSQL schema a service owns."""
+        return f"{self.db_schema_prefix}{service}"
 
     @property
     def is_development(self) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from types import TracebackType
 from typing import Self
 
@@ -20,8 +21,14 @@ class UnitOfWork:
     session: AsyncSession
 
     def __init__(
-        self, sessions: async_sessionmaker[AsyncSession], *, clock: Clock, source: str
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        *,
+        clock: Clock,
+        source: str,
+        on_published: Callable[[], None] | None = None,
     ) -> None:
+        self._on_published = on_published
         self._sessions = sessions
         self.clock = clock
         self.source = source
@@ -80,6 +87,8 @@ class UnitOfWork:
     async def commit(self) -> None:
         await self.session.commit()
         self._committed = True
+        if self.published and self._on_published is not None:
+            self._on_published()  # e.g. wake the outbox relay: there is something to send
 
     async def rollback(self) -> None:
         await self.session.rollback()

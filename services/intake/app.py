@@ -1,21 +1,140 @@
-"""The intake service's HTTP application."""
+"""The intake service's application: HTTP routes, the MLLP listener and their batchers."""
 
 from __future__ import annotations
 
+import ssl
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+
 from fastapi import FastAPI
 
-from shared.runtime import create_service_app
+from services.intake.api import IntakeState, router
+from services.intake.batching import MicroBatcher
+from services.intake.ems_json import EmsRunReportBatch, EmsRunReportIn
+from services.intake.handlers import (
+    EmsIntake,
+    EmsOutcome,
+    EmsSubmission,
+    HL7Intake,
+    HL7Submission,
+)
+from services.intake.mllp_listener import MllpListener
+from services.intake.models import Channel
+from services.intake.partners import PartnerDirectory
+from services.intake.reports import Protector
+from services.intake.routine_store import RoutineStore
+from shared.db import is_postgres
+from shared.http import add_openapi_schemas
+from shared.runtime import Runtime, create_service_app
+from shared.sealing import load_keys
 from shared.settings import Settings
 
 __all__ = ["create_app"]
 
 DESCRIPTION = (
-    "The partner-facing edge: EMS run reports (NEMSIS v3.5 XML or JSON) and hospital ED "
-    "notifications (HL7 v2 ADT over MLLP and HTTPS) are authenticated, screened, classified "
-    "against the program's overdose definition, and normalized into `OverdoseReported` "
-    "events. Nothing is acknowledged before it is durably stored."
+    "The partner-facing edge. Hospitals send HL7 v2 ADT (A01/A03/A04/A08) over MLLP "
+    "(port 2575) or `POST /v1/hl7`; EMS agencies send NEMSIS v3.5 XML or JSON run reports "
+    "to `POST /v1/ems/run-reports`. Every message is screened, classified against the "
+    "program's overdose definition with machine-readable reasons, and, when it is an "
+    "overdose, published as `OverdoseReported` with identity sealed. Nothing is "
+    "acknowledged before it is durably stored. Partners authenticate with an API key "
+    "(`Authorization: Bearer <key>`); MLLP senders by their allowed sending facility (MSH-4)."
 )
 
 
+def _tls(settings: Settings) -> ssl.SSLContext | None:
+    if settings.intake_mllp_tls_cert is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(settings.intake_mllp_tls_cert, settings.intake_mllp_tls_key)
+    return context
+
+
 def create_app(settings: Settings) -> FastAPI:
-    return create_service_app("intake", settings, title="PORTline intake", description=DESCRIPTION)
+    @asynccontextmanager
+    async def extension(app: FastAPI, runtime: Runtime) -> AsyncIterator[None]:
+        sealer, indexer = load_keys(settings)
+        protector = Protector(sealer, indexer)
+        directory = PartnerDirectory(
+            runtime.sessions, ttl_seconds=settings.intake_partner_cache_seconds
+        )
+        routine_store = None
+        if is_postgres(runtime.engine):
+            routine_store = await RoutineStore.connect(
+                settings.db_url, schema=settings.schema_for("intake")
+            )
+        hl7 = HL7Intake(
+            uow_factory=runtime.uow,
+            directory=directory,
+            protector=protector,
+            clock=runtime.clock,
+            routine_store=routine_store,
+        )
+        ems = EmsIntake(uow_factory=runtime.uow, protector=protector, clock=runtime.clock)
+
+        async def hl7_batch(items: Sequence[HL7Submission]) -> list[str]:
+            return await hl7.receive(items)
+
+        async def ems_batch(requests: Sequence[list[EmsSubmission]]) -> list[list[EmsOutcome]]:
+            outcomes = await ems.receive([s for r in requests for s in r])
+            split: list[list[EmsOutcome]] = []
+            start = 0
+            for r in requests:
+                split.append(outcomes[start : start + len(r)])
+                start += len(r)
+            return split
+
+        hl7_batcher: MicroBatcher[HL7Submission, str] = MicroBatcher(
+            hl7_batch,
+            max_batch=settings.intake_batch_max,
+            max_concurrent=settings.intake_batch_concurrency,
+        )
+        ems_batcher: MicroBatcher[list[EmsSubmission], list[EmsOutcome]] = MicroBatcher(
+            ems_batch, max_batch=64
+        )
+        hl7_batcher.start()
+        ems_batcher.start()
+
+        async def on_frame(payload: bytes) -> str:
+            return await hl7_batcher.submit(HL7Submission(payload, Channel.MLLP))
+
+        listener = MllpListener(
+            on_frame,
+            host=settings.host,
+            port=settings.mllp_port,
+            now=runtime.clock.now,
+            max_message_bytes=settings.intake_max_message_bytes,
+            ssl_context=_tls(settings),
+        )
+        await listener.start()
+        app.state.intake = IntakeState(
+            directory=directory,
+            hl7=hl7_batcher,
+            ems=ems_batcher,
+            uow=runtime.uow,
+            clock=runtime.clock,
+            max_message_bytes=settings.intake_max_message_bytes,
+            max_ems_bytes=settings.intake_max_ems_bytes,
+            consent_element=settings.intake_consent_element,
+            leave_behind_element=settings.intake_leave_behind_element,
+        )
+        app.state.mllp = listener
+        try:
+            yield
+        finally:
+            await listener.stop()
+            await hl7_batcher.stop()
+            await ems_batcher.stop()
+            if routine_store is not None:
+                await routine_store.close()
+
+    app = create_service_app(
+        "intake",
+        settings,
+        title="PORTline intake",
+        description=DESCRIPTION,
+        routers=[router],
+        extension=extension,
+    )
+    add_openapi_schemas(app, [EmsRunReportIn, EmsRunReportBatch])
+    return app

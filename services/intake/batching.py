@@ -1,0 +1,91 @@
+"""Group commit: requests that arrive while transactions are in flight share the next one.
+
+Every partner connection waits for its own durable ACK, so without batching the intake rate
+is bounded by one commit per message. The batcher hands the processing function everything
+that queued up meanwhile and resolves each caller's future with its own result. A few batches
+may be in flight at once (`max_concurrent`), so the database is never idle while a batch
+is being prepared; each caller still gets its results only after its own batch committed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Generic, TypeVar
+
+__all__ = ["MicroBatcher"]
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+log = logging.getLogger(__name__)
+
+
+class MicroBatcher(Generic[T, R]):
+    """Runs `process` over batches of submitted items, in submission order."""
+
+    def __init__(
+        self,
+        process: Callable[[Sequence[T]], Awaitable[Sequence[R]]],
+        *,
+        max_batch: int = 256,
+        max_concurrent: int = 1,
+    ) -> None:
+        self._process = process
+        self._max_batch = max_batch
+        self._slots = asyncio.Semaphore(max_concurrent)
+        self._queue: asyncio.Queue[tuple[T, asyncio.Future[R]]] = asyncio.Queue()
+        self._worker: asyncio.Task[None] | None = None
+        self._inflight: set[asyncio.Task[None]] = set()
+
+    def start(self) -> None:
+        if self._worker is None:
+            self._worker = asyncio.create_task(self._run(), name="micro-batcher")
+
+    async def stop(self) -> None:
+        if self._worker is not None:
+            self._worker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._worker
+            self._worker = None
+        if self._inflight:
+            await asyncio.wait(set(self._inflight), timeout=10)
+        while not self._queue.empty():
+            _item, future = self._queue.get_nowait()
+            if not future.done():
+                future.cancel()
+
+    async def submit(self, item: T) -> R:
+        if self._worker is None:
+            raise RuntimeError("batcher is not running")
+        future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
+        await self._queue.put((item, future))
+        return await future
+
+    async def _run(self) -> None:
+        while True:
+            first = await self._queue.get()
+            await self._slots.acquire()  # while every slot is busy, the next batch grows
+            await asyncio.sleep(0)  # let callers woken by the last batch enqueue too
+            batch = [first]
+            while len(batch) < self._max_batch and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            task = asyncio.create_task(self._complete(batch))
+            self._inflight.add(task)
+            task.add_done_callback(self._inflight.discard)
+
+    async def _complete(self, batch: list[tuple[T, asyncio.Future[R]]]) -> None:
+        try:
+            results = await self._process([item for item, _ in batch])
+        except Exception as exc:
+            for _item, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        finally:
+            self._slots.release()
+        for (_item, future), result in zip(batch, results, strict=True):
+            if not future.done():
+                future.set_result(result)

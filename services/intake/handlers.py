@@ -1,0 +1,695 @@
+"""Intake's units of work: screen, classify, store, publish — then acknowledge.
+
+One batch of messages is one transaction: the inbound records, the report revisions and the
+outbox rows commit together, and only then are the ACKs released. A message that was already
+received (same MSH-3/MSH-4/MSH-10) gets its original ACK back and creates nothing. A message
+that can never succeed is rejected (AR) and kept sealed so that it can be fixed and replayed;
+a database failure answers AE so that the sender retries.
+
+Only messages that themselves meet the program's definition create or revise a report. An A08
+update without the overdose codes does not withdraw a report: updates often carry a partial
+picture of the visit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal
+from zoneinfo import ZoneInfo
+
+import sqlalchemy as sa
+
+from services.intake.classify import Decision, Definition, classify_ed, classify_ems
+from services.intake.classify import Medication as ClassifyMedication
+from services.intake.hl7 import (
+    HL7Error,
+    MissingFieldError,
+    Screened,
+    build_ack,
+    check_supported,
+    normalize,
+    parse_adt,
+    read_header,
+    screen,
+    split_messages,
+)
+from services.intake.metrics import BATCH_SIZE, INTAKE_MESSAGES
+from services.intake.models import INBOUND, REPORT, Channel, InboundStatus
+from services.intake.partners import PartnerContext, PartnerDirectory, facility_key
+from services.intake.records import AdtMessage, EmsRunReport, HL7Header
+from services.intake.reports import Protector, content_hash, ed_report, ems_report, person_key
+from services.intake.routine_store import RoutineRow, RoutineStore
+from shared.clock import Clock
+from shared.events import InboundRejected, OverdoseReported
+from shared.inbox import is_transient
+from shared.uow import UnitOfWork
+
+__all__ = [
+    "EmsIntake",
+    "EmsOutcome",
+    "EmsSubmission",
+    "HL7Intake",
+    "HL7Submission",
+    "UnknownFacilityError",
+]
+
+log = logging.getLogger(__name__)
+
+AckCode = Literal["AA", "AE", "AR"]
+
+
+@dataclass(frozen=True, slots=True)
+class HL7Submission:
+    """One MLLP frame or HTTP body. `partner` is set when the edge authenticated one (HTTP)."""
+
+    raw: bytes
+    channel: Channel
+    partner: PartnerContext | None = None
+    replay_of: uuid.UUID | None = None
+    """The rejected inbound record this is a replay of: a replay that fails again updates
+    that record instead of adding another."""
+
+
+class UnknownFacilityError(HL7Error):
+    """MSH-4 names a facility that is not on this partner's (or this listener's) allow-list."""
+
+    code = "unknown_sending_facility"
+    default_hl7_error_code = "103"  # table value not found: MSH-4 is not on the allow-list
+
+
+@dataclass(slots=True)
+class _Prepared:
+    raw: str
+    header: HL7Header | None
+    partner: PartnerContext | None = None
+    error: HL7Error | None = None
+    transient: bool = False
+    dedupe_key: str | None = None
+    decision: Decision | None = None
+    screened: Screened | None = None
+    adt: AdtMessage | None = None
+    overdose: bool = False
+    ack: str | None = None
+    replay_of: uuid.UUID | None = None
+
+
+def _header_or_none(message: str) -> HL7Header | None:
+    try:
+        return read_header(message)
+    except HL7Error:
+        return None
+
+
+def _dedupe_key(header: HL7Header) -> str:
+    triple = f"{header.sending_application}|{header.sending_facility}|{header.control_id}"
+    return hashlib.sha256(triple.encode()).hexdigest()
+
+
+def _source_key(*parts: str) -> str:
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()
+
+
+class HL7Intake:
+    """Receives HL7 v2 ADT from MLLP and HTTP and answers every message with an ACK."""
+
+    def __init__(
+        self,
+        *,
+        uow_factory: Callable[[], UnitOfWork],
+        directory: PartnerDirectory,
+        protector: Protector,
+        clock: Clock,
+        new_id: Callable[[], uuid.UUID] = uuid.uuid4,
+        routine_store: RoutineStore | None = None,
+    ) -> None:
+        self._routine_store = routine_store
+        self._uow = uow_factory
+        self._directory = directory
+        self._protector = protector
+        self._clock = clock
+        self._new_id = new_id
+
+    async def receive(self, submissions: Sequence[HL7Submission]) -> list[str]:
+        """The ACK text for each submission (several ACKs, one per message, for a batch)."""
+        prepared: list[list[_Prepared]] = [await self._prepare(s) for s in submissions]
+        flat = [p for group in prepared for p in group]
+        now = self._clock.now()
+        BATCH_SIZE.observe(len(flat))
+        try:
+            try:
+                await self._store(flat, submissions_channels(submissions, prepared), now)
+            except sa.exc.IntegrityError:
+                # Another replica stored one of these messages meanwhile: the retry finds it.
+                await self._store(flat, submissions_channels(submissions, prepared), now)
+        except Exception as exc:
+            if not is_transient(exc):
+                log.exception("intake batch failed", extra={"messages": len(flat)})
+            else:
+                log.warning("database unavailable; answering AE", extra={"messages": len(flat)})
+            for p in flat:
+                p.ack = self._ack(p, "AE", now, text="Temporarily unable to store; resend.")
+        for p in flat:
+            INTAKE_MESSAGES.labels("hl7", _status_label(p)).inc()
+        return ["\r".join(p.ack or "" for p in group) for group in prepared]
+
+    async def _prepare(self, submission: HL7Submission) -> list[_Prepared]:
+        text = normalize(submission.raw)
+        try:
+            messages = split_messages(text)
+        except HL7Error as exc:
+            prepared = [_Prepared(raw=text, header=None, error=exc)]
+        else:
+            prepared = [await self._prepare_one(m, submission) for m in messages]
+        for p in prepared:
+            p.replay_of = submission.replay_of
+        return prepared
+
+    async def _prepare_one(self, message: str, submission: HL7Submission) -> _Prepared:
+        try:
+            screened = screen(message)  # reads the header too: the one pass most messages get
+        except HL7Error as exc:
+            return _Prepared(raw=message, header=_header_or_none(message), error=exc)
+        header = screened.header
+        p = _Prepared(raw=message, header=header, screened=screened)
+        try:
+            p.partner = await self._partner_for(header, submission)
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            p.transient = True
+            return p
+        if p.partner is None:
+            p.error = UnknownFacilityError(
+                "The sending facility (MSH-4) is not allowed to send to this program.",
+                location=("MSH", 1, 4),
+            )
+            return p
+        try:
+            check_supported(header)
+            if not header.control_id:
+                raise MissingFieldError.for_field("MSH", 10)
+            p.dedupe_key = _dedupe_key(header)
+            p.decision = classify_ed(codes=screened.codes, texts=screened.texts)
+            p.overdose = p.decision.is_overdose(Definition(p.partner.definition))
+            if p.overdose:  # only candidates pay for the full parse
+                p.adt = parse_adt(message, screened, default_tz=ZoneInfo(p.partner.timezone))
+        except HL7Error as exc:
+            p.error = exc
+        return p
+
+    async def _partner_for(
+        self, header: HL7Header, submission: HL7Submission
+    ) -> PartnerContext | None:
+        if submission.partner is None:
+            return await self._directory.by_facility(header.sending_facility)
+        allowed = await self._directory.facilities_of(submission.partner.partner_id)
+        return submission.partner if facility_key(header.sending_facility) in allowed else None
+
+    async def _store(self, items: list[_Prepared], channels: list[Channel], now: datetime) -> None:
+        if any(p.transient for p in items):
+            raise ConnectionError("partner directory unavailable")
+        if self._routine_store is not None and all(_routine(p) for p in items):
+            await self._store_routine(self._routine_store, items, channels, now)
+            return
+        async with self._uow() as uow:
+            keys = [p.dedupe_key for p in items if p.dedupe_key and p.error is None]
+            known: dict[str, str] = {}
+            if keys:
+                rows = await uow.session.execute(
+                    sa.select(INBOUND.c.dedupe_key, INBOUND.c.ack).where(
+                        INBOUND.c.dedupe_key.in_(keys)
+                    )
+                )
+                known = {k: a for k, a in rows.all() if a is not None}
+            reports = await _ReportBook.load(
+                uow, [self._source_key(p) for p in items if p.overdose]
+            )
+            inbound: list[dict[str, Any]] = []
+            for p, channel in zip(items, channels, strict=True):
+                if p.error is not None:
+                    p.ack = self._ack(p, "AR", now, error=p.error)
+                    if p.replay_of is not None:
+                        await self._still_rejected(uow, p)
+                    else:
+                        inbound.append(self._reject(uow, p, channel, now))
+                    continue
+                assert p.dedupe_key is not None
+                assert p.partner is not None
+                if p.dedupe_key in known:
+                    p.ack = known[p.dedupe_key]
+                    continue
+                row: dict[str, Any] = {
+                    "id": self._new_id(),
+                    "channel": channel.value,
+                    "partner_id": p.partner.partner_id,
+                    "dedupe_key": p.dedupe_key,
+                    "received_at": now,
+                    "status": InboundStatus.NOT_OVERDOSE.value,
+                    "reason_code": None,
+                    "reason": None,
+                    "report_id": None,
+                    "revision": None,
+                    "raw_sealed": None,
+                    "replayed_at": None,
+                }
+                if p.overdose:
+                    report_id, revision = self._report(uow, reports, p, now)
+                    row.update(
+                        status=InboundStatus.ACCEPTED.value, report_id=report_id, revision=revision
+                    )
+                p.ack = self._ack(p, "AA", now)
+                row["ack"] = p.ack
+                known[p.dedupe_key] = p.ack
+                inbound.append(row)
+            if inbound:
+                await uow.session.execute(INBOUND.insert(), inbound)
+            await reports.flush(uow)
+            await uow.commit()
+
+    async def _store_routine(
+        self, store: RoutineStore, items: list[_Prepared], channels: list[Channel], now: datetime
+    ) -> None:
+        rows: dict[str, RoutineRow] = {}
+        for p, channel in zip(items, channels, strict=True):
+            assert p.dedupe_key is not None
+            assert p.partner is not None
+            if p.dedupe_key not in rows:
+                inbound_id = self._new_id()
+                rows[p.dedupe_key] = RoutineRow(
+                    id=inbound_id,
+                    channel=channel.value,
+                    partner_id=p.partner.partner_id,
+                    dedupe_key=p.dedupe_key,
+                    received_at=now,
+                    ack=self._ack(p, "AA", now, control_id=inbound_id.hex[:20]),
+                )
+        acks = await store.store(list(rows.values()), InboundStatus.NOT_OVERDOSE.value)
+        for p in items:
+            assert p.dedupe_key is not None
+            p.ack = acks[p.dedupe_key]
+
+    def _source_key(self, p: _Prepared) -> str:
+        assert p.header is not None
+        assert p.partner is not None
+        assert p.adt is not None
+        visit = p.adt.visit_number or f"msh10:{p.header.control_id}"
+        return _source_key(
+            "ed", p.partner.partner_id, facility_key(p.header.sending_facility), visit
+        )
+
+    def _report(
+        self, uow: UnitOfWork, reports: _ReportBook, p: _Prepared, now: datetime
+    ) -> tuple[uuid.UUID, int]:
+        assert p.partner is not None
+        assert p.decision is not None
+        assert p.adt is not None
+        adt = p.adt
+        source_key = self._source_key(p)
+        current = reports.get(source_key)
+        report_id = current.report_id if current else self._new_id()
+        digest = content_hash(
+            report_id,
+            adt.identity,
+            adt.admit_at,
+            adt.diagnosis_codes,
+            adt.chief_complaints,
+            adt.discharge_disposition,
+            p.decision,
+        )
+        if current and current.content_hash == digest:
+            return report_id, current.revision
+        revision = current.revision + 1 if current else 1
+        event = ed_report(
+            adt,
+            p.decision,
+            program_id=p.partner.program_id,
+            partner_id=p.partner.partner_id,
+            report_id=report_id,
+            revision=revision,
+            received_at=now,
+            protector=self._protector,
+        )
+        reports.put(source_key, p.partner.partner_id, "ed", event, digest, now)
+        uow.publish(event, subject=person_key(event.blind_keys, report_id))
+        return report_id, revision
+
+    def _reject(
+        self, uow: UnitOfWork, p: _Prepared, channel: Channel, now: datetime
+    ) -> dict[str, Any]:
+        assert p.error is not None
+        inbound_id = self._new_id()
+        partner_id = p.partner.partner_id if p.partner else None
+        source_org = partner_id or (facility_key(p.header.sending_facility) if p.header else "")
+        uow.publish(
+            InboundRejected(
+                inbound_id=inbound_id,
+                source_kind="ed",
+                source_org=source_org or "unknown",
+                reason_code=p.error.code,
+                reason=p.error.message,
+                received_at=now,
+            ),
+            subject=source_org or "unknown",
+        )
+        return {
+            "id": inbound_id,
+            "channel": channel.value,
+            "partner_id": partner_id,
+            "dedupe_key": None,
+            "received_at": now,
+            "status": InboundStatus.REJECTED.value,
+            "reason_code": p.error.code,
+            "reason": p.error.message,
+            "ack": p.ack,
+            "report_id": None,
+            "revision": None,
+            "raw_sealed": self._protector.sealer.seal(p.raw, context="inbound"),
+            "replayed_at": None,
+        }
+
+    async def _still_rejected(self, uow: UnitOfWork, p: _Prepared) -> None:
+        assert p.error is not None
+        await uow.session.execute(
+            INBOUND.update()
+            .where(INBOUND.c.id == p.replay_of)
+            .values(reason_code=p.error.code, reason=p.error.message, ack=p.ack)
+        )
+
+    def _ack(
+        self,
+        p: _Prepared,
+        code: AckCode,
+        now: datetime,
+        *,
+        error: HL7Error | None = None,
+        text: str | None = None,
+        control_id: str | None = None,
+    ) -> str:
+        return build_ack(
+            p.header,
+            code,
+            now=now,
+            control_id=control_id or self._new_id().hex[:20],
+            error=error,
+            text=text,
+        )
+
+
+def _routine(p: _Prepared) -> bool:
+    """A valid message that is not an overdose and not a replay: the fast path's case."""
+    return p.error is None and not p.overdose and p.replay_of is None and not p.transient
+
+
+def submissions_channels(
+    submissions: Sequence[HL7Submission], prepared: Sequence[Sequence[_Prepared]]
+) -> list[Channel]:
+    return [s.channel for s, group in zip(submissions, prepared, strict=True) for _ in group]
+
+
+def _status_label(p: _Prepared) -> str:
+    if p.ack and "|AE|" in p.ack:
+        return "error"
+    if p.error is not None:
+        return "rejected"
+    return "overdose" if p.overdose else "not_overdose"
+
+
+@dataclass(slots=True)
+class _ReportState:
+    report_id: uuid.UUID
+    revision: int
+    content_hash: str
+    exists: bool
+    dirty: bool = False
+    row: dict[str, Any] | None = None
+
+
+class _ReportBook:
+    """The reports a batch touches, read once and written once."""
+
+    def __init__(self, states: dict[str, _ReportState]) -> None:
+        self._states = states
+
+    @classmethod
+    async def load(cls, uow: UnitOfWork, source_keys: list[str]) -> _ReportBook:
+        states: dict[str, _ReportState] = {}
+        if source_keys:
+            rows = await uow.session.execute(
+                sa.select(
+                    REPORT.c.source_key, REPORT.c.id, REPORT.c.revision, REPORT.c.content_hash
+                ).where(REPORT.c.source_key.in_(set(source_keys)))
+            )
+            for key, rid, revision, digest in rows.all():
+                states[key] = _ReportState(rid, revision, digest, exists=True)
+        return cls(states)
+
+    def get(self, source_key: str) -> _ReportState | None:
+        return self._states.get(source_key)
+
+    def put(
+        self,
+        source_key: str,
+        partner_id: str,
+        kind: str,
+        event: OverdoseReported,
+        digest: str,
+        now: datetime,
+    ) -> None:
+        state = self._states.get(source_key)
+        if state is None:
+            state = _ReportState(event.report_id, event.revision, digest, exists=False)
+            self._states[source_key] = state
+        state.revision = event.revision
+        state.content_hash = digest
+        state.dirty = True
+        state.row = {
+            "id": event.report_id,
+            "source_key": source_key,
+            "partner_id": partner_id,
+            "source_kind": kind,
+            "revision": event.revision,
+            "content_hash": digest,
+            "opioid": event.opioid,
+            "any_drug": event.any_drug,
+            "created_at": now,
+            "updated_at": now,
+        }
+
+    async def flush(self, uow: UnitOfWork) -> None:
+        for state in self._states.values():
+            if not state.dirty or state.row is None:
+                continue
+            row = state.row
+            if state.exists:
+                await uow.session.execute(
+                    REPORT.update()
+                    .where(REPORT.c.id == row["id"])
+                    .values(
+                        revision=row["revision"],
+                        content_hash=row["content_hash"],
+                        opioid=row["opioid"],
+                        any_drug=row["any_drug"],
+                        updated_at=row["updated_at"],
+                    )
+                )
+            else:
+                await uow.session.execute(REPORT.insert().values(**row))
+            state.dirty = False
+
+
+# --- EMS ------------------------------------------------------------------------------------
+
+EmsStatus = Literal["accepted", "revised", "unchanged", "duplicate", "not_overdose", "rejected"]
+
+
+@dataclass(frozen=True, slots=True)
+class EmsSubmission:
+    """One run report (already parsed) from an authenticated EMS partner."""
+
+    partner: PartnerContext
+    index: int
+    report: EmsRunReport | None
+    error_code: str | None = None
+    error_message: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class EmsOutcome:
+    index: int
+    pcr_number: str | None
+    status: EmsStatus
+    overdose: bool
+    opioid: bool
+    any_drug: bool
+    report_id: uuid.UUID | None
+    revision: int | None
+    reasons: tuple[tuple[str, str, str], ...]
+    error_code: str | None = None
+    error_message: str | None = None
+
+
+def classify_run(run: EmsRunReport) -> Decision:
+    return classify_ems(
+        impressions=[("eSituation", code) for code in run.impressions],
+        medications=[ClassifyMedication(m.rxnorm, m.response) for m in run.medications],
+        narrative=[("eNarrative.01", run.narrative)] if run.narrative else [],
+    )
+
+
+class EmsIntake:
+    """Receives EMS run reports; idempotent per agency and PCR number."""
+
+    def __init__(
+        self,
+        *,
+        uow_factory: Callable[[], UnitOfWork],
+        protector: Protector,
+        clock: Clock,
+        new_id: Callable[[], uuid.UUID] = uuid.uuid4,
+    ) -> None:
+        self._uow = uow_factory
+        self._protector = protector
+        self._clock = clock
+        self._new_id = new_id
+
+    async def receive(self, submissions: Sequence[EmsSubmission]) -> list[EmsOutcome]:
+        now = self._clock.now()
+        outcomes: list[EmsOutcome | None] = [None] * len(submissions)
+        decisions: dict[int, Decision] = {}
+        for i, s in enumerate(submissions):
+            if s.report is None:
+                outcomes[i] = EmsOutcome(
+                    s.index,
+                    None,
+                    "rejected",
+                    False,
+                    False,
+                    False,
+                    None,
+                    None,
+                    (),
+                    s.error_code or "invalid_record",
+                    s.error_message or "The record is invalid.",
+                )
+            else:
+                decisions[i] = classify_run(s.report)
+        async with self._uow() as uow:
+            keys = {
+                i: _source_key("ems", s.partner.partner_id, s.report.pcr_number)
+                for i, s in enumerate(submissions)
+                if s.report is not None
+            }
+            reports = await _ReportBook.load(uow, list(keys.values()))
+            seen_keys = [_source_key("seen", k) for k in keys.values()]
+            seen = set(
+                (
+                    await uow.session.execute(
+                        sa.select(INBOUND.c.dedupe_key).where(INBOUND.c.dedupe_key.in_(seen_keys))
+                    )
+                ).scalars()
+            )
+            inbound: list[dict[str, Any]] = []
+            for i, s in enumerate(submissions):
+                if s.report is None:
+                    continue
+                outcomes[i] = self._one(uow, reports, seen, s, decisions[i], keys[i], now, inbound)
+            if inbound:
+                await uow.session.execute(INBOUND.insert(), inbound)
+            await reports.flush(uow)
+            await uow.commit()
+        done = [o for o in outcomes if o is not None]
+        for o in done:
+            INTAKE_MESSAGES.labels("ems", o.status).inc()
+        return done
+
+    def _one(
+        self,
+        uow: UnitOfWork,
+        reports: _ReportBook,
+        seen: set[str],
+        s: EmsSubmission,
+        decision: Decision,
+        source_key: str,
+        now: datetime,
+        inbound: list[dict[str, Any]],
+    ) -> EmsOutcome:
+        run = s.report
+        assert run is not None
+        overdose = decision.is_overdose(Definition(s.partner.definition))
+        reasons = tuple((str(r.code), r.source, r.detail) for r in decision.reasons)
+        current = reports.get(source_key)
+
+        def outcome(
+            status: EmsStatus, report_id: uuid.UUID | None, revision: int | None
+        ) -> EmsOutcome:
+            return EmsOutcome(
+                s.index,
+                run.pcr_number,
+                status,
+                overdose,
+                decision.opioid,
+                decision.any_drug,
+                report_id,
+                revision,
+                reasons,
+            )
+
+        if not overdose and current is None:
+            dedupe = _source_key("seen", source_key)
+            if dedupe in seen:
+                return outcome("duplicate", None, None)
+            seen.add(dedupe)
+            inbound.append(self._inbound(s, now, InboundStatus.NOT_OVERDOSE, dedupe))
+            return outcome("not_overdose", None, None)
+        if not overdose:
+            # A later version no longer meets the definition: the report stands (see module doc).
+            return outcome(
+                "unchanged",
+                current.report_id if current else None,
+                current.revision if current else None,
+            )
+        report_id = current.report_id if current else self._new_id()
+        digest = content_hash(report_id, run, decision)
+        if current and current.content_hash == digest:
+            return outcome("duplicate", report_id, current.revision)
+        revision = current.revision + 1 if current else 1
+        event = ems_report(
+            run,
+            decision,
+            program_id=s.partner.program_id,
+            partner_id=s.partner.partner_id,
+            report_id=report_id,
+            revision=revision,
+            received_at=now,
+            protector=self._protector,
+        )
+        reports.put(source_key, s.partner.partner_id, "ems", event, digest, now)
+        uow.publish(event, subject=person_key(event.blind_keys, report_id))
+        row = self._inbound(s, now, InboundStatus.ACCEPTED, None)
+        row.update(report_id=report_id, revision=revision)
+        inbound.append(row)
+        return outcome("revised" if current else "accepted", report_id, revision)
+
+    def _inbound(
+        self, s: EmsSubmission, now: datetime, status: InboundStatus, dedupe: str | None
+    ) -> dict[str, Any]:
+        return {
+            "id": self._new_id(),
+            "channel": Channel.HTTP_EMS.value,
+            "partner_id": s.partner.partner_id,
+            "dedupe_key": dedupe,
+            "received_at": now,
+            "status": status.value,
+            "reason_code": None,
+            "reason": None,
+            "ack": None,
+            "report_id": None,
+            "revision": None,
+            "raw_sealed": None,
+            "replayed_at": None,
+        }

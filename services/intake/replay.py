@@ -1,0 +1,102 @@
+"""Replaying rejected HL7 messages once their cause is fixed (a facility added, a bug fixed).
+
+The raw message was kept sealed when it was rejected; replay opens it and submits it again
+through the same handler. A replay that is accepted marks the rejected record as replayed.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from services.intake.handlers import HL7Intake, HL7Submission
+from services.intake.models import INBOUND, PARTNER, PROGRAM, Channel, InboundStatus
+from services.intake.partners import PartnerContext
+from shared.clock import Clock
+from shared.sealing import Sealer
+
+__all__ = ["ReplayResult", "replay_rejected"]
+
+
+@dataclass(frozen=True)
+class ReplayResult:
+    inbound_id: uuid.UUID
+    ack_code: str
+    hl7_error_code: str | None
+
+
+async def _partner(session: AsyncSession, partner_id: str | None) -> PartnerContext | None:
+    if partner_id is None:
+        return None
+    row = (
+        await session.execute(
+            sa.select(
+                PARTNER.c.id,
+                PARTNER.c.program_id,
+                PARTNER.c.kind,
+                PROGRAM.c.definition,
+                PROGRAM.c.timezone,
+            )
+            .select_from(PARTNER.join(PROGRAM, PROGRAM.c.id == PARTNER.c.program_id))
+            .where(PARTNER.c.id == partner_id)
+        )
+    ).first()
+    if row is None:
+        return None
+    return PartnerContext(row.id, row.program_id, row.kind, row.definition, row.timezone)
+
+
+def _ack_code(ack: str) -> str:
+    codes = [s[4:6] for s in ack.split("\r") if s.startswith("MSA")]
+    return next((c for c in ("AE", "AR") if c in codes), "AA")
+
+
+async def replay_rejected(
+    sessions: async_sessionmaker[AsyncSession],
+    intake: HL7Intake,
+    sealer: Sealer,
+    clock: Clock,
+    *,
+    ids: Sequence[uuid.UUID] = (),
+) -> list[ReplayResult]:
+    """Replay the given rejected messages, or every one not yet replayed when ids is empty."""
+    query = sa.select(
+        INBOUND.c.id, INBOUND.c.channel, INBOUND.c.partner_id, INBOUND.c.raw_sealed
+    ).where(
+        INBOUND.c.status == InboundStatus.REJECTED.value,
+        INBOUND.c.raw_sealed.is_not(None),
+        INBOUND.c.channel.in_([Channel.MLLP.value, Channel.HTTP_HL7.value]),
+    )
+    if ids:
+        query = query.where(INBOUND.c.id.in_(list(ids)))
+    async with sessions() as session:
+        rows = (await session.execute(query.order_by(INBOUND.c.received_at))).all()
+        partners = {r.partner_id: await _partner(session, r.partner_id) for r in rows}
+    results: list[ReplayResult] = []
+    for row in rows:
+        raw = sealer.open(row.raw_sealed, context="inbound")
+        channel = Channel(row.channel)
+        partner = partners[row.partner_id] if channel is Channel.HTTP_HL7 else None
+        (ack,) = await intake.receive(
+            [HL7Submission(raw.encode(), channel, partner, replay_of=row.id)]
+        )
+        code = _ack_code(ack)
+        if code == "AA":
+            async with sessions() as session, session.begin():
+                await session.execute(
+                    INBOUND.update()
+                    .where(INBOUND.c.id == row.id)
+                    .values(status=InboundStatus.REPLAYED.value, replayed_at=clock.now())
+                )
+        reason = None
+        if code != "AA":
+            err = [s for s in ack.split("\r") if s.startswith("ERR")]
+            reason = (
+                err[0].split("|")[3].split("^")[0] if err and len(err[0].split("|")) > 3 else None
+            )
+        results.append(ReplayResult(row.id, code, reason))
+    return results

@@ -1,0 +1,144 @@
+"""The intake service as a partner sees it: a process on loopback, MLLP and HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import httpx
+import pytest
+import sqlalchemy as sa
+
+from shared.db import create_engine
+from tests.e2e.proxy import TcpProxy
+
+PORTLINE = str(Path(sys.executable).parent / "portline")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@dataclass
+class IntakeProcess:
+    http: str
+    mllp_port: int
+    hospital_key: str
+    ems_key: str
+    env: dict[str, str]
+    proxy: TcpProxy
+    log: Path
+
+    async def mllp(self, *payloads: bytes, timeout: float = 15.0) -> list[str]:
+        """Send framed payloads on one connection, one at a time; return the ACK texts."""
+        reader, writer = await asyncio.open_connection("127.0.0.1", self.mllp_port)
+        acks: list[str] = []
+        try:
+            for payload in payloads:
+                writer.write(payload)
+                await writer.drain()
+                frame = await asyncio.wait_for(reader.readuntil(b"\x1c\r"), timeout)
+                acks.append(frame.strip(b"\x0b\x1c\r").decode())
+        finally:
+            writer.close()
+        return acks
+
+    async def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """Run a portline command against this deployment (off the event loop, which serves
+        the database proxy the command connects through)."""
+        return await asyncio.to_thread(
+            subprocess.run,
+            [PORTLINE, *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+
+
+def _start(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    with log.open("w") as out:
+        return subprocess.Popen(
+            [PORTLINE, "run", "intake"], env=env, stdout=out, stderr=subprocess.STDOUT
+        )
+
+
+@pytest.fixture(scope="session")
+async def intake_process(
+    postgres_url: str, kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[IntakeProcess]:
+    var = tmp_path_factory.mktemp("intake-e2e")
+    target = urlsplit(postgres_url)
+    proxy = TcpProxy(target.hostname or "127.0.0.1", target.port or 5432)
+    await proxy.up()
+    netloc = target.netloc.rsplit(":", 1)[0] + f":{proxy.port}"
+    prefix = f"e2e{uuid.uuid4().hex[:8]}_"
+    http_port, mllp_port = free_port(), free_port()
+    env = {
+        **os.environ,
+        "PORTLINE_ENV": "development",
+        "DATABASE_URL": urlunsplit(target._replace(netloc=netloc)),
+        "PORTLINE_DB_SCHEMA_PREFIX": prefix,
+        "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
+        "PORTLINE_VAR_DIR": str(var),
+        "PORTLINE_INTAKE_PORT": str(http_port),
+        "PORTLINE_MLLP_PORT": str(mllp_port),
+        "PORTLINE_INTAKE_MAX_MESSAGE_BYTES": "65536",
+        "PORTLINE_INTAKE_PARTNER_CACHE_SECONDS": "0",
+    }
+
+    def run(*args: str) -> str:
+        done = subprocess.run(
+            [PORTLINE, *args], env=env, capture_output=True, text=True, timeout=120, check=True
+        )
+        return done.stdout
+
+    await asyncio.to_thread(run, "topics", "create")
+    await asyncio.to_thread(run, "migrate", "intake")
+    await asyncio.to_thread(run, "intake", "seed-demo")
+    keys = json.loads((var / "demo-keys.json").read_text())
+    log = var / "intake.log"
+    proc = await asyncio.to_thread(_start, env, log)
+    base = f"http://127.0.0.1:{http_port}"
+    try:
+        deadline = time.monotonic() + 60
+        async with httpx.AsyncClient() as client:
+            while True:
+                assert proc.poll() is None, log.read_text()[-3000:]
+                try:
+                    if (await client.get(f"{base}/readyz")).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                assert time.monotonic() < deadline, "intake not ready in time"
+                await asyncio.sleep(0.3)
+        yield IntakeProcess(
+            base, mllp_port, keys["demo-hospital"], keys["demo-ems"], env, proxy, log
+        )
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            await asyncio.to_thread(proc.wait, 30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        await proxy.up() if proxy._server is None else None
+        engine = create_engine(postgres_url, service="admin", schema="public")
+        async with engine.begin() as conn:
+            await conn.execute(sa.text(f'DROP SCHEMA IF EXISTS "{prefix}intake" CASCADE'))
+        await engine.dispose()
+        await proxy.down()

@@ -1,0 +1,380 @@
+"""Intake's units of work on the embedded database: ACK semantics, dedupe, revisions, rejects."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from services.intake.handlers import EmsIntake, EmsSubmission, HL7Intake, HL7Submission
+from services.intake.models import INBOUND, Channel
+from services.intake.partners import PartnerDirectory, add_facility
+from services.intake.records import EmsMedication, EmsRunReport, Identity
+from services.intake.replay import replay_rejected
+from services.intake.reports import Protector
+from services.intake.seed import DEMO_EMS, seed_demo
+from shared.clock import ManualClock
+from shared.db import create_engine, session_factory
+from shared.envelope import Envelope
+from shared.events import InboundRejected, OverdoseReported
+from shared.migrations import upgrade
+from shared.outbox import OUTBOX
+from shared.sealing import BlindIndexer, Keyring, Sealer
+from shared.uow import UnitOfWork
+from tests.hl7_builder import ack_fields, adt, routine
+
+T0 = datetime(2026, 11, 21, 9, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+async def sessions(tmp_path: Path) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
+    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path}/intake.db", service="intake")
+    await upgrade(engine, service="intake")
+    yield session_factory(engine)
+    await engine.dispose()
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock(T0)
+
+
+@pytest.fixture
+def protector() -> Protector:
+    return Protector(Sealer(Keyring({"t1": b"k" * 32}, "t1")), BlindIndexer(b"b" * 32))
+
+
+@pytest.fixture
+async def intake(
+    sessions: async_sessionmaker[AsyncSession],
+    clock: ManualClock,
+    protector: Protector,
+    tmp_path: Path,
+) -> HL7Intake:
+    await seed_demo(sessions, clock=clock, var_dir=tmp_path)
+    return HL7Intake(
+        uow_factory=lambda: UnitOfWork(sessions, clock=clock, source="/portline/intake"),
+        directory=PartnerDirectory(sessions, ttl_seconds=0),
+        protector=protector,
+        clock=clock,
+    )
+
+
+def mllp(message: str) -> HL7Submission:
+    return HL7Submission(message.encode(), Channel.MLLP)
+
+
+async def events(sessions: async_sessionmaker[AsyncSession]) -> list[Envelope]:
+    async with sessions() as s:
+        rows = (await s.execute(sa.select(OUTBOX.c.payload).order_by(OUTBOX.c.id))).scalars()
+        return [Envelope.from_bytes(r) for r in rows]
+
+
+async def inbound(sessions: async_sessionmaker[AsyncSession]) -> list[sa.Row[tuple[str, str]]]:
+    async with sessions() as s:
+        return list(
+            await s.execute(
+                sa.select(
+                    INBOUND.c.status,
+                    INBOUND.c.reason_code,
+                    INBOUND.c.raw_sealed,
+                    INBOUND.c.revision,
+                ).order_by(INBOUND.c.received_at)
+            )
+        )
+
+
+async def test_overdose_is_stored_published_sealed_and_acked_aa(
+    intake: HL7Intake, sessions: async_sessionmaker[AsyncSession], protector: Protector
+) -> None:
+    (ack,) = await intake.receive([mllp(adt("MSG-1"))])
+    assert ack_fields(ack) == ("AA", "MSG-1", "")
+
+    (env,) = await events(sessions)
+    event = env.event()
+    assert isinstance(event, OverdoseReported)
+    assert (event.opioid, event.any_drug, event.revision, event.source_kind) == (
+        True,
+        True,
+        1,
+        "ed",
+    )
+    assert event.program_id == "demo"
+    assert event.incident_at == datetime(2026, 11, 20, 19, 15, tzinfo=UTC)
+    assert {r.code for r in event.reasons} >= {"icd10_opioid_poisoning", "text_overdose_term"}
+    # PHI only sealed: the name, DOB, phone and street never appear in the payload.
+    payload = env.model_dump_json()
+    for phi in ("Doe", "Jane", "1990", "5550100", "Elm St", "MRNV1001"):
+        assert phi not in payload
+    assert event.identity is not None
+    opened = protector.sealer.open_json(event.identity, context="identity")
+    assert (opened["family"], opened["given"], opened["dob"]) == ("Doe", "Jane", "1990-01-01")
+    assert event.blind_keys.name_dob == protector.indexer.name_dob("DOE", "jane", "1990-01-01")
+    assert env.subject == event.blind_keys.name_dob
+    assert event.location.county == "37081"
+    rows = await inbound(sessions)
+    assert [(r.status, r.raw_sealed) for r in rows] == [("accepted", None)]
+
+
+async def test_not_an_overdose_is_acked_counted_and_nothing_identifying_kept(
+    intake: HL7Intake, sessions: async_sessionmaker[AsyncSession]
+) -> None:
+    (ack,) = await intake.receive([mllp(routine("MSG-2"))])
+    assert ack_fields(ack)[0] == "AA"
+    assert await events(sessions) == []
+    async with sessions() as s:
+        row = (await s.execute(sa.select(INBOUND))).one()
+    assert row.status == "not_overdose"
+    assert row.raw_sealed is None
+    assert row.report_id is None
+    assert "Doe" not in json.dumps([str(v) for v in row])
+
+
+async def test_resent_message_gets_the_original_ack_and_creates_nothing(
+    intake: HL7Intake, sessions: async_sessionmaker[AsyncSession], clock: ManualClock
+) -> None:
+    (first,) = await intake.receive([mllp(adt("MSG-3"))])
+    clock.set(datetime(2026, 11, 21, 10, 0, tzinfo=UTC))
+    again = await intake.receive([mllp(adt("MSG-3")), mllp(adt("MSG-3"))])
+    assert again == [first, first]
+    assert len(await events(sessions)) == 1
+    assert len(await inbound(sessions)) == 1
+
+
+async def test_same_message_twice_in_one_batch_is_one_event(
+    intake: HL7Intake, sessions: async_sessionmaker[AsyncSession]
+) -> None:
+    acks = await intake.receive([mllp(adt("MSG-4")), mllp(adt("MSG-4"))])
+    assert acks[0] == acks[1]
+    assert len(await events(sessions)) == 1
+
+
+async def test_a08_update_of_the_same_visit_revises_the_report(
+    intake: HL7Intake, sessions: async_sessionmaker[AsyncSession]
+) -> None:
+    await intake.receive([mllp(adt("MSG-5", trigger="A04"))])
+    await intake.receive([mllp(adt("MSG-6", trigger="A08", dx="T40.411A"))])
+    # an update that says nothing new (a resend under a new control id) publishes nothing
+    await intake.receive([mllp(adt("MSG-7", trigger="A08", dx="T40.411A"))])
+    first, second = (e.event() for e in await events(sessions))
+    assert isinstance(first, OverdoseReported)
+    assert isinstance(second, OverdoseReported)
+    assert second.report_id == first.report_id
+    assert (first.revision, second.revision) == (1, 2)
+    assert any(r.detail == "T40411A" for r in second.reasons)
+    assert [r.revision for r in await inbound(sessions)] == [1, 2, 2]
+
+
+async def test_a_different_visit_is_a_different_report(
+    intake: HL7Intake, sessions: async_sessionmaker[AsyncSession]
+) -> None:
+    await intake.receive([mllp(adt("MSG-8", visit="V1")), mllp(adt("MSG-9", visit="V2"))])
+    a, b = (e.event() for e in await events(sessions))
+    assert isinstance(a, OverdoseReported)
+    assert isinstance(b, OverdoseReported)
+    assert a.report_id != b.report_id
+
+
+@pytest.mark.parametrize(
+    ("message", "reason", "err3", "msa2"),
+    [
+        (adt("MSG-10", facility="ELSEWHERE"), "unknown_sending_facility", "103", "MSG-10"),
+        (adt("MSG-11", trigger="A31"), "unsupported_message_type", "201", "MSG-11"),
+        ("PID|1||not a message", "not_hl7", "100", ""),
+        (adt("MSG-12", version="3.0"), "unsupported_message_type", "203", "MSG-12"),
+    ],
+)
+async def test_what_can_never_succeed_is_rejected_ar_and_kept_sealed(
+    intake: HL7Intake,
+    sessions: async_sessionmaker[AsyncSession],
+    protector: Protector,
+    message: str,
+    reason: str,
+    err3: str,
+    msa2: str,
+) -> None:
+    (ack,) = await intake.receive([mllp(message)])
+    assert ack_fields(ack) == ("AR", msa2, err3)
+    (row,) = await inbound(sessions)
+    assert (row.status, row.reason_code) == ("rejected", reason)
+    assert protector.sealer.open(row.raw_sealed, context="inbound") == message.rstrip("\r")
+    (env,) = await events(sessions)
+    rejected = env.event()
+    assert isinstance(rejected, InboundRejected)
+    assert rejected.reason_code == reason
+    assert "Doe" not in env.model_dump_json()
+
+
+async def test_http_partner_may_only_send_as_its_own_facilities(
+    intake: HL7Intake, sessions: async_sessionmaker[AsyncSession]
+) -> None:
+    directory = PartnerDirectory(sessions, ttl_seconds=0)
+    async with sessions() as s:
+        key = json.loads((Path(str(s.bind.url.database)).parent / "demo-keys.json").read_text())
+    hospital = await directory.by_api_key(key["demo-hospital"])
+    assert hospital is not None
+    ok, foreign = await intake.receive(
+        [
+            HL7Submission(adt("MSG-13").encode(), Channel.HTTP_HL7, hospital),
+            HL7Submission(adt("MSG-14", facility="OTHER").encode(), Channel.HTTP_HL7, hospital),
+        ]
+    )
+    assert ack_fields(ok)[0] == "AA"
+    assert ack_fields(foreign)[:2] == ("AR", "MSG-14")
+
+
+async def test_database_failure_answers_ae_and_loses_nothing_once_it_is_back(
+    sessions: async_sessionmaker[AsyncSession],
+    clock: ManualClock,
+    protector: Protector,
+    tmp_path: Path,
+) -> None:
+    await seed_demo(sessions, clock=clock, var_dir=tmp_path)
+    down = True
+
+    class FlakyUnitOfWork(UnitOfWork):
+        async def commit(self) -> None:
+            if down:
+                raise sa.exc.OperationalError("COMMIT", {}, ConnectionRefusedError("db down"))
+            await super().commit()
+
+    intake = HL7Intake(
+        uow_factory=lambda: FlakyUnitOfWork(sessions, clock=clock, source="/portline/intake"),
+        directory=PartnerDirectory(sessions, ttl_seconds=0),
+        protector=protector,
+        clock=clock,
+    )
+    (ack,) = await intake.receive([mllp(adt("MSG-15"))])
+    assert ack_fields(ack)[:2] == ("AE", "MSG-15")
+    assert await events(sessions) == []
+    assert await inbound(sessions) == []
+
+    down = False
+    (ack,) = await intake.receive([mllp(adt("MSG-15"))])
+    assert ack_fields(ack)[0] == "AA"
+    assert len(await events(sessions)) == 1
+
+
+async def test_rejected_message_is_replayed_once_its_cause_is_fixed(
+    intake: HL7Intake,
+    sessions: async_sessionmaker[AsyncSession],
+    protector: Protector,
+    clock: ManualClock,
+) -> None:
+    (ack,) = await intake.receive([mllp(adt("MSG-16", facility="NEW_SITE"))])
+    assert ack_fields(ack)[0] == "AR"
+    results = await replay_rejected(sessions, intake, protector.sealer, clock)
+    assert [(r.ack_code, r.hl7_error_code) for r in results] == [("AR", "103")]
+    assert len(await inbound(sessions)) == 1  # a failed replay adds no second record
+
+    async with sessions() as s, s.begin():
+        await add_facility(s, partner_id="demo-hospital", facility="NEW_SITE")
+    results = await replay_rejected(sessions, intake, protector.sealer, clock)
+    assert [r.ack_code for r in results] == ["AA"]
+    statuses = sorted(r.status for r in await inbound(sessions))
+    assert statuses == ["accepted", "replayed"]
+    kinds = [e.type for e in await events(sessions)]
+    assert kinds == ["InboundRejected", "OverdoseReported"]
+    assert await replay_rejected(sessions, intake, protector.sealer, clock) == []
+
+
+# --- EMS --------------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def ems(
+    sessions: async_sessionmaker[AsyncSession], clock: ManualClock, protector: Protector
+) -> EmsIntake:
+    return EmsIntake(
+        uow_factory=lambda: UnitOfWork(sessions, clock=clock, source="/portline/intake"),
+        protector=protector,
+        clock=clock,
+    )
+
+
+def run(
+    pcr: str, *, consent: str = "accepted", improved: bool = True, **kw: object
+) -> EmsRunReport:
+    return EmsRunReport(
+        pcr_number=pcr,
+        agency_id="A1",
+        identity=Identity(family="Roe", given="Sam", phones=("336-555-0199",)),
+        incident_at=datetime(2026, 11, 20, 22, 0, tzinfo=UTC),
+        scene=None,
+        impressions=("R40.20",),
+        medications=(EmsMedication("7242", "9916001" if improved else "9916003"),),
+        drug_use_indicators=(),
+        consent=consent,
+        leave_behind=("naloxone_kit",),
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+async def ems_partner(sessions: async_sessionmaker[AsyncSession], tmp_path: Path):  # type: ignore[no-untyped-def]
+    keys = json.loads((tmp_path / "demo-keys.json").read_text())
+    partner = await PartnerDirectory(sessions, ttl_seconds=0).by_api_key(keys[DEMO_EMS])
+    assert partner is not None
+    return partner
+
+
+async def test_ems_run_reports_are_idempotent_per_pcr_and_revise_when_changed(
+    intake: HL7Intake,
+    ems: EmsIntake,
+    sessions: async_sessionmaker[AsyncSession],
+    tmp_path: Path,
+) -> None:
+    partner = await ems_partner(sessions, tmp_path)
+    sub = lambda i, r: EmsSubmission(partner, i, r)  # noqa: E731
+    out = await ems.receive([sub(0, run("P1")), sub(1, run("P2", improved=False))])
+    assert [(o.status, o.overdose) for o in out] == [("accepted", True), ("not_overdose", False)]
+    out = await ems.receive([sub(0, run("P1")), sub(1, run("P2", improved=False))])
+    assert [o.status for o in out] == ["duplicate", "duplicate"]
+    out = await ems.receive([sub(0, run("P1", narrative="naloxone given, improved"))])
+    assert [(o.status, o.revision) for o in out] == [("revised", 2)]
+    first, second = (e.event() for e in await events(sessions))
+    assert isinstance(first, OverdoseReported)
+    assert isinstance(second, OverdoseReported)
+    assert first.report_id == second.report_id
+    assert first.naloxone_given
+    assert first.consent == "accepted"
+    assert first.leave_behind == ["naloxone_kit"]
+
+
+async def test_declined_consent_is_reported_as_declined(
+    intake: HL7Intake,
+    ems: EmsIntake,
+    sessions: async_sessionmaker[AsyncSession],
+    tmp_path: Path,
+) -> None:
+    partner = await ems_partner(sessions, tmp_path)
+    (out,) = await ems.receive([EmsSubmission(partner, 0, run("P9", consent="declined"))])
+    assert out.status == "accepted"
+    (env,) = await events(sessions)
+    event = env.event()
+    assert isinstance(event, OverdoseReported)
+    assert event.consent == "declined"
+
+
+async def test_invalid_ems_record_is_reported_and_the_rest_accepted(
+    intake: HL7Intake,
+    ems: EmsIntake,
+    sessions: async_sessionmaker[AsyncSession],
+    tmp_path: Path,
+) -> None:
+    partner = await ems_partner(sessions, tmp_path)
+    out = await ems.receive(
+        [
+            EmsSubmission(partner, 0, None, "missing_pcr_number", "no eRecord.01"),
+            EmsSubmission(partner, 1, run(str(uuid.uuid4()))),
+        ]
+    )
+    assert [(o.index, o.status, o.error_code) for o in out] == [
+        (0, "rejected", "missing_pcr_number"),
+        (1, "accepted", None),
+    ]
