@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: help venv run test lint format typecheck unit integration e2e bench \
+.PHONY: help venv run test lint format typecheck unit integration e2e bench bench-intake \
         kafka-up kafka-down pg-up pg-down infra-up infra-down clean
 
 help:
@@ -48,6 +48,11 @@ integration: venv
 
 e2e: venv
 	@scripts/test.sh --no-lint tests/e2e
+
+bench: venv
+	@scripts/bench.sh $(BENCH_ARGS)
+
+bench-intake: bench
 
 kafka-up:
 	@deploy/local/kafka.sh start

@@ -7,6 +7,7 @@ Every error response has the same shape, so clients handle them in one place:
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
@@ -17,7 +18,7 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.routing import Match
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shared.metrics import HTTP_REQUESTS, HTTP_SECONDS
 
@@ -53,6 +54,8 @@ class ErrorBody(BaseModel):
 class ErrorResponse(BaseModel):
     error: ErrorBody
 
+
+log = logging.getLogger(__name__)
 
 _STATUS_CODES = {
     400: "bad_request",
@@ -98,7 +101,12 @@ def install_error_handlers(app: FastAPI) -> None:
             response.headers.update(exc.headers)
         return response
 
-    async def unexpected(_request: Request, _exc: Exception) -> Response:
+    async def unexpected(request: Request, exc: Exception) -> Response:
+        log.error(
+            "unhandled error",
+            exc_info=exc,
+            extra={"method": request.method, "path": request.url.path},
+        )
         return _error(500, "internal_error", "An unexpected error occurred; it has been logged.")
 
     app.add_exception_handler(ApiError, api_error)
@@ -144,22 +152,36 @@ def install_common_routes(app: FastAPI, *, service: str, readiness: ReadinessChe
     async def metrics() -> Response:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
-    routes: Sequence[Any] = app.router.routes
+    app.add_middleware(_RequestMetrics, service=service)
 
-    @app.middleware("http")
-    async def record(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        route = "unmatched"
-        for r in routes:
-            if r.matches(request.scope)[0] == Match.FULL:
-                route = getattr(r, "path", "unmatched")
-                break
+
+class _RequestMetrics:
+    """Counts and times requests by route template (plain ASGI: no per-request task)."""
+
+    def __init__(self, app: ASGIApp, *, service: str) -> None:
+        self._app = app
+        self._service = service
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self._app(scope, receive, send)
+            return
+        status = 500
         started = time.perf_counter()
-        response = await call_next(request)
-        HTTP_SECONDS.labels(service, request.method, route).observe(time.perf_counter() - started)
-        HTTP_REQUESTS.labels(service, request.method, route, str(response.status_code)).inc()
-        return response
+
+        async def capture(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self._app(scope, receive, capture)
+        finally:
+            route = getattr(scope.get("route"), "path", "unmatched")
+            method = scope["method"]
+            HTTP_SECONDS.labels(self._service, method, route).observe(time.perf_counter() - started)
+            HTTP_REQUESTS.labels(self._service, method, route, str(status)).inc()
 
 
 def add_openapi_schemas(app: FastAPI, models: Sequence[type[BaseModel]]) -> None:

@@ -1,4 +1,5 @@
-"""Running services as processes: one service under uvicorn, or all four as child processes."""
+"""Running services as processes: one service under uvicorn, several worker processes of one
+service sharing its ports, or all four services as child processes."""
 
 from __future__ import annotations
 
@@ -6,10 +7,12 @@ import asyncio
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 import uvicorn
 from fastapi import FastAPI
@@ -22,9 +25,26 @@ __all__ = ["run_all", "serve"]
 log = logging.getLogger(__name__)
 
 
+WORKER_ENV = "PORTLINE_WORKER"
+
+
 def serve(service: ServiceName, app_factory: Callable[[Settings], FastAPI]) -> None:
-    """Run one service in the foreground until SIGINT or SIGTERM."""
+    """Run one service in the foreground until SIGINT or SIGTERM.
+
+    With more than one worker configured (PostgreSQL only), this process supervises that many
+    worker processes, which share the service's ports through SO_REUSEPORT."""
     settings = get_settings()
+    workers = settings.workers_for(service)
+    if workers > 1 and WORKER_ENV not in os.environ:
+        sys.exit(
+            _supervise(
+                {
+                    f"{service}-{i}": [sys.executable, "-m", f"services.{service}"]
+                    for i in range(workers)
+                },
+                extra_env=lambda name: {WORKER_ENV: name},
+            )
+        )
     configure_logging(service=service, level=settings.log_level)
     app = app_factory(settings)
     config = uvicorn.Config(
@@ -36,11 +56,41 @@ def serve(service: ServiceName, app_factory: Callable[[Settings], FastAPI]) -> N
         lifespan="on",
         timeout_graceful_shutdown=10,
     )
-    asyncio.run(uvicorn.Server(config).serve())
+    sockets = None
+    if workers > 1:
+        sock = socket.socket(socket.AF_INET6 if ":" in settings.host else socket.AF_INET)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((settings.host, settings.port_for(service)))
+        sockets = [sock]
+    _run(uvicorn.Server(config).serve(sockets=sockets))
+
+
+def _run(main: Coroutine[Any, Any, None]) -> None:
+    """Run on uvloop when it is installed (it comes with uvicorn[standard]): socket I/O is
+    a large share of intake's per-message cost."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a runtime dependency
+        asyncio.run(main)
+        return
+    uvloop.run(main)
 
 
 def run_all(settings: Settings, services: tuple[ServiceName, ...] = SERVICES) -> int:
     """Start each service as a child process; stop them all when one dies or on a signal."""
+    for name in services:
+        print(f"  {name:<10} http://{settings.host}:{settings.port_for(name)}  (docs at /docs)")
+        if name == "intake":
+            print(f"  {'':<10} mllp://{settings.host}:{settings.mllp_port}")
+    return _supervise({name: [sys.executable, "-m", f"services.{name}"] for name in services})
+
+
+def _supervise(
+    commands: dict[str, list[str]],
+    extra_env: Callable[[str], dict[str, str]] = lambda _name: {},
+) -> int:
+    """Run the commands as children until one exits or SIGINT/SIGTERM; then stop the rest."""
     children: dict[str, subprocess.Popen[bytes]] = {}
     stopping = False
 
@@ -50,18 +100,15 @@ def run_all(settings: Settings, services: tuple[ServiceName, ...] = SERVICES) ->
 
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
-    for name in services:
+    for name, argv in commands.items():
         children[name] = subprocess.Popen(  # noqa: S603 - our own interpreter and module
-            [sys.executable, "-m", f"services.{name}"], env=os.environ.copy()
+            argv, env={**os.environ, **extra_env(name)}
         )
-        print(f"  {name:<10} http://{settings.host}:{settings.port_for(name)}  (docs at /docs)")
-        if name == "intake":
-            print(f"  {'':<10} mllp://{settings.host}:{settings.mllp_port}")
     exit_code = 0
     while not stopping:
-        for child_name, child in children.items():
+        for name, child in children.items():
             if child.poll() is not None:
-                print(f"portline: {child_name} exited with {child.returncode}; stopping the rest")
+                print(f"portline: {name} exited with {child.returncode}; stopping the rest")
                 exit_code = child.returncode or 1
                 stopping = True
                 break

@@ -81,6 +81,16 @@ class Settings(BaseSettings):
     intake_leave_behind_element: str = "itDisposition.LeaveBehind"
     intake_partner_cache_seconds: float = Field(default=30.0, ge=0)
     intake_batch_max: int = Field(default=256, ge=1)
+    intake_workers: int = Field(
+        default=1,
+        ge=1,
+        description="Intake worker processes sharing its HTTP and MLLP ports (PostgreSQL only).",
+    )
+    intake_parse_workers: int = Field(
+        default=1,
+        ge=0,
+        description="Processes for the full hl7apy parse of overdose candidates (0: inline).",
+    )
     intake_batch_concurrency: int = Field(
         default=3, ge=1, description="Group-commit transactions in flight at once."
     )
@@ -101,6 +111,12 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite+aiosqlite:///{self.var_dir}/{{service}}.db"
+
+    def workers_for(self, service: str) -> int:
+        """Processes to run for a service; several only where they can share the database."""
+        if service != "intake" or not self.db_url.startswith("postgres"):
+            return 1
+        return self.intake_workers
 
     def schema_for(self, service: str) -> str:
         """The PostgreSQL schema a service owns."""

@@ -48,7 +48,7 @@ class IntakeState:
     leave_behind_element: str
 
 
-def _state(request: Request) -> IntakeState:
+async def _state(request: Request) -> IntakeState:
     state: IntakeState = request.app.state.intake
     return state
 
@@ -367,17 +367,17 @@ async def _reserve(
                 await uow.session.execute(IDEMPOTENCY.select().where(_key_filter(partner, key)))
             ).first()
             if row is None:
-                await uow.session.execute(
-                    IDEMPOTENCY.insert().values(
-                        partner_id=partner.partner_id,
-                        key=key,
-                        request_hash=request_hash,
-                        status_code=_IN_PROGRESS,
-                        response="",
-                        created_at=state.clock.now(),
-                    )
-                )
                 try:
+                    await uow.session.execute(
+                        IDEMPOTENCY.insert().values(
+                            partner_id=partner.partner_id,
+                            key=key,
+                            request_hash=request_hash,
+                            status_code=_IN_PROGRESS,
+                            response="",
+                            created_at=state.clock.now(),
+                        )
+                    )
                     await uow.commit()
                 except sa.exc.IntegrityError:
                     continue  # claimed concurrently: read what the winner stored

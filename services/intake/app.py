@@ -20,6 +20,7 @@ from services.intake.handlers import (
 )
 from services.intake.mllp_listener import MllpListener
 from services.intake.models import Channel
+from services.intake.parse_pool import ParsePool, parse_inline
 from services.intake.partners import PartnerDirectory
 from services.intake.reports import Protector
 from services.intake.routine_store import RoutineStore
@@ -63,12 +64,16 @@ def create_app(settings: Settings) -> FastAPI:
             routine_store = await RoutineStore.connect(
                 settings.db_url, schema=settings.schema_for("intake")
             )
+        parse_pool = (
+            ParsePool(settings.intake_parse_workers) if settings.intake_parse_workers else None
+        )
         hl7 = HL7Intake(
             uow_factory=runtime.uow,
             directory=directory,
             protector=protector,
             clock=runtime.clock,
             routine_store=routine_store,
+            full_parse=parse_pool or parse_inline,
         )
         ems = EmsIntake(uow_factory=runtime.uow, protector=protector, clock=runtime.clock)
 
@@ -90,7 +95,7 @@ def create_app(settings: Settings) -> FastAPI:
             max_concurrent=settings.intake_batch_concurrency,
         )
         ems_batcher: MicroBatcher[list[EmsSubmission], list[EmsOutcome]] = MicroBatcher(
-            ems_batch, max_batch=64
+            ems_batch, max_batch=64, max_concurrent=settings.intake_batch_concurrency
         )
         hl7_batcher.start()
         ems_batcher.start()
@@ -105,6 +110,7 @@ def create_app(settings: Settings) -> FastAPI:
             now=runtime.clock.now,
             max_message_bytes=settings.intake_max_message_bytes,
             ssl_context=_tls(settings),
+            reuse_port=settings.workers_for("intake") > 1,
         )
         await listener.start()
         app.state.intake = IntakeState(
@@ -127,6 +133,8 @@ def create_app(settings: Settings) -> FastAPI:
             await ems_batcher.stop()
             if routine_store is not None:
                 await routine_store.close()
+            if parse_pool is not None:
+                parse_pool.close()
 
     app = create_service_app(
         "intake",

@@ -16,9 +16,10 @@ from __future__ import annotations
 import hashlib
 import logging
 import uuid
-from collections.abc import Callable, Sequence
+from collections import Counter
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, tzinfo
 from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
@@ -33,19 +34,20 @@ from services.intake.hl7 import (
     build_ack,
     check_supported,
     normalize,
-    parse_adt,
     read_header,
     screen,
     split_messages,
 )
 from services.intake.metrics import BATCH_SIZE, INTAKE_MESSAGES
 from services.intake.models import INBOUND, REPORT, Channel, InboundStatus
+from services.intake.parse_pool import parse_inline
 from services.intake.partners import PartnerContext, PartnerDirectory, facility_key
 from services.intake.records import AdtMessage, EmsRunReport, HL7Header
 from services.intake.reports import Protector, content_hash, ed_report, ems_report, person_key
 from services.intake.routine_store import RoutineRow, RoutineStore
 from shared.clock import Clock
 from shared.events import InboundRejected, OverdoseReported
+from shared.ids import new_uuid
 from shared.inbox import is_transient
 from shared.uow import UnitOfWork
 
@@ -61,6 +63,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 AckCode = Literal["AA", "AE", "AR"]
+FullParse = Callable[[str, Screened, tzinfo], Awaitable[AdtMessage]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,10 +127,12 @@ class HL7Intake:
         directory: PartnerDirectory,
         protector: Protector,
         clock: Clock,
-        new_id: Callable[[], uuid.UUID] = uuid.uuid4,
+        new_id: Callable[[], uuid.UUID] = new_uuid,
         routine_store: RoutineStore | None = None,
+        full_parse: FullParse = parse_inline,
     ) -> None:
         self._routine_store = routine_store
+        self._full_parse = full_parse
         self._uow = uow_factory
         self._directory = directory
         self._protector = protector
@@ -153,8 +158,8 @@ class HL7Intake:
                 log.warning("database unavailable; answering AE", extra={"messages": len(flat)})
             for p in flat:
                 p.ack = self._ack(p, "AE", now, text="Temporarily unable to store; resend.")
-        for p in flat:
-            INTAKE_MESSAGES.labels("hl7", _status_label(p)).inc()
+        for label, count in Counter(_status_label(p) for p in flat).items():
+            INTAKE_MESSAGES.labels("hl7", label).inc(count)
         return ["\r".join(p.ack or "" for p in group) for group in prepared]
 
     async def _prepare(self, submission: HL7Submission) -> list[_Prepared]:
@@ -197,7 +202,7 @@ class HL7Intake:
             p.decision = classify_ed(codes=screened.codes, texts=screened.texts)
             p.overdose = p.decision.is_overdose(Definition(p.partner.definition))
             if p.overdose:  # only candidates pay for the full parse
-                p.adt = parse_adt(message, screened, default_tz=ZoneInfo(p.partner.timezone))
+                p.adt = await self._full_parse(message, screened, ZoneInfo(p.partner.timezone))
         except HL7Error as exc:
             p.error = exc
         return p
@@ -550,7 +555,7 @@ class EmsIntake:
         uow_factory: Callable[[], UnitOfWork],
         protector: Protector,
         clock: Clock,
-        new_id: Callable[[], uuid.UUID] = uuid.uuid4,
+        new_id: Callable[[], uuid.UUID] = new_uuid,
     ) -> None:
         self._uow = uow_factory
         self._protector = protector
@@ -603,8 +608,8 @@ class EmsIntake:
             await reports.flush(uow)
             await uow.commit()
         done = [o for o in outcomes if o is not None]
-        for o in done:
-            INTAKE_MESSAGES.labels("ems", o.status).inc()
+        for status, count in Counter(o.status for o in done).items():
+            INTAKE_MESSAGES.labels("ems", status).inc(count)
         return done
 
     def _one(

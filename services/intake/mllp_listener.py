@@ -44,7 +44,9 @@ class MllpListener:
         max_message_bytes: int = 1_048_576,
         ssl_context: ssl.SSLContext | None = None,
         idle_timeout: float = 600.0,
+        reuse_port: bool = False,
     ) -> None:
+        self._reuse_port = reuse_port
         self._handle = handle
         self._host = host
         self._port = port
@@ -64,7 +66,12 @@ class MllpListener:
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(
-            self._accept, self._host, self._port, ssl=self._ssl, limit=2**20
+            self._accept,
+            self._host,
+            self._port,
+            ssl=self._ssl,
+            limit=2**20,
+            reuse_port=self._reuse_port or None,
         )
 
     async def stop(self) -> None:
@@ -97,30 +104,52 @@ class MllpListener:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         decoder = MllpDecoder(self._max)
-        while True:
-            data = await asyncio.wait_for(reader.read(65536), self._idle)
-            if not data:
-                truncated = decoder.at_eof()
-                if truncated is not None:
-                    log.warning("connection closed mid-frame", extra={"code": truncated.code})
+        loop = asyncio.get_running_loop()
+        last_activity = loop.time()
+        handle: asyncio.TimerHandle
+
+        def watchdog() -> None:
+            # One timer per connection, not one per read: idle connections are closed.
+            nonlocal handle
+            if loop.time() - last_activity >= self._idle:
+                writer.transport.abort()
                 return
-            for item in decoder.feed(data):
-                if isinstance(item, FramingError):
-                    ack = self._framing_ack(item)
-                else:
-                    try:
-                        ack = await self._handle(item)
-                    except Exception:
-                        log.exception("message handling failed; answering AE")
-                        ack = build_ack(
-                            None,
-                            "AE",
-                            now=self._now(),
-                            control_id=uuid.uuid4().hex[:20],
-                            text="Temporarily unable to process; resend.",
-                        )
-                writer.write(frame(ack.encode()))
-                await writer.drain()
+            handle = loop.call_at(last_activity + self._idle, watchdog)
+
+        handle = loop.call_at(last_activity + self._idle, watchdog)
+        try:
+            while True:
+                data = await reader.read(65536)
+                last_activity = loop.time()
+                if not data:
+                    truncated = decoder.at_eof()
+                    if truncated is not None:
+                        log.warning("connection closed mid-frame", extra={"code": truncated.code})
+                    return
+                for item in decoder.feed(data):
+                    ack = (
+                        self._framing_ack(item)
+                        if isinstance(item, FramingError)
+                        else await self._answer(item)
+                    )
+                    writer.write(frame(ack.encode()))
+                    await writer.drain()
+                    last_activity = loop.time()
+        finally:
+            handle.cancel()
+
+    async def _answer(self, payload: bytes) -> str:
+        try:
+            return await self._handle(payload)
+        except Exception:
+            log.exception("message handling failed; answering AE")
+            return build_ack(
+                None,
+                "AE",
+                now=self._now(),
+                control_id=uuid.uuid4().hex[:20],
+                text="Temporarily unable to process; resend.",
+            )
 
     def _framing_ack(self, error: FramingError) -> str:
         return build_ack(

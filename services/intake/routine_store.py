@@ -58,7 +58,8 @@ class RoutineStore:
     async def store(self, rows: Sequence[RoutineRow], status: str) -> dict[str, str]:
         """Insert the rows (unique dedupe keys); the ACK per key: ours, or the original."""
         acks = {r.dedupe_key: r.ack for r in rows}
-        async with self._pool.acquire() as con, con.transaction():
+        # One INSERT is atomic and durable on its own: no BEGIN/COMMIT round trips needed.
+        async with self._pool.acquire() as con:
             inserted = await con.fetch(
                 _INSERT,
                 [r.id for r in rows],

@@ -100,6 +100,7 @@ async def intake_process(
         "PORTLINE_MLLP_PORT": str(mllp_port),
         "PORTLINE_INTAKE_MAX_MESSAGE_BYTES": "65536",
         "PORTLINE_INTAKE_PARTNER_CACHE_SECONDS": "0",
+        "PORTLINE_INTAKE_WORKERS": "2",  # every e2e test also covers the shared ports
     }
 
     def run(*args: str) -> str:

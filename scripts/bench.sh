@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# `make bench` (= `make bench-intake`): intake throughput, end to end, on real Kafka and
+# PostgreSQL, with parse-only baselines measured in the same run (tests/bench/intake_bench.py).
+#
+# Starts a local broker and the private PostgreSQL cluster unless KAFKA_BOOTSTRAP_SERVERS /
+# DATABASE_URL name existing ones, and stops what it started. Intake runs on the
+# portline_test database (private cluster) in schema `intake`, which is DROPPED and
+# re-created on every run; with your own DATABASE_URL its database name must contain
+# "test" or "bench" (or set BENCH_ALLOW_RESET=1), so a real database is never wiped.
+# Arguments go to the benchmark: scripts/bench.sh --messages 10000 --window 4, or
+# make bench BENCH_ARGS="--sqlite". The service's keys, seed and logs live in a temp dir.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BIN=.venv/bin
+started=()
+bench_var=""
+
+cleanup() {
+  local rc=$?
+  trap - EXIT INT TERM
+  for svc in "${started[@]}"; do
+    env -u KAFKA_BOOTSTRAP_SERVERS -u DATABASE_URL deploy/local/"$svc".sh stop || true
+  done
+  if [[ -n "$bench_var" ]]; then rm -rf "$bench_var"; fi
+  exit $rc
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+echo "== infrastructure"
+if [[ -z "${KAFKA_BOOTSTRAP_SERVERS:-}" ]]; then
+  if ! deploy/local/kafka.sh status >/dev/null 2>&1; then
+    deploy/local/kafka.sh start
+    started+=(kafka)
+  fi
+  export KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:${KAFKA_PORT:-9092}
+fi
+if [[ -z "${DATABASE_URL:-}" ]]; then
+  if ! deploy/local/postgres.sh status >/dev/null 2>&1; then
+    deploy/local/postgres.sh start
+    started+=(postgres)
+  fi
+  DATABASE_URL="$(deploy/local/postgres.sh url)"
+  DATABASE_URL="${DATABASE_URL%/*}/portline_test"
+else
+  db_name="${DATABASE_URL##*/}"
+  db_name="${db_name%%\?*}"
+  if [[ "$db_name" != *test* && "$db_name" != *bench* && "${BENCH_ALLOW_RESET:-}" != 1 ]]; then
+    echo "bench: DATABASE_URL names database '$db_name'; the benchmark drops its 'intake'" \
+      "schema. Use a test/bench database or set BENCH_ALLOW_RESET=1." >&2
+    exit 2
+  fi
+fi
+export DATABASE_URL
+echo "Kafka at $KAFKA_BOOTSTRAP_SERVERS; PostgreSQL at ${DATABASE_URL%%@*}@…"
+
+# Not exported: kafka.sh and postgres.sh keep their state under PORTLINE_VAR_DIR.
+bench_var="$(mktemp -d "${TMPDIR:-/tmp}/portline-bench.XXXXXX")"
+as_bench() { env -u PORTLINE_DB_SCHEMA_PREFIX PORTLINE_ENV=development PORTLINE_VAR_DIR="$bench_var" "$@"; }
+
+echo "== topics"
+as_bench "$BIN/portline" topics create
+
+echo "== fresh intake schema (drop, migrate, seed)"
+as_bench "$BIN/python" -m tests.bench.prepare drop-schema
+as_bench "$BIN/portline" migrate intake
+as_bench "$BIN/portline" intake seed-demo >/dev/null
+
+echo "== benchmark"
+started_at=$SECONDS
+as_bench "$BIN/python" -m tests.bench.intake_bench --var-dir "$bench_var" "$@"
+echo "bench finished in $((SECONDS - started_at)) s"
