@@ -1,0 +1,833 @@
+"""The outreach policy: one TOML file per program, and the pure decisions taken from it.
+
+A program's policy says how an overdose *episode* becomes time-boxed outreach tasks: a remote
+contact first, an in-person visit when that fails, follow-ups after contact. This module
+parses and validates the policy files and makes those decisions as plain functions. It reads
+no clock, database or bus: times come in as arguments (``now`` from the injected clock), and
+plans go out as values carrying machine-readable reasons (:class:`PlanReason`).
+
+Exceptions::
+
+    ValueError
+    └── PolicyError   a policy file that cannot be read or is invalid; names the file and key
+
+Building a :class:`Policy` directly raises pydantic's ``ValidationError`` (also a
+``ValueError``). The decision functions raise ``ValueError`` for impossible inputs (a naive
+datetime, ``now`` before the task opened, a negative attempt count).
+
+Decisions taken where the design left a choice (tests pin each one):
+
+Policy files
+    * One file per program, ``<program_id>.toml``, with ``program_id`` inside matching the
+      file name. Unknown sections and keys are errors, so a misspelt key never falls back to
+      a default silently. Omitted keys take the defaults, which ``policy.default.toml``
+      spells out (the tests hold the file and the model defaults equal).
+    * Numbers are whole hours (follow-up days are whole days) and strictly typed: ``"24"``
+      and ``24.5`` are errors. Times of day are ``"HH:MM"`` strings on a 24-hour clock.
+    * ``version`` is the file's own ``version`` string when it has one (whoever sets it must
+      bump it on every change); otherwise ``sha256:`` and 12 hex digits of a hash of the
+      *effective* rules: defaults filled in, ``program_id`` left out. So comments and key
+      order do not change it, and programs on the same rules share it.
+    * A change applies to tasks scheduled after it, not retroactively: every
+      :class:`PlannedTask` records the version that set its times.
+
+Episodes (:func:`plan_episode`)
+    * Do-not-contact, consent declined at the scene and a de-identified report each plan no
+      tasks. Every one that applies is listed in the reasons: do-not-contact first, then
+      declined (with ``leave_behind_recorded``: the caller records the leave-behind), then
+      de-identified (counted, but there is nobody to assign a task for).
+    * Unknown consent gets a remote contact, because the design says "otherwise a remote
+      contact task", and the plan says so (``consent_unknown_outreach_offered``).
+    * Every time comes from ``incident_at``; no clock is needed. The remote window opens at
+      the incident. A report that arrives late gets the same times, so its due time (or even
+      its expiry) may already have passed; the timers then fire at once, marked late.
+    * A repeat overdose while the case is open raises the priority by ``priority_step`` up to
+      ``priorities.max`` (never lowering one already above it) and, with
+      ``restart_windows``, plans a fresh remote contact from the new incident. Without it the
+      plan holds no tasks but still carries the raised priority for the open ones.
+      ``current_priority`` is ignored for a first episode, which takes the default priority.
+
+Quiet hours (:func:`shift_out_of_quiet_hours`)
+    * Quiet hours run from ``start`` (inclusive) to ``end`` (exclusive) on the program's wall
+      clock and may cross midnight. They move a *due time* to the next end of quiet hours;
+      a window still opens on time. A task is held to quiet hours only when every one of
+      its channels is (with only phone quiet, a text can still go out).
+    * A due time shifted past the window's expiry is clamped to the expiry and marked
+      (``due_clamped_at_expiry``): quiet hours never lengthen a window.
+    * Across DST the end of quiet hours is read the way Python reads wall times: an ambiguous
+      end is its first occurrence unless that is not later than the due time; an end that
+      falls in the spring-forward gap is read with the offset before the gap (02:30 becomes
+      03:30 daylight time).
+    * Hours are durations (72 h is 72 real hours even across a DST change). Follow-up days
+      are calendar days on the program's wall clock. Times may come in any zone and always
+      go out in UTC.
+
+Escalation (:func:`escalation_due`)
+    * It is due at the earlier of the rules that hold: the failed-attempt count reached
+      (known at ``now``) or ``hours_without_contact`` after the remote task opened. It is
+      never earlier than a rule allows, and may be in the future, which is when the caller's
+      timer should fire. Contact made means no escalation.
+    * The in-person visit opens at the escalation, is due ``in_person_due_hours`` after the
+      overdose and closes at the later of that and the remote window's close. Escalated after
+      its due time (say, a remote window longer than the in-person deadline), it is due at
+      once and marked ``in_person_due_passed``. After its window has closed there is no
+      escalation (``None``).
+    * The peer always leads. A deputy goes only with ``deputy = "always"``; with
+      ``"on_request"`` the task goes out without one and the plan says a lead may ask.
+
+Follow-ups (:func:`follow_ups`)
+    * Each follow-up window opens on its day after contact (same wall-clock time), is due
+      ``due_hours`` later and closes ``window_close_hours`` later. Follow-ups reach the
+      person the way the remote contact does, so the remote channels' quiet hours apply.
+    * None after a decline or a do-not-contact request.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import re
+import tomllib
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, time, timedelta
+from enum import StrEnum
+from importlib import resources
+from itertools import pairwise
+from pathlib import Path
+from typing import Annotated, Any, Literal, get_args
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from shared.events.scheduler import TaskKind
+
+__all__ = [
+    "CHANGE_NOTE",
+    "DEFAULT_POLICY_RESOURCE",
+    "MAX_FOLLOW_UP_DAYS",
+    "MAX_WINDOW_HOURS",
+    "Channel",
+    "Consent",
+    "DeputyRule",
+    "EpisodePlan",
+    "Escalation",
+    "EscalationRules",
+    "EscalationTrigger",
+    "FollowUpRules",
+    "PlanReason",
+    "PlannedTask",
+    "Policy",
+    "PolicyError",
+    "PriorityRules",
+    "QuietHoursRules",
+    "RemoteChannel",
+    "RemoteContactRules",
+    "RepeatOverdoseRules",
+    "apply_repeat",
+    "default_policy",
+    "escalation_due",
+    "follow_ups",
+    "load_policies",
+    "load_policy",
+    "parse_policy",
+    "plan_episode",
+    "shift_out_of_quiet_hours",
+]
+
+DEFAULT_POLICY_RESOURCE = "policy.default.toml"
+CHANGE_NOTE = (
+    "Policy changes apply to tasks scheduled after the change, not retroactively: "
+    "each task records the version of the policy that set its times."
+)
+MAX_WINDOW_HOURS = 14 * 24
+"""No window, due time or escalation delay may exceed two weeks: tasks are time-boxed."""
+MAX_FOLLOW_UP_DAYS = 365
+
+RemoteChannel = Literal["phone", "text"]
+Channel = Literal["phone", "text", "in_person"]
+Consent = Literal["accepted", "declined", "unknown"]
+DeputyRule = Literal["never", "always", "on_request"]
+EscalationTrigger = Literal["failed_attempts", "no_contact"]
+
+_CHANNELS: frozenset[str] = frozenset(get_args(Channel))
+_CONSENTS: frozenset[str] = frozenset(get_args(Consent))
+_IN_PERSON: tuple[Channel, ...] = ("in_person",)
+_CLOCK_TIME = re.compile(r"([01]\d|2[0-3]):([0-5]\d)")
+_PROGRAM_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+_VERSION = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:+-]{0,63}")
+
+
+# --------------------------------------------------------------------------- the policy file
+
+
+class PolicyError(ValueError):
+    """A policy file that cannot be read or is invalid. ``problems`` name the offending keys."""
+
+    def __init__(self, source: str, problems: Sequence[str]) -> None:
+        self.source = source
+        self.problems = tuple(problems)
+        super().__init__(f"{source}: " + "; ".join(self.problems))
+
+
+def _parse_clock_time(value: object) -> time:
+    if isinstance(value, time) and value.tzinfo is None and value.second == value.microsecond == 0:
+        return value
+    if isinstance(value, str) and (m := _CLOCK_TIME.fullmatch(value)):
+        return time(int(m[1]), int(m[2]))
+    raise ValueError(f'expected a time of day as "HH:MM" on a 24-hour clock, got {value!r}')
+
+
+def _format_clock_time(value: time) -> str:
+    return value.strftime("%H:%M")
+
+
+_ClockTime = Annotated[
+    time,
+    BeforeValidator(_parse_clock_time),
+    PlainSerializer(_format_clock_time, return_type=str),
+]
+_Hours = Annotated[StrictInt, Field(gt=0, le=MAX_WINDOW_HOURS)]
+_Days = Annotated[StrictInt, Field(gt=0, le=MAX_FOLLOW_UP_DAYS)]
+
+
+def _unique(values: tuple[str, ...], *, allow_empty: bool) -> tuple[str, ...]:
+    if not values and not allow_empty:
+        raise ValueError("must name at least one channel")
+    if len(set(values)) != len(values):
+        raise ValueError(f"must not repeat a channel, got {list(values)}")
+    return values
+
+
+class _Rules(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class RemoteContactRules(_Rules):
+    """The first rung: phone or text contact after the overdose. Hours count from the overdose."""
+
+    first_attempt_due_hours: _Hours = 24
+    window_close_hours: _Hours = 72
+    channels: tuple[RemoteChannel, ...] = ("phone", "text")
+
+    @field_validator("channels")
+    @classmethod
+    def _channels(cls, value: tuple[RemoteChannel, ...]) -> tuple[RemoteChannel, ...]:
+        _unique(value, allow_empty=False)
+        return value
+
+
+class EscalationRules(_Rules):
+    """When a remote contact escalates to an in-person visit, and who goes."""
+
+    failed_attempts: Annotated[StrictInt, Field(ge=1, le=20)] = 3
+    hours_without_contact: _Hours = 48
+    in_person_due_hours: _Hours = 72
+    deputy: DeputyRule = "never"
+
+
+class FollowUpRules(_Rules):
+    """Follow-ups after contact: one per day listed, counted from the contact."""
+
+    days: tuple[_Days, ...] = (7, 30)
+    due_hours: _Hours = 24
+    window_close_hours: _Hours = 72
+
+    @field_validator("days")
+    @classmethod
+    def _ascending(cls, value: tuple[int, ...]) -> tuple[int, ...]:
+        if any(later <= earlier for earlier, later in pairwise(value)):
+            raise ValueError(f"must be strictly ascending with no repeats, got {list(value)}")
+        return value
+
+
+class QuietHoursRules(_Rules):
+    """Hours of the program's wall clock when the listed channels are not due."""
+
+    start: _ClockTime = time(21, 0)
+    end: _ClockTime = time(8, 0)
+    applies_to: tuple[Channel, ...] = ("phone", "text")
+
+    @field_validator("applies_to")
+    @classmethod
+    def _channels(cls, value: tuple[Channel, ...]) -> tuple[Channel, ...]:
+        _unique(value, allow_empty=True)
+        return value
+
+    def contains(self, wall_time: time) -> bool:
+        """Whether a wall-clock time falls in quiet hours (start inclusive, end exclusive)."""
+        if self.start < self.end:
+            return self.start <= wall_time < self.end
+        return wall_time >= self.start or wall_time < self.end
+
+
+class RepeatOverdoseRules(_Rules):
+    """A repeat overdose while the case is open."""
+
+    priority_step: Annotated[StrictInt, Field(ge=1, le=10)] = 1
+    restart_windows: StrictBool = True
+
+
+class PriorityRules(_Rules):
+    """Queue priorities: a higher number is more urgent."""
+
+    default: Annotated[StrictInt, Field(ge=1, le=100)] = 2
+    max: Annotated[StrictInt, Field(ge=1, le=100)] = 5
+
+
+def _content_version(data: dict[str, Any]) -> str:
+    """``sha256:`` and 12 hex digits of the effective rules (everything but the program id)."""
+    content = {
+        key: value.model_dump(mode="json") if isinstance(value, BaseModel) else value
+        for key, value in data.items()
+        if key != "program_id"
+    }
+    canonical = json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()[:12]
+
+
+class Policy(BaseModel):
+    """One program's outreach policy, validated. Build variants with ``model_validate``.
+
+    ``version`` is computed when not given (see the module docstring), so it is the last
+    field; ``model_copy(update=...)`` would keep a stale version and is not how to vary one.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    program_id: StrictStr
+    timezone: StrictStr
+    remote_contact: RemoteContactRules = RemoteContactRules()
+    escalation: EscalationRules = EscalationRules()
+    follow_ups: FollowUpRules = FollowUpRules()
+    quiet_hours: QuietHoursRules = QuietHoursRules()
+    repeat_overdose: RepeatOverdoseRules = RepeatOverdoseRules()
+    priorities: PriorityRules = PriorityRules()
+    version: StrictStr = Field(default_factory=_content_version)
+
+    @field_validator("program_id")
+    @classmethod
+    def _program_id(cls, value: str) -> str:
+        if not _PROGRAM_ID.fullmatch(value):
+            raise ValueError(
+                "must be 1-64 letters, digits, '-' or '_', starting with a letter or digit, "
+                f"got {value!r}"
+            )
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _timezone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(
+                f"unknown time zone {value!r}; use an IANA name such as 'America/New_York'"
+            ) from None
+        return value
+
+    @field_validator("version")
+    @classmethod
+    def _version(cls, value: str) -> str:
+        if not _VERSION.fullmatch(value):
+            raise ValueError(
+                "must be 1-64 letters, digits or . _ : + -, starting with a letter or digit, "
+                f"got {value!r}"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _coherent(self) -> Policy:
+        problems = list(_incoherences(self))
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    @property
+    def zone(self) -> ZoneInfo:
+        """The program's time zone, in which quiet hours and follow-up days are read."""
+        return ZoneInfo(self.timezone)
+
+    def describe(self) -> dict[str, Any]:
+        """The policy as JSON-ready data for ``GET /v1/policy``, with the change note."""
+        rules = self.model_dump(mode="json", exclude={"program_id", "timezone", "version"})
+        return {
+            "program_id": self.program_id,
+            "version": self.version,
+            "timezone": self.timezone,
+            "note": CHANGE_NOTE,
+            **rules,
+        }
+
+
+def _incoherences(policy: Policy) -> Iterable[str]:
+    """The rules that relate one key to another, each message naming both keys."""
+    remote, escalation = policy.remote_contact, policy.escalation
+    if remote.window_close_hours <= remote.first_attempt_due_hours:
+        yield (
+            f"remote_contact.window_close_hours ({remote.window_close_hours}) must be greater "
+            f"than remote_contact.first_attempt_due_hours ({remote.first_attempt_due_hours})"
+        )
+    if escalation.hours_without_contact <= remote.first_attempt_due_hours:
+        yield (
+            f"escalation.hours_without_contact ({escalation.hours_without_contact}) must be "
+            "greater than remote_contact.first_attempt_due_hours "
+            f"({remote.first_attempt_due_hours}): no contact cannot be judged before the "
+            "first attempt is due"
+        )
+    if escalation.hours_without_contact >= remote.window_close_hours:
+        yield (
+            f"escalation.hours_without_contact ({escalation.hours_without_contact}) must be "
+            f"less than remote_contact.window_close_hours ({remote.window_close_hours}), so "
+            "that escalation is reachable before the remote window closes"
+        )
+    if escalation.in_person_due_hours <= escalation.hours_without_contact:
+        yield (
+            f"escalation.in_person_due_hours ({escalation.in_person_due_hours}) must be "
+            f"greater than escalation.hours_without_contact ({escalation.hours_without_contact})"
+            ", so that a visit escalated for lack of contact is not already overdue"
+        )
+    follow = policy.follow_ups
+    if follow.window_close_hours <= follow.due_hours:
+        yield (
+            f"follow_ups.window_close_hours ({follow.window_close_hours}) must be greater than "
+            f"follow_ups.due_hours ({follow.due_hours})"
+        )
+    quiet = policy.quiet_hours
+    if quiet.start == quiet.end:
+        yield (
+            f"quiet_hours.start and quiet_hours.end are both {_format_clock_time(quiet.start)}; "
+            "quiet hours need a length (use applies_to = [] to turn them off)"
+        )
+    if policy.priorities.default > policy.priorities.max:
+        yield (
+            f"priorities.default ({policy.priorities.default}) must not exceed "
+            f"priorities.max ({policy.priorities.max})"
+        )
+
+
+def _problems(error: ValidationError) -> list[str]:
+    """One ``key: message`` line per pydantic error, keyed by the dotted TOML path."""
+    problems = []
+    for detail in error.errors(include_url=False):
+        if detail["type"] == "default_factory_not_called":
+            continue  # the version hash waits for valid rules: not a problem of its own
+        key = ".".join(str(part) for part in detail["loc"])
+        if detail["type"] == "value_error":
+            message = str(detail["ctx"]["error"])
+        elif detail["type"] == "extra_forbidden":
+            message = "unknown key (not part of the policy; check the spelling)"
+        else:
+            message = detail["msg"]
+            if detail["type"] != "missing" and isinstance(detail["input"], str | int | float):
+                message += f", got {detail['input']!r}"
+        problems.append(f"{key}: {message}" if key else message)
+    return problems
+
+
+def _validate(document: Mapping[str, Any], *, source: str) -> Policy:
+    try:
+        return Policy.model_validate(document)
+    except ValidationError as error:
+        raise PolicyError(source, _problems(error)) from None
+
+
+def parse_policy(document: str, *, source: str = "<policy>") -> Policy:
+    """Parse and validate the text of a policy file; ``source`` names it in errors."""
+    try:
+        data = tomllib.loads(document)
+    except tomllib.TOMLDecodeError as error:
+        raise PolicyError(source, [f"not valid TOML: {error}"]) from None
+    return _validate(data, source=source)
+
+
+def load_policy(path: Path) -> Policy:
+    """Load and validate one policy file."""
+    try:
+        document = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise PolicyError(str(path), [f"cannot read: {error}"]) from None
+    return parse_policy(document, source=str(path))
+
+
+def load_policies(directory: Path) -> dict[str, Policy]:
+    """Load every ``<program_id>.toml`` in a directory, keyed by program id.
+
+    Every file is checked before anything is returned; one error lists every bad file.
+    """
+    if not directory.is_dir():
+        raise PolicyError(str(directory), ["not a directory"])
+    policies: dict[str, Policy] = {}
+    problems: list[str] = []
+    for path in sorted(directory.glob("*.toml")):
+        try:
+            policy = load_policy(path)
+        except PolicyError as error:
+            problems.extend(f"{path.name}: {problem}" for problem in error.problems)
+            continue
+        if policy.program_id != path.stem:
+            problems.append(
+                f"{path.name}: program_id {policy.program_id!r} does not match the file "
+                f"name; expected {path.stem!r}"
+            )
+            continue
+        policies[policy.program_id] = policy
+    if problems:
+        raise PolicyError(str(directory), problems)
+    return policies
+
+
+@functools.cache
+def _default_document() -> str:
+    return resources.files(__package__).joinpath(DEFAULT_POLICY_RESOURCE).read_text("utf-8")
+
+
+def default_policy(program_id: str, timezone: str = "America/New_York") -> Policy:
+    """The defaults of ``policy.default.toml`` for one program in its time zone."""
+    document = tomllib.loads(_default_document())
+    document.update(program_id=program_id, timezone=timezone)
+    return _validate(document, source=DEFAULT_POLICY_RESOURCE)
+
+
+# --------------------------------------------------------------------------- decisions
+
+
+class PlanReason(StrEnum):
+    """Stable, machine-readable reasons for a plan. Values never change once released."""
+
+    DO_NOT_CONTACT = "do_not_contact"
+    CONSENT_DECLINED = "consent_declined_no_tasks"
+    LEAVE_BEHIND_RECORDED = "leave_behind_recorded"
+    DEIDENTIFIED = "deidentified_cannot_assign"
+    CONSENT_UNKNOWN = "consent_unknown_outreach_offered"
+    REMOTE_CONTACT_SCHEDULED = "remote_contact_scheduled"
+    REPEAT_PRIORITY_RAISED = "repeat_overdose_priority_raised"
+    REPEAT_PRIORITY_AT_MAX = "repeat_overdose_priority_at_max"
+    REPEAT_WINDOWS_RESTARTED = "repeat_overdose_windows_restarted"
+    REPEAT_WINDOWS_KEPT = "repeat_overdose_windows_kept"
+    DUE_SHIFTED = "due_shifted_out_of_quiet_hours"
+    DUE_CLAMPED = "due_clamped_at_expiry"
+    ESCALATION_FAILED_ATTEMPTS = "escalation_failed_attempts"
+    ESCALATION_NO_CONTACT = "escalation_no_contact"
+    IN_PERSON_VISIT_SCHEDULED = "in_person_visit_scheduled"
+    IN_PERSON_DUE_PASSED = "in_person_due_passed"
+    DEPUTY_BY_POLICY = "deputy_by_policy"
+    DEPUTY_ON_REQUEST = "deputy_on_request"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PlannedTask:
+    """A task the scheduler should schedule. Times are UTC; opens <= due <= expires."""
+
+    kind: TaskKind
+    priority: int
+    window_opens_at: datetime
+    due_at: datetime
+    expires_at: datetime
+    policy_version: str
+    quiet_hours_shifted: bool = False
+    due_clamped_at_expiry: bool = False
+    with_deputy: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("window_opens_at", "due_at", "expires_at"):
+            _require_aware(name, getattr(self, name))
+        if not self.window_opens_at <= self.due_at <= self.expires_at:
+            raise ValueError("a task needs window_opens_at <= due_at <= expires_at")
+        if self.priority < 1:
+            raise ValueError(f"priority must be at least 1, got {self.priority}")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EpisodePlan:
+    """What an episode gets: its tasks (maybe none), the case priority, and why."""
+
+    tasks: tuple[PlannedTask, ...]
+    reason: tuple[PlanReason, ...]
+    priority: int | None
+    policy_version: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Escalation:
+    """An in-person visit to schedule, and when the escalation is (or becomes) due."""
+
+    escalate_at: datetime
+    trigger: EscalationTrigger
+    task: PlannedTask
+    reason: tuple[PlanReason, ...]
+
+    def is_due(self, now: datetime) -> bool:
+        return self.escalate_at <= now
+
+
+def _require_aware(name: str, value: datetime) -> None:
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError(f"{name} must be timezone-aware, got {value!r}")
+
+
+def _utc(name: str, value: datetime) -> datetime:
+    """An aware input in UTC, where adding hours adds real hours (a zoned one adds wall hours)."""
+    _require_aware(name, value)
+    return value.astimezone(UTC)
+
+
+def _check_channel(channel: str) -> None:
+    if channel not in _CHANNELS:
+        raise ValueError(f"unknown channel {channel!r}; expected one of {sorted(_CHANNELS)}")
+
+
+def _end_of_quiet_hours(policy: Policy, when: datetime) -> tuple[datetime, bool]:
+    zone, quiet = policy.zone, policy.quiet_hours
+    when = when.astimezone(UTC)
+    local = when.astimezone(zone)
+    if not quiet.contains(local.time()):
+        return when, False
+    # The next wall-clock end after `when`; both folds cover DST's repeated and missing hours.
+    candidates = (
+        datetime.combine(local.date() + timedelta(days=days), quiet.end, zone)
+        .replace(fold=fold)
+        .astimezone(UTC)
+        for days in (0, 1, 2)
+        for fold in (0, 1)
+    )
+    return min(
+        c for c in candidates if c > when and not quiet.contains(c.astimezone(zone).time())
+    ), True
+
+
+def shift_out_of_quiet_hours(policy: Policy, when: datetime, channel: str) -> tuple[datetime, bool]:
+    """Move a due time in quiet hours to the end of quiet hours: ``(UTC time, shifted?)``."""
+    _require_aware("when", when)
+    _check_channel(channel)
+    if channel not in policy.quiet_hours.applies_to:
+        return when.astimezone(UTC), False
+    return _end_of_quiet_hours(policy, when)
+
+
+def _task(
+    policy: Policy,
+    *,
+    kind: TaskKind,
+    priority: int,
+    opens: datetime,
+    due: datetime,
+    expires: datetime,
+    channels: Sequence[Channel],
+    with_deputy: bool = False,
+) -> tuple[PlannedTask, tuple[PlanReason, ...]]:
+    """A task whose due time keeps out of quiet hours, clamped at its expiry."""
+    shifted = clamped = False
+    if all(channel in policy.quiet_hours.applies_to for channel in channels):
+        due, shifted = _end_of_quiet_hours(policy, due)
+        if due > expires:
+            due, clamped = expires, True
+    task = PlannedTask(
+        kind=kind,
+        priority=priority,
+        window_opens_at=opens.astimezone(UTC),
+        due_at=due.astimezone(UTC),
+        expires_at=expires.astimezone(UTC),
+        policy_version=policy.version,
+        quiet_hours_shifted=shifted,
+        due_clamped_at_expiry=clamped,
+        with_deputy=with_deputy,
+    )
+    reasons: list[PlanReason] = []
+    if shifted:
+        reasons.append(PlanReason.DUE_SHIFTED)
+    if clamped:
+        reasons.append(PlanReason.DUE_CLAMPED)
+    return task, tuple(reasons)
+
+
+def apply_repeat(current_priority: int, policy: Policy) -> int:
+    """The priority after a repeat overdose: one step up, bounded by the policy's max.
+
+    A priority already above the max (set under an earlier policy) is kept, never lowered.
+    """
+    if current_priority < 1:
+        raise ValueError(f"priority must be at least 1, got {current_priority}")
+    raised = min(current_priority + policy.repeat_overdose.priority_step, policy.priorities.max)
+    return max(current_priority, raised)
+
+
+def plan_episode(
+    policy: Policy,
+    *,
+    incident_at: datetime,
+    consent: Consent,
+    do_not_contact: bool,
+    deidentified: bool,
+    repeat: bool,
+    current_priority: int | None,
+) -> EpisodePlan:
+    """The tasks a new overdose episode gets under the policy, with the reasons why."""
+    incident_at = _utc("incident_at", incident_at)
+    if consent not in _CONSENTS:
+        raise ValueError(f"unknown consent {consent!r}; expected one of {sorted(_CONSENTS)}")
+    blocked: list[PlanReason] = []
+    if do_not_contact:
+        blocked.append(PlanReason.DO_NOT_CONTACT)
+    if consent == "declined":
+        blocked += [PlanReason.CONSENT_DECLINED, PlanReason.LEAVE_BEHIND_RECORDED]
+    if deidentified:
+        blocked.append(PlanReason.DEIDENTIFIED)
+    if blocked:
+        return EpisodePlan(
+            tasks=(), reason=tuple(blocked), priority=None, policy_version=policy.version
+        )
+
+    reasons: list[PlanReason] = []
+    if consent == "unknown":
+        reasons.append(PlanReason.CONSENT_UNKNOWN)
+    priority = policy.priorities.default
+    if repeat:
+        before = policy.priorities.default if current_priority is None else current_priority
+        priority = apply_repeat(before, policy)
+        reasons.append(
+            PlanReason.REPEAT_PRIORITY_RAISED
+            if priority > before
+            else PlanReason.REPEAT_PRIORITY_AT_MAX
+        )
+        if not policy.repeat_overdose.restart_windows:
+            reasons.append(PlanReason.REPEAT_WINDOWS_KEPT)
+            return EpisodePlan(
+                tasks=(), reason=tuple(reasons), priority=priority, policy_version=policy.version
+            )
+        reasons.append(PlanReason.REPEAT_WINDOWS_RESTARTED)
+
+    remote = policy.remote_contact
+    task, timing = _task(
+        policy,
+        kind=TaskKind.REMOTE_CONTACT,
+        priority=priority,
+        opens=incident_at,
+        due=incident_at + timedelta(hours=remote.first_attempt_due_hours),
+        expires=incident_at + timedelta(hours=remote.window_close_hours),
+        channels=remote.channels,
+    )
+    reasons += [PlanReason.REMOTE_CONTACT_SCHEDULED, *timing]
+    return EpisodePlan(
+        tasks=(task,), reason=tuple(reasons), priority=priority, policy_version=policy.version
+    )
+
+
+def escalation_due(
+    policy: Policy,
+    *,
+    incident_at: datetime,
+    task_opened_at: datetime,
+    failed_attempts: int,
+    contact_made: bool,
+    now: datetime,
+    priority: int | None = None,
+) -> Escalation | None:
+    """When the remote contact escalates to an in-person visit, and that visit's task.
+
+    ``None`` when contact was made or the visit's window has already closed. The escalation
+    may lie in the future (``escalate_at > now``): that is when the caller's timer fires, to
+    ask again with the attempts and contact known by then. ``priority`` defaults to the
+    policy's default.
+    """
+    incident_at = _utc("incident_at", incident_at)
+    task_opened_at = _utc("task_opened_at", task_opened_at)
+    now = _utc("now", now)
+    if failed_attempts < 0:
+        raise ValueError(f"failed_attempts cannot be negative, got {failed_attempts}")
+    if task_opened_at < incident_at:
+        raise ValueError("task_opened_at is before the overdose (incident_at)")
+    if now < task_opened_at:
+        raise ValueError("now is before the remote task opened (task_opened_at)")
+    if contact_made:
+        return None
+
+    rules = policy.escalation
+    no_contact_at = task_opened_at + timedelta(hours=rules.hours_without_contact)
+    attempts_reached = failed_attempts >= rules.failed_attempts
+    reasons: list[PlanReason] = []
+    if attempts_reached:
+        reasons.append(PlanReason.ESCALATION_FAILED_ATTEMPTS)
+    if no_contact_at <= now or not attempts_reached:
+        reasons.append(PlanReason.ESCALATION_NO_CONTACT)
+    trigger: EscalationTrigger
+    if attempts_reached and now < no_contact_at:
+        escalate_at, trigger = now, "failed_attempts"
+    else:
+        escalate_at, trigger = no_contact_at, "no_contact"
+
+    due = incident_at + timedelta(hours=rules.in_person_due_hours)
+    expires = incident_at + timedelta(
+        hours=max(rules.in_person_due_hours, policy.remote_contact.window_close_hours)
+    )
+    if escalate_at >= expires:
+        return None
+    reasons.append(PlanReason.IN_PERSON_VISIT_SCHEDULED)
+    if due < escalate_at:
+        due = escalate_at
+        reasons.append(PlanReason.IN_PERSON_DUE_PASSED)
+    if rules.deputy == "always":
+        reasons.append(PlanReason.DEPUTY_BY_POLICY)
+    elif rules.deputy == "on_request":
+        reasons.append(PlanReason.DEPUTY_ON_REQUEST)
+
+    task, timing = _task(
+        policy,
+        kind=TaskKind.IN_PERSON_VISIT,
+        priority=policy.priorities.default if priority is None else priority,
+        opens=escalate_at,
+        due=due,
+        expires=expires,
+        channels=_IN_PERSON,
+        with_deputy=rules.deputy == "always",
+    )
+    return Escalation(
+        escalate_at=escalate_at.astimezone(UTC),
+        trigger=trigger,
+        task=task,
+        reason=(*reasons, *timing),
+    )
+
+
+def follow_ups(
+    policy: Policy,
+    *,
+    contact_at: datetime,
+    declined: bool,
+    do_not_contact: bool,
+    priority: int | None = None,
+) -> list[PlannedTask]:
+    """The follow-up tasks after contact: one per policy day, none if declined or DNC."""
+    _require_aware("contact_at", contact_at)
+    if declined or do_not_contact:
+        return []
+    rules, zone = policy.follow_ups, policy.zone
+    local_contact = contact_at.astimezone(zone)
+    tasks = []
+    for day in rules.days:
+        # Calendar days on the program's wall clock: adding to a zoned datetime keeps its time.
+        opens = (local_contact + timedelta(days=day)).astimezone(UTC)
+        task, _ = _task(
+            policy,
+            kind=TaskKind.FOLLOW_UP,
+            priority=policy.priorities.default if priority is None else priority,
+            opens=opens,
+            due=opens + timedelta(hours=rules.due_hours),
+            expires=opens + timedelta(hours=rules.window_close_hours),
+            channels=policy.remote_contact.channels,
+        )
+        tasks.append(task)
+    return tasks
