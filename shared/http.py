@@ -36,9 +36,16 @@ class ApiError(Exception):
     """An error a route raises on purpose: an HTTP status, a stable code, a human sentence."""
 
     def __init__(
-        self, status: int, code: str, message: str, *, details: list[Any] | None = None
+        self,
+        status: int,
+        code: str,
+        message: str,
+        *,
+        details: list[Any] | None = None,
+        headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(message)
+        self.headers = headers or {}
         self.status = status
         self.code = code
         self.message = message
@@ -81,7 +88,9 @@ def _error(status: int, code: str, message: str, details: list[Any] | None = Non
 def install_error_handlers(app: FastAPI) -> None:
     async def api_error(_request: Request, exc: Exception) -> Response:
         assert isinstance(exc, ApiError)
-        return _error(exc.status, exc.code, exc.message, exc.details)
+        response = _error(exc.status, exc.code, exc.message, exc.details)
+        response.headers.update(exc.headers)
+        return response
 
     async def validation_error(_request: Request, exc: Exception) -> Response:
         assert isinstance(exc, RequestValidationError)

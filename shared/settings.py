@@ -96,9 +96,6 @@ class Settings(BaseSettings):
     )
     intake_mllp_tls_cert: Path | None = None
     intake_mllp_tls_key: Path | None = None
-    intake_seed_demo: bool = Field(
-        default=False, description="Seed the demo program and partners at start (development)."
-    )
 
     inbox_max_attempts: int = Field(default=5, ge=1)
     inbox_retry_backoff_seconds: float = Field(default=0.2, ge=0)

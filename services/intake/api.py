@@ -6,11 +6,14 @@ the HL7 ACK itself, for EMS a per-record account of what happened.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import logging
 import uuid
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
 from fastapi import APIRouter, Depends, Header, Request, Response
@@ -28,6 +31,7 @@ from shared.http import ApiError, ErrorResponse
 __all__ = ["IntakeState", "router"]
 
 router = APIRouter(prefix="/v1", tags=["intake"])
+log = logging.getLogger(__name__)
 
 HL7_MEDIA_TYPES = ("application/hl7-v2", "x-application/hl7-v2+er7", "text/plain")
 XML_MEDIA_TYPES = ("application/xml", "text/xml")
@@ -237,6 +241,7 @@ def _xml_submissions(
             consent_element=state.consent_element,
             leave_behind_element=state.leave_behind_element,
             max_bytes=state.max_ems_bytes,
+            default_tz=ZoneInfo(partner.timezone),  # NEMSIS times without an offset
         )
     except EmsInputError as exc:
         status = 413 if exc.code == "xml_too_large" else 400
@@ -283,6 +288,7 @@ def _examples() -> list[Any]:
         413: {"model": ErrorResponse},
         415: {"model": ErrorResponse},
         422: {"model": ErrorResponse},
+        503: {"model": ErrorResponse, "description": "Not stored; resend (Retry-After)."},
     },
     openapi_extra={
         "requestBody": {
@@ -326,19 +332,42 @@ async def post_run_reports(
     else:
         submissions = _xml_submissions(body, partner, state)
     if not idempotency_key:
-        outcomes = await state.ems.submit(submissions)
-        return _run_reports_response(outcomes)
-    replay = await _reserve(state, partner, idempotency_key, request_hash)
+        return _run_reports_response(await _store_ems(state, submissions))
+    try:
+        replay = await _reserve(state, partner, idempotency_key, request_hash)
+    except ApiError:
+        raise
+    except Exception as exc:
+        raise _unavailable(exc) from None
     if replay is not None:
         return replay
     try:
-        outcomes = await state.ems.submit(submissions)
+        outcomes = await _store_ems(state, submissions)
     except BaseException:
-        await _release(state, partner, idempotency_key)
+        with contextlib.suppress(Exception):
+            await _release(state, partner, idempotency_key)
         raise
     response = _run_reports_response(outcomes)
     await _complete(state, partner, idempotency_key, bytes(response.body).decode())
     return response
+
+
+async def _store_ems(state: IntakeState, submissions: list[EmsSubmission]) -> list[EmsOutcome]:
+    try:
+        return await state.ems.submit(submissions)
+    except Exception as exc:
+        raise _unavailable(exc) from None
+
+
+def _unavailable(exc: Exception) -> ApiError:
+    """Nothing of the request was stored: the partner should resend it."""
+    log.warning("run reports not stored; answering 503", extra={"error": type(exc).__name__})
+    return ApiError(
+        503,
+        "storage_unavailable",
+        "The run reports could not be stored right now; nothing was kept. Resend later.",
+        headers={"Retry-After": "5"},
+    )
 
 
 def _run_reports_response(outcomes: list[EmsOutcome]) -> Response:

@@ -142,6 +142,21 @@ def _cmd_partners(args: argparse.Namespace) -> int:
                     session, partner_id=args.id, facility=args.facility
                 )
                 print(f"{args.id} may send as {key}")
+            elif args.partners_command == "remove-facility":
+                if not await partners.remove_facility(
+                    session, partner_id=args.id, facility=args.facility
+                ):
+                    print(f"{args.id} was not allowed to send as {args.facility}", file=sys.stderr)
+                    return 1
+                print(f"{args.id} may no longer send as {args.facility}")
+            elif args.partners_command in ("disable", "enable"):
+                disabled = args.partners_command == "disable"
+                if not await partners.set_disabled(
+                    session, partner_id=args.id, disabled=disabled, now=now
+                ):
+                    print(f"no partner {args.id}", file=sys.stderr)
+                    return 1
+                print(f"partner {args.id} {'disabled' if disabled else 'enabled'}")
             elif args.partners_command == "issue-key":
                 issued = await partners.issue_key(
                     session, partner_id=args.id, now=now, label=args.label
@@ -202,6 +217,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     fac = psub.add_parser("add-facility")
     fac.add_argument("--id", required=True)
     fac.add_argument("--facility", required=True)
+    unfac = psub.add_parser("remove-facility")
+    unfac.add_argument("--id", required=True)
+    unfac.add_argument("--facility", required=True)
+    for verb in ("disable", "enable"):
+        toggle = psub.add_parser(verb, help=f"{verb} a partner (all its keys and facilities)")
+        toggle.add_argument("id")
     issue = psub.add_parser("issue-key")
     issue.add_argument("id")
     issue.add_argument("--label", default="")

@@ -18,6 +18,7 @@ import logging
 import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from datetime import datetime, tzinfo
 from typing import Any, Literal
@@ -30,6 +31,7 @@ from services.intake.classify import Medication as ClassifyMedication
 from services.intake.hl7 import (
     HL7Error,
     MissingFieldError,
+    ParseError,
     Screened,
     build_ack,
     check_supported,
@@ -99,6 +101,7 @@ class _Prepared:
     overdose: bool = False
     ack: str | None = None
     replay_of: uuid.UUID | None = None
+    submitter: PartnerContext | None = None
 
 
 def _header_or_none(message: str) -> HL7Header | None:
@@ -189,6 +192,7 @@ class HL7Intake:
             p.transient = True
             return p
         if p.partner is None:
+            p.submitter = submission.partner  # who sent it over HTTP, for the record
             p.error = UnknownFacilityError(
                 "The sending facility (MSH-4) is not allowed to send to this program.",
                 location=("MSH", 1, 4),
@@ -205,6 +209,13 @@ class HL7Intake:
                 p.adt = await self._full_parse(message, screened, ZoneInfo(p.partner.timezone))
         except HL7Error as exc:
             p.error = exc
+        except BrokenProcessPool:
+            p.transient = True  # the parse worker died; a fresh one takes the resend
+        except Exception:
+            # A parser bug, not the partner's: refuse (AR) and keep the message sealed, so
+            # that it is replayed once the bug is fixed. Nothing is lost.
+            log.exception("full parse failed", extra={"messages": 1})
+            p.error = ParseError("The message could not be parsed; it is kept for replay.")
         return p
 
     async def _partner_for(
@@ -232,7 +243,7 @@ class HL7Intake:
                 )
                 known = {k: a for k, a in rows.all() if a is not None}
             reports = await _ReportBook.load(
-                uow, [self._source_key(p) for p in items if p.overdose]
+                uow, [self._source_key(p) for p in items if p.overdose and p.error is None]
             )
             inbound: list[dict[str, Any]] = []
             for p, channel in zip(items, channels, strict=True):
@@ -348,7 +359,8 @@ class HL7Intake:
     ) -> dict[str, Any]:
         assert p.error is not None
         inbound_id = self._new_id()
-        partner_id = p.partner.partner_id if p.partner else None
+        known = p.partner or p.submitter
+        partner_id = known.partner_id if known else None
         source_org = partner_id or (facility_key(p.header.sending_facility) if p.header else "")
         uow.publish(
             InboundRejected(

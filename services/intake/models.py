@@ -1,8 +1,9 @@
 """Intake's own tables: programs, partners and their keys, inbound messages, reports.
 
-Minimum necessary: a message that is not an overdose leaves only a keyed hash for
-deduplication and its ACK behind. Raw messages are kept (sealed) only when they were
-rejected, so they can be fixed and replayed, or when they are overdose reports.
+Minimum necessary: a message that is not an overdose leaves only a SHA-256 of its
+MSH-3/MSH-4/MSH-10 (for deduplication) and its ACK behind. A raw message is kept, sealed,
+only when it was rejected, so that it can be fixed and replayed; an overdose report keeps
+what its event carries (identity sealed), not the raw message.
 """
 
 from __future__ import annotations

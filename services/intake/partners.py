@@ -31,7 +31,9 @@ __all__ = [
     "facility_key",
     "issue_key",
     "list_partners",
+    "remove_facility",
     "revoke_key",
+    "set_disabled",
 ]
 
 _PREFIX = "plk"
@@ -89,6 +91,9 @@ async def create_partner(
     """Create a partner (an EMS agency or a hospital) of a program."""
     if kind not in ("ems", "hospital"):
         raise ValueError("kind must be 'ems' or 'hospital'")
+    taken = await session.execute(sa.select(PARTNER.c.id).where(PARTNER.c.id == partner_id))
+    if taken.first() is not None:
+        raise ValueError(f"partner {partner_id!r} already exists")
     program = await session.execute(sa.select(PROGRAM.c.id).where(PROGRAM.c.id == program_id))
     if program.first() is None:
         raise LookupError(f"no program {program_id!r}")
@@ -126,6 +131,29 @@ async def add_facility(session: AsyncSession, *, partner_id: str, facility: str)
     return key
 
 
+async def remove_facility(session: AsyncSession, *, partner_id: str, facility: str) -> bool:
+    """Stop a partner sending as this facility; False when it was not allowed anyway."""
+    result = await session.execute(
+        PARTNER_FACILITY.delete().where(
+            PARTNER_FACILITY.c.facility == facility_key(facility),
+            PARTNER_FACILITY.c.partner_id == partner_id,
+        )
+    )
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+async def set_disabled(
+    session: AsyncSession, *, partner_id: str, disabled: bool, now: datetime
+) -> bool:
+    """Disable a partner (every key and facility stops working) or enable it again."""
+    result = await session.execute(
+        PARTNER.update()
+        .where(PARTNER.c.id == partner_id)
+        .values(disabled_at=now if disabled else None)
+    )
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
 async def issue_key(
     session: AsyncSession, *, partner_id: str, now: datetime, label: str = ""
 ) -> IssuedKey:
@@ -159,9 +187,13 @@ async def revoke_key(session: AsyncSession, *, key_id: str, now: datetime) -> bo
 
 async def list_partners(session: AsyncSession) -> list[dict[str, object]]:
     rows = await session.execute(
-        sa.select(PARTNER.c.id, PARTNER.c.program_id, PARTNER.c.name, PARTNER.c.kind).order_by(
-            PARTNER.c.id
-        )
+        sa.select(
+            PARTNER.c.id,
+            PARTNER.c.program_id,
+            PARTNER.c.name,
+            PARTNER.c.kind,
+            PARTNER.c.disabled_at,
+        ).order_by(PARTNER.c.id)
     )
     partners = [dict(r._mapping) for r in rows]
     facilities = await session.execute(sa.select(PARTNER_FACILITY))

@@ -48,7 +48,12 @@ class RoutineStore:
     async def connect(cls, sqlalchemy_url: str, *, schema: str) -> RoutineStore:
         dsn = "postgresql://" + sqlalchemy_url.split("://", 1)[1]
         pool = await asyncpg.create_pool(
-            dsn, min_size=1, max_size=4, server_settings={"search_path": schema}
+            # min_size=0: no connection at start, so intake starts (not ready) while the
+            # database is down, like every other part of the service.
+            dsn,
+            min_size=0,
+            max_size=4,
+            server_settings={"search_path": schema},
         )
         return cls(pool)
 

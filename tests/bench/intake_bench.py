@@ -49,6 +49,7 @@ from collections.abc import Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import sqlalchemy as sa
@@ -482,37 +483,29 @@ async def drive_ems(
             json.dumps({"reports": [c.body for c in cases[i : i + per_request]]}).encode()
             for i in range(0, len(cases), per_request)
         ]
-    headers = {"Authorization": f"Bearer {api_key}", "Content-Type": "application/json"}
     clock = time.perf_counter
     next_index = 0
-    # One client (one keep-alive connection) per worker: httpcore's pool scans all its
-    # connections on every request, which at 24 connections costs the client more CPU than
-    # the request itself, and on 2 cores the client competes with the service.
+    # A minimal keep-alive HTTP/1.1 client per worker: on 2 cores the load generator competes
+    # with the service, and httpx spends more CPU per request than the service does. The
+    # service sees ordinary HTTP/1.1 requests either way.
+    url = urlsplit(base_url)
     clients = [
-        httpx.AsyncClient(
-            base_url=base_url,
-            headers=headers,
-            limits=httpx.Limits(max_connections=1, max_keepalive_connections=1),
-            timeout=30,
-        )
+        RawHttpClient(url.hostname or "127.0.0.1", url.port or 80, api_key)
         for _ in range(concurrency)
     ]
 
-    async def worker(client: httpx.AsyncClient) -> None:
+    async def worker(client: RawHttpClient) -> None:
         nonlocal next_index
         while next_index < len(bodies):
             body = bodies[next_index]
             next_index += 1
             sent = clock()
-            r = await client.post("/v1/ems/run-reports", content=body)
+            status, content = await client.post("/v1/ems/run-reports", body)
             result.latencies.append(clock() - sent)
-            result.responses.append((r.status_code, r.content))
+            result.responses.append((status, content))
 
-    async with contextlib.AsyncExitStack() as stack:
-        for client in clients:
-            await stack.enter_async_context(client)
-        # Open the keep-alive connections before the clock starts.
-        await asyncio.gather(*(client.get("/healthz") for client in clients))
+    await asyncio.gather(*(client.connect() for client in clients))
+    try:
         start = clock()
         workers = [asyncio.create_task(worker(client)) for client in clients]
         try:
@@ -523,10 +516,55 @@ async def drive_ems(
             result.errors.append(f"EMS phase did not finish within {timeout:.0f} s")
             return result
         result.seconds = clock() - start
+    finally:
+        for client in clients:
+            client.close()
     for outcome in outcomes:
         if isinstance(outcome, BaseException):
             result.errors.append(f"EMS request failed: {type(outcome).__name__}: {outcome}")
     return result
+
+
+class RawHttpClient:
+    """One keep-alive HTTP/1.1 connection: POST a JSON body, read status and body."""
+
+    def __init__(self, host: str, port: int, api_key: str) -> None:
+        self._host, self._port = host, port
+        self._head = (
+            f"Host: {host}:{port}\r\nAuthorization: Bearer {api_key}\r\n"
+            "Content-Type: application/json\r\nConnection: keep-alive\r\n"
+        ).encode()
+        self._reader: asyncio.StreamReader | None = None
+        self._writer: asyncio.StreamWriter | None = None
+
+    async def connect(self) -> None:
+        self._reader, self._writer = await asyncio.open_connection(self._host, self._port)
+
+    async def post(self, path: str, body: bytes) -> tuple[int, bytes]:
+        assert self._reader is not None
+        assert self._writer is not None
+        self._writer.write(
+            b"POST "
+            + path.encode()
+            + b" HTTP/1.1\r\n"
+            + self._head
+            + b"Content-Length: "
+            + str(len(body)).encode()
+            + b"\r\n\r\n"
+            + body
+        )
+        head = await self._reader.readuntil(b"\r\n\r\n")
+        status = int(head[9:12])
+        length = 0
+        for line in head.split(b"\r\n")[1:]:
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                length = int(value)
+        return status, await self._reader.readexactly(length)
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
 
 
 def check_ems_responses(result: EmsResult, cases: Sequence[EmsCase]) -> list[str]:

@@ -44,7 +44,8 @@ def test_run_all_brings_up_four_ready_services_and_ctrl_c_stops_them(
     migrated = subprocess.run(
         [PORTLINE, "migrate"], env=env, check=True, timeout=120, capture_output=True, text=True
     )
-    assert "intake: at intake_0001" in migrated.stdout
+    for name in SERVICES:
+        assert f"{name}: at {name}_" in migrated.stdout
 
     log_path = tmp_path / "run.log"
     with log_path.open("w") as log:

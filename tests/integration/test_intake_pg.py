@@ -107,3 +107,42 @@ async def test_two_replicas_receiving_the_same_message_at_once_store_it_once(
         count = (await s.execute(sa.select(sa.func.count()).select_from(INBOUND))).scalar_one()
         events = (await s.execute(sa.text("select count(*) from outbox"))).scalar_one()
     assert (count, events) == (1, 1)
+
+
+async def test_routine_batches_take_the_fast_path_and_resends_get_the_original_ack(
+    pg_engine: AsyncEngine, pg_schema: str, postgres_url: str, tmp_path: Path
+) -> None:
+    from services.intake.routine_store import RoutineStore
+    from tests.hl7_builder import routine
+
+    general = await _intake(pg_engine, pg_schema, tmp_path)
+    store = await RoutineStore.connect(postgres_url, schema=pg_schema)
+    sessions = session_factory(pg_engine)
+    fast = HL7Intake(
+        uow_factory=lambda: UnitOfWork(sessions, clock=SystemClock(), source="/portline/intake"),
+        directory=PartnerDirectory(sessions, ttl_seconds=0),
+        protector=PROTECTOR,
+        clock=SystemClock(),
+        routine_store=store,
+    )
+    try:
+        a, b = f"FP-{uuid.uuid4().hex[:8]}", f"FP-{uuid.uuid4().hex[:8]}"
+        first = await fast.receive(
+            [HL7Submission(routine(c).encode(), Channel.MLLP) for c in (a, b, a)]
+        )
+        assert [ack_fields(x)[:2] for x in first] == [("AA", a), ("AA", b), ("AA", a)]
+        assert first[0] == first[2]
+        again = await fast.receive([HL7Submission(routine(a).encode(), Channel.MLLP)])
+        assert again == [first[0]]
+        # the general path sees the fast path's record as the original, too
+        assert await general.receive([HL7Submission(routine(b).encode(), Channel.MLLP)]) == [
+            first[1]
+        ]
+        async with sessions() as s:
+            rows = (
+                await s.execute(sa.select(INBOUND.c.status, INBOUND.c.raw_sealed, INBOUND.c.ack))
+            ).all()
+        assert sorted(r.status for r in rows) == ["not_overdose", "not_overdose"]
+        assert all(r.raw_sealed is None for r in rows)
+    finally:
+        await store.close()

@@ -1,28 +1,41 @@
 """The docs agree with the code: every event, field, topic and setting is documented, and every
-relative link (and its #anchor) in the markdown resolves.
+relative link (and its #anchor) in the markdown resolves. docs/intake.md names every error
+code intake answers with, every intake CLI command and option, intake's metrics and settings.
 
-When one of these fails, fix the docs (docs/events.md, docs/architecture.md) in the same change
-as the code, not the test.
+When one of these fails, fix the docs (docs/events.md, docs/architecture.md, docs/intake.md) in
+the same change as the code, not the test.
 """
 
 from __future__ import annotations
 
+import argparse
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
 import shared.events  # noqa: F401 - importing registers every event model
+from services.intake.handlers import UnknownFacilityError
+from services.intake.hl7 import HL7Error
+from services.intake.mllp_listener import FramingRejected
+from services.intake.nemsis import EmsInputError
+from shared.cli import build_parser
 from shared.envelope import Event, registered_events
 from shared.settings import Settings
 from shared.topics import ALL_TOPICS
+
+T = TypeVar("T")
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = ROOT / "docs"
 EVENTS_MD = DOCS / "events.md"
 ARCHITECTURE_MD = DOCS / "architecture.md"
+INTAKE_MD = DOCS / "intake.md"
+INTAKE_API = ROOT / "services" / "intake" / "api.py"
+INTAKE_METRICS = ROOT / "services" / "intake" / "metrics.py"
 
 _FENCE = re.compile(r"^\s*(```|~~~)")
 _HEADING = re.compile(r"^(#{1,6})\s+(.*?)\s*#*\s*$")
@@ -30,6 +43,10 @@ _CODE_SPAN = re.compile(r"`[^`]*`")
 _INLINE_LINK = re.compile(r"!?\[[^\]]*\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\s*\)")
 _REFERENCE_DEFINITION = re.compile(r"^\s{0,3}\[[^\]]+\]:\s*<?(\S+?)>?(?:\s+.*)?$")
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
+_API_ERROR = re.compile(r'ApiError\(\s*(\d{3})\s*,\s*"([a-z0-9_]+)"')
+_METRIC_NAME = re.compile(r'"(portline_[a-z0-9_]+)"')
+# HL7 errors defined outside services.intake.hl7; importing them makes them HL7Error subclasses.
+_HL7_ERRORS_ELSEWHERE = (UnknownFacilityError, FramingRejected)
 
 
 @dataclass(frozen=True)
@@ -252,6 +269,118 @@ def _link_problem(source: Path, source_doc: Markdown, target: str) -> str | None
     if anchor and resolved.suffix == ".md" and anchor not in Markdown.read(resolved).anchors():
         return "no such heading"
     return None
+
+
+# --- docs/intake.md ------------------------------------------------------------------------
+
+
+def _api_error_codes() -> list[str]:
+    """Every `code` the intake routes raise as ApiError(<status>, "<code>", ...)."""
+    source = INTAKE_API.read_text(encoding="utf-8")
+    return sorted({code for _status, code in _API_ERROR.findall(source)})
+
+
+def _subclasses(base: type[T]) -> Iterator[type[T]]:
+    for cls in base.__subclasses__():
+        yield cls
+        yield from _subclasses(cls)
+
+
+def _error_class_codes() -> list[str]:
+    """The stable codes of HL7 and NEMSIS errors: AR reason codes and EMS error codes."""
+    classes: list[type[HL7Error] | type[EmsInputError]] = [
+        *_subclasses(HL7Error),
+        *_subclasses(EmsInputError),
+    ]
+    return sorted({str(cls.code) for cls in classes if not cls.__module__.startswith("tests.")})
+
+
+def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return dict(action.choices)
+    return {}
+
+
+def _intake_commands() -> list[tuple[str, argparse.ArgumentParser]]:
+    """("intake check", parser), ("partners add", parser), ...: every intake CLI command."""
+    top = _subparsers(build_parser())
+    return sorted(
+        (f"{group} {name}", sub)
+        for group in ("intake", "partners")
+        for name, sub in _subparsers(top[group]).items()
+    )
+
+
+def _intake_settings() -> list[str]:
+    return [f for f in Settings.model_fields if f.startswith("intake_") or f == "mllp_port"]
+
+
+API_ERROR_CODES = _api_error_codes()
+ERROR_CLASS_CODES = _error_class_codes()
+INTAKE_COMMANDS = _intake_commands()
+INTAKE_METRIC_NAMES = sorted(set(_METRIC_NAME.findall(INTAKE_METRICS.read_text(encoding="utf-8"))))
+
+
+@pytest.fixture(scope="module")
+def intake_doc() -> str:
+    return INTAKE_MD.read_text(encoding="utf-8")
+
+
+def test_the_intake_codes_commands_and_metrics_are_found() -> None:
+    assert len(API_ERROR_CODES) >= 9, API_ERROR_CODES
+    assert {"not_hl7", "unknown_sending_facility", "xml_forbidden"} <= set(ERROR_CLASS_CODES)
+    assert {"intake check", "intake replay", "partners issue-key"} <= {
+        n for n, _ in INTAKE_COMMANDS
+    }
+    assert len(INTAKE_METRIC_NAMES) >= 3
+
+
+@pytest.mark.parametrize("code", API_ERROR_CODES)
+def test_every_intake_api_error_code_is_documented(intake_doc: str, code: str) -> None:
+    assert f"`{code}`" in intake_doc, f"docs/intake.md does not name the error code `{code}`"
+
+
+@pytest.mark.parametrize("code", ERROR_CLASS_CODES)
+def test_every_hl7_and_nemsis_error_code_is_documented(intake_doc: str, code: str) -> None:
+    assert f"`{code}`" in intake_doc, f"docs/intake.md does not name the error code `{code}`"
+
+
+@pytest.mark.parametrize(
+    ("command", "parser"), INTAKE_COMMANDS, ids=[name for name, _ in INTAKE_COMMANDS]
+)
+def test_every_intake_cli_command_and_option_is_documented(
+    intake_doc: str, command: str, parser: argparse.ArgumentParser
+) -> None:
+    assert re.search(rf"portline {re.escape(command)}(?![\w-])", intake_doc), (
+        f"docs/intake.md does not mention `portline {command}`"
+    )
+    options = [
+        option
+        for action in parser._actions
+        for option in action.option_strings
+        if option.startswith("--") and option != "--help"
+    ]
+    missing = [o for o in options if not re.search(rf"{re.escape(o)}(?![\w-])", intake_doc)]
+    assert not missing, f"portline {command}: options not in docs/intake.md: {missing}"
+
+
+@pytest.mark.parametrize("metric", INTAKE_METRIC_NAMES)
+def test_every_intake_metric_is_documented(intake_doc: str, metric: str) -> None:
+    assert f"`{metric}`" in intake_doc, f"docs/intake.md does not describe `{metric}`"
+
+
+@pytest.mark.parametrize("field", _intake_settings())
+def test_every_intake_setting_is_in_the_intake_guide_with_its_default(
+    intake_doc: str, field: str
+) -> None:
+    env_var = _env_var(field)
+    rows = [line for line in intake_doc.splitlines() if line.startswith(f"| `{env_var}` |")]
+    assert len(rows) == 1, f"docs/intake.md needs one settings row for {env_var}"
+    cells = [cell.strip() for cell in rows[0].strip().strip("|").split("|")]
+    default = Settings.model_fields[field].default
+    expected = "unset" if default is None else f"`{default}`"
+    assert cells[1] == expected, f"{env_var}: docs/intake.md should give the default {expected}"
 
 
 @pytest.mark.parametrize(

@@ -378,3 +378,36 @@ async def test_invalid_ems_record_is_reported_and_the_rest_accepted(
         (0, "rejected", "missing_pcr_number"),
         (1, "accepted", None),
     ]
+
+
+async def test_a_parser_failure_is_refused_and_kept_for_replay_and_a_dead_worker_is_ae(
+    sessions: async_sessionmaker[AsyncSession],
+    clock: ManualClock,
+    protector: Protector,
+    tmp_path: Path,
+) -> None:
+    from concurrent.futures.process import BrokenProcessPool
+
+    await seed_demo(sessions, clock=clock, var_dir=tmp_path)
+    failure: BaseException = RuntimeError("hl7apy bug")
+
+    async def broken_parse(*_args: object) -> object:
+        raise failure
+
+    intake = HL7Intake(
+        uow_factory=lambda: UnitOfWork(sessions, clock=clock, source="/portline/intake"),
+        directory=PartnerDirectory(sessions, ttl_seconds=0),
+        protector=protector,
+        clock=clock,
+        full_parse=broken_parse,  # type: ignore[arg-type]
+    )
+    (ack,) = await intake.receive([mllp(adt("BUG-1"))])
+    assert ack_fields(ack)[:2] == ("AR", "BUG-1")
+    (row,) = await inbound(sessions)
+    assert (row.status, row.reason_code) == ("rejected", "parse_error")
+    assert row.raw_sealed is not None
+
+    failure = BrokenProcessPool("worker died")
+    (ack,) = await intake.receive([mllp(adt("BUG-2"))])
+    assert ack_fields(ack)[:2] == ("AE", "BUG-2")
+    assert len(await inbound(sessions)) == 1

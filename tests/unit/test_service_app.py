@@ -53,3 +53,24 @@ async def test_service_serves_operations_endpoints_and_reports_kafka_not_ready(
             assert missing.json() == {
                 "error": {"code": "not_found", "message": "Not Found", "details": []}
             }
+
+
+@pytest.mark.parametrize("factory", FACTORIES)
+async def test_service_starts_while_postgres_is_down_and_reports_not_ready(
+    factory: object, tmp_path: Path
+) -> None:
+    settings = Settings(
+        env="development",
+        database_url="postgresql+asyncpg://portline:x@127.0.0.1:9/portline",  # nothing there
+        kafka_bootstrap_servers="127.0.0.1:9",
+        var_dir=tmp_path,
+        mllp_port=0,
+    )
+    app = factory(settings)  # type: ignore[operator]
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://svc") as client:
+            assert (await client.get("/healthz")).status_code == 200
+            ready = await client.get("/readyz")
+            assert ready.status_code == 503
+            assert ready.json()["checks"]["database"].startswith("unavailable")
