@@ -75,7 +75,12 @@ def create_app(settings: Settings) -> FastAPI:
             routine_store=routine_store,
             full_parse=parse_pool or parse_inline,
         )
-        ems = EmsIntake(uow_factory=runtime.uow, protector=protector, clock=runtime.clock)
+        ems = EmsIntake(
+            uow_factory=runtime.uow,
+            protector=protector,
+            clock=runtime.clock,
+            routine_store=routine_store,
+        )
 
         async def hl7_batch(items: Sequence[HL7Submission]) -> list[str]:
             return await hl7.receive(items)

@@ -558,6 +558,27 @@ def classify_run(run: EmsRunReport) -> Decision:
     )
 
 
+def _ems_outcome(
+    s: EmsSubmission,
+    decision: Decision,
+    status: EmsStatus,
+    report_id: uuid.UUID | None,
+    revision: int | None,
+) -> EmsOutcome:
+    assert s.report is not None
+    return EmsOutcome(
+        s.index,
+        s.report.pcr_number,
+        status,
+        decision.is_overdose(Definition(s.partner.definition)),
+        decision.opioid,
+        decision.any_drug,
+        report_id,
+        revision,
+        tuple((str(r.code), r.source, r.detail) for r in decision.reasons),
+    )
+
+
 class EmsIntake:
     """Receives EMS run reports; idempotent per agency and PCR number."""
 
@@ -568,7 +589,9 @@ class EmsIntake:
         protector: Protector,
         clock: Clock,
         new_id: Callable[[], uuid.UUID] = new_uuid,
+        routine_store: RoutineStore | None = None,
     ) -> None:
+        self._routine_store = routine_store
         self._uow = uow_factory
         self._protector = protector
         self._clock = clock
@@ -595,10 +618,83 @@ class EmsIntake:
                 )
             else:
                 decisions[i] = classify_run(s.report)
+        general = list(range(len(submissions)))
+        if self._routine_store is not None:
+            routine = [
+                i
+                for i, d in decisions.items()
+                if not d.is_overdose(Definition(submissions[i].partner.definition))
+            ]
+            if routine:
+                await self._store_routine(
+                    self._routine_store, submissions, decisions, routine, outcomes, now
+                )
+                general = [i for i in general if i not in set(routine)]
+        if any(submissions[i].report is not None for i in general):
+            await self._store_general(submissions, decisions, general, outcomes, now)
+        done = [o for o in outcomes if o is not None]
+        for status, count in Counter(o.status for o in done).items():
+            INTAKE_MESSAGES.labels("ems", status).inc(count)
+        return done
+
+    async def _store_routine(
+        self,
+        store: RoutineStore,
+        submissions: Sequence[EmsSubmission],
+        decisions: dict[int, Decision],
+        indices: list[int],
+        outcomes: list[EmsOutcome | None],
+        now: datetime,
+    ) -> None:
+        """Records that are not overdoses, in one round trip or two (see routine_store)."""
+        rows: dict[str, RoutineRow] = {}
+        source_keys: dict[str, str] = {}
+        for i in indices:
+            s = submissions[i]
+            assert s.report is not None
+            source_key = _source_key("ems", s.partner.partner_id, s.report.pcr_number)
+            dedupe = _source_key("seen", source_key)
+            if dedupe not in rows:
+                rows[dedupe] = RoutineRow(
+                    id=self._new_id(),
+                    channel=Channel.HTTP_EMS.value,
+                    partner_id=s.partner.partner_id,
+                    dedupe_key=dedupe,
+                    received_at=now,
+                    ack="",
+                )
+                source_keys[dedupe] = source_key
+        inserted, reports = await store.store_ems(
+            list(rows.values()), list(source_keys.values()), InboundStatus.NOT_OVERDOSE.value
+        )
+        first: set[str] = set()
+        for i in indices:
+            s = submissions[i]
+            assert s.report is not None
+            source_key = _source_key("ems", s.partner.partner_id, s.report.pcr_number)
+            dedupe = _source_key("seen", source_key)
+            if source_key in reports:
+                report_id, revision = reports[source_key]
+                status: EmsStatus = "unchanged"
+            elif dedupe in inserted and dedupe not in first:
+                first.add(dedupe)
+                report_id, revision, status = None, None, "not_overdose"
+            else:
+                report_id, revision, status = None, None, "duplicate"
+            outcomes[i] = _ems_outcome(s, decisions[i], status, report_id, revision)
+
+    async def _store_general(
+        self,
+        submissions: Sequence[EmsSubmission],
+        decisions: dict[int, Decision],
+        indices: list[int],
+        outcomes: list[EmsOutcome | None],
+        now: datetime,
+    ) -> None:
         async with self._uow() as uow:
             keys = {
                 i: _source_key("ems", s.partner.partner_id, s.report.pcr_number)
-                for i, s in enumerate(submissions)
+                for i, s in ((i, submissions[i]) for i in indices)
                 if s.report is not None
             }
             reports = await _ReportBook.load(uow, list(keys.values()))
@@ -611,18 +707,14 @@ class EmsIntake:
                 ).scalars()
             )
             inbound: list[dict[str, Any]] = []
-            for i, s in enumerate(submissions):
-                if s.report is None:
-                    continue
-                outcomes[i] = self._one(uow, reports, seen, s, decisions[i], keys[i], now, inbound)
+            for i in keys:
+                outcomes[i] = self._one(
+                    uow, reports, seen, submissions[i], decisions[i], keys[i], now, inbound
+                )
             if inbound:
                 await uow.session.execute(INBOUND.insert(), inbound)
             await reports.flush(uow)
             await uow.commit()
-        done = [o for o in outcomes if o is not None]
-        for status, count in Counter(o.status for o in done).items():
-            INTAKE_MESSAGES.labels("ems", status).inc(count)
-        return done
 
     def _one(
         self,
@@ -638,23 +730,12 @@ class EmsIntake:
         run = s.report
         assert run is not None
         overdose = decision.is_overdose(Definition(s.partner.definition))
-        reasons = tuple((str(r.code), r.source, r.detail) for r in decision.reasons)
         current = reports.get(source_key)
 
         def outcome(
             status: EmsStatus, report_id: uuid.UUID | None, revision: int | None
         ) -> EmsOutcome:
-            return EmsOutcome(
-                s.index,
-                run.pcr_number,
-                status,
-                overdose,
-                decision.opioid,
-                decision.any_drug,
-                report_id,
-                revision,
-                reasons,
-            )
+            return _ems_outcome(s, decision, status, report_id, revision)
 
         if not overdose and current is None:
             dedupe = _source_key("seen", source_key)

@@ -26,6 +26,7 @@ ON CONFLICT (dedupe_key) DO NOTHING
 RETURNING dedupe_key
 """
 _KNOWN = "SELECT dedupe_key, ack FROM inbound_message WHERE dedupe_key = ANY($1::text[])"
+_REPORTS = "SELECT source_key, id, revision FROM report WHERE source_key = ANY($1::text[])"
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,3 +82,31 @@ class RoutineStore:
                 for known in await con.fetch(_KNOWN, resent):
                     acks[known["dedupe_key"]] = known["ack"]
         return acks
+
+    async def store_ems(
+        self, rows: Sequence[RoutineRow], source_keys: Sequence[str], status: str
+    ) -> tuple[set[str], dict[str, tuple[uuid.UUID, int]]]:
+        """Routine EMS records (not overdoses): (dedupe keys newly stored, existing reports by
+        source key). A record whose PCR already has a report is not stored: it stands."""
+        async with self._pool.acquire() as con:
+            reports = {
+                r["source_key"]: (r["id"], r["revision"])
+                for r in await con.fetch(_REPORTS, list(source_keys))
+            }
+            fresh = [r for r, key in zip(rows, source_keys, strict=True) if key not in reports]
+            inserted: set[str] = set()
+            if fresh:
+                inserted = {
+                    r["dedupe_key"]
+                    for r in await con.fetch(
+                        _INSERT,
+                        [r.id for r in fresh],
+                        [r.channel for r in fresh],
+                        [r.partner_id for r in fresh],
+                        [r.dedupe_key for r in fresh],
+                        [r.received_at for r in fresh],
+                        [status] * len(fresh),
+                        [r.ack for r in fresh],
+                    )
+                }
+        return inserted, reports

@@ -146,3 +146,46 @@ async def test_routine_batches_take_the_fast_path_and_resends_get_the_original_a
         assert all(r.raw_sealed is None for r in rows)
     finally:
         await store.close()
+
+
+async def test_ems_routine_records_take_the_fast_path_with_the_same_outcomes(
+    pg_engine: AsyncEngine, pg_schema: str, postgres_url: str, tmp_path: Path
+) -> None:
+    import json
+
+    from services.intake.handlers import EmsIntake, EmsSubmission
+    from services.intake.routine_store import RoutineStore
+    from tests.unit.test_intake_handlers import run
+
+    await _intake(pg_engine, pg_schema, tmp_path)  # migrated and seeded
+    sessions = session_factory(pg_engine)
+    keys = json.loads((tmp_path / "demo-keys.json").read_text())
+    partner = await PartnerDirectory(sessions, ttl_seconds=0).by_api_key(keys["demo-ems"])
+    assert partner is not None
+    store = await RoutineStore.connect(postgres_url, schema=pg_schema)
+    ems = EmsIntake(
+        uow_factory=lambda: UnitOfWork(sessions, clock=SystemClock(), source="/portline/intake"),
+        protector=PROTECTOR,
+        clock=SystemClock(),
+        routine_store=store,
+    )
+
+    def sub(i: int, pcr: str, *, improved: bool) -> EmsSubmission:
+        return EmsSubmission(partner, i, run(pcr, improved=improved))
+
+    try:
+        routine, od = f"R-{uuid.uuid4().hex[:8]}", f"O-{uuid.uuid4().hex[:8]}"
+        out = await ems.receive(
+            [
+                sub(0, routine, improved=False),
+                sub(1, od, improved=True),
+                sub(2, routine, improved=False),
+            ]
+        )
+        assert [o.status for o in out] == ["not_overdose", "accepted", "duplicate"]
+        out = await ems.receive([sub(0, routine, improved=False), sub(1, od, improved=False)])
+        assert [o.status for o in out] == ["duplicate", "unchanged"]
+        assert out[1].report_id is not None
+        assert out[1].revision == 1
+    finally:
+        await store.close()
