@@ -377,6 +377,11 @@ class BlindIndexer:
         # "|" cannot survive normalize_name, so the parts cannot run into each other.
         return self._digest("name_dob", f"{fam}|{giv}|{day}")
 
+    def dob(self, dob: date | str) -> str | None:
+        """Index of a date of birth alone: for blocking (finding candidates to compare under
+        the seal), never for a match on its own."""
+        return self._digest("dob", normalize_dob(dob) if dob else "")
+
     def phone(self, phone: str) -> str | None:
         """Index of a phone number; None if it has fewer than 7 digits."""
         return self._digest("phone", normalize_phone(phone))

@@ -44,7 +44,8 @@ class Protector:
         mrn = None
         if identity.mrn and facility:
             mrn = self.indexer.mrn(facility, identity.mrn)
-        return BlindKeys(name_dob=name_dob, phone=phone, mrn=mrn)
+        dob = self.indexer.dob(identity.dob) if identity.dob else None
+        return BlindKeys(name_dob=name_dob, phone=phone, mrn=mrn, dob=dob)
 
     def location(self, address: Address | None) -> Location:
         if address is None:

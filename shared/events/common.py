@@ -29,10 +29,12 @@ class BlindKeys(BaseModel):
     name_dob: str | None = None
     phone: str | None = None
     mrn: str | None = None
+    dob: str | None = None
+    """Date of birth alone: only for finding candidates whose sealed names are compared."""
 
     @property
     def any(self) -> bool:
-        return bool(self.name_dob or self.phone or self.mrn)
+        return bool(self.name_dob or self.phone or self.mrn)  # dob alone identifies nobody
 
 
 class DecisionReason(BaseModel):
