@@ -1,7 +1,9 @@
 """Idempotent consumption: the handler's effects and the inbox mark commit together.
 
 A handler that keeps failing on the same message (a poison message) is retried a bounded
-number of times and then written to the dead-letter store, so the partition moves on.
+number of times and then written to the dead-letter store, so the partition moves on. A
+failure that no retry can mend (an event that does not match its schema, data sealed under
+keys this service does not hold) is dead-lettered at once.
 Transient infrastructure failures (the database is down) are not the message's fault: they
 are raised to the consumer loop, which backs off and redelivers without counting attempts.
 """
@@ -21,6 +23,7 @@ from sqlmodel import Field, SQLModel
 
 from shared.db import UTCDateTime
 from shared.envelope import Envelope, EnvelopeError
+from shared.sealing import SealingError
 from shared.uow import UnitOfWork
 
 __all__ = [
@@ -123,7 +126,9 @@ class InboxProcessor(Generic[U]):
         max_attempts: int = 5,
         backoff_seconds: float = 0.2,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        permanent: tuple[type[Exception], ...] = (EnvelopeError, SealingError),
     ) -> None:
+        self._permanent = permanent
         self.consumer = consumer
         self._uow_factory = uow_factory
         self._handler = handler
@@ -155,6 +160,10 @@ class InboxProcessor(Generic[U]):
                         "error": type(exc).__name__,
                     },
                 )
+                if isinstance(exc, self._permanent):
+                    # Retrying cannot help (an unknown event version, data sealed under
+                    # keys we do not hold): dead-letter now, keep the partition moving.
+                    return await self._dead_letter(message, envelope.id, last_error, attempt)
                 if attempt < self._max_attempts:
                     await self._sleep(self._backoff * attempt)
         return await self._dead_letter(message, envelope.id, last_error, self._max_attempts)
