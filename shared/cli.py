@@ -81,6 +81,24 @@ def _cmd_keys(_args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_dev_token(args: argparse.Namespace) -> int:
+    from datetime import UTC, datetime
+
+    from shared.auth import TokenService, jwt_secret
+
+    settings = get_settings()
+    if not settings.is_development:
+        print("portline dev-token: only in development", file=sys.stderr)
+        return 2
+    tokens = TokenService(jwt_secret(settings), issuer=settings.jwt_issuer)
+    print(
+        tokens.mint(
+            role=args.role, program=args.program, subject=args.subject, now=datetime.now(UTC)
+        )
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="portline", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -102,6 +120,14 @@ def build_parser() -> argparse.ArgumentParser:
     keys_sub = keys.add_subparsers(dest="keys_command", required=True)
     generate = keys_sub.add_parser("generate", help="print fresh secrets for a deployment")
     generate.set_defaults(func=_cmd_keys)
+
+    token = sub.add_parser("dev-token", help="print a bearer token for development")
+    token.add_argument(
+        "--role", required=True, choices=["peer", "team_lead", "deputy", "analyst", "admin"]
+    )
+    token.add_argument("--program", default="demo")
+    token.add_argument("--subject", default="dev-user")
+    token.set_defaults(func=_cmd_dev_token)
 
     for service in SERVICES:
         # Each service may contribute commands of its own (services/<name>/cli.py).

@@ -19,6 +19,7 @@ import sqlalchemy as sa
 from fastapi import APIRouter, FastAPI
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from shared.auth import TokenService, jwt_secret
 from shared.bus import ConsumerLoop, KafkaPublisher, make_consumer
 from shared.clock import Clock, SystemClock
 from shared.db import create_engine, session_factory
@@ -199,6 +200,7 @@ def create_service_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         runtime = runtime_factory() if runtime_factory else Runtime(service, settings)
         app.state.runtime = runtime
+        app.state.tokens = TokenService(jwt_secret(settings), issuer=settings.jwt_issuer)
         for spec in consumers(runtime) if consumers else ():
             runtime.add_consumer(spec)
         await runtime.start()

@@ -4,6 +4,7 @@ service sharing its ports, or all four services as child processes."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -68,13 +69,16 @@ def serve(service: ServiceName, app_factory: Callable[[Settings], FastAPI]) -> N
 
 def _run(main: Coroutine[Any, Any, None]) -> None:
     """Run on uvloop when it is installed (it comes with uvicorn[standard]): socket I/O is
-    a large share of intake's per-message cost."""
+    a large share of intake's per-message cost. Ctrl-C ends it quietly: uvicorn has already
+    shut the service down when it re-raises the interrupt."""
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a runtime dependency
-        asyncio.run(main)
-        return
-    uvloop.run(main)
+        runner: Callable[[Coroutine[Any, Any, None]], None] = asyncio.run
+    else:
+        runner = uvloop.run
+    with contextlib.suppress(KeyboardInterrupt):
+        runner(main)
 
 
 def run_all(settings: Settings, services: tuple[ServiceName, ...] = SERVICES) -> int:
