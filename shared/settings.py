@@ -97,6 +97,15 @@ class Settings(BaseSettings):
     intake_mllp_tls_cert: Path | None = None
     intake_mllp_tls_key: Path | None = None
 
+    # scheduler
+    scheduler_policy_dir: Path | None = Field(
+        default=None,
+        description="Directory of <program>.toml policy files; programs without one use the "
+        "defaults.",
+    )
+    scheduler_episode_window_hours: int = Field(default=12, ge=1, le=72)
+    scheduler_timer_batch: int = Field(default=100, ge=1)
+
     inbox_max_attempts: int = Field(default=5, ge=1)
     inbox_retry_backoff_seconds: float = Field(default=0.2, ge=0)
     relay_poll_interval_seconds: float = Field(default=0.2, gt=0)

@@ -71,11 +71,33 @@ class IntakeProcess:
         )
 
 
-def _start(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+def _start(env: dict[str, str], log: Path, service: str = "intake") -> subprocess.Popen[bytes]:
     with log.open("w") as out:
         return subprocess.Popen(
-            [PORTLINE, "run", "intake"], env=env, stdout=out, stderr=subprocess.STDOUT
+            [PORTLINE, "run", service], env=env, stdout=out, stderr=subprocess.STDOUT
         )
+
+
+async def _wait_ready(proc: subprocess.Popen[bytes], base: str, log: Path) -> None:
+    deadline = time.monotonic() + 60
+    async with httpx.AsyncClient() as client:
+        while True:
+            assert proc.poll() is None, log.read_text()[-3000:]
+            try:
+                if (await client.get(f"{base}/readyz")).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, f"{base} not ready in time"
+            await asyncio.sleep(0.3)
+
+
+async def _stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.send_signal(signal.SIGINT)
+    try:
+        await asyncio.to_thread(proc.wait, 30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
 
 
 @pytest.fixture(scope="session")
@@ -117,29 +139,44 @@ async def intake_process(
     proc = await asyncio.to_thread(_start, env, log)
     base = f"http://127.0.0.1:{http_port}"
     try:
-        deadline = time.monotonic() + 60
-        async with httpx.AsyncClient() as client:
-            while True:
-                assert proc.poll() is None, log.read_text()[-3000:]
-                try:
-                    if (await client.get(f"{base}/readyz")).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                assert time.monotonic() < deadline, "intake not ready in time"
-                await asyncio.sleep(0.3)
+        await _wait_ready(proc, base, log)
         yield IntakeProcess(
             base, mllp_port, keys["demo-hospital"], keys["demo-ems"], env, proxy, log
         )
     finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            await asyncio.to_thread(proc.wait, 30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        await _stop(proc)
         await proxy.up() if proxy._server is None else None
         engine = create_engine(postgres_url, service="admin", schema="public")
         async with engine.begin() as conn:
-            await conn.execute(sa.text(f'DROP SCHEMA IF EXISTS "{prefix}intake" CASCADE'))
+            for service in ("intake", "scheduler"):
+                await conn.execute(sa.text(f'DROP SCHEMA IF EXISTS "{prefix}{service}" CASCADE'))
         await engine.dispose()
         await proxy.down()
+
+
+@dataclass
+class ServiceProcess:
+    http: str
+    env: dict[str, str]
+
+
+@pytest.fixture(scope="session")
+async def scheduler_process(intake_process: IntakeProcess) -> AsyncIterator[ServiceProcess]:
+    """The scheduler beside intake: same database (its own schema), broker and keys."""
+    env = {**intake_process.env, "PORTLINE_SCHEDULER_PORT": str(free_port())}
+    await asyncio.to_thread(
+        subprocess.run,
+        [PORTLINE, "migrate", "scheduler"],
+        env=env,
+        check=True,
+        timeout=120,
+        capture_output=True,
+    )
+    log = intake_process.log.with_name("scheduler.log")
+    proc = await asyncio.to_thread(_start, env, log, "scheduler")
+    base = f"http://127.0.0.1:{env['PORTLINE_SCHEDULER_PORT']}"
+    try:
+        await _wait_ready(proc, base, log)
+        yield ServiceProcess(base, env)
+    finally:
+        await _stop(proc)

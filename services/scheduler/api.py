@@ -1,0 +1,284 @@
+"""The scheduler's HTTP API for team leads: the policy in force, a case's timeline, and the
+uncertain person matches waiting for a decision."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+import sqlalchemy as sa
+from fastapi import APIRouter, Depends, Query, Request
+from pydantic import BaseModel, Field
+
+from services.scheduler.handlers import PolicyBook
+from services.scheduler.models import (
+    CASE,
+    EPISODE,
+    PERSON_KEY,
+    POSSIBLE_MATCH,
+    REPORT_LINK,
+    TASK,
+)
+from services.scheduler.timers import TIMER
+from shared.auth import Principal, require
+from shared.http import ApiError, ErrorResponse
+from shared.runtime import Runtime
+
+__all__ = ["router"]
+
+router = APIRouter(prefix="/v1", tags=["scheduler"])
+
+Lead = Annotated[Principal, Depends(require("team_lead", "admin"))]
+Anyone = Annotated[Principal, Depends(require())]
+ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorResponse},
+    403: {"model": ErrorResponse},
+    404: {"model": ErrorResponse},
+}
+
+
+def _runtime(request: Request) -> Runtime:
+    runtime: Runtime = request.app.state.runtime
+    return runtime
+
+
+def _policies(request: Request) -> PolicyBook:
+    book: PolicyBook = request.app.state.policies
+    return book
+
+
+def _own_program(principal: Principal, program_id: str) -> None:
+    if principal.program != program_id and principal.role != "admin":
+        raise ApiError(404, "not_found", "No such record in your program.")
+
+
+@router.get(
+    "/policy",
+    summary="The outreach policy in force for a program",
+    description="Changes to a policy apply to tasks scheduled after the change, not "
+    "retroactively; every task records the policy version that set its times.",
+    responses=ERRORS,
+)
+async def get_policy(
+    principal: Anyone,
+    request: Request,
+    program: Annotated[str | None, Query(description="Default: the caller's program.")] = None,
+) -> dict[str, Any]:
+    program_id = program or principal.program
+    _own_program(principal, program_id)
+    return _policies(request).for_program(program_id).describe()
+
+
+class TimelineItem(BaseModel):
+    at: datetime = Field(description="When this happened or is due.")
+    kind: Literal["report", "episode", "task", "timer"]
+    id: str
+    detail: dict[str, Any]
+
+
+class Timeline(BaseModel):
+    case_id: uuid.UUID
+    status: str
+    priority: int
+    items: list[TimelineItem] = Field(
+        description="Every report, episode, task and timer, in order."
+    )
+
+
+@router.get(
+    "/cases/{case_id}/timeline",
+    summary="Why is this due now: every report, episode, task and timer of a case, in order",
+    responses=ERRORS,
+)
+async def get_timeline(case_id: uuid.UUID, principal: Lead, request: Request) -> Timeline:
+    runtime = _runtime(request)
+    async with runtime.sessions() as s:
+        case = (await s.execute(sa.select(CASE).where(CASE.c.id == case_id))).first()
+        if case is None:
+            raise ApiError(404, "not_found", "No such case.")
+        _own_program(principal, case.program_id)
+        items: list[TimelineItem] = []
+        episodes = list(await s.execute(sa.select(EPISODE).where(EPISODE.c.case_id == case_id)))
+        for e in episodes:
+            items.append(
+                TimelineItem(
+                    at=e.incident_at,
+                    kind="episode",
+                    id=str(e.id),
+                    detail={
+                        "sources": e.sources.split(","),
+                        "repeat": e.repeat,
+                        "consent": e.consent,
+                        "plan": json.loads(e.plan_reasons),
+                    },
+                )
+            )
+        for r in await s.execute(
+            sa.select(REPORT_LINK).where(REPORT_LINK.c.episode_id.in_([e.id for e in episodes]))
+        ):
+            items.append(
+                TimelineItem(
+                    at=r.linked_at,
+                    kind="report",
+                    id=str(r.report_id),
+                    detail={
+                        "episode_id": str(r.episode_id),
+                        "source_kind": r.source_kind,
+                        "revision": r.revision,
+                        "match": r.match,
+                    },
+                )
+            )
+        tasks = list(await s.execute(sa.select(TASK).where(TASK.c.case_id == case_id)))
+        for t in tasks:
+            items.append(
+                TimelineItem(
+                    at=t.created_at,
+                    kind="task",
+                    id=str(t.id),
+                    detail={
+                        "task_kind": t.kind,
+                        "status": t.status,
+                        "priority": t.priority,
+                        "window_opens_at": t.window_opens_at.isoformat(),
+                        "due_at": t.due_at.isoformat(),
+                        "expires_at": t.expires_at.isoformat(),
+                        "failed_attempts": t.failed_attempts,
+                        "outcome": t.outcome,
+                        "policy_version": t.policy_version,
+                    },
+                )
+            )
+        for timer in await s.execute(
+            sa.select(TIMER).where(TIMER.c.task_id.in_([t.id for t in tasks]))
+        ):
+            items.append(
+                TimelineItem(
+                    at=timer.due_at,
+                    kind="timer",
+                    id=timer.key,
+                    detail={
+                        "timer_kind": timer.kind,
+                        "task_id": str(timer.task_id),
+                        "fired_at": timer.fired_at.isoformat() if timer.fired_at else None,
+                        "late": timer.late,
+                        "cancelled": timer.cancelled_at is not None,
+                    },
+                )
+            )
+    items.sort(key=lambda i: (i.at, i.kind))
+    return Timeline(case_id=case.id, status=case.status, priority=case.priority, items=items)
+
+
+class PossibleMatchOut(BaseModel):
+    id: uuid.UUID
+    report_id: uuid.UUID
+    person_id: uuid.UUID = Field(description="The person created for the report.")
+    candidate_id: uuid.UUID = Field(description="The existing person it may be.")
+    reasons: list[str]
+    status: Literal["open", "confirmed", "split"]
+    created_at: datetime
+
+
+@router.get(
+    "/possible-matches",
+    summary="Uncertain person matches, for a team lead to confirm or split",
+    responses=ERRORS,
+)
+async def list_possible_matches(
+    principal: Lead,
+    request: Request,
+    status: Literal["open", "confirmed", "split"] = "open",
+) -> list[PossibleMatchOut]:
+    async with _runtime(request).sessions() as s:
+        rows = await s.execute(
+            sa.select(POSSIBLE_MATCH)
+            .where(
+                POSSIBLE_MATCH.c.program_id == principal.program,
+                POSSIBLE_MATCH.c.status == status,
+            )
+            .order_by(POSSIBLE_MATCH.c.created_at)
+        )
+        return [
+            PossibleMatchOut(
+                id=r.id,
+                report_id=r.report_id,
+                person_id=r.person_id,
+                candidate_id=r.candidate_id,
+                reasons=json.loads(r.reasons),
+                status=r.status,
+                created_at=r.created_at,
+            )
+            for r in rows
+        ]
+
+
+@router.post(
+    "/possible-matches/{match_id}/{decision}",
+    summary="Confirm (the two are one person: merge) or split (two people: keep apart)",
+    responses={**ERRORS, 409: {"model": ErrorResponse}},
+)
+async def decide_possible_match(
+    match_id: uuid.UUID,
+    decision: Literal["confirm", "split"],
+    principal: Lead,
+    request: Request,
+) -> PossibleMatchOut:
+    runtime = _runtime(request)
+    async with runtime.uow() as uow:
+        s = uow.session
+        row = (
+            await s.execute(sa.select(POSSIBLE_MATCH).where(POSSIBLE_MATCH.c.id == match_id))
+        ).first()
+        if row is None or row.program_id != principal.program:
+            raise ApiError(404, "not_found", "No such possible match in your program.")
+        if row.status != "open":
+            raise ApiError(409, "already_decided", f"This match was already {row.status}.")
+        now = uow.clock.now()
+        status = "confirmed" if decision == "confirm" else "split"
+        if decision == "confirm":
+            # One person: the candidate keeps the identity keys; the report's cases move to it.
+            keys = await s.execute(
+                sa.select(PERSON_KEY).where(PERSON_KEY.c.person_id == row.person_id)
+            )
+            have = {
+                (k.kind, k.value)
+                for k in await s.execute(
+                    sa.select(PERSON_KEY).where(PERSON_KEY.c.person_id == row.candidate_id)
+                )
+            }
+            for k in keys:
+                if (k.kind, k.value) not in have:
+                    await s.execute(
+                        PERSON_KEY.insert().values(
+                            person_id=row.candidate_id, kind=k.kind, value=k.value
+                        )
+                    )
+            await s.execute(PERSON_KEY.delete().where(PERSON_KEY.c.person_id == row.person_id))
+            await s.execute(
+                CASE.update()
+                .where(CASE.c.person_id == row.person_id)
+                .values(person_id=row.candidate_id)
+            )
+            await s.execute(
+                EPISODE.update()
+                .where(EPISODE.c.person_id == row.person_id)
+                .values(person_id=row.candidate_id)
+            )
+        await s.execute(
+            POSSIBLE_MATCH.update()
+            .where(POSSIBLE_MATCH.c.id == match_id)
+            .values(status=status, resolved_at=now)
+        )
+        await uow.commit()
+    return PossibleMatchOut(
+        id=row.id,
+        report_id=row.report_id,
+        person_id=row.person_id,
+        candidate_id=row.candidate_id,
+        reasons=json.loads(row.reasons),
+        status=status,
+        created_at=row.created_at,
+    )

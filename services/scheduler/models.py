@@ -1,0 +1,148 @@
+"""The scheduler's own tables: people, their keys, cases, episodes, report links, tasks."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+
+import sqlalchemy as sa
+from sqlmodel import Field, SQLModel
+
+from shared.db import UTCDateTime
+
+__all__ = [
+    "CASE",
+    "EPISODE",
+    "PERSON",
+    "PERSON_KEY",
+    "POSSIBLE_MATCH",
+    "REPORT_LINK",
+    "TASK",
+    "Case",
+    "Episode",
+    "Person",
+    "PersonKey",
+    "PossibleMatch",
+    "ReportLink",
+    "Task",
+]
+
+
+def _ts(nullable: bool = False) -> sa.Column[datetime]:
+    return sa.Column(UTCDateTime(), nullable=nullable)
+
+
+class Person(SQLModel, table=True):
+    """Someone the program may reach out to. Identity stays sealed."""
+
+    __tablename__ = "person"
+
+    id: uuid.UUID = Field(sa_column=sa.Column(sa.Uuid(), primary_key=True))
+    program_id: str = Field(sa_column=sa.Column(sa.String(64), nullable=False))
+    identity_sealed: str | None = Field(default=None, sa_column=sa.Column(sa.Text()))
+    do_not_contact: bool = Field(default=False, sa_column=sa.Column(sa.Boolean(), nullable=False))
+    created_at: datetime = Field(sa_column=_ts())
+
+
+class PersonKey(SQLModel, table=True):
+    """A blind index a person is known by (from any of their linked reports)."""
+
+    __tablename__ = "person_key"
+
+    person_id: uuid.UUID = Field(sa_column=sa.Column(sa.Uuid(), primary_key=True))
+    kind: str = Field(sa_column=sa.Column(sa.String(16), primary_key=True))
+    value: str = Field(sa_column=sa.Column(sa.String(64), primary_key=True))
+
+
+class PossibleMatch(SQLModel, table=True):
+    """An uncertain link, for a team lead to confirm (merge) or split (keep apart)."""
+
+    __tablename__ = "possible_match"
+
+    id: uuid.UUID = Field(sa_column=sa.Column(sa.Uuid(), primary_key=True))
+    program_id: str = Field(sa_column=sa.Column(sa.String(64), nullable=False))
+    report_id: uuid.UUID = Field(sa_column=sa.Column(sa.Uuid(), nullable=False))
+    person_id: uuid.UUID = Field(sa_column=sa.Column(sa.Uuid(), nullable=False))
+    candidate_id: uuid.UUID = Field(sa_column=sa.Column(sa.Uuid(), nullable=False))
+    reasons: str = Field(sa_column=sa.Column(sa.Text(), nullable=False))
+    status: str = Field(sa_column=sa.Column(sa.String(16), nullable=False))
+    created_at: datetime = Field(sa_column=_ts())
+    resolved_at: datetime | None = Field(default=None, sa_column=_ts(True))
+
+
+class Case(SQLModel, table=True):
+    """One person's outreach, from the first overdose until a lead concludes it."""
+
+    __tablename__ = "outreach_case"
+
+    id: uuid.UUID = Field(sa_column=sa.Column(sa.Uuid(), primary_key=True))
+    program_id: str = Field(sa_column=sa.Column(sa.String(64), nullable=False))
+    person_id: uuid.UUID = Field(sa_column=sa.Column(sa.Uuid(), nullable=False))
+    status: str = Field(sa_column=sa.Column(sa.String(16), nullable=False))
+    priority: int = Field(sa_column=sa.Column(sa.Integer(), nullable=False))
+    opened_at: datetime = Field(sa_column=_ts())
+    closed_at: datetime | None = Field(default=None, sa_column=_ts(True))
+    close_reason: str | None = Field(default=None, sa_column=sa.Column(sa.String(32)))
+
+
+class Episode(SQLModel, table=True):
+    """One overdose, reported by EMS, the ED, or both."""
+
+    __tablename__ = "episode"
+
+    id: uuid.UUID = Field(sa_column=sa.Column(sa.Uuid(), primary_key=True))
+    program_id: str = Field(sa_column=sa.Column(sa.String(64), nullable=False))
+    case_id: uuid.UUID | None = Field(default=None, sa_column=sa.Column(sa.Uuid()))
+    person_id: uuid.UUID | None = Field(default=None, sa_column=sa.Column(sa.Uuid()))
+    incident_at: datetime = Field(sa_column=_ts())
+    sources: str = Field(sa_column=sa.Column(sa.String(32), nullable=False))
+    consent: str = Field(sa_column=sa.Column(sa.String(16), nullable=False))
+    deidentified: bool = Field(sa_column=sa.Column(sa.Boolean(), nullable=False))
+    repeat: bool = Field(sa_column=sa.Column(sa.Boolean(), nullable=False))
+    plan_reasons: str = Field(sa_column=sa.Column(sa.Text(), nullable=False))
+    created_at: datetime = Field(sa_column=_ts())
+
+
+class ReportLink(SQLModel, table=True):
+    """Which episode a report (and its latest revision) belongs to."""
+
+    __tablename__ = "report_link"
+
+    report_id: uuid.UUID = Field(sa_column=sa.Column(sa.Uuid(), primary_key=True))
+    episode_id: uuid.UUID = Field(sa_column=sa.Column(sa.Uuid(), nullable=False))
+    source_kind: str = Field(sa_column=sa.Column(sa.String(8), nullable=False))
+    revision: int = Field(sa_column=sa.Column(sa.Integer(), nullable=False))
+    match: str = Field(sa_column=sa.Column(sa.String(16), nullable=False))
+    linked_at: datetime = Field(sa_column=_ts())
+
+
+class Task(SQLModel, table=True):
+    """Time-boxed outreach work: remote contact, in-person visit, follow-up."""
+
+    __tablename__ = "task"
+
+    id: uuid.UUID = Field(sa_column=sa.Column(sa.Uuid(), primary_key=True))
+    program_id: str = Field(sa_column=sa.Column(sa.String(64), nullable=False))
+    case_id: uuid.UUID = Field(sa_column=sa.Column(sa.Uuid(), nullable=False))
+    episode_id: uuid.UUID = Field(sa_column=sa.Column(sa.Uuid(), nullable=False))
+    kind: str = Field(sa_column=sa.Column(sa.String(32), nullable=False))
+    status: str = Field(sa_column=sa.Column(sa.String(16), nullable=False))
+    priority: int = Field(sa_column=sa.Column(sa.Integer(), nullable=False))
+    window_opens_at: datetime = Field(sa_column=_ts())
+    due_at: datetime = Field(sa_column=_ts())
+    expires_at: datetime = Field(sa_column=_ts())
+    policy_version: str = Field(sa_column=sa.Column(sa.String(64), nullable=False))
+    with_deputy: bool = Field(sa_column=sa.Column(sa.Boolean(), nullable=False))
+    failed_attempts: int = Field(default=0, sa_column=sa.Column(sa.Integer(), nullable=False))
+    created_at: datetime = Field(sa_column=_ts())
+    closed_at: datetime | None = Field(default=None, sa_column=_ts(True))
+    outcome: str | None = Field(default=None, sa_column=sa.Column(sa.String(32)))
+
+
+PERSON: sa.Table = Person.__table__  # type: ignore[attr-defined]
+PERSON_KEY: sa.Table = PersonKey.__table__  # type: ignore[attr-defined]
+POSSIBLE_MATCH: sa.Table = PossibleMatch.__table__  # type: ignore[attr-defined]
+CASE: sa.Table = Case.__table__  # type: ignore[attr-defined]
+EPISODE: sa.Table = Episode.__table__  # type: ignore[attr-defined]
+REPORT_LINK: sa.Table = ReportLink.__table__  # type: ignore[attr-defined]
+TASK: sa.Table = Task.__table__  # type: ignore[attr-defined]

@@ -1,0 +1,299 @@
+"""The scheduler's handlers on the embedded database, with a clock the tests move."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from services.intake.records import Identity
+from services.intake.reports import Protector
+from services.scheduler.handlers import PolicyBook, Scheduler
+from services.scheduler.models import CASE, EPISODE, POSSIBLE_MATCH, TASK
+from services.scheduler.timers import TIMER, TimerRunner
+from shared.clock import ManualClock
+from shared.db import create_engine, session_factory
+from shared.envelope import Envelope, Event
+from shared.events import (
+    AttemptLogged,
+    Consent,
+    ContactMade,
+    DoNotContactRequested,
+    OutreachConcluded,
+    OverdoseReported,
+)
+from shared.migrations import upgrade
+from shared.outbox import OUTBOX
+from shared.sealing import BlindIndexer, Keyring, Sealer
+from shared.uow import UnitOfWork
+
+INCIDENT = datetime(2026, 11, 20, 22, 0, tzinfo=UTC)  # 17:00 in New York
+PROTECTOR = Protector(Sealer(Keyring({"t": b"s" * 32}, "t")), BlindIndexer(b"b" * 32))
+
+
+@pytest.fixture
+async def sessions(tmp_path: Path) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
+    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path}/s.db", service="scheduler")
+    await upgrade(engine, service="scheduler")
+    yield session_factory(engine)
+    await engine.dispose()
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock(INCIDENT + timedelta(minutes=30))
+
+
+class World:
+    def __init__(self, sessions: async_sessionmaker[AsyncSession], clock: ManualClock) -> None:
+        self.sessions = sessions
+        self.clock = clock
+        self.scheduler = Scheduler(sealer=PROTECTOR.sealer, policies=PolicyBook())
+        self.runner = TimerRunner(self.uow, self.scheduler.on_timer, replica="test")
+
+    def uow(self) -> UnitOfWork:
+        return UnitOfWork(self.sessions, clock=self.clock, source="/portline/scheduler")
+
+    async def report(
+        self,
+        *,
+        family: str | None = "Doe",
+        given: str | None = "Jane",
+        dob: str = "1990-01-01",
+        kind: str = "ems",
+        incident_at: datetime = INCIDENT,
+        consent: Consent = Consent.ACCEPTED,
+        phone: str | None = "336-555-0100",
+    ) -> OverdoseReported:
+        from datetime import date
+
+        identity = Identity(
+            family=family,
+            given=given,
+            dob=date.fromisoformat(dob),
+            phones=(phone,) if phone else (),
+        )
+        event = OverdoseReported(
+            report_id=uuid.uuid4(),
+            program_id="demo",
+            source_kind=kind,  # type: ignore[arg-type]
+            source_org="x",
+            source_ref="r",
+            incident_at=incident_at,
+            received_at=self.clock.now(),
+            identity=PROTECTOR.seal_identity(identity),
+            blind_keys=PROTECTOR.blind_keys(identity, facility=None),
+            deidentified=identity.deidentified,
+            opioid=True,
+            any_drug=True,
+            reasons=[],
+            consent=consent,
+        )
+        await self.deliver(self.scheduler.on_overdose, event)
+        return event
+
+    async def deliver(self, handler: Any, event: Event, subject: str = "k") -> None:
+        envelope = Envelope.wrap(event, source="/test", subject=subject, time=self.clock.now())
+        async with self.uow() as uow:
+            await handler(uow, envelope)
+            await uow.commit()
+
+    async def activity(self, event: Event) -> None:
+        await self.deliver(self.scheduler.on_activity, event)
+
+    async def events(self, *types: str) -> list[dict[str, Any]]:
+        async with self.sessions() as s:
+            rows = (await s.execute(sa.select(OUTBOX.c.payload).order_by(OUTBOX.c.id))).scalars()
+            found = [Envelope.from_bytes(r) for r in rows]
+        return [{"type": e.type, **e.data} for e in found if not types or e.type in types]
+
+    async def tasks(self) -> list[Any]:
+        async with self.sessions() as s:
+            return list(await s.execute(sa.select(TASK).order_by(TASK.c.created_at)))
+
+    async def one_case(self) -> Any:
+        async with self.sessions() as s:
+            return (await s.execute(sa.select(CASE))).one()
+
+
+@pytest.fixture
+def world(sessions: async_sessionmaker[AsyncSession], clock: ManualClock) -> World:
+    return World(sessions, clock)
+
+
+async def test_an_overdose_with_consent_becomes_a_remote_contact_task_due_in_24_hours(
+    world: World,
+) -> None:
+    await world.report()
+    kinds = [e["type"] for e in await world.events()]
+    assert kinds == ["CaseOpened", "EpisodeOpened", "ReportLinked", "TaskScheduled"]
+    (task,) = await world.tasks()
+    assert task.kind == "remote_contact"
+    assert task.due_at == INCIDENT + timedelta(hours=24)
+    assert task.expires_at == INCIDENT + timedelta(hours=72)
+    async with world.sessions() as s:
+        timers = {r.kind: r.due_at for r in await s.execute(sa.select(TIMER))}
+    assert set(timers) == {"opens", "due", "expires", "escalate"}
+    assert timers["escalate"] == INCIDENT + timedelta(hours=48)
+
+
+async def test_ems_and_ed_reports_of_one_overdose_are_one_episode(world: World) -> None:
+    await world.report(kind="ems")
+    await world.report(kind="ed", incident_at=INCIDENT + timedelta(hours=1, minutes=20))
+    linked = await world.events("ReportLinked")
+    assert [e["match"] for e in linked] == ["new_person", "exact"]
+    assert linked[0]["episode_id"] == linked[1]["episode_id"]
+    assert len(await world.events("EpisodeOpened")) == 1
+    assert len(await world.tasks()) == 1
+    async with world.sessions() as s:
+        (episode,) = list(await s.execute(sa.select(EPISODE)))
+    assert set(episode.sources.split(",")) == {"ems", "ed"}
+
+
+async def test_a_repeat_overdose_while_the_case_is_open_raises_priority_and_restarts(
+    world: World,
+) -> None:
+    await world.report()
+    later = INCIDENT + timedelta(days=2)
+    await world.report(kind="ed", incident_at=later)
+    opened = await world.events("EpisodeOpened")
+    assert [e["repeat"] for e in opened] == [False, True]
+    first, second = await world.tasks()
+    assert (first.status, first.outcome) == ("cancelled", "superseded_by_repeat_overdose")
+    assert second.status == "open"
+    assert second.due_at == later + timedelta(hours=24)
+    assert second.priority > first.priority
+    assert (await world.one_case()).priority == second.priority
+
+
+async def test_declined_at_the_scene_schedules_nothing(world: World) -> None:
+    await world.report(consent=Consent.DECLINED)
+    assert await world.tasks() == []
+    async with world.sessions() as s:
+        (episode,) = list(await s.execute(sa.select(EPISODE)))
+    assert "consent_declined_no_tasks" in episode.plan_reasons
+    assert "leave_behind_recorded" in episode.plan_reasons
+
+
+async def test_do_not_contact_is_final(world: World) -> None:
+    await world.report()
+    case = await world.one_case()
+    await world.activity(
+        DoNotContactRequested(case_id=case.id, program_id="demo", occurred_at=world.clock.now())
+    )
+    (task,) = await world.tasks()
+    assert (task.status, task.outcome) == ("cancelled", "do_not_contact")
+    await world.report(incident_at=INCIDENT + timedelta(days=3))
+    assert [t.status for t in await world.tasks()] == ["cancelled"]
+
+
+async def test_a_near_miss_name_with_the_same_dob_is_a_possible_match_never_merged(
+    world: World,
+) -> None:
+    await world.report(family="Smith", given="Jane", phone=None)
+    await world.report(
+        family="Smtih", given="Jane", phone=None, incident_at=INCIDENT + timedelta(days=5)
+    )
+    linked = await world.events("ReportLinked")
+    assert [e["match"] for e in linked] == ["new_person", "possible"]
+    assert len(await world.events("CaseOpened")) == 2
+    async with world.sessions() as s:
+        (match,) = list(await s.execute(sa.select(POSSIBLE_MATCH)))
+    assert match.status == "open"
+
+
+async def test_three_failed_attempts_escalate_to_an_in_person_visit(world: World) -> None:
+    await world.report()
+    (task,) = await world.tasks()
+    case = await world.one_case()
+    for outcome in ("no_answer", "left_message", "no_answer"):
+        world.clock.advance(timedelta(hours=2))
+        await world.activity(
+            AttemptLogged(
+                case_id=case.id,
+                program_id="demo",
+                occurred_at=world.clock.now(),
+                attempt_id=uuid.uuid4(),
+                task_id=task.id,
+                channel="phone",
+                outcome=outcome,  # type: ignore[arg-type]
+            )
+        )
+    remote, visit = await world.tasks()
+    assert (remote.status, remote.outcome) == ("completed", "escalated_to_in_person")
+    assert visit.kind == "in_person_visit"
+    assert visit.due_at == INCIDENT + timedelta(hours=72)
+
+
+async def test_48_hours_without_contact_escalates_when_the_timer_fires(world: World) -> None:
+    await world.report()
+    world.clock.set(INCIDENT + timedelta(hours=47))
+    await world.runner.run_once()
+    assert [t.kind for t in await world.tasks()] == ["remote_contact"]
+    world.clock.set(INCIDENT + timedelta(hours=48, minutes=1))
+    await world.runner.run_once()
+    kinds = [(t.kind, t.status) for t in await world.tasks()]
+    assert kinds == [("remote_contact", "completed"), ("in_person_visit", "open")]
+    types = [e["type"] for e in await world.events("TaskDue", "TaskOverdue")]
+    assert types == ["TaskDue", "TaskOverdue"]
+
+
+async def test_contact_completes_the_task_and_plans_follow_ups(world: World) -> None:
+    await world.report()
+    case = await world.one_case()
+    world.clock.advance(timedelta(hours=3))
+    await world.activity(
+        ContactMade(
+            case_id=case.id, program_id="demo", occurred_at=world.clock.now(), channel="phone"
+        )
+    )
+    tasks = await world.tasks()
+    assert (tasks[0].status, tasks[0].outcome) == ("completed", "contact_made")
+    assert [t.kind for t in tasks[1:]] == ["follow_up", "follow_up"]
+    async with world.sessions() as s:
+        escalations = (
+            await s.execute(
+                sa.select(TIMER.c.cancelled_at).where(TIMER.c.key == f"{tasks[0].id}:escalate")
+            )
+        ).scalar_one()
+    assert escalations is not None  # the escalation will not fire after contact
+
+
+async def test_a_missed_window_expires_the_task_late_after_downtime(world: World) -> None:
+    await world.report(consent=Consent.UNKNOWN)
+    world.clock.set(INCIDENT + timedelta(days=10))  # the scheduler was down for days
+    for _ in range(5):
+        await world.runner.run_once()
+    expired = await world.events("TaskExpired")
+    assert expired
+    assert all(e["late"] for e in expired)
+
+
+async def test_concluding_outreach_closes_the_case(world: World) -> None:
+    await world.report()
+    case = await world.one_case()
+    await world.activity(
+        OutreachConcluded(
+            case_id=case.id, program_id="demo", occurred_at=world.clock.now(), reason="engaged"
+        )
+    )
+    assert (await world.one_case()).status == "closed"
+    closed = await world.events("CaseClosed")
+    assert [e["reason"] for e in closed] == ["engaged"]
+    assert {t.status for t in await world.tasks()} == {"cancelled"}
+
+
+async def test_a_deidentified_report_is_counted_but_never_assigned(world: World) -> None:
+    await world.report(family=None, given=None, phone=None)
+    assert await world.tasks() == []
+    async with world.sessions() as s:
+        (episode,) = list(await s.execute(sa.select(EPISODE)))
+        cases = (await s.execute(sa.select(sa.func.count()).select_from(CASE))).scalar_one()
+    assert episode.deidentified
+    assert cases == 0
