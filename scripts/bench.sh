@@ -12,37 +12,21 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=.venv/bin
-started=()
 bench_var=""
+# shellcheck source=scripts/infra.sh
+source scripts/infra.sh
 
 cleanup() {
   local rc=$?
   trap - EXIT INT TERM
-  for svc in "${started[@]}"; do
-    env -u KAFKA_BOOTSTRAP_SERVERS -u DATABASE_URL deploy/local/"$svc".sh stop || true
-  done
+  stop_infra
   if [[ -n "$bench_var" ]]; then rm -rf "$bench_var"; fi
   exit $rc
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-echo "== infrastructure"
-if [[ -z "${KAFKA_BOOTSTRAP_SERVERS:-}" ]]; then
-  if ! deploy/local/kafka.sh status >/dev/null 2>&1; then
-    deploy/local/kafka.sh start
-    started+=(kafka)
-  fi
-  export KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:${KAFKA_PORT:-9092}
-fi
-if [[ -z "${DATABASE_URL:-}" ]]; then
-  if ! deploy/local/postgres.sh status >/dev/null 2>&1; then
-    deploy/local/postgres.sh start
-    started+=(postgres)
-  fi
-  DATABASE_URL="$(deploy/local/postgres.sh url)"
-  DATABASE_URL="${DATABASE_URL%/*}/portline_test"
-else
+if [[ -n "${DATABASE_URL:-}" ]]; then
   db_name="${DATABASE_URL##*/}"
   db_name="${db_name%%\?*}"
   if [[ "$db_name" != *test* && "$db_name" != *bench* && "${BENCH_ALLOW_RESET:-}" != 1 ]]; then
@@ -51,8 +35,8 @@ else
     exit 2
   fi
 fi
-export DATABASE_URL
-echo "Kafka at $KAFKA_BOOTSTRAP_SERVERS; PostgreSQL at ${DATABASE_URL%%@*}@…"
+echo "== infrastructure"
+start_infra
 
 # Not exported: kafka.sh and postgres.sh keep their state under PORTLINE_VAR_DIR.
 bench_var="$(mktemp -d "${TMPDIR:-/tmp}/portline-bench.XXXXXX")"

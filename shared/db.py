@@ -23,6 +23,7 @@ from sqlalchemy.ext.asyncio import (
 
 __all__ = [
     "UTCDateTime",
+    "bigint_pk",
     "create_engine",
     "ensure_schema",
     "is_postgres",
@@ -94,6 +95,17 @@ async def ensure_schema(engine: AsyncEngine, *, service: str, schema: str | None
         raise ValueError(f"invalid schema name {name!r}")
     async with engine.begin() as conn:
         await conn.execute(sa.text(f'CREATE SCHEMA IF NOT EXISTS "{name}"'))
+
+
+def bigint_pk(name: str = "id") -> sa.Column[int]:
+    """An autoincrementing 64-bit primary key (a plain INTEGER on SQLite, where only that
+    autoincrements)."""
+    return sa.Column(
+        name,
+        sa.BigInteger().with_variant(sa.Integer(), "sqlite"),
+        primary_key=True,
+        autoincrement=True,
+    )
 
 
 def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:

@@ -21,7 +21,7 @@ from typing import Generic, TypeVar
 import sqlalchemy as sa
 from sqlmodel import Field, SQLModel
 
-from shared.db import UTCDateTime
+from shared.db import UTCDateTime, bigint_pk
 from shared.envelope import Envelope, EnvelopeError
 from shared.sealing import SealingError
 from shared.uow import UnitOfWork
@@ -58,14 +58,7 @@ class DeadLetter(SQLModel, table=True):
     __tablename__ = "dead_letter"
     __table_args__ = (sa.UniqueConstraint("consumer", "topic", "partition", "offset"),)
 
-    id: int | None = Field(
-        default=None,
-        sa_column=sa.Column(
-            sa.BigInteger().with_variant(sa.Integer(), "sqlite"),
-            primary_key=True,
-            autoincrement=True,
-        ),
-    )
+    id: int | None = Field(default=None, sa_column=bigint_pk())
     consumer: str = Field(sa_column=sa.Column(sa.String(100), nullable=False))
     topic: str = Field(sa_column=sa.Column(sa.String(200), nullable=False))
     partition: int = Field(sa_column=sa.Column(sa.Integer(), nullable=False))

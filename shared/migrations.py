@@ -15,7 +15,7 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from shared.db import UTCDateTime, ensure_schema
+from shared.db import UTCDateTime, bigint_pk, ensure_schema
 
 __all__ = ["create_plumbing_tables_v1", "current_revision", "run_env", "upgrade"]
 
@@ -70,21 +70,12 @@ def run_env() -> None:
         context.run_migrations()
 
 
-def _bigint_pk() -> sa.Column[int]:
-    return sa.Column(
-        "id",
-        sa.BigInteger().with_variant(sa.Integer(), "sqlite"),
-        primary_key=True,
-        autoincrement=True,
-    )
-
-
 def create_plumbing_tables_v1() -> None:
     """Outbox, inbox and dead-letter tables, as of version 1 (frozen: later changes get new
     functions, so old migrations keep meaning what they meant)."""
     op.create_table(
         "outbox",
-        _bigint_pk(),
+        bigint_pk(),
         sa.Column("event_id", sa.String(64), nullable=False, unique=True),
         sa.Column("topic", sa.String(200), nullable=False),
         sa.Column("key", sa.String(200), nullable=False),
@@ -107,7 +98,7 @@ def create_plumbing_tables_v1() -> None:
     )
     op.create_table(
         "dead_letter",
-        _bigint_pk(),
+        bigint_pk(),
         sa.Column("consumer", sa.String(100), nullable=False),
         sa.Column("topic", sa.String(200), nullable=False),
         sa.Column("partition", sa.Integer(), nullable=False),

@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlmodel import Field, SQLModel
 
 from shared.clock import Clock
-from shared.db import UTCDateTime
+from shared.db import UTCDateTime, bigint_pk
 from shared.metrics import EVENTS_PUBLISHED
 
 __all__ = [
@@ -42,14 +42,7 @@ class OutboxRecord(SQLModel, table=True):
 
     __tablename__ = "outbox"
 
-    id: int | None = Field(
-        default=None,
-        sa_column=sa.Column(
-            sa.BigInteger().with_variant(sa.Integer(), "sqlite"),
-            primary_key=True,
-            autoincrement=True,
-        ),
-    )
+    id: int | None = Field(default=None, sa_column=bigint_pk())
     event_id: str = Field(sa_column=sa.Column(sa.String(64), nullable=False, unique=True))
     topic: str = Field(sa_column=sa.Column(sa.String(200), nullable=False))
     key: str = Field(sa_column=sa.Column(sa.String(200), nullable=False))

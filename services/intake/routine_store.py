@@ -39,6 +39,21 @@ class RoutineRow:
     ack: str
 
 
+async def _insert(con: asyncpg.Connection, rows: Sequence[RoutineRow], status: str) -> set[str]:
+    """Insert what is new; the dedupe keys this statement inserted."""
+    inserted = await con.fetch(
+        _INSERT,
+        [r.id for r in rows],
+        [r.channel for r in rows],
+        [r.partner_id for r in rows],
+        [r.dedupe_key for r in rows],
+        [r.received_at for r in rows],
+        [status] * len(rows),
+        [r.ack for r in rows],
+    )
+    return {r["dedupe_key"] for r in inserted}
+
+
 class RoutineStore:
     """Stores routine messages in one round trip; returns the ACK each must get."""
 
@@ -66,18 +81,8 @@ class RoutineStore:
         acks = {r.dedupe_key: r.ack for r in rows}
         # One INSERT is atomic and durable on its own: no BEGIN/COMMIT round trips needed.
         async with self._pool.acquire() as con:
-            inserted = await con.fetch(
-                _INSERT,
-                [r.id for r in rows],
-                [r.channel for r in rows],
-                [r.partner_id for r in rows],
-                [r.dedupe_key for r in rows],
-                [r.received_at for r in rows],
-                [status] * len(rows),
-                [r.ack for r in rows],
-            )
-            if len(inserted) < len(rows):
-                fresh = {r["dedupe_key"] for r in inserted}
+            fresh = await _insert(con, rows, status)
+            if len(fresh) < len(rows):
                 resent = [k for k in acks if k not in fresh]
                 for known in await con.fetch(_KNOWN, resent):
                     acks[known["dedupe_key"]] = known["ack"]
@@ -94,19 +99,5 @@ class RoutineStore:
                 for r in await con.fetch(_REPORTS, list(source_keys))
             }
             fresh = [r for r, key in zip(rows, source_keys, strict=True) if key not in reports]
-            inserted: set[str] = set()
-            if fresh:
-                inserted = {
-                    r["dedupe_key"]
-                    for r in await con.fetch(
-                        _INSERT,
-                        [r.id for r in fresh],
-                        [r.channel for r in fresh],
-                        [r.partner_id for r in fresh],
-                        [r.dedupe_key for r in fresh],
-                        [r.received_at for r in fresh],
-                        [status] * len(fresh),
-                        [r.ack for r in fresh],
-                    )
-                }
+            inserted = await _insert(con, fresh, status) if fresh else set()
         return inserted, reports

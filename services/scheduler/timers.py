@@ -52,7 +52,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import Field, SQLModel
 
-from shared.db import UTCDateTime
+from shared.db import UTCDateTime, bigint_pk
 from shared.uow import UnitOfWork
 
 __all__ = [
@@ -92,14 +92,7 @@ class TimerRecord(SQLModel, table=True):
         sa.Index("ix_timer_task_id", "task_id"),
     )
 
-    id: int | None = Field(
-        default=None,
-        sa_column=sa.Column(
-            sa.BigInteger().with_variant(sa.Integer(), "sqlite"),
-            primary_key=True,
-            autoincrement=True,
-        ),
-    )
+    id: int | None = Field(default=None, sa_column=bigint_pk())
     key: str = Field(sa_column=sa.Column(sa.String(200), nullable=False))
     kind: str = Field(sa_column=sa.Column(sa.String(32), nullable=False))
     task_id: uuid.UUID | None = Field(default=None, sa_column=sa.Column(sa.Uuid(), nullable=True))

@@ -1,0 +1,34 @@
+# shellcheck shell=bash
+# Sourced by test.sh and bench.sh: start the local Kafka broker and PostgreSQL cluster unless
+# KAFKA_BOOTSTRAP_SERVERS / DATABASE_URL name existing ones, and stop on exit what was started.
+# After `start_infra`, both variables are exported (DATABASE_URL only when it was given, or
+# pointing at the private cluster's portline_test database).
+
+started_infra=()
+
+stop_infra() {
+  # The stop commands treat these variables as "an external one is in use": unset them.
+  for svc in "${started_infra[@]}"; do
+    env -u KAFKA_BOOTSTRAP_SERVERS -u DATABASE_URL deploy/local/"$svc".sh stop || true
+  done
+}
+
+start_infra() {
+  if [[ -z "${KAFKA_BOOTSTRAP_SERVERS:-}" ]]; then
+    if ! deploy/local/kafka.sh status >/dev/null 2>&1; then
+      deploy/local/kafka.sh start
+      started_infra+=(kafka)
+    fi
+    export KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:${KAFKA_PORT:-9092}
+  fi
+  if [[ -z "${DATABASE_URL:-}" ]]; then
+    if ! deploy/local/postgres.sh status >/dev/null 2>&1; then
+      deploy/local/postgres.sh start
+      started_infra+=(postgres)
+    fi
+    DATABASE_URL="$(deploy/local/postgres.sh url)"
+    DATABASE_URL="${DATABASE_URL%/*}/portline_test"
+  fi
+  export DATABASE_URL
+  echo "Kafka at $KAFKA_BOOTSTRAP_SERVERS; PostgreSQL at ${DATABASE_URL%%@*}@…"
+}
