@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -60,7 +60,12 @@ class World:
     def uow(self) -> UnitOfWork:
         return UnitOfWork(self.sessions, clock=self.clock, source="/portline/scheduler")
 
-    async def report(
+    async def report(self, **kwargs: Any) -> OverdoseReported:
+        event = self.build(**kwargs)
+        await self.deliver(self.scheduler.on_overdose, event)
+        return event
+
+    def build(
         self,
         *,
         family: str | None = "Doe",
@@ -71,7 +76,6 @@ class World:
         consent: Consent = Consent.ACCEPTED,
         phone: str | None = "336-555-0100",
     ) -> OverdoseReported:
-        from datetime import date
 
         identity = Identity(
             family=family,
@@ -95,7 +99,6 @@ class World:
             reasons=[],
             consent=consent,
         )
-        await self.deliver(self.scheduler.on_overdose, event)
         return event
 
     async def deliver(self, handler: Any, event: Event, subject: str = "k") -> None:

@@ -1,0 +1,84 @@
+"""The scheduler on real Kafka and PostgreSQL: reports arrive as events, through the inbox."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import timedelta
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from services.scheduler.models import CASE, EPISODE, TASK
+from shared.bus import ConsumerLoop, KafkaPublisher, make_consumer
+from shared.clock import ManualClock
+from shared.db import session_factory
+from shared.envelope import Envelope
+from shared.inbox import InboxProcessor
+from shared.migrations import upgrade
+from shared.outbox import OutgoingMessage
+from tests.support import ensure_topic, wait_for
+from tests.unit.test_scheduler_handlers import INCIDENT, World
+
+pytestmark = pytest.mark.integration
+
+
+async def test_an_ems_and_ed_pair_is_one_episode_and_a_repeat_reprioritizes(
+    pg_engine: AsyncEngine, pg_schema: str, kafka_bootstrap: str
+) -> None:
+    await upgrade(pg_engine, service="scheduler", schema=pg_schema)
+    sessions = session_factory(pg_engine)
+    world = World(sessions, ManualClock(INCIDENT + timedelta(minutes=30)))
+    topic = await ensure_topic(kafka_bootstrap, f"port.test.scheduler.{uuid.uuid4().hex[:8]}")
+
+    reports = [
+        world.build(kind="ems"),
+        world.build(kind="ed", incident_at=INCIDENT + timedelta(hours=2)),
+        world.build(kind="ed", incident_at=INCIDENT + timedelta(days=2)),
+    ]
+    publisher = KafkaPublisher(kafka_bootstrap, client_id="it-scheduler")
+    await publisher.start()
+    try:
+        person_key = (reports[0].blind_keys.name_dob or "").encode()
+        await publisher.publish(
+            [
+                OutgoingMessage(
+                    topic,
+                    person_key,
+                    Envelope.wrap(
+                        r, source="/portline/intake", subject="p", time=world.clock.now()
+                    ).to_bytes(),
+                )
+                for r in reports
+            ]
+        )
+    finally:
+        await publisher.stop()
+
+    processor = InboxProcessor("scheduler.overdoses", world.uow, world.scheduler.on_overdose)
+    consumer = make_consumer(kafka_bootstrap, group_id=f"g-{uuid.uuid4()}", topics=[topic])
+    await consumer.start()
+    stop = asyncio.Event()
+    loop = asyncio.create_task(ConsumerLoop(consumer, processor).run(stop))
+
+    async def three_linked() -> bool:
+        return len(await world.events("ReportLinked")) == 3
+
+    try:
+        await wait_for(three_linked, timeout=30)
+    finally:
+        stop.set()
+        await loop
+        await consumer.stop()
+
+    async with sessions() as s:
+        episodes = list(await s.execute(sa.select(EPISODE).order_by(EPISODE.c.incident_at)))
+        (case,) = list(await s.execute(sa.select(CASE)))
+        tasks = list(await s.execute(sa.select(TASK).order_by(TASK.c.created_at)))
+    assert [(sorted(e.sources.split(",")), e.repeat) for e in episodes] == [
+        (["ed", "ems"], False),
+        (["ed"], True),
+    ]
+    assert [(t.status, t.priority) for t in tasks] == [("cancelled", 2), ("open", 3)]
+    assert case.priority == 3
