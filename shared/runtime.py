@@ -141,7 +141,8 @@ class Runtime:
         while not self._stop.is_set():
             consumer = make_consumer(
                 self.settings.kafka_bootstrap_servers,
-                group_id=f"portline-{self.service}-{spec.name}",
+                # The schema prefix separates deployments (and test runs) sharing one broker.
+                group_id=f"portline-{self.settings.db_schema_prefix}{self.service}-{spec.name}",
                 topics=spec.topics,
             )
             try:
