@@ -53,4 +53,12 @@ as_bench "$BIN/portline" intake seed-demo >/dev/null
 echo "== benchmark"
 started_at=$SECONDS
 as_bench "$BIN/python" -m tests.bench.intake_bench --var-dir "$bench_var" "$@"
+
+# Scheduler: timers/s with 3 replicas vs 1 runner, and OverdoseReported -> TaskScheduled latency
+# (tests/bench/scheduler_bench.py; drops and re-creates schemas bench_scheduler_timers and
+# bench_scheduler). BENCH_NO_SCHEDULER=1 skips it.
+if [[ "${BENCH_NO_SCHEDULER:-}" != 1 ]]; then
+  echo "== scheduler benchmark"
+  "$BIN/python" -m tests.bench.scheduler_bench
+fi
 echo "bench finished in $((SECONDS - started_at)) s"
