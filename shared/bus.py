@@ -2,6 +2,7 @@
 
 The consumer commits a partition's offset only after the inbox processor has committed the
 handler's database transaction, so a crash anywhere redelivers instead of losing a message.
+Records of one partition are applied in batches (one unit of work each) in their order.
 """
 
 from __future__ import annotations
@@ -81,14 +82,14 @@ class InMemoryPublisher:
 
 
 def make_consumer(
-    bootstrap_servers: str, *, group_id: str, topics: Sequence[str]
+    bootstrap_servers: str, *, group_id: str, topics: Sequence[str], start: str = "earliest"
 ) -> AIOKafkaConsumer:
     return AIOKafkaConsumer(
         *topics,
         bootstrap_servers=bootstrap_servers,
         group_id=group_id,
         enable_auto_commit=False,
-        auto_offset_reset="earliest",
+        auto_offset_reset=start,
         isolation_level="read_committed",
         max_poll_interval_ms=300000,
     )
@@ -103,7 +104,9 @@ class ConsumerLoop:
         processor: InboxProcessor,  # type: ignore[type-arg]
         *,
         retry_backoff: float = 1.0,
+        batch_size: int = 50,
     ) -> None:
+        self._batch_size = batch_size
         self._consumer = consumer
         self._processor = processor
         self._retry_backoff = retry_backoff
@@ -117,30 +120,34 @@ class ConsumerLoop:
     async def _drain(
         self, tp: TopicPartition, records: Sequence[object], stop: asyncio.Event
     ) -> None:
-        done = None
-        for record in records:
-            msg = IncomingMessage(
+        messages = [
+            IncomingMessage(
                 topic=record.topic,  # type: ignore[attr-defined]
                 partition=record.partition,  # type: ignore[attr-defined]
                 offset=record.offset,  # type: ignore[attr-defined]
                 key=record.key,  # type: ignore[attr-defined]
                 value=record.value,  # type: ignore[attr-defined]
             )
+            for record in records
+        ]
+        done: int | None = None
+        for start in range(0, len(messages), self._batch_size):
+            chunk = messages[start : start + self._batch_size]
             try:
-                await self._processor.process(msg)
+                await self._processor.process_batch(chunk)
             except Exception as exc:
                 if not is_transient(exc):
                     raise
                 log.warning(
                     "transient failure; will redeliver",
-                    extra={"topic": msg.topic, "partition": msg.partition, "offset": msg.offset},
+                    extra={"topic": chunk[0].topic, "partition": chunk[0].partition},
                 )
                 if done is not None:
                     await self._consumer.commit({tp: done + 1})
-                self._consumer.seek(tp, msg.offset)
+                self._consumer.seek(tp, chunk[0].offset)
                 await asyncio.sleep(self._retry_backoff)
                 return
-            done = msg.offset
+            done = chunk[-1].offset
             if stop.is_set():
                 break
         if done is not None:

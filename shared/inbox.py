@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -75,6 +75,7 @@ class DeadLetter(SQLModel, table=True):
 
 
 DEAD_LETTER: sa.Table = DeadLetter.__table__  # type: ignore[attr-defined]
+INBOX: sa.Table = InboxRecord.__table__  # type: ignore[attr-defined]
 
 
 @dataclass(frozen=True)
@@ -160,6 +161,60 @@ class InboxProcessor(Generic[U]):
                 if attempt < self._max_attempts:
                     await self._sleep(self._backoff * attempt)
         return await self._dead_letter(message, envelope.id, last_error, self._max_attempts)
+
+    async def process_batch(self, messages: Sequence[IncomingMessage]) -> list[Outcome]:
+        """Apply several messages in one unit of work (one commit for all of them).
+
+        If any handler fails, nothing of the batch is kept and the messages are processed one
+        at a time instead, with the usual retries and dead-lettering; each event is still
+        applied at most once. Transient failures are raised, as in process().
+        """
+        if len(messages) <= 1:
+            return [await self.process(m) for m in messages]
+        decoded: list[Envelope | None] = []
+        for m in messages:
+            try:
+                decoded.append(Envelope.from_bytes(m.value))
+            except EnvelopeError:
+                decoded.append(None)
+        if any(e is None for e in decoded):
+            return [await self.process(m) for m in messages]
+        envelopes = [e for e in decoded if e is not None]
+        try:
+            outcomes = await self._apply_all(envelopes)
+        except Exception as exc:
+            if is_transient(exc):
+                raise
+            return [await self.process(m) for m in messages]
+        return outcomes
+
+    async def _apply_all(self, envelopes: Sequence[Envelope]) -> list[Outcome]:
+        async with self._uow_factory() as uow:
+            ids = [e.id for e in envelopes]
+            seen = set(
+                (
+                    await uow.session.execute(
+                        sa.select(INBOX.c.event_id).where(
+                            INBOX.c.consumer == self.consumer, INBOX.c.event_id.in_(ids)
+                        )
+                    )
+                ).scalars()
+            )
+            outcomes: list[Outcome] = []
+            for envelope in envelopes:
+                if envelope.id in seen:
+                    outcomes.append(Outcome.DUPLICATE)
+                    continue
+                await self._handler(uow, envelope)
+                uow.session.add(
+                    InboxRecord(
+                        consumer=self.consumer, event_id=envelope.id, processed_at=uow.clock.now()
+                    )
+                )
+                seen.add(envelope.id)
+                outcomes.append(Outcome.APPLIED)
+            await uow.commit()
+        return outcomes
 
     async def _apply(self, envelope: Envelope) -> Outcome:
         async with self._uow_factory() as uow:

@@ -55,6 +55,13 @@ class _CountingProcessor(InboxProcessor[UnitOfWork]):
         EVENTS_CONSUMED.labels(self._service, self.consumer, outcome.value).inc()
         return outcome
 
+    async def process_batch(self, messages: Any) -> list[Outcome]:
+        outcomes = await super().process_batch(messages)
+        if len(messages) > 1:  # single messages went through process(), already counted
+            for outcome in outcomes:
+                EVENTS_CONSUMED.labels(self._service, self.consumer, outcome.value).inc()
+        return outcomes
+
 
 class Runtime:
     """Engine, sessions, publisher, relay and consumers of one service."""
@@ -144,6 +151,7 @@ class Runtime:
                 # The schema prefix separates deployments (and test runs) sharing one broker.
                 group_id=f"portline-{self.settings.db_schema_prefix}{self.service}-{spec.name}",
                 topics=spec.topics,
+                start=self.settings.kafka_consumer_start,
             )
             try:
                 await consumer.start()

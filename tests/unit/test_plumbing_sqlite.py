@@ -209,3 +209,54 @@ async def test_a_failure_no_retry_can_mend_is_dead_lettered_at_once(
     async with sessions() as s:
         attempts = (await s.execute(sa.select(DEAD_LETTER.c.attempts))).scalar_one()
     assert attempts == 1
+
+
+async def test_a_batch_applies_each_new_event_once_in_one_commit(
+    uow_factory: Callable[[], UnitOfWork], sessions: async_sessionmaker[AsyncSession]
+) -> None:
+    async with uow_factory() as uow:
+        first = await create_widget(uow, "a", subject="p")
+        second = await create_widget(uow, "b", subject="p")
+    commits: list[int] = []
+
+    class CountingUnitOfWork(UnitOfWork):
+        async def commit(self) -> None:
+            commits.append(1)
+            await super().commit()
+
+    async def handle(uow: UnitOfWork, e: Envelope) -> None:
+        await uow.session.execute(applied.insert().values(event_id=e.id, name=e.data["name"]))
+
+    processor = InboxProcessor(
+        "t",
+        lambda: CountingUnitOfWork(sessions, clock=ManualClock(T0), source="/t"),
+        handle,
+    )
+    assert await processor.process(message(first, 0)) is Outcome.APPLIED
+    outcomes = await processor.process_batch(
+        [message(first, 0), message(second, 1), message(second, 2)]
+    )
+    assert outcomes == [Outcome.DUPLICATE, Outcome.APPLIED, Outcome.DUPLICATE]
+    assert len(commits) == 2  # one for the single message, one for the whole batch
+    async with sessions() as s:
+        names = sorted((await s.execute(sa.select(applied.c.name))).scalars())
+    assert names == ["a", "b"]
+
+
+async def test_a_failing_event_in_a_batch_falls_back_to_one_at_a_time(
+    uow_factory: Callable[[], UnitOfWork], sessions: async_sessionmaker[AsyncSession]
+) -> None:
+    async with uow_factory() as uow:
+        envs = [await create_widget(uow, name, subject="p") for name in ("ok-1", "bad", "ok-2")]
+
+    async def handle(uow: UnitOfWork, e: Envelope) -> None:
+        if e.data["name"] == "bad":
+            raise ValueError("cannot apply")
+        await uow.session.execute(applied.insert().values(event_id=e.id, name=e.data["name"]))
+
+    processor = InboxProcessor("t", uow_factory, handle, max_attempts=2, backoff_seconds=0)
+    outcomes = await processor.process_batch([message(e, i) for i, e in enumerate(envs)])
+    assert outcomes == [Outcome.APPLIED, Outcome.DEAD_LETTERED, Outcome.APPLIED]
+    async with sessions() as s:
+        names = sorted((await s.execute(sa.select(applied.c.name))).scalars())
+    assert names == ["ok-1", "ok-2"]  # each once, although the batch was tried first
