@@ -55,6 +55,10 @@ class Settings(BaseSettings):
     kafka_bootstrap_servers: str = Field(
         default="127.0.0.1:9092", validation_alias="KAFKA_BOOTSTRAP_SERVERS"
     )
+    kafka_consumer_start: Literal["earliest", "latest"] = Field(
+        default="earliest",
+        description="Where a new consumer group starts: every retained event, or only new ones.",
+    )
     kafka_replication: int = Field(default=1, ge=1, description="Replication factor for topics.")
     var_dir: Path = Path("var")
     host: str = "127.0.0.1"

@@ -163,7 +163,12 @@ class ServiceProcess:
 @pytest.fixture(scope="session")
 async def scheduler_process(intake_process: IntakeProcess) -> AsyncIterator[ServiceProcess]:
     """The scheduler beside intake: same database (its own schema), broker and keys."""
-    env = {**intake_process.env, "PORTLINE_SCHEDULER_PORT": str(free_port())}
+    # Only new events: a long-lived local broker may hold many old ones (CI's is fresh).
+    env = {
+        **intake_process.env,
+        "PORTLINE_SCHEDULER_PORT": str(free_port()),
+        "PORTLINE_KAFKA_CONSUMER_START": "latest",
+    }
     await asyncio.to_thread(
         subprocess.run,
         [PORTLINE, "migrate", "scheduler"],
@@ -177,6 +182,75 @@ async def scheduler_process(intake_process: IntakeProcess) -> AsyncIterator[Serv
     base = f"http://127.0.0.1:{env['PORTLINE_SCHEDULER_PORT']}"
     try:
         await _wait_ready(proc, base, log)
+        await _until_consuming(env)
         yield ServiceProcess(base, env)
     finally:
         await _stop(proc)
+
+
+async def _until_consuming(env: dict[str, str]) -> None:
+    """Starting at `latest`, the scheduler sees only what is published after it joined its
+    consumer group: send warm-up reports until one of them is linked."""
+    import uuid as _uuid
+    from datetime import UTC
+    from datetime import date as _date
+    from datetime import datetime as _datetime
+
+    from services.intake.records import Identity
+    from services.intake.reports import Protector
+    from shared.bus import KafkaPublisher
+    from shared.envelope import Envelope
+    from shared.events import Consent, OverdoseReported
+    from shared.outbox import OutgoingMessage
+    from shared.sealing import load_keys
+    from shared.settings import Settings
+    from shared.topics import INTAKE_OVERDOSES, SCHEDULER_CASES
+    from tests.support import read_topic
+
+    bootstrap = env["KAFKA_BOOTSTRAP_SERVERS"]
+    sealer, indexer = load_keys(Settings(env="development", var_dir=Path(env["PORTLINE_VAR_DIR"])))
+    protector = Protector(sealer, indexer)
+    publisher = KafkaPublisher(bootstrap, client_id="e2e-warmup")
+    await publisher.start()
+    sent: set[str] = set()
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            identity = Identity(
+                family=f"Warm{_uuid.uuid4().hex[:6]}", given="Up", dob=_date(1980, 1, 1)
+            )
+            now = _datetime.now(UTC)
+            event = OverdoseReported(
+                report_id=_uuid.uuid4(),
+                program_id="demo",
+                source_kind="ems",
+                source_org="e2e",
+                source_ref="warm-up",
+                incident_at=now,
+                received_at=now,
+                identity=protector.seal_identity(identity),
+                blind_keys=protector.blind_keys(identity, facility=None),
+                deidentified=False,
+                opioid=True,
+                any_drug=True,
+                reasons=[],
+                consent=Consent.DECLINED,  # linked, but nobody gets a task from a warm-up
+            )
+            sent.add(str(event.report_id))
+            envelope = Envelope.wrap(event, source="/e2e", subject="warm-up", time=now)
+            await publisher.publish(
+                [OutgoingMessage(INTAKE_OVERDOSES.name, b"warm-up", envelope.to_bytes())]
+            )
+            linked = await read_topic(
+                bootstrap,
+                SCHEDULER_CASES.name,
+                where=lambda r: Envelope.from_bytes(r.value).data.get("report_id") in sent,
+                expect=1,
+                timeout=3,
+                settle=0,
+            )
+            if linked:
+                return
+        raise AssertionError("the scheduler never started consuming")
+    finally:
+        await publisher.stop()
