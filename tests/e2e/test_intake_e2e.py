@@ -66,7 +66,8 @@ async def test_duplicates_resent_concurrently_produce_one_event(
     records = await read_topic(
         kafka_bootstrap, INTAKE_OVERDOSES.name, where=by_source_ref(ref), expect=1, settle=2.0
     )
-    assert len(records) == 1
+    # One event. (The outbox is at-least-once on the wire; a copy would carry the same id.)
+    assert len({Envelope.from_bytes(r.value).id for r in records}) == 1
 
 
 async def test_hostile_frames_get_ar_and_never_crash_the_listener(
@@ -136,7 +137,10 @@ async def test_database_down_answers_ae_and_nothing_is_lost_once_it_returns(
         records = await read_topic(
             kafka_bootstrap, INTAKE_OVERDOSES.name, where=by_source_ref(ref), expect=1
         )
-        assert len(records) == 1, ref
+        # Exactly one event each. A relay cut off by the outage between sending and marking
+        # sends it again (at-least-once on the wire); the copies share the event id, which
+        # is what consumers deduplicate on.
+        assert len({Envelope.from_bytes(r.value).id for r in records}) == 1, ref
 
 
 async def test_hl7_over_http_answers_with_the_ack(intake_process: IntakeProcess) -> None:
