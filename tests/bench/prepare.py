@@ -29,6 +29,20 @@ def portline() -> str:
     return str(Path(sys.executable).parent / "portline")
 
 
+def refuse_unless_resettable(database_url: str) -> None:
+    """Benchmarks drop schemas: only in a database whose name says test or bench, unless
+    BENCH_ALLOW_RESET=1. Raises RuntimeError otherwise."""
+    database = sa.engine.make_url(resolve_url(database_url, SCHEMA)).database or ""
+    if (
+        not any(w in database for w in ("test", "bench"))
+        and os.environ.get("BENCH_ALLOW_RESET") != "1"
+    ):
+        raise RuntimeError(
+            f"refusing to drop schemas in database {database!r}: use a database whose name "
+            "contains 'test' or 'bench', or set BENCH_ALLOW_RESET=1"
+        )
+
+
 async def drop_intake_schema(database_url: str) -> bool:
     """Drop the intake schema (tables, alembic version and all) on PostgreSQL.
 
@@ -37,15 +51,7 @@ async def drop_intake_schema(database_url: str) -> bool:
     """
     if not resolve_url(database_url, SCHEMA).startswith("postgresql"):
         return False
-    database = sa.engine.make_url(resolve_url(database_url, SCHEMA)).database or ""
-    if (
-        not any(w in database for w in ("test", "bench"))
-        and os.environ.get("BENCH_ALLOW_RESET") != "1"
-    ):
-        raise RuntimeError(
-            f"refusing to drop schema {SCHEMA!r} in database {database!r}: use a database "
-            "whose name contains 'test' or 'bench', or set BENCH_ALLOW_RESET=1"
-        )
+    refuse_unless_resettable(database_url)
     engine = create_engine(database_url, service="bench", schema="public")
     try:
         async with engine.begin() as conn:

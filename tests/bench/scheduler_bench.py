@@ -58,8 +58,8 @@ from shared.outbox import OutgoingMessage
 from shared.sealing import load_keys
 from shared.settings import Settings
 from shared.topics import INTAKE_OVERDOSES, SCHEDULER_CASES
-from tests.bench.intake_bench import Report, free_port, percentile
-from tests.bench.prepare import portline
+from tests.bench.intake_bench import BenchError, Report, free_port, percentile
+from tests.bench.prepare import portline, refuse_unless_resettable
 from tests.integration.timer_replica import FIRED_LOG, fired_log_metadata
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -68,24 +68,14 @@ PREFIX = "bench_"
 LATENCY_SCHEMA = f"{PREFIX}scheduler"
 
 
-class BenchError(Exception):
-    """The benchmark could not run (set-up problem): exit 2."""
-
-
 def check_database(database_url: str) -> None:
     """PostgreSQL, and a database whose schemas this benchmark may drop."""
-    url = resolve_url(database_url, "scheduler")
-    if not url.startswith("postgresql"):
+    if not resolve_url(database_url, "scheduler").startswith("postgresql"):
         raise BenchError("the scheduler benchmark needs a PostgreSQL DATABASE_URL")
-    database = sa.engine.make_url(url).database or ""
-    if (
-        not any(w in database for w in ("test", "bench"))
-        and os.environ.get("BENCH_ALLOW_RESET") != "1"
-    ):
-        raise BenchError(
-            f"refusing to drop schemas in database {database!r}: use a database whose name "
-            "contains 'test' or 'bench', or set BENCH_ALLOW_RESET=1"
-        )
+    try:
+        refuse_unless_resettable(database_url)
+    except RuntimeError as exc:
+        raise BenchError(str(exc)) from None
 
 
 async def drop_schema(database_url: str, schema: str) -> None:
