@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import jwt
-from fastapi import Depends, Request
+from fastapi import Depends, FastAPI, Request
+from fastapi.routing import APIRoute
 
 from shared.http import ApiError
 from shared.settings import Settings
@@ -35,6 +36,8 @@ __all__ = [
     "Principal",
     "Role",
     "TokenService",
+    "declared_roles",
+    "document_roles",
     "jwt_secret",
     "require",
 ]
@@ -152,7 +155,33 @@ def require(*roles: Role) -> Callable[[Request], Principal]:
             raise ApiError(403, "forbidden_role", f"The {principal.role} role may not do this.")
         return principal
 
+    dependency.roles = tuple(allowed)  # type: ignore[attr-defined]
     return dependency
+
+
+def declared_roles(route: APIRoute) -> tuple[Role, ...] | None:
+    """The roles a route's require() dependency admits; None for a public route."""
+    stack = list(route.dependant.dependencies)
+    while stack:
+        dependant = stack.pop()
+        roles: tuple[Role, ...] | None = getattr(dependant.call, "roles", None)
+        if roles is not None:
+            return roles
+        stack.extend(dependant.dependencies)
+    return None
+
+
+def document_roles(app: FastAPI) -> None:
+    """Say in each operation's OpenAPI which roles may call it (x-roles and the text)."""
+    for route in app.routes:
+        if not isinstance(route, APIRoute):
+            continue
+        roles = declared_roles(route)
+        if roles is None:
+            continue
+        route.openapi_extra = {**(route.openapi_extra or {}), "x-roles": list(roles)}
+        note = f"Roles: {', '.join(roles)}."
+        route.description = f"{route.description}\n\n{note}" if route.description else note
 
 
 CurrentUser = Annotated[Principal, Depends(require())]

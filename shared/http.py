@@ -27,6 +27,7 @@ __all__ = [
     "ErrorBody",
     "ErrorResponse",
     "add_openapi_schemas",
+    "error_response",
     "install_common_routes",
     "install_error_handlers",
 ]
@@ -80,7 +81,10 @@ _STATUS_CODES = {
 }
 
 
-def _error(status: int, code: str, message: str, details: list[Any] | None = None) -> JSONResponse:
+def error_response(
+    status: int, code: str, message: str, details: list[Any] | None = None
+) -> JSONResponse:
+    """An error in the shared shape, for services' own exception handlers."""
     body = ErrorResponse(error=ErrorBody(code=code, message=message, details=details or []))
     return JSONResponse(body.model_dump(mode="json"), status_code=status)
 
@@ -88,7 +92,7 @@ def _error(status: int, code: str, message: str, details: list[Any] | None = Non
 def install_error_handlers(app: FastAPI) -> None:
     async def api_error(_request: Request, exc: Exception) -> Response:
         assert isinstance(exc, ApiError)
-        response = _error(exc.status, exc.code, exc.message, exc.details)
+        response = error_response(exc.status, exc.code, exc.message, exc.details)
         response.headers.update(exc.headers)
         return response
 
@@ -99,13 +103,15 @@ def install_error_handlers(app: FastAPI) -> None:
             {"loc": list(e.get("loc", ())), "type": e.get("type"), "msg": e.get("msg")}
             for e in exc.errors()
         ]
-        return _error(422, "validation_error", "The request does not match the schema.", details)
+        return error_response(
+            422, "validation_error", "The request does not match the schema.", details
+        )
 
     async def http_error(_request: Request, exc: Exception) -> Response:
         assert isinstance(exc, StarletteHTTPException)
         code = _STATUS_CODES.get(exc.status_code, f"http_{exc.status_code}")
         message = exc.detail if isinstance(exc.detail, str) else code.replace("_", " ")
-        response = _error(exc.status_code, code, message)
+        response = error_response(exc.status_code, code, message)
         if exc.headers:
             response.headers.update(exc.headers)
         return response
@@ -116,7 +122,9 @@ def install_error_handlers(app: FastAPI) -> None:
             exc_info=exc,
             extra={"method": request.method, "path": request.url.path},
         )
-        return _error(500, "internal_error", "An unexpected error occurred; it has been logged.")
+        return error_response(
+            500, "internal_error", "An unexpected error occurred; it has been logged."
+        )
 
     app.add_exception_handler(ApiError, api_error)
     app.add_exception_handler(RequestValidationError, validation_error)

@@ -19,7 +19,7 @@ import sqlalchemy as sa
 from fastapi import APIRouter, FastAPI
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from shared.auth import TokenService, jwt_secret
+from shared.auth import TokenService, document_roles, jwt_secret
 from shared.bus import ConsumerLoop, KafkaPublisher, make_consumer
 from shared.clock import Clock, SystemClock
 from shared.db import create_engine, session_factory
@@ -226,6 +226,7 @@ def create_service_app(
     install_error_handlers(app)
     for router in routers:
         app.include_router(router)
+    document_roles(app)
 
     async def readiness() -> dict[str, str]:
         runtime: Runtime | None = getattr(app.state, "runtime", None)

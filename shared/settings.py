@@ -110,6 +110,28 @@ class Settings(BaseSettings):
     scheduler_episode_window_hours: int = Field(default=12, ge=1, le=72)
     scheduler_timer_batch: int = Field(default=100, ge=1)
 
+    # outreach
+    outreach_program_name: str = Field(
+        default="the peer support team",
+        description="How texts name the program; keep it discreet (no 'overdose').",
+    )
+    outreach_sms_url: str | None = Field(
+        default=None,
+        description="Base URL of a Twilio-style SMS provider, e.g. https://api.twilio.com. "
+        "Unset: texting is off (503 sms_not_configured).",
+    )
+    outreach_sms_account_sid: str | None = None
+    outreach_sms_auth_token: SecretStr | None = None
+    outreach_sms_from: str | None = Field(default=None, description="The number texts come from.")
+    outreach_sms_templates: Path | None = Field(
+        default=None, description="TOML file of [templates] overriding the discreet defaults."
+    )
+    outreach_public_url: str = Field(
+        default="http://127.0.0.1:8003",
+        description="Outreach's public base URL, as the SMS provider calls it (webhook "
+        "signatures cover it).",
+    )
+
     inbox_max_attempts: int = Field(default=5, ge=1)
     inbox_retry_backoff_seconds: float = Field(default=0.2, ge=0)
     relay_poll_interval_seconds: float = Field(default=0.2, gt=0)

@@ -1,21 +1,111 @@
-"""The outreach service's HTTP application."""
+"""The outreach service: the team's REST API, fed by the scheduler's cases and intake's
+reports, publishing the team's activity for the scheduler and reporting."""
 
 from __future__ import annotations
 
-from fastapi import FastAPI
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 
-from shared.runtime import create_service_app
+import httpx
+from fastapi import FastAPI, Request, Response
+from sqlalchemy.exc import DBAPIError
+
+from services.outreach import admin, api, texts, visits
+from services.outreach.projection import on_case_event, on_overdose
+from services.outreach.sms import SmsConfig, TemplateBook, TwilioStyleProvider
+from shared.http import error_response
+from shared.runtime import ConsumerSpec, Runtime, create_service_app
+from shared.sealing import load_keys
 from shared.settings import Settings
+from shared.topics import INTAKE_OVERDOSES, SCHEDULER_CASES
 
 __all__ = ["create_app"]
 
 DESCRIPTION = (
     "The team's REST API: the task queue, attempts, contacts, in-person visits (with a "
-    "restricted deputy view), services, referrals, case conclusion and the audit log."
+    "restricted deputy view), services, referrals, case conclusion and the audit log.\n\n"
+    "* **Auth**: bearer JWTs with a role (`peer`, `team_lead`, `deputy`, `analyst`, `admin`) "
+    "and a program; every operation lists its roles (`x-roles`). Another program's records "
+    "are 404.\n"
+    '* **Errors**: `{"error": {"code", "message", "details"}}` with stable codes.\n'
+    "* **Concurrency**: records two people may edit carry a `version` and an `ETag`; edits "
+    "need `If-Match` (428 `precondition_required` without, 412 `version_mismatch` when stale).\n"
+    "* **Pagination**: lists return `{items, next_cursor}`; pass `?cursor=`.\n"
+    "* **Audit**: every read or write of a person's record is logged with who, role, what, "
+    "when and why (send `X-Purpose` to say why; a default per operation applies).\n"
+    "* **Deputies** see only a visit's time window, meeting place and the peer's contact."
 )
 
 
-def create_app(settings: Settings) -> FastAPI:
-    return create_service_app(
-        "outreach", settings, title="PORTline outreach", description=DESCRIPTION
+def create_app(
+    settings: Settings,
+    *,
+    sms_transport: httpx.AsyncBaseTransport | None = None,
+) -> FastAPI:
+    """`sms_transport` replaces the network for the SMS provider (tests use MockTransport)."""
+    templates = (
+        TemplateBook.from_toml(settings.outreach_sms_templates)
+        if settings.outreach_sms_templates
+        else TemplateBook.default()
     )
+
+    def consumers(_runtime: Runtime) -> Sequence[ConsumerSpec]:
+        return [
+            ConsumerSpec("cases", [SCHEDULER_CASES.name], on_case_event),
+            ConsumerSpec("overdoses", [INTAKE_OVERDOSES.name], on_overdose),
+        ]
+
+    @asynccontextmanager
+    async def extension(app: FastAPI, runtime: Runtime) -> AsyncIterator[None]:
+        sealer, indexer = load_keys(settings)
+        app.state.sealer = sealer
+        token = settings.outreach_sms_auth_token
+        async with httpx.AsyncClient(transport=sms_transport) as client:
+            provider = None
+            if settings.outreach_sms_url and token is not None:
+                provider = TwilioStyleProvider(
+                    SmsConfig(
+                        base_url=settings.outreach_sms_url,
+                        account_sid=settings.outreach_sms_account_sid or "",
+                        auth_token=token.get_secret_value(),
+                        from_number=settings.outreach_sms_from or "",
+                    ),
+                    client,
+                )
+            app.state.texting = texts.Texting(
+                templates=templates,
+                program_name=settings.outreach_program_name,
+                indexer=indexer,
+                provider=provider,
+                auth_token=token.get_secret_value() if token else None,
+                public_url=settings.outreach_public_url,
+            )
+            yield
+
+    app = create_service_app(
+        "outreach",
+        settings,
+        title="PORTline outreach",
+        description=DESCRIPTION,
+        routers=[
+            api.router,
+            visits.router,
+            visits.deputy_router,
+            texts.router,
+            texts.webhook_router,
+            admin.router,
+        ],
+        consumers=consumers,
+        extension=extension,
+    )
+
+    async def storage_unavailable(_request: Request, _exc: Exception) -> Response:
+        response = error_response(
+            503, "storage_unavailable", "The database is unavailable; nothing was changed."
+        )
+        response.headers["Retry-After"] = "5"
+        return response
+
+    app.add_exception_handler(DBAPIError, storage_unavailable)
+    app.add_exception_handler(ConnectionError, storage_unavailable)
+    return app

@@ -468,6 +468,7 @@ class Scheduler:
                 due_at=planned.due_at,
                 expires_at=planned.expires_at,
                 policy_version=planned.policy_version,
+                deputy=planned.deputy,
             ),
             subject=str(case_id),
         )

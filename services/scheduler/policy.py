@@ -541,6 +541,8 @@ class PlannedTask:
     quiet_hours_shifted: bool = False
     due_clamped_at_expiry: bool = False
     with_deputy: bool = False
+    deputy: DeputyRule = "never"
+    """The program's deputy rule for an in-person visit ("never" for other tasks)."""
 
     def __post_init__(self) -> None:
         for name in ("window_opens_at", "due_at", "expires_at"):
@@ -628,6 +630,7 @@ def _task(
     expires: datetime,
     channels: Sequence[Channel],
     with_deputy: bool = False,
+    deputy: DeputyRule = "never",
 ) -> tuple[PlannedTask, tuple[PlanReason, ...]]:
     """A task whose due time keeps out of quiet hours, clamped at its expiry."""
     shifted = clamped = False
@@ -645,6 +648,7 @@ def _task(
         quiet_hours_shifted=shifted,
         due_clamped_at_expiry=clamped,
         with_deputy=with_deputy,
+        deputy=deputy,
     )
     reasons: list[PlanReason] = []
     if shifted:
@@ -793,6 +797,7 @@ def escalation_due(
         expires=expires,
         channels=_IN_PERSON,
         with_deputy=rules.deputy == "always",
+        deputy=rules.deputy,
     )
     return Escalation(
         escalate_at=escalate_at.astimezone(UTC),

@@ -74,6 +74,11 @@ class TaskScheduled(_CaseEvent):
     due_at: AwareDatetime
     expires_at: AwareDatetime
     policy_version: str
+    deputy: Literal["never", "always", "on_request"] = Field(
+        default="never",
+        description="In-person visits: whether a deputy goes (always), may be asked for "
+        "(on_request) or never goes. The peer always leads; a deputy stays in the vehicle.",
+    )
 
 
 class _TaskTimerEvent(_CaseEvent):

@@ -1,0 +1,403 @@
+"""Request and response bodies of the team API.
+
+The deputy's models are separate on purpose: they hold only a visit's time window, meeting
+place and the peer's contact, so nothing clinical can reach a deputy by accident.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Generic, Literal, TypeVar
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+
+from shared.events.outreach import (
+    AttemptOutcome,
+    Channel,
+    ConclusionReason,
+    ReferralKind,
+    ReferralStatus,
+    ServiceItem,
+)
+
+__all__ = [
+    "AssignBody",
+    "AttemptBody",
+    "AttemptView",
+    "AuditEntry",
+    "CaseView",
+    "ConclusionBody",
+    "ContactBody",
+    "ContactView",
+    "DeputyPeer",
+    "DeputyStatusBody",
+    "DeputyVisit",
+    "EpisodeView",
+    "NoteBody",
+    "NoteView",
+    "OverdoseView",
+    "Page",
+    "PersonView",
+    "ReferralBody",
+    "ReferralUpdate",
+    "ReferralView",
+    "ServicesBody",
+    "ServicesView",
+    "TaskView",
+    "TeamMemberBody",
+    "TeamMemberView",
+    "TextBody",
+    "TextView",
+    "VisitBody",
+    "VisitOutcomeBody",
+    "VisitUpdate",
+    "VisitView",
+]
+
+T = TypeVar("T")
+
+_NOTES = Field(
+    default=None,
+    max_length=4000,
+    description="Free text for the team. Stored sealed; never sent in events.",
+)
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Page(BaseModel, Generic[T]):
+    items: list[T]
+    next_cursor: str | None = Field(
+        description="Pass as ?cursor= for the next page; null on the last page."
+    )
+
+
+class PersonView(BaseModel):
+    """How to reach the person: no date of birth, record numbers or clinical data."""
+
+    name: str | None
+    phones: list[str]
+    address: str | None
+    language: str | None
+
+
+class OverdoseView(BaseModel):
+    incident_at: datetime | None
+    address: str | None = Field(description="Where it happened (street, city), if known.")
+    county: str | None
+    state: str | None
+    source_kind: Literal["ems", "ed"] | None
+
+
+class AttemptView(BaseModel):
+    id: uuid.UUID
+    task_id: uuid.UUID
+    channel: Channel
+    outcome: AttemptOutcome
+    occurred_at: datetime
+    by: str
+    notes: str | None
+
+
+class NoteView(BaseModel):
+    at: datetime
+    by: str
+    text: str
+
+
+class TaskView(BaseModel):
+    id: uuid.UUID
+    case_id: uuid.UUID
+    kind: Literal["remote_contact", "in_person_visit", "follow_up"]
+    status: Literal["open", "completed", "cancelled", "expired"]
+    stage: Literal["scheduled", "due", "overdue"] = Field(
+        description="scheduled: the window is not open yet; due: act now; overdue: past due_at."
+    )
+    priority: int = Field(description="Higher is more urgent (a repeat overdose raises it).")
+    window_opens_at: datetime
+    due_at: datetime
+    expires_at: datetime
+    deputy: Literal["never", "always", "on_request"]
+    assignee_id: str | None
+    version: int = Field(description="Send as If-Match (the ETag) when you change this task.")
+    person: PersonView
+    overdose: OverdoseView
+    attempts: list[AttemptView]
+    notes: list[NoteView]
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "id": "0f8fad5b-d9cb-469f-a165-70867728950e",
+                    "case_id": "7c9e6679-7425-40de-944b-e07fc1f90ae7",
+                    "kind": "remote_contact",
+                    "status": "open",
+                    "stage": "due",
+                    "priority": 2,
+                    "window_opens_at": "2026-11-20T03:10:00Z",
+                    "due_at": "2026-11-21T03:10:00Z",
+                    "expires_at": "2026-11-23T03:10:00Z",
+                    "deputy": "never",
+                    "assignee_id": "peer-ana",
+                    "version": 3,
+                    "person": {
+                        "name": "Jordan Lee",
+                        "phones": ["+13365550100"],
+                        "address": "12 Elm St, Greensboro, 27401",
+                        "language": "en",
+                    },
+                    "overdose": {
+                        "incident_at": "2026-11-20T03:10:00Z",
+                        "address": "400 Market St, Greensboro",
+                        "county": "Guilford",
+                        "state": "NC",
+                        "source_kind": "ems",
+                    },
+                    "attempts": [],
+                    "notes": [],
+                }
+            ]
+        }
+    )
+
+
+class AssignBody(_Body):
+    assignee_id: str = Field(min_length=1, max_length=128, examples=["peer-ana"])
+
+
+class AttemptBody(_Body):
+    channel: Channel
+    outcome: AttemptOutcome
+    occurred_at: AwareDatetime | None = Field(default=None, description="Default: now.")
+    notes: str | None = _NOTES
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"channel": "phone", "outcome": "no_answer"}]},
+    )
+
+
+class ContactBody(_Body):
+    channel: Channel
+    task_id: uuid.UUID | None = None
+    occurred_at: AwareDatetime | None = None
+    notes: str | None = _NOTES
+
+
+class ContactView(BaseModel):
+    id: uuid.UUID
+    channel: Channel
+    task_id: uuid.UUID | None
+    occurred_at: datetime
+    by: str
+    notes: str | None
+
+
+class ServicesBody(_Body):
+    items: list[ServiceItem] = Field(min_length=1, max_length=10)
+    occurred_at: AwareDatetime | None = None
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "items": [
+                        {"kind": "naloxone_kit", "count": 2},
+                        {"kind": "fentanyl_test_strips", "count": 10},
+                    ]
+                }
+            ]
+        },
+    )
+
+
+class ServicesView(BaseModel):
+    items: list[ServiceItem]
+    occurred_at: datetime
+    by: str
+
+
+class ReferralBody(_Body):
+    kind: ReferralKind
+    status: Literal["offered", "accepted"] = "offered"
+    warm_handoff: bool = Field(
+        default=False, description="The peer introduced the person to the provider in person."
+    )
+    provider: str | None = Field(default=None, max_length=200, description="Stored sealed.")
+    notes: str | None = _NOTES
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [{"kind": "moud_buprenorphine", "status": "accepted", "warm_handoff": True}]
+        },
+    )
+
+
+class ReferralUpdate(_Body):
+    status: ReferralStatus
+    appointment_at: AwareDatetime | None = Field(
+        default=None, description="Required when the status is 'appointment'."
+    )
+    notes: str | None = _NOTES
+
+
+class ReferralView(BaseModel):
+    id: uuid.UUID
+    case_id: uuid.UUID
+    kind: ReferralKind
+    status: ReferralStatus
+    warm_handoff: bool
+    provider: str | None
+    appointment_at: datetime | None
+    notes: str | None
+    version: int
+    created_at: datetime
+    updated_at: datetime
+
+
+class NoteBody(_Body):
+    notes: str | None = _NOTES
+
+
+class ConclusionBody(_Body):
+    reason: ConclusionReason
+    notes: str | None = _NOTES
+
+
+class EpisodeView(BaseModel):
+    id: uuid.UUID
+    incident_at: datetime
+    repeat: bool
+
+
+class VisitBody(_Body):
+    task_id: uuid.UUID = Field(description="An open in_person_visit task.")
+    window_start: AwareDatetime
+    window_end: AwareDatetime
+    meeting_place: str = Field(
+        min_length=1, max_length=300, description="Where the peer meets the person. Sealed."
+    )
+    peer_id: str | None = Field(default=None, description="Default: you (a peer).")
+    deputy: bool | None = Field(
+        default=None,
+        description="Ask for a deputy where the program allows it on request; ignored where "
+        "the policy always sends one; refused where it never does.",
+    )
+    deputy_id: str | None = None
+
+
+class VisitUpdate(_Body):
+    window_start: AwareDatetime | None = None
+    window_end: AwareDatetime | None = None
+    meeting_place: str | None = Field(default=None, min_length=1, max_length=300)
+    peer_id: str | None = None
+    deputy_id: str | None = None
+
+
+class VisitOutcomeBody(_Body):
+    outcome: Literal["reached", "not_found", "declined", "unsafe"]
+    notes: str | None = _NOTES
+
+
+class VisitView(BaseModel):
+    id: uuid.UUID
+    case_id: uuid.UUID
+    task_id: uuid.UUID
+    window_start: datetime
+    window_end: datetime
+    meeting_place: str
+    peer_id: str
+    with_deputy: bool
+    deputy_id: str | None
+    status: Literal["scheduled", "completed", "cancelled"]
+    outcome: str | None
+    deputy_status: Literal["arrived", "departed"] | None
+    safety_concern: bool
+    version: int
+
+
+class CaseView(BaseModel):
+    id: uuid.UUID
+    status: Literal["open", "closed"]
+    close_reason: str | None
+    do_not_contact: bool
+    declined: bool
+    version: int
+    person: PersonView
+    episodes: list[EpisodeView]
+    tasks: list[TaskView]
+    contacts: list[ContactView]
+    services: list[ServicesView]
+    referrals: list[ReferralView]
+    visits: list[VisitView]
+
+
+class DeputyPeer(BaseModel):
+    name: str
+    phone: str | None
+
+
+class DeputyVisit(BaseModel):
+    """All a deputy sees: when, where, and whom to call. Nothing clinical, no names of the
+    person, no notes or history."""
+
+    id: uuid.UUID
+    window_start: datetime
+    window_end: datetime
+    meeting_place: str
+    peer: DeputyPeer
+    status: Literal["scheduled", "completed", "cancelled"]
+    deputy_status: Literal["arrived", "departed"] | None
+    safety_concern: bool
+
+
+class DeputyStatusBody(_Body):
+    status: Literal["arrived", "departed", "safety_concern"]
+    note: str | None = Field(
+        default=None, max_length=1000, description="For a safety concern: what happened."
+    )
+
+
+class TeamMemberBody(_Body):
+    display_name: str = Field(min_length=1, max_length=128, examples=["Ana R."])
+    phone: str | None = Field(
+        default=None, max_length=32, description="Work phone (shown to the deputy on visits)."
+    )
+    active: bool = True
+
+
+class TeamMemberView(BaseModel):
+    id: str
+    display_name: str
+    phone: str | None
+    active: bool
+    version: int
+
+
+class TextBody(_Body):
+    template: str = Field(examples=["first_contact"])
+
+
+class TextView(BaseModel):
+    id: uuid.UUID
+    template: str
+    status: str
+    attempt_id: uuid.UUID
+
+
+class AuditEntry(BaseModel):
+    id: int
+    at: datetime
+    actor_id: str
+    role: str
+    action: Literal["read", "create", "update"]
+    resource: str
+    resource_id: str | None
+    case_id: uuid.UUID | None
+    purpose: str
