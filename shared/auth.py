@@ -20,10 +20,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Literal
 
 import jwt
-from fastapi import Depends, FastAPI, Request
+from fastapi import APIRouter, Request
 from fastapi.routing import APIRoute
 
 from shared.http import ApiError
@@ -171,9 +171,11 @@ def declared_roles(route: APIRoute) -> tuple[Role, ...] | None:
     return None
 
 
-def document_roles(app: FastAPI) -> None:
-    """Say in each operation's OpenAPI which roles may call it (x-roles and the text)."""
-    for route in app.routes:
+def document_roles(router: APIRouter) -> None:
+    """Say in each operation's OpenAPI which roles may call it (x-roles and the text).
+
+    Call it on a router before it is included in the app."""
+    for route in router.routes:
         if not isinstance(route, APIRoute):
             continue
         roles = declared_roles(route)
@@ -182,6 +184,3 @@ def document_roles(app: FastAPI) -> None:
         route.openapi_extra = {**(route.openapi_extra or {}), "x-roles": list(roles)}
         note = f"Roles: {', '.join(roles)}."
         route.description = f"{route.description}\n\n{note}" if route.description else note
-
-
-CurrentUser = Annotated[Principal, Depends(require())]

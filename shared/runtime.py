@@ -225,8 +225,8 @@ def create_service_app(
     app = FastAPI(title=title, description=description, version=version, lifespan=lifespan)
     install_error_handlers(app)
     for router in routers:
+        document_roles(router)
         app.include_router(router)
-    document_roles(app)
 
     async def readiness() -> dict[str, str]:
         runtime: Runtime | None = getattr(app.state, "runtime", None)

@@ -62,9 +62,12 @@ async def put_member(
     access = Access.of(request, principal, "manage the team")
     async with access.runtime.uow() as uow:
         s = uow.session
-        row = (await s.execute(sa.select(TEAM_MEMBER).where(TEAM_MEMBER.c.id == member_id))).first()
+        mine = (TEAM_MEMBER.c.id == member_id, TEAM_MEMBER.c.program_id == access.program)
+        row = (await s.execute(sa.select(TEAM_MEMBER).where(*mine))).first()
         now = access.runtime.clock.now()
         values = body.model_dump()
+        if row is None and request.headers.get("if-match") is not None:
+            raise not_found("team member")  # If-Match edits an existing member only
         if row is None:
             await s.execute(
                 TEAM_MEMBER.insert().values(
@@ -72,8 +75,6 @@ async def put_member(
                 )
             )
         else:
-            if row.program_id != access.program:
-                raise not_found("team member")
             if request.headers.get("if-match") is None:
                 raise ApiError(
                     412,
@@ -84,10 +85,10 @@ async def put_member(
             require_match(request, row.version)
             await s.execute(
                 TEAM_MEMBER.update()
-                .where(TEAM_MEMBER.c.id == member_id)
+                .where(*mine)
                 .values(**values, version=row.version + 1, updated_at=now)
             )
-        fresh = (await s.execute(sa.select(TEAM_MEMBER).where(TEAM_MEMBER.c.id == member_id))).one()
+        fresh = (await s.execute(sa.select(TEAM_MEMBER).where(*mine))).one()
         await uow.commit()
     set_etag(response, fresh.version)
     return _member_view(fresh)

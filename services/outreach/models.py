@@ -241,7 +241,7 @@ TEAM_MEMBER = sa.Table(
     "team_member",
     METADATA,
     sa.Column("id", sa.String(128), primary_key=True),  # the token's subject
-    _program(),
+    sa.Column("program_id", sa.String(64), primary_key=True),
     sa.Column("display_name", sa.String(128), nullable=False),
     sa.Column("phone", sa.String(32)),  # a work phone, not PHI
     sa.Column("active", sa.Boolean(), nullable=False),

@@ -211,7 +211,7 @@ def upgrade() -> None:
     op.create_table(
         "team_member",
         sa.Column("id", sa.String(128), primary_key=True),
-        sa.Column("program_id", sa.String(64), nullable=False),
+        sa.Column("program_id", sa.String(64), primary_key=True),
         sa.Column("display_name", sa.String(128), nullable=False),
         sa.Column("phone", sa.String(32), nullable=True),
         sa.Column("active", sa.Boolean(), nullable=False),
