@@ -602,6 +602,8 @@ class Scheduler:
             if event.outcome == "declined":
                 await self._stop_case(uow, event.case_id, reason="declined")
             elif event.outcome == "reached":
+                if task.kind == TaskKind.FOLLOW_UP.value:  # the follow-up itself is done
+                    await self._close(uow, task, status="completed", reason="contact_made")
                 await self._contact(uow, event.case_id, event.occurred_at)
             elif event.outcome in FAILED_OUTCOMES:
                 task = dataclasses.replace(task, failed_attempts=task.failed_attempts + 1)

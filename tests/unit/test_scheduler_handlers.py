@@ -268,6 +268,37 @@ async def test_contact_completes_the_task_and_plans_follow_ups(world: World) -> 
     assert escalations is not None  # the escalation will not fire after contact
 
 
+async def test_reaching_the_person_on_a_follow_up_completes_it(world: World) -> None:
+    await world.report()
+    case = await world.one_case()
+    world.clock.advance(timedelta(hours=3))
+    await world.activity(
+        ContactMade(
+            case_id=case.id, program_id="demo", occurred_at=world.clock.now(), channel="phone"
+        )
+    )
+    first_follow_up = (await world.tasks())[1]
+    world.clock.advance(timedelta(days=7))
+    await world.activity(
+        AttemptLogged(
+            case_id=case.id,
+            program_id="demo",
+            occurred_at=world.clock.now(),
+            attempt_id=uuid.uuid4(),
+            task_id=first_follow_up.id,
+            channel="phone",
+            outcome="reached",
+        )
+    )
+    tasks = await world.tasks()
+    assert [(t.kind, t.status) for t in tasks] == [
+        ("remote_contact", "completed"),
+        ("follow_up", "completed"),
+        ("follow_up", "open"),
+    ]
+    assert tasks[1].outcome == "contact_made"
+
+
 async def test_a_missed_window_expires_the_task_late_after_downtime(world: World) -> None:
     await world.report(consent=Consent.UNKNOWN)
     world.clock.set(INCIDENT + timedelta(days=10))  # the scheduler was down for days
