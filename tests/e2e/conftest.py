@@ -148,7 +148,7 @@ async def intake_process(
         await proxy.up() if proxy._server is None else None
         engine = create_engine(postgres_url, service="admin", schema="public")
         async with engine.begin() as conn:
-            for service in ("intake", "scheduler"):
+            for service in ("intake", "scheduler", "outreach"):
                 await conn.execute(sa.text(f'DROP SCHEMA IF EXISTS "{prefix}{service}" CASCADE'))
         await engine.dispose()
         await proxy.down()
@@ -252,5 +252,84 @@ async def _until_consuming(env: dict[str, str]) -> None:
             if linked:
                 return
         raise AssertionError("the scheduler never started consuming")
+    finally:
+        await publisher.stop()
+
+
+@pytest.fixture(scope="session")
+async def outreach_process(scheduler_process: ServiceProcess) -> AsyncIterator[ServiceProcess]:
+    """Outreach beside intake and the scheduler: same database (its own schema), broker and
+    keys. Like the scheduler it starts at `latest`, and is warmed up until it consumes."""
+    env = {**scheduler_process.env, "PORTLINE_OUTREACH_PORT": str(free_port())}
+    await asyncio.to_thread(
+        subprocess.run,
+        [PORTLINE, "migrate", "outreach"],
+        env=env,
+        check=True,
+        timeout=120,
+        capture_output=True,
+    )
+    log = Path(env["PORTLINE_VAR_DIR"]) / "outreach.log"
+    proc = await asyncio.to_thread(_start, env, log, "outreach")
+    base = f"http://127.0.0.1:{env['PORTLINE_OUTREACH_PORT']}"
+    try:
+        await _wait_ready(proc, base, log)
+        await _until_outreach_consumes(env, base)
+        yield ServiceProcess(base, env)
+    finally:
+        await _stop(proc)  # intake_process drops the schema
+
+
+async def _until_outreach_consumes(env: dict[str, str], base: str) -> None:
+    """Publish harmless events for a program nobody uses until both of outreach's consumers
+    (scheduler cases, intake reports) have handled one: then both joined at `latest`."""
+    from datetime import UTC
+    from datetime import datetime as _datetime
+
+    from shared.bus import KafkaPublisher
+    from shared.envelope import Envelope
+    from shared.events import CaseOpened, OverdoseReported
+    from shared.outbox import OutgoingMessage
+
+    publisher = KafkaPublisher(env["KAFKA_BOOTSTRAP_SERVERS"], client_id="e2e-outreach-warmup")
+    await publisher.start()
+    try:
+        deadline = time.monotonic() + 90
+        async with httpx.AsyncClient(base_url=base) as client:
+            while time.monotonic() < deadline:
+                now = _datetime.now(UTC)
+                case = CaseOpened(
+                    case_id=uuid.uuid4(), program_id="warmup", person_id=uuid.uuid4(), opened_at=now
+                )
+                report = OverdoseReported(
+                    report_id=uuid.uuid4(),
+                    program_id="warmup",
+                    source_kind="ems",
+                    source_org="e2e",
+                    source_ref="warm-up",
+                    incident_at=now,
+                    received_at=now,
+                    deidentified=True,
+                    opioid=True,
+                    any_drug=True,
+                    reasons=[],
+                )
+                messages = [
+                    OutgoingMessage(
+                        event.topic,
+                        b"warm-up",
+                        Envelope.wrap(event, source="/e2e", subject="warm-up", time=now).to_bytes(),
+                    )
+                    for event in (case, report)
+                ]
+                await publisher.publish(messages)
+                await asyncio.sleep(1.0)
+                metrics = (await client.get("/metrics")).text
+                if all(
+                    f'consumer="outreach.{name}",outcome="applied"' in metrics
+                    for name in ("cases", "overdoses")
+                ):
+                    return
+        raise AssertionError("outreach never started consuming")
     finally:
         await publisher.stop()
