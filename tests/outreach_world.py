@@ -1,4 +1,4 @@
-"""An outreach service on SQLite with cases fed through its real projection handlers, for
+"""An outreach service (SQLite by default) with cases fed through its real projection handlers, for
 unit tests of the team API (no Kafka: the events a broker would deliver are applied here)."""
 
 from __future__ import annotations
@@ -184,15 +184,17 @@ class World:
 async def outreach_world(
     tmp_path: Path, *, sms_transport: httpx.AsyncBaseTransport | None = None, **overrides: Any
 ) -> AsyncIterator[World]:
-    settings = Settings(
-        env="development",
-        database_url=f"sqlite+aiosqlite:///{tmp_path}/{{service}}.db",
-        kafka_bootstrap_servers="127.0.0.1:9",
-        var_dir=tmp_path,
-        **overrides,
+    defaults: dict[str, Any] = {
+        "env": "development",
+        "database_url": f"sqlite+aiosqlite:///{tmp_path}/{{service}}.db",
+        "kafka_bootstrap_servers": "127.0.0.1:9",
+        "var_dir": tmp_path,
+    }
+    settings = Settings(**(defaults | overrides))
+    engine = create_engine(
+        settings.db_url, service="outreach", schema=settings.schema_for("outreach")
     )
-    engine = create_engine(settings.db_url, service="outreach")
-    await upgrade(engine, service="outreach")
+    await upgrade(engine, service="outreach", schema=settings.schema_for("outreach"))
     await engine.dispose()
     app = create_app(settings, sms_transport=sms_transport)
     async with app.router.lifespan_context(app):

@@ -44,6 +44,7 @@ from services.outreach.rules import (
     check_assign,
     check_attempt,
     check_case_workable,
+    check_may_work,
     check_referral_transition,
     check_task_workable,
 )
@@ -316,8 +317,9 @@ async def log_attempt(
         case = await access.case(s, task.case_id)
         apply_rule(check_task_workable, task_state(task))
         apply_rule(check_case_workable, case_state(case))
-        if task.assignee_id not in (None, access.actor) and not access.is_lead:
-            raise ApiError(409, "assigned_to_other", "This task is assigned to someone else.")
+        apply_rule(
+            check_may_work, task_state(task), actor=access.actor, actor_is_lead=access.is_lead
+        )
         attempt = await record_attempt(
             access, uow, task, body.channel, body.outcome, occurred_at, body.notes
         )

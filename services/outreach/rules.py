@@ -26,6 +26,7 @@ __all__ = [
     "check_assign",
     "check_attempt",
     "check_case_workable",
+    "check_may_work",
     "check_referral_transition",
     "check_task_workable",
     "check_visit_window",
@@ -102,6 +103,12 @@ def check_case_workable(case: CaseState, *, contacting: bool = True) -> None:
 def check_task_workable(task: TaskState) -> None:
     if task.status != "open":
         raise RuleViolation("task_closed", f"The task is {task.status}; it takes no more work.")
+
+
+def check_may_work(task: TaskState, *, actor: str, actor_is_lead: bool) -> None:
+    """Peers work unassigned tasks and their own; leads work any."""
+    if task.assignee_id not in (None, actor) and not actor_is_lead:
+        raise RuleViolation("assigned_to_other", "This task is assigned to someone else.")
 
 
 def check_attempt(channel: Channel, outcome: AttemptOutcome) -> None:

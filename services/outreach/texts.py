@@ -19,7 +19,7 @@ from fastapi import APIRouter, Request, Response
 from services.outreach.access import Access, apply_rule, case_state, task_state
 from services.outreach.api import ERRORS, Worker, record_attempt
 from services.outreach.models import SMS_MESSAGE, SMS_OPT_OUT, TEAM_MEMBER
-from services.outreach.rules import check_case_workable, check_task_workable
+from services.outreach.rules import check_case_workable, check_may_work, check_task_workable
 from services.outreach.schemas import TextBody, TextView
 from services.outreach.sms import (
     SmsProvider,
@@ -94,6 +94,9 @@ async def send_text(
         case = await access.case(s, task.case_id)
         apply_rule(check_task_workable, task_state(task))
         apply_rule(check_case_workable, case_state(case))
+        apply_rule(
+            check_may_work, task_state(task), actor=access.actor, actor_is_lead=access.is_lead
+        )
         person = await person_of_case(access, s, task.case_id)
         phone = next(iter(person.phones), None)
         if phone is None:

@@ -151,9 +151,12 @@ async def list_visits(
     status: Literal["scheduled", "completed", "cancelled"] = "scheduled",
     mine: Annotated[bool, Query(description="Only visits I lead.")] = False,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    cursor: Annotated[str | None, Query(description="next_cursor of the previous page")] = None,
 ) -> Page[VisitView]:
     access = Access.of(request, principal, "plan visits")
+    if cursor is not None and not cursor.isdigit():
+        raise ApiError(400, "invalid_cursor", "The cursor is not one this API gave out.")
+    offset = int(cursor or 0)
     query = sa.select(VISIT).where(VISIT.c.program_id == access.program, VISIT.c.status == status)
     if mine:
         query = query.where(VISIT.c.peer_id == access.actor)
