@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from fastapi import Request, Response
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.outreach.models import AUDIT, CASE, TASK, VISIT
+from services.outreach.models import AUDIT, CASE, TASK, TEAM_MEMBER, VISIT
 from services.outreach.rules import CaseState, RuleViolation, TaskState
 from shared.auth import Principal
 from shared.http import ApiError
@@ -147,6 +147,20 @@ class Access:
         if row is None:
             raise not_found("task")
         return row
+
+    async def member(self, session: AsyncSession, member_id: str) -> None:
+        """Refuse anyone who is not an active member of the caller's team."""
+        active = (
+            await session.execute(
+                sa.select(TEAM_MEMBER.c.active).where(
+                    TEAM_MEMBER.c.id == member_id, TEAM_MEMBER.c.program_id == self.program
+                )
+            )
+        ).scalar_one_or_none()
+        if not active:
+            raise ApiError(
+                422, "unknown_team_member", f"{member_id!r} is not an active member of your team."
+            )
 
     async def visit(self, session: AsyncSession, visit_id: uuid.UUID) -> Any:
         row = (

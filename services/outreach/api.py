@@ -37,7 +37,6 @@ from services.outreach.models import (
     REFERRAL,
     SERVICE,
     TASK,
-    TEAM_MEMBER,
     VISIT,
 )
 from services.outreach.rules import (
@@ -221,17 +220,8 @@ async def _assign(
             actor_is_lead=access.is_lead,
             claim=claim,
         )
-        member = (
-            await s.execute(
-                sa.select(TEAM_MEMBER.c.active).where(
-                    TEAM_MEMBER.c.id == assignee, TEAM_MEMBER.c.program_id == access.program
-                )
-            )
-        ).scalar_one_or_none()
-        if not claim and not member:
-            raise ApiError(
-                422, "unknown_team_member", "Assign tasks to active members of your team."
-            )
+        if not claim:
+            await access.member(s, assignee)
         now = access.runtime.clock.now()
         updated = await s.execute(
             TASK.update()

@@ -24,7 +24,7 @@ from services.outreach.access import (
     task_state,
 )
 from services.outreach.api import ERRORS, Worker, record_attempt
-from services.outreach.models import TASK, TEAM_MEMBER, VISIT, VISIT_EVENT
+from services.outreach.models import TASK, VISIT, VISIT_EVENT
 from services.outreach.rules import (
     check_case_workable,
     check_task_workable,
@@ -55,18 +55,15 @@ deputy_router = APIRouter(prefix="/v1/deputy", tags=["deputy"])
 Deputy = Annotated[Principal, Depends(require("deputy"))]
 
 
-async def _member(access: Access, session: Any, member_id: str) -> None:
-    active = (
-        await session.execute(
-            sa.select(TEAM_MEMBER.c.active).where(
-                TEAM_MEMBER.c.id == member_id, TEAM_MEMBER.c.program_id == access.program
-            )
-        )
-    ).scalar_one_or_none()
-    if not active:
-        raise ApiError(
-            422, "unknown_team_member", f"{member_id!r} is not an active member of your team."
-        )
+async def _scheduled_visit(
+    access: Access, session: Any, request: Request, visit_id: uuid.UUID
+) -> Any:
+    """A visit someone is about to change: it must still be scheduled, and If-Match current."""
+    visit = await access.visit(session, visit_id)
+    require_match(request, visit.version)
+    if visit.status != "scheduled":
+        raise ApiError(409, "visit_closed", f"The visit is {visit.status}.")
+    return visit
 
 
 def _scheduled(uow: UnitOfWork, access: Access, visit: Any) -> None:
@@ -111,9 +108,9 @@ async def schedule_visit(
         with_deputy = apply_rule(deputy_for_visit, task.deputy, body.deputy)
         if body.deputy_id and not with_deputy:
             raise ApiError(422, "deputy_not_requested", "Ask for a deputy (deputy: true) first.")
-        await _member(access, s, peer_id)
+        await access.member(s, peer_id)
         if body.deputy_id:
-            await _member(access, s, body.deputy_id)
+            await access.member(s, body.deputy_id)
         now = access.runtime.clock.now()
         visit_id = new_uuid()
         await s.execute(
@@ -201,10 +198,7 @@ async def update_visit(
     access = Access.of(request, principal, "plan a visit")
     async with access.runtime.uow() as uow:
         s = uow.session
-        visit = await access.visit(s, visit_id)
-        require_match(request, visit.version)
-        if visit.status != "scheduled":
-            raise ApiError(409, "visit_closed", f"The visit is {visit.status}.")
+        visit = await _scheduled_visit(access, s, request, visit_id)
         start = body.window_start or visit.window_start
         end = body.window_end or visit.window_end
         apply_rule(check_visit_window, start, end)
@@ -212,12 +206,12 @@ async def update_visit(
         if body.meeting_place is not None:
             values["meeting_place_sealed"] = access.seal(body.meeting_place, PLACE)
         if body.peer_id is not None:
-            await _member(access, s, body.peer_id)
+            await access.member(s, body.peer_id)
             values["peer_id"] = body.peer_id
         if body.deputy_id is not None:
             if not visit.with_deputy:
                 raise ApiError(422, "deputy_not_requested", "This visit goes without a deputy.")
-            await _member(access, s, body.deputy_id)
+            await access.member(s, body.deputy_id)
             values["deputy_id"] = body.deputy_id
         updated = await s.execute(
             VISIT.update()
@@ -252,10 +246,7 @@ async def record_visit_outcome(
     access = Access.of(request, principal, "record a visit")
     async with access.runtime.uow() as uow:
         s = uow.session
-        visit = await access.visit(s, visit_id)
-        require_match(request, visit.version)
-        if visit.status != "scheduled":
-            raise ApiError(409, "visit_closed", f"The visit is {visit.status}.")
+        visit = await _scheduled_visit(access, s, request, visit_id)
         now = access.runtime.clock.now()
         await s.execute(
             VISIT.update()
@@ -299,10 +290,7 @@ async def cancel_visit(
     access = Access.of(request, principal, "plan a visit")
     async with access.runtime.uow() as uow:
         s = uow.session
-        visit = await access.visit(s, visit_id)
-        require_match(request, visit.version)
-        if visit.status != "scheduled":
-            raise ApiError(409, "visit_closed", f"The visit is {visit.status}.")
+        visit = await _scheduled_visit(access, s, request, visit_id)
         await s.execute(
             VISIT.update()
             .where(VISIT.c.id == visit_id)
