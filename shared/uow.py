@@ -86,7 +86,11 @@ class UnitOfWork:
         self.published.append(envelope)
         return envelope
 
-    async def commit(self) -> None:
+    async def flush(self) -> None:
+        """Insert the outbox rows of the events staged so far, in one statement; they still
+        commit or roll back with the unit of work. commit() does this itself."""
+        # Events dropped with a savepoint took their rows (if any were written) with them.
+        self._outboxed = min(self._outboxed, len(self.published))
         staged = self.published[self._outboxed :]
         if staged:
             await self.session.execute(
@@ -102,8 +106,12 @@ class UnitOfWork:
                     for e in staged
                 ],
             )
+            self._outboxed = len(self.published)
+        await self.session.flush()
+
+    async def commit(self) -> None:
+        await self.flush()
         await self.session.commit()
-        self._outboxed = len(self.published)
         self._committed = True
         if self.published and self._on_published is not None:
             self._on_published()  # e.g. wake the outbox relay: there is something to send
