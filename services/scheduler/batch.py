@@ -7,7 +7,7 @@ Until :meth:`Writes.flush`, the database does not hold the new rows, so a handle
 through it reads new rows only through it (``new()``), never by querying.
 
 :class:`ReportBatch` is the working set of a batch of overdose reports. Applying reports one
-at a time costs a dozen round trips each; instead the batch reads, with one query per kind of
+at a time costs about twenty round trips each; instead the batch reads, with one query per kind of
 row, the reports' links, every person holding one of the batch's blind keys (with all their
 keys), those people's open cases and the cases' episodes. The handler then applies the
 reports in order against that working set, which it keeps current as it goes: a person,
@@ -59,9 +59,10 @@ def blind_pairs(blind: BlindKeys) -> list[tuple[str, str]]:
     return [(k, v) for k in KEY_KINDS if (v := getattr(blind, k))]
 
 
-def _key_of(table: sa.Table, row: dict[str, Any]) -> Any:
+def _key_of(table: sa.Table, row: dict[str, Any]) -> tuple[Any, ...]:
+    """A new row's primary key; a new timer's unique key (its id comes from the database)."""
     if table is timers.TIMER:
-        return row["key"]
+        return (row["key"],)
     return tuple(row[c.name] for c in table.primary_key.columns)
 
 
@@ -69,7 +70,7 @@ class Writes:
     """New rows collected for one insert per table; changes to older rows written at once."""
 
     def __init__(self) -> None:
-        self._new: dict[sa.Table, dict[Any, dict[str, Any]]] = {t: {} for t in _TABLES}
+        self._new: dict[sa.Table, dict[tuple[Any, ...], dict[str, Any]]] = {t: {} for t in _TABLES}
 
     def insert(self, table: sa.Table, row: dict[str, Any]) -> None:
         self._new[table][_key_of(table, row)] = row
@@ -84,7 +85,8 @@ class Writes:
     async def update(
         self, session: AsyncSession, table: sa.Table, *key: Any, **values: Any
     ) -> None:
-        """Change one row by primary key: the collected row if it is new, else the database's."""
+        """Change one row by primary key: the collected row if it is new, else the database's
+        (not for timers, whose changes have their own functions in ``timers``)."""
         row = self._new[table].get(key)
         if row is not None:
             row.update(values)
