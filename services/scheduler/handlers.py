@@ -3,7 +3,9 @@ activity and timers move tasks along the ladder.
 
 Each handler runs inside one unit of work (the inbox's, or the timer runner's): its rows, its
 timers and its outbox events commit together. Decisions come from the pure modules
-(`policy`, `linking`); this module only reads and writes what they need.
+(`policy`, `linking`); this module only reads and writes what they need. Reports are applied
+a batch at a time against a working set read once, and new rows are written once per table
+(`batch`); a single report is a batch of one.
 
 Revisions of a report (intake's A08 updates, resubmitted PCRs) update the report's link; they
 do not plan again. Times come from events and the unit of work's clock, never from the system.
