@@ -2,7 +2,9 @@
 
 The consumer commits a partition's offset only after the inbox processor has committed the
 handler's database transaction, so a crash anywhere redelivers instead of losing a message.
-Records of one partition are applied in batches (one unit of work each) in their order.
+The records of one fetch are applied in batches (one unit of work each), every partition's
+records in their order; a batch may hold several partitions' records, since records of
+different partitions have no order between them.
 """
 
 from __future__ import annotations
@@ -113,24 +115,21 @@ class ConsumerLoop:
 
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
-            batches = await self._consumer.getmany(timeout_ms=500, max_records=200)
-            for tp, records in batches.items():
-                await self._drain(tp, records, stop)
+            fetched = await self._consumer.getmany(timeout_ms=500, max_records=200)
+            messages = [
+                IncomingMessage(
+                    topic=record.topic,
+                    partition=record.partition,
+                    offset=record.offset,
+                    key=record.key,
+                    value=record.value,
+                )
+                for records in fetched.values()
+                for record in records
+            ]
+            await self._drain(messages, stop)
 
-    async def _drain(
-        self, tp: TopicPartition, records: Sequence[object], stop: asyncio.Event
-    ) -> None:
-        messages = [
-            IncomingMessage(
-                topic=record.topic,  # type: ignore[attr-defined]
-                partition=record.partition,  # type: ignore[attr-defined]
-                offset=record.offset,  # type: ignore[attr-defined]
-                key=record.key,  # type: ignore[attr-defined]
-                value=record.value,  # type: ignore[attr-defined]
-            )
-            for record in records
-        ]
-        done: int | None = None
+    async def _drain(self, messages: Sequence[IncomingMessage], stop: asyncio.Event) -> None:
         for start in range(0, len(messages), self._batch_size):
             chunk = messages[start : start + self._batch_size]
             try:
@@ -142,16 +141,27 @@ class ConsumerLoop:
                     "transient failure; will redeliver",
                     extra={"topic": chunk[0].topic, "partition": chunk[0].partition},
                 )
-                if done is not None:
-                    await self._consumer.commit({tp: done + 1})
-                self._consumer.seek(tp, chunk[0].offset)
+                # Fetch again from each partition's first record not yet applied.
+                for tp, offset in _offsets(messages[start:], after=False).items():
+                    self._consumer.seek(tp, offset)
                 await asyncio.sleep(self._retry_backoff)
                 return
-            done = chunk[-1].offset
+            await self._consumer.commit(_offsets(chunk, after=True))
             if stop.is_set():
-                break
-        if done is not None:
-            await self._consumer.commit({tp: done + 1})
+                return
+
+
+def _offsets(messages: Sequence[IncomingMessage], *, after: bool) -> dict[TopicPartition, int]:
+    """Per partition, the offset after its last message (after=True: the offset to commit) or
+    of its first message (after=False: where to fetch again)."""
+    offsets: dict[TopicPartition, int] = {}
+    for m in messages:
+        tp = TopicPartition(m.topic, m.partition)
+        if after:
+            offsets[tp] = m.offset + 1
+        else:
+            offsets.setdefault(tp, m.offset)
+    return offsets
 
 
 async def create_topics(

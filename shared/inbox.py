@@ -6,6 +6,10 @@ failure that no retry can mend (an event that does not match its schema, data se
 keys this service does not hold) is dead-lettered at once.
 Transient infrastructure failures (the database is down) are not the message's fault: they
 are raised to the consumer loop, which backs off and redelivers without counting attempts.
+
+A consumer may also give a batch handler, which applies several events in one call (with
+set-based reads and writes) exactly as the handler would apply them one after another; a
+batch of one goes through the batch handler too, so there is one way to apply an event.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from shared.sealing import SealingError
 from shared.uow import UnitOfWork
 
 __all__ = [
+    "BatchHandler",
     "DeadLetter",
     "Handler",
     "InboxProcessor",
@@ -40,6 +45,8 @@ log = logging.getLogger(__name__)
 
 U = TypeVar("U", bound=UnitOfWork)
 Handler = Callable[[U, Envelope], Awaitable[None]]
+BatchHandler = Callable[[U, Sequence[Envelope]], Awaitable[None]]
+"""Applies events in their order, with the effect of applying each in turn with the handler."""
 
 
 class InboxRecord(SQLModel, table=True):
@@ -121,8 +128,10 @@ class InboxProcessor(Generic[U]):
         backoff_seconds: float = 0.2,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         permanent: tuple[type[Exception], ...] = (EnvelopeError, SealingError),
+        batch_handler: BatchHandler[U] | None = None,
     ) -> None:
         self._permanent = permanent
+        self._batch_handler = batch_handler
         self.consumer = consumer
         self._uow_factory = uow_factory
         self._handler = handler
@@ -201,33 +210,48 @@ class InboxProcessor(Generic[U]):
                 ).scalars()
             )
             outcomes: list[Outcome] = []
+            fresh: list[Envelope] = []
             for envelope in envelopes:
                 if envelope.id in seen:
                     outcomes.append(Outcome.DUPLICATE)
                     continue
-                await self._handler(uow, envelope)
-                uow.session.add(
-                    InboxRecord(
-                        consumer=self.consumer, event_id=envelope.id, processed_at=uow.clock.now()
-                    )
-                )
                 seen.add(envelope.id)
+                fresh.append(envelope)
                 outcomes.append(Outcome.APPLIED)
+            await self._handle(uow, fresh)
+            await self._mark(uow, fresh)
             await uow.commit()
         return outcomes
+
+    async def _handle(self, uow: U, envelopes: Sequence[Envelope]) -> None:
+        if not envelopes:
+            return
+        if self._batch_handler is not None:
+            await self._batch_handler(uow, envelopes)
+            return
+        for envelope in envelopes:
+            await self._handler(uow, envelope)
+
+    async def _mark(self, uow: U, envelopes: Sequence[Envelope]) -> None:
+        """The inbox rows, in one statement, committed with the handler's effects."""
+        if envelopes:
+            now = uow.clock.now()
+            await uow.session.execute(
+                INBOX.insert(),
+                [
+                    {"consumer": self.consumer, "event_id": e.id, "processed_at": now}
+                    for e in envelopes
+                ],
+            )
 
     async def _apply(self, envelope: Envelope) -> Outcome:
         async with self._uow_factory() as uow:
             seen = await uow.session.get(InboxRecord, (self.consumer, envelope.id))
             if seen is not None:
                 return Outcome.DUPLICATE
-            await self._handler(uow, envelope)
-            uow.session.add(
-                InboxRecord(
-                    consumer=self.consumer, event_id=envelope.id, processed_at=uow.clock.now()
-                )
-            )
+            await self._handle(uow, [envelope])
             try:
+                await self._mark(uow, [envelope])
                 await uow.commit()
             except sa.exc.IntegrityError:
                 # Either a concurrent delivery of the same event won the race (ours rolled

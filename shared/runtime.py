@@ -38,11 +38,13 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class ConsumerSpec:
-    """A consumer a service runs: its name (also its inbox key and group id) and handler."""
+    """A consumer a service runs: its name (also its inbox key and group id) and handler, and
+    optionally a batch handler with the same effect (see shared/inbox.py)."""
 
     name: str
     topics: Sequence[str]
     handler: Callable[[UnitOfWork, Envelope], Awaitable[None]]
+    batch_handler: Callable[[UnitOfWork, Sequence[Envelope]], Awaitable[None]] | None = None
 
 
 class _CountingProcessor(InboxProcessor[UnitOfWork]):
@@ -144,6 +146,7 @@ class Runtime:
             spec.handler,
             max_attempts=self.settings.inbox_max_attempts,
             backoff_seconds=self.settings.inbox_retry_backoff_seconds,
+            batch_handler=spec.batch_handler,
         )
         while not self._stop.is_set():
             consumer = make_consumer(

@@ -1,4 +1,9 @@
-"""The unit of work: one transaction, one commit point, with the outbox written inside it."""
+"""The unit of work: one transaction, one commit point, with the outbox written inside it.
+
+Published events are kept in memory and their outbox rows inserted just before the commit,
+in one statement, inside the same transaction: a rollback (or an abandoned unit of work)
+leaves no row behind, and a commit always carries every event published through it.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +14,8 @@ from typing import Self
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from shared.clock import Clock
-from shared.envelope import Envelope, Event
-from shared.outbox import OutboxRecord
+from shared.envelope import Envelope, Event, event_model
+from shared.outbox import OUTBOX
 
 __all__ = ["UnitOfWork"]
 
@@ -33,11 +38,13 @@ class UnitOfWork:
         self.clock = clock
         self.source = source
         self.published: list[Envelope] = []
+        self._outboxed = 0
         self._committed = False
 
     async def __aenter__(self) -> Self:
         self.session = self._sessions()
         self.published = []
+        self._outboxed = 0
         self._committed = False
         return self
 
@@ -62,7 +69,11 @@ class UnitOfWork:
         causation_id: str | None = None,
         event_id: str | None = None,
     ) -> Envelope:
-        """Stage an event in the outbox; it is published only if this unit of work commits."""
+        """Stage an event for the outbox; it is published only if this unit of work commits.
+
+        Events leave in the order they were staged. A caller that rolls back part of its work
+        (a savepoint) removes that part's events from ``published`` itself.
+        """
         envelope = Envelope.wrap(
             event,
             source=self.source,
@@ -72,19 +83,34 @@ class UnitOfWork:
             correlation_id=correlation_id,
             causation_id=causation_id,
         )
-        self.session.add(
-            OutboxRecord(
-                event_id=envelope.id,
-                topic=event.topic,
-                key=subject,
-                payload=envelope.model_dump_json(),
-                created_at=self.clock.now(),
-            )
-        )
         self.published.append(envelope)
         return envelope
 
+    async def flush(self) -> None:
+        """Insert the outbox rows of the events staged so far, in one statement; they still
+        commit or roll back with the unit of work. commit() does this itself."""
+        # Events dropped with a savepoint took their rows (if any were written) with them.
+        self._outboxed = min(self._outboxed, len(self.published))
+        staged = self.published[self._outboxed :]
+        if staged:
+            await self.session.execute(
+                OUTBOX.insert(),
+                [
+                    {
+                        "event_id": e.id,
+                        "topic": event_model(e.type, e.dataversion).topic,
+                        "key": e.subject,
+                        "payload": e.model_dump_json(),
+                        "created_at": e.time,
+                    }
+                    for e in staged
+                ],
+            )
+            self._outboxed = len(self.published)
+        await self.session.flush()
+
     async def commit(self) -> None:
+        await self.flush()
         await self.session.commit()
         self._committed = True
         if self.published and self._on_published is not None:

@@ -54,7 +54,9 @@ def create_app(settings: Settings) -> FastAPI:
     def consumers(_runtime: Runtime) -> Sequence[ConsumerSpec]:
         s = scheduler()
         return [
-            ConsumerSpec("overdoses", [INTAKE_OVERDOSES.name], s.on_overdose),
+            ConsumerSpec(
+                "overdoses", [INTAKE_OVERDOSES.name], s.on_overdose, batch_handler=s.on_overdoses
+            ),
             ConsumerSpec("activity", [OUTREACH_ACTIVITY.name], s.on_activity),
         ]
 

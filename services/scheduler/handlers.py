@@ -3,7 +3,9 @@ activity and timers move tasks along the ladder.
 
 Each handler runs inside one unit of work (the inbox's, or the timer runner's): its rows, its
 timers and its outbox events commit together. Decisions come from the pure modules
-(`policy`, `linking`); this module only reads and writes what they need.
+(`policy`, `linking`); this module only reads and writes what they need. Reports are applied
+a batch at a time against a working set read once, and new rows are written once per table
+(`batch`); a single report is a batch of one.
 
 Revisions of a report (intake's A08 updates, resubmitted PCRs) update the report's link; they
 do not plan again. Times come from events and the unit of work's clock, never from the system.
@@ -15,7 +17,7 @@ import dataclasses
 import json
 import logging
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Any
@@ -23,22 +25,9 @@ from typing import Any
 import sqlalchemy as sa
 
 from services.scheduler import timers
-from services.scheduler.linking import (
-    EpisodeRef,
-    PersonCandidate,
-    ReportIdentity,
-    episode_for,
-    link,
-)
-from services.scheduler.models import (
-    CASE,
-    EPISODE,
-    PERSON,
-    PERSON_KEY,
-    POSSIBLE_MATCH,
-    REPORT_LINK,
-    TASK,
-)
+from services.scheduler.batch import ReportBatch, Writes
+from services.scheduler.linking import ReportIdentity, episode_for, link
+from services.scheduler.models import CASE, EPISODE, PERSON, POSSIBLE_MATCH, TASK
 from services.scheduler.policy import (
     PlannedTask,
     Policy,
@@ -47,10 +36,9 @@ from services.scheduler.policy import (
     follow_ups,
     plan_episode,
 )
-from shared.envelope import Envelope
+from shared.envelope import Envelope, Event
 from shared.events import (
     AttemptLogged,
-    BlindKeys,
     CaseClosed,
     CaseOpened,
     ContactMade,
@@ -79,8 +67,6 @@ log = logging.getLogger(__name__)
 
 FAILED_OUTCOMES = frozenset({"no_answer", "left_message", "wrong_number", "not_found"})
 """Attempt outcomes that count towards escalation to an in-person visit."""
-
-_KEY_KINDS = ("name_dob", "phone", "mrn", "dob")
 
 
 class PolicyBook:
@@ -132,31 +118,37 @@ class Scheduler:
     # --- reports -------------------------------------------------------------------------
 
     async def on_overdose(self, uow: UnitOfWork, envelope: Envelope) -> None:
-        event = envelope.event()
-        if not isinstance(event, OverdoseReported):
+        await self.on_overdoses(uow, [envelope])
+
+    async def on_overdoses(self, uow: UnitOfWork, envelopes: Sequence[Envelope]) -> None:
+        """Apply reports in their order, reading and writing the batch's rows once (batch.py)."""
+        reports = [e for e in (env.event() for env in envelopes) if isinstance(e, OverdoseReported)]
+        if not reports:
             return
+        batch = await ReportBatch.load(uow.session, reports, self._open_identity)
+        for event in reports:
+            await self._apply_report(uow, batch, event)
+        await batch.writes.flush(uow.session)
+
+    def _open_identity(self, sealed: str) -> dict[str, Any]:
+        identity: dict[str, Any] = self._sealer.open_json(sealed, context="identity")
+        return identity
+
+    async def _apply_report(
+        self, uow: UnitOfWork, batch: ReportBatch, event: OverdoseReported
+    ) -> None:
         s = uow.session
         now = uow.clock.now()
-        known = (
-            await s.execute(
-                sa.select(REPORT_LINK).where(REPORT_LINK.c.report_id == event.report_id)
-            )
-        ).first()
+        known = batch.revision(event.report_id)
         if known is not None:
-            if event.revision > known.revision:
-                await s.execute(
-                    REPORT_LINK.update()
-                    .where(REPORT_LINK.c.report_id == event.report_id)
-                    .values(revision=event.revision)
-                )
+            if event.revision > known:
+                await batch.revise(s, event.report_id, event.revision)
             return
         if event.deidentified:
-            await self._count_deidentified(uow, event, now)
+            self._count_deidentified(batch, event, now)
             return
 
-        identity = (
-            self._sealer.open_json(event.identity, context="identity") if event.identity else {}
-        )
+        identity = self._open_identity(event.identity) if event.identity else {}
         report = ReportIdentity(
             family=identity.get("family"),
             given=identity.get("given"),
@@ -165,94 +157,71 @@ class Scheduler:
             mrn=identity.get("mrn"),
             blind=event.blind_keys,
         )
-        decision = link(report, await self._candidates(uow, event.program_id, event.blind_keys))
+        decision = link(report, batch.candidates(event.program_id, event.blind_keys))
         if decision.kind == "deidentified":  # nothing left to reach the person by
-            await self._count_deidentified(uow, event, now)
+            self._count_deidentified(batch, event, now)
             return
         if decision.kind == "exact" and decision.person_id is not None:
-            person_id = decision.person_id
+            person = batch.person(decision.person_id)
             match = "exact"
         else:
-            person_id = self._new_id()
             match = "possible" if decision.kind == "possible" else "new_person"
-            await s.execute(
-                PERSON.insert().values(
-                    id=person_id,
-                    program_id=event.program_id,
-                    identity_sealed=event.identity,
-                    do_not_contact=False,
-                    created_at=now,
-                )
+            person = batch.add_person(
+                {
+                    "id": self._new_id(),
+                    "program_id": event.program_id,
+                    "identity_sealed": event.identity,
+                    "do_not_contact": False,
+                    "created_at": now,
+                }
             )
             for possible in decision.possible:
-                await s.execute(
-                    POSSIBLE_MATCH.insert().values(
-                        id=self._new_id(),
-                        program_id=event.program_id,
-                        report_id=event.report_id,
-                        person_id=person_id,
-                        candidate_id=possible.person_id,
-                        reasons=json.dumps(list(possible.reasons)),
-                        status="open",
-                        created_at=now,
-                    )
+                batch.writes.insert(
+                    POSSIBLE_MATCH,
+                    {
+                        "id": self._new_id(),
+                        "program_id": event.program_id,
+                        "report_id": event.report_id,
+                        "person_id": person.id,
+                        "candidate_id": possible.person_id,
+                        "reasons": json.dumps(list(possible.reasons)),
+                        "status": "open",
+                        "created_at": now,
+                    },
                 )
-        await self._remember_keys(uow, person_id, event.blind_keys)
-        person = (await s.execute(sa.select(PERSON).where(PERSON.c.id == person_id))).one()
+        batch.remember_keys(person, event.blind_keys)
         if event.identity and person.identity_sealed != event.identity:
-            await s.execute(
-                PERSON.update()
-                .where(PERSON.c.id == person_id)
-                .values(identity_sealed=event.identity)
-            )
+            await batch.reseal(s, person, event.identity)
 
-        case = (
-            await s.execute(
-                sa.select(CASE).where(CASE.c.person_id == person_id, CASE.c.status == "open")
-            )
-        ).first()
+        case = batch.open_case(person.id)
         policy = self._policies.for_program(event.program_id)
+        case_is_new = case is None
         if case is None:
-            case_id, priority, case_is_new = self._new_id(), policy.priorities.default, True
-            await s.execute(
-                CASE.insert().values(
-                    id=case_id,
-                    program_id=event.program_id,
-                    person_id=person_id,
-                    status="open",
-                    priority=priority,
-                    opened_at=now,
-                )
+            case = batch.open(
+                {
+                    "id": self._new_id(),
+                    "program_id": event.program_id,
+                    "person_id": person.id,
+                    "status": "open",
+                    "priority": policy.priorities.default,
+                    "opened_at": now,
+                }
             )
             uow.publish(
                 CaseOpened(
-                    case_id=case_id, program_id=event.program_id, person_id=person_id, opened_at=now
+                    case_id=case.id, program_id=event.program_id, person_id=person.id, opened_at=now
                 ),
-                subject=str(case_id),
+                subject=str(case.id),
             )
-        else:
-            case_id, priority, case_is_new = case.id, case.priority, False
 
-        episodes = [
-            EpisodeRef(
-                episode_id=row.id,
-                incident_at=row.incident_at,
-                sources=frozenset(row.sources.split(",")),
-            )
-            for row in await s.execute(sa.select(EPISODE).where(EPISODE.c.case_id == case_id))
-        ]
-        same = episode_for(event.incident_at, event.source_kind, episodes, window=self._window)
+        same = episode_for(event.incident_at, event.source_kind, case.episodes, window=self._window)
         if same is not None:
-            await s.execute(
-                EPISODE.update()
-                .where(EPISODE.c.id == same.episode_id)
-                .values(sources=",".join(sorted(same.sources | {event.source_kind})))
-            )
-            await self._link(uow, event, same.episode_id, case_id, match, now)
+            await batch.merge_source(s, case, same, event.source_kind)
+            self._link(uow, batch, event, same.episode_id, case.id, match, now)
             return
 
         episode_id = self._new_id()
-        repeat = not case_is_new and bool(episodes)
+        repeat = not case_is_new and bool(case.episodes)
         plan = plan_episode(
             policy,
             incident_at=event.incident_at,
@@ -260,160 +229,113 @@ class Scheduler:
             do_not_contact=person.do_not_contact,
             deidentified=False,
             repeat=repeat,
-            current_priority=priority,
+            current_priority=case.priority,
         )
-        await s.execute(
-            EPISODE.insert().values(
-                id=episode_id,
-                program_id=event.program_id,
-                case_id=case_id,
-                person_id=person_id,
-                incident_at=event.incident_at,
-                sources=event.source_kind,
-                consent=event.consent.value,
-                deidentified=False,
-                repeat=repeat,
-                plan_reasons=json.dumps([str(r) for r in plan.reason]),
-                created_at=now,
-            )
+        batch.add_episode(
+            case,
+            {
+                "id": episode_id,
+                "program_id": event.program_id,
+                "case_id": case.id,
+                "person_id": person.id,
+                "incident_at": event.incident_at,
+                "sources": event.source_kind,
+                "consent": event.consent.value,
+                "deidentified": False,
+                "repeat": repeat,
+                "plan_reasons": json.dumps([str(r) for r in plan.reason]),
+                "created_at": now,
+            },
         )
         uow.publish(
             EpisodeOpened(
-                case_id=case_id,
+                case_id=case.id,
                 program_id=event.program_id,
                 episode_id=episode_id,
-                person_id=person_id,
+                person_id=person.id,
                 incident_at=event.incident_at,
                 repeat=repeat,
             ),
-            subject=str(case_id),
+            subject=str(case.id),
         )
-        await self._link(uow, event, episode_id, case_id, match, now)
-        if plan.priority is not None and plan.priority != priority:
-            await s.execute(
-                CASE.update().where(CASE.c.id == case_id).values(priority=plan.priority)
-            )
+        self._link(uow, batch, event, episode_id, case.id, match, now)
+        if plan.priority is not None and plan.priority != case.priority:
+            await batch.reprioritize(s, case, plan.priority)
         if repeat and plan.tasks:
-            for task in await self._open_tasks(uow, case_id, kinds=(TaskKind.REMOTE_CONTACT,)):
+            remote = (TaskKind.REMOTE_CONTACT,)
+            older = [] if batch.is_new_case(case) else await self._open_tasks(uow, case.id, remote)
+            newer = [_task(t) for t in batch.new_tasks(case.id, remote)]
+            for task in [*older, *newer]:
                 await self._close(
-                    uow, task, status="cancelled", reason="superseded_by_repeat_overdose"
+                    uow,
+                    batch.writes,
+                    task,
+                    status="cancelled",
+                    reason="superseded_by_repeat_overdose",
                 )
         for planned in plan.tasks:
-            await self._schedule_task(uow, planned, event.program_id, case_id, episode_id, now)
+            self._schedule_task(
+                uow,
+                batch.writes,
+                planned,
+                event.program_id,
+                case.id,
+                episode_id,
+                event.incident_at,
+                now,
+            )
 
-    async def _count_deidentified(
-        self, uow: UnitOfWork, event: OverdoseReported, now: datetime
+    def _count_deidentified(
+        self, batch: ReportBatch, event: OverdoseReported, now: datetime
     ) -> None:
         """Counted, never assignable: an episode with no person and no case."""
         episode_id = self._new_id()
-        await uow.session.execute(
-            EPISODE.insert().values(
-                id=episode_id,
-                program_id=event.program_id,
-                incident_at=event.incident_at,
-                sources=event.source_kind,
-                consent=event.consent.value,
-                deidentified=True,
-                repeat=False,
-                plan_reasons=json.dumps(["deidentified_cannot_assign"]),
-                created_at=now,
-            )
+        batch.add_episode(
+            None,
+            {
+                "id": episode_id,
+                "program_id": event.program_id,
+                "case_id": None,
+                "person_id": None,
+                "incident_at": event.incident_at,
+                "sources": event.source_kind,
+                "consent": event.consent.value,
+                "deidentified": True,
+                "repeat": False,
+                "plan_reasons": json.dumps(["deidentified_cannot_assign"]),
+                "created_at": now,
+            },
         )
-        await uow.session.execute(
-            REPORT_LINK.insert().values(
-                report_id=event.report_id,
-                episode_id=episode_id,
-                source_kind=event.source_kind,
-                revision=event.revision,
-                match="deidentified",
-                linked_at=now,
-            )
+        batch.link(
+            {
+                "report_id": event.report_id,
+                "episode_id": episode_id,
+                "source_kind": event.source_kind,
+                "revision": event.revision,
+                "match": "deidentified",
+                "linked_at": now,
+            }
         )
 
-    async def _candidates(
-        self, uow: UnitOfWork, program_id: str, blind: BlindKeys
-    ) -> list[PersonCandidate]:
-        wanted = [(k, getattr(blind, k)) for k in _KEY_KINDS if getattr(blind, k)]
-        if not wanted:
-            return []
-        s = uow.session
-        ids = set(
-            (
-                await s.execute(
-                    sa.select(PERSON_KEY.c.person_id)
-                    .join(PERSON, PERSON.c.id == PERSON_KEY.c.person_id)
-                    .where(
-                        PERSON.c.program_id == program_id,
-                        sa.or_(
-                            *[
-                                sa.and_(PERSON_KEY.c.kind == k, PERSON_KEY.c.value == v)
-                                for k, v in wanted
-                            ]
-                        ),
-                    )
-                )
-            ).scalars()
-        )
-        if not ids:
-            return []
-        keys: dict[uuid.UUID, dict[str, set[str]]] = {
-            i: {k: set() for k in _KEY_KINDS} for i in ids
-        }
-        for row in await s.execute(sa.select(PERSON_KEY).where(PERSON_KEY.c.person_id.in_(ids))):
-            keys[row.person_id][row.kind].add(row.value)
-        candidates = []
-        for row in await s.execute(sa.select(PERSON).where(PERSON.c.id.in_(ids))):
-            identity: dict[str, Any] = (
-                self._sealer.open_json(row.identity_sealed, context="identity")
-                if row.identity_sealed
-                else {}
-            )
-            candidates.append(
-                PersonCandidate(
-                    person_id=row.id,
-                    family=identity.get("family"),
-                    given=identity.get("given"),
-                    dob=date.fromisoformat(identity["dob"]) if identity.get("dob") else None,
-                    name_dob_keys=frozenset(keys[row.id]["name_dob"]),
-                    phone_keys=frozenset(keys[row.id]["phone"]),
-                    mrn_keys=frozenset(keys[row.id]["mrn"]),
-                )
-            )
-        return candidates
-
-    async def _remember_keys(self, uow: UnitOfWork, person_id: uuid.UUID, blind: BlindKeys) -> None:
-        s = uow.session
-        have = {
-            (r.kind, r.value)
-            for r in await s.execute(
-                sa.select(PERSON_KEY).where(PERSON_KEY.c.person_id == person_id)
-            )
-        }
-        for kind in _KEY_KINDS:
-            value = getattr(blind, kind)
-            if value and (kind, value) not in have:
-                await s.execute(
-                    PERSON_KEY.insert().values(person_id=person_id, kind=kind, value=value)
-                )
-
-    async def _link(
+    def _link(
         self,
         uow: UnitOfWork,
+        batch: ReportBatch,
         event: OverdoseReported,
         episode_id: uuid.UUID,
         case_id: uuid.UUID,
         match: str,
         now: datetime,
     ) -> None:
-        await uow.session.execute(
-            REPORT_LINK.insert().values(
-                report_id=event.report_id,
-                episode_id=episode_id,
-                source_kind=event.source_kind,
-                revision=event.revision,
-                match=match,
-                linked_at=now,
-            )
+        batch.link(
+            {
+                "report_id": event.report_id,
+                "episode_id": episode_id,
+                "source_kind": event.source_kind,
+                "revision": event.revision,
+                "match": match,
+                "linked_at": now,
+            }
         )
         uow.publish(
             ReportLinked(
@@ -428,33 +350,39 @@ class Scheduler:
 
     # --- tasks and timers ---------------------------------------------------------------
 
-    async def _schedule_task(
+    def _schedule_task(
         self,
         uow: UnitOfWork,
+        writes: Writes,
         planned: PlannedTask,
         program_id: str,
         case_id: uuid.UUID,
         episode_id: uuid.UUID,
+        incident_at: datetime,
         now: datetime,
     ) -> uuid.UUID:
+        """The task, its timers and its TaskScheduled; incident_at is the episode's."""
         task_id = self._new_id()
-        await uow.session.execute(
-            TASK.insert().values(
-                id=task_id,
-                program_id=program_id,
-                case_id=case_id,
-                episode_id=episode_id,
-                kind=planned.kind.value,
-                status="open",
-                priority=planned.priority,
-                window_opens_at=planned.window_opens_at,
-                due_at=planned.due_at,
-                expires_at=planned.expires_at,
-                policy_version=planned.policy_version,
-                with_deputy=planned.with_deputy,
-                failed_attempts=0,
-                created_at=now,
-            )
+        writes.insert(
+            TASK,
+            {
+                "id": task_id,
+                "program_id": program_id,
+                "case_id": case_id,
+                "episode_id": episode_id,
+                "kind": planned.kind.value,
+                "status": "open",
+                "priority": planned.priority,
+                "window_opens_at": planned.window_opens_at,
+                "due_at": planned.due_at,
+                "expires_at": planned.expires_at,
+                "policy_version": planned.policy_version,
+                "with_deputy": planned.with_deputy,
+                "failed_attempts": 0,
+                "created_at": now,
+                "closed_at": None,
+                "outcome": None,
+            },
         )
         uow.publish(
             TaskScheduled(
@@ -481,7 +409,7 @@ class Scheduler:
             policy = self._policies.for_program(program_id)
             escalation = escalation_due(
                 policy,
-                incident_at=await self._incident_at(uow, episode_id),
+                incident_at=incident_at,
                 task_opened_at=planned.window_opens_at,
                 failed_attempts=0,
                 contact_made=False,
@@ -491,14 +419,17 @@ class Scheduler:
             if escalation is not None:
                 due["escalate"] = escalation.escalate_at
         for kind, at in due.items():
-            await timers.schedule(
-                uow.session,
-                key=f"{task_id}:{kind}",
-                kind=kind,
-                due_at=at,
-                task_id=task_id,
-                case_id=case_id,
-                now=now,
+            writes.insert(
+                timers.TIMER,
+                {
+                    "key": f"{task_id}:{kind}",
+                    "kind": kind,
+                    "due_at": at,
+                    "task_id": task_id,
+                    "case_id": case_id,
+                    "created_at": now,
+                    "cancelled_at": None,
+                },
             )
         return task_id
 
@@ -516,16 +447,17 @@ class Scheduler:
         query = sa.select(TASK).where(TASK.c.case_id == case_id, TASK.c.status == "open")
         if kinds:
             query = query.where(TASK.c.kind.in_([k.value for k in kinds]))
-        return [_task(r) for r in await uow.session.execute(query.order_by(TASK.c.created_at))]
+        rows = await uow.session.execute(query.order_by(TASK.c.created_at))
+        return [_task(r._mapping) for r in rows]
 
-    async def _close(self, uow: UnitOfWork, task: _Task, *, status: str, reason: str) -> None:
+    async def _close(
+        self, uow: UnitOfWork, writes: Writes, task: _Task, *, status: str, reason: str
+    ) -> None:
         now = uow.clock.now()
-        await uow.session.execute(
-            TASK.update()
-            .where(TASK.c.id == task.id)
-            .values(status=status, closed_at=now, outcome=reason)
+        await writes.update(
+            uow.session, TASK, task.id, status=status, closed_at=now, outcome=reason
         )
-        await timers.cancel_for_task(uow.session, task_id=task.id, now=now)
+        await writes.cancel_timers(uow.session, task_id=task.id, now=now)
         common = {"case_id": task.case_id, "program_id": task.program_id, "task_id": task.id}
         if status == "completed":
             uow.publish(
@@ -536,13 +468,14 @@ class Scheduler:
                 TaskCancelled(**common, reason=reason, cancelled_at=now), subject=str(task.case_id)
             )
 
-    async def _escalate(self, uow: UnitOfWork, task: _Task) -> bool:
+    async def _escalate(self, uow: UnitOfWork, writes: Writes, task: _Task) -> bool:
         """Schedule the in-person visit when the ladder says so; True when it did."""
         policy = self._policies.for_program(task.program_id)
         now = uow.clock.now()
+        incident_at = await self._incident_at(uow, task.episode_id)
         escalation = escalation_due(
             policy,
-            incident_at=await self._incident_at(uow, task.episode_id),
+            incident_at=incident_at,
             task_opened_at=task.window_opens_at,
             failed_attempts=task.failed_attempts,
             contact_made=False,
@@ -551,20 +484,34 @@ class Scheduler:
         )
         if escalation is None or not escalation.is_due(now):
             return False
-        await self._close(uow, task, status="completed", reason="escalated_to_in_person")
-        await self._schedule_task(
-            uow, escalation.task, task.program_id, task.case_id, task.episode_id, now
+        await self._close(uow, writes, task, status="completed", reason="escalated_to_in_person")
+        self._schedule_task(
+            uow,
+            writes,
+            escalation.task,
+            task.program_id,
+            task.case_id,
+            task.episode_id,
+            incident_at,
+            now,
         )
         return True
 
     async def on_timer(self, uow: UnitOfWork, timer: timers.Timer, late: bool) -> None:
         """A durable timer fired (exactly once): announce it and move the task along."""
+        writes = Writes()
+        await self._on_timer(uow, writes, timer, late)
+        await writes.flush(uow.session)
+
+    async def _on_timer(
+        self, uow: UnitOfWork, writes: Writes, timer: timers.Timer, late: bool
+    ) -> None:
         if timer.task_id is None:
             return
         row = (await uow.session.execute(sa.select(TASK).where(TASK.c.id == timer.task_id))).first()
         if row is None or row.status != "open":
             return
-        task = _task(row)
+        task = _task(row._mapping)
         now = uow.clock.now()
         common = {
             "case_id": task.case_id,
@@ -587,24 +534,28 @@ class Scheduler:
             await timers.cancel_for_task(uow.session, task_id=task.id, now=now)
             uow.publish(TaskExpired(**common), subject=subject)
         elif timer.kind == "escalate":
-            await self._escalate(uow, task)
+            await self._escalate(uow, writes, task)
 
     # --- outreach activity ----------------------------------------------------------------
 
     async def on_activity(self, uow: UnitOfWork, envelope: Envelope) -> None:
-        event = envelope.event()
+        writes = Writes()
+        await self._on_activity(uow, writes, envelope.event())
+        await writes.flush(uow.session)
+
+    async def _on_activity(self, uow: UnitOfWork, writes: Writes, event: Event) -> None:
         s = uow.session
         if isinstance(event, AttemptLogged):
             row = (await s.execute(sa.select(TASK).where(TASK.c.id == event.task_id))).first()
             if row is None or row.status != "open":
                 return
-            task = _task(row)
+            task = _task(row._mapping)
             if event.outcome == "declined":
-                await self._stop_case(uow, event.case_id, reason="declined")
+                await self._stop_case(uow, writes, event.case_id, reason="declined")
             elif event.outcome == "reached":
                 if task.kind == TaskKind.FOLLOW_UP.value:  # the follow-up itself is done
-                    await self._close(uow, task, status="completed", reason="contact_made")
-                await self._contact(uow, event.case_id, event.occurred_at)
+                    await self._close(uow, writes, task, status="completed", reason="contact_made")
+                await self._contact(uow, writes, event.case_id, event.occurred_at)
             elif event.outcome in FAILED_OUTCOMES:
                 task = dataclasses.replace(task, failed_attempts=task.failed_attempts + 1)
                 await s.execute(
@@ -613,23 +564,23 @@ class Scheduler:
                     .values(failed_attempts=task.failed_attempts)
                 )
                 if task.kind == TaskKind.REMOTE_CONTACT.value:
-                    await self._escalate(uow, task)
+                    await self._escalate(uow, writes, task)
         elif isinstance(event, ContactMade):
-            await self._contact(uow, event.case_id, event.occurred_at)
+            await self._contact(uow, writes, event.case_id, event.occurred_at)
         elif isinstance(event, VisitCompleted):
             if event.reached:
-                await self._contact(uow, event.case_id, event.occurred_at)
+                await self._contact(uow, writes, event.case_id, event.occurred_at)
         elif isinstance(event, OutreachDeclined):
-            await self._stop_case(uow, event.case_id, reason="declined")
+            await self._stop_case(uow, writes, event.case_id, reason="declined")
         elif isinstance(event, DoNotContactRequested):
             case = (await s.execute(sa.select(CASE).where(CASE.c.id == event.case_id))).first()
             if case is not None:
                 await s.execute(
                     PERSON.update().where(PERSON.c.id == case.person_id).values(do_not_contact=True)
                 )
-            await self._stop_case(uow, event.case_id, reason="do_not_contact")
+            await self._stop_case(uow, writes, event.case_id, reason="do_not_contact")
         elif isinstance(event, OutreachConcluded):
-            await self._stop_case(uow, event.case_id, reason="outreach_concluded")
+            await self._stop_case(uow, writes, event.case_id, reason="outreach_concluded")
             case = (await s.execute(sa.select(CASE).where(CASE.c.id == event.case_id))).first()
             if case is not None and case.status == "open":
                 now = uow.clock.now()
@@ -648,13 +599,15 @@ class Scheduler:
                     subject=str(event.case_id),
                 )
 
-    async def _contact(self, uow: UnitOfWork, case_id: uuid.UUID, contact_at: datetime) -> None:
+    async def _contact(
+        self, uow: UnitOfWork, writes: Writes, case_id: uuid.UUID, contact_at: datetime
+    ) -> None:
         """Contact made: the remote or visit task is done; follow-ups are planned."""
         done = False
         for task in await self._open_tasks(
             uow, case_id, kinds=(TaskKind.REMOTE_CONTACT, TaskKind.IN_PERSON_VISIT)
         ):
-            await self._close(uow, task, status="completed", reason="contact_made")
+            await self._close(uow, writes, task, status="completed", reason="contact_made")
             done = True
             episode_id, program_id, priority = task.episode_id, task.program_id, task.priority
         if not done:
@@ -663,33 +616,27 @@ class Scheduler:
         person = (
             await uow.session.execute(sa.select(PERSON).where(PERSON.c.id == case.person_id))
         ).one()
-        for planned in follow_ups(
+        plans = follow_ups(
             self._policies.for_program(program_id),
             contact_at=contact_at,
             declined=False,
             do_not_contact=person.do_not_contact,
             priority=priority,
-        ):
-            await self._schedule_task(
-                uow, planned, program_id, case_id, episode_id, uow.clock.now()
+        )
+        if not plans:
+            return
+        incident_at = await self._incident_at(uow, episode_id)
+        for planned in plans:
+            self._schedule_task(
+                uow, writes, planned, program_id, case_id, episode_id, incident_at, uow.clock.now()
             )
 
-    async def _stop_case(self, uow: UnitOfWork, case_id: uuid.UUID, *, reason: str) -> None:
+    async def _stop_case(
+        self, uow: UnitOfWork, writes: Writes, case_id: uuid.UUID, *, reason: str
+    ) -> None:
         for task in await self._open_tasks(uow, case_id):
-            await self._close(uow, task, status="cancelled", reason=reason)
+            await self._close(uow, writes, task, status="cancelled", reason=reason)
 
 
-def _task(row: Any) -> _Task:
-    return _Task(
-        id=row.id,
-        program_id=row.program_id,
-        case_id=row.case_id,
-        episode_id=row.episode_id,
-        kind=row.kind,
-        status=row.status,
-        priority=row.priority,
-        window_opens_at=row.window_opens_at,
-        due_at=row.due_at,
-        expires_at=row.expires_at,
-        failed_attempts=row.failed_attempts,
-    )
+def _task(row: Mapping[Any, Any]) -> _Task:
+    return _Task(**{f.name: row[f.name] for f in dataclasses.fields(_Task)})

@@ -67,6 +67,7 @@ __all__ = [
     "cancel_for_task",
     "reschedule",
     "schedule",
+    "schedule_many",
 ]
 
 log = logging.getLogger(__name__)
@@ -177,6 +178,14 @@ async def schedule(
         .returning(TIMER.c.id)
     )
     return (await session.execute(statement)).scalar_one_or_none() is not None
+
+
+async def schedule_many(session: AsyncSession, rows: Sequence[dict[str, Any]]) -> None:
+    """Add timers in one statement (rows hold the timer columns but ``id``); a row whose key
+    already exists is skipped, leaving that timer as it is."""
+    if rows:
+        statement = _insert(session, TIMER).on_conflict_do_nothing(index_elements=["key"])
+        await session.execute(statement, list(rows))
 
 
 async def cancel(session: AsyncSession, *, key: str, now: datetime) -> bool:

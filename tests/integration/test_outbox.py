@@ -166,10 +166,10 @@ async def test_relay_does_not_skip_rows_committed_out_of_id_order(
     r = relay(sessions, publisher)
     async with uow_factory() as slow:
         first = await create_widget(slow, "lower id, commits last", subject=subject)
-        await slow.session.flush()  # takes its id from the sequence now
+        await slow.flush()  # takes its id from the sequence now
         async with uow_factory() as fast:
             second = await create_widget(fast, "higher id, commits first", subject=subject)
-            await fast.session.flush()
+            await fast.flush()
             await fast.commit()
         assert await r.run_once() == 1  # only the committed, higher id is visible
         await slow.commit()

@@ -15,6 +15,7 @@ from shared.bus import ConsumerLoop, KafkaPublisher, make_consumer
 from shared.clock import ManualClock
 from shared.db import session_factory
 from shared.envelope import Envelope
+from shared.events import OverdoseReported
 from shared.inbox import InboxProcessor
 from shared.migrations import upgrade
 from shared.outbox import OutgoingMessage
@@ -37,36 +38,48 @@ async def test_an_ems_and_ed_pair_is_one_episode_and_a_repeat_reprioritizes(
         world.build(kind="ed", incident_at=INCIDENT + timedelta(hours=2)),
         world.build(kind="ed", incident_at=INCIDENT + timedelta(days=2)),
     ]
-    publisher = KafkaPublisher(kafka_bootstrap, client_id="it-scheduler")
-    await publisher.start()
-    try:
-        person_key = (reports[0].blind_keys.name_dob or "").encode()
-        await publisher.publish(
-            [
-                OutgoingMessage(
-                    topic,
-                    person_key,
-                    Envelope.wrap(
-                        r, source="/portline/intake", subject="p", time=world.clock.now()
-                    ).to_bytes(),
-                )
-                for r in reports
-            ]
-        )
-    finally:
-        await publisher.stop()
+    person_key = (reports[0].blind_keys.name_dob or "").encode()
 
-    processor = InboxProcessor("scheduler.overdoses", world.uow, world.scheduler.on_overdose)
+    async def publish(*batch: OverdoseReported) -> None:
+        publisher = KafkaPublisher(kafka_bootstrap, client_id="it-scheduler")
+        await publisher.start()
+        try:
+            await publisher.publish(
+                [
+                    OutgoingMessage(
+                        topic,
+                        person_key,
+                        Envelope.wrap(
+                            r, source="/portline/intake", subject="p", time=world.clock.now()
+                        ).to_bytes(),
+                    )
+                    for r in batch
+                ]
+            )
+        finally:
+            await publisher.stop()
+
+    await publish(*reports)
+    processor = InboxProcessor(  # as the service runs it, with the batch handler
+        "scheduler.overdoses",
+        world.uow,
+        world.scheduler.on_overdose,
+        batch_handler=world.scheduler.on_overdoses,
+    )
     consumer = make_consumer(kafka_bootstrap, group_id=f"g-{uuid.uuid4()}", topics=[topic])
     await consumer.start()
     stop = asyncio.Event()
     loop = asyncio.create_task(ConsumerLoop(consumer, processor).run(stop))
 
-    async def three_linked() -> bool:
-        return len(await world.events("ReportLinked")) == 3
+    async def linked(n: int) -> bool:
+        return len(await world.events("ReportLinked")) == n
 
     try:
-        await wait_for(three_linked, timeout=30)
+        await wait_for(lambda: linked(3), timeout=30)
+        # A later batch finds the person, case and episodes in the database: the EMS run of
+        # the repeat overdose joins its episode.
+        await publish(world.build(kind="ems", incident_at=INCIDENT + timedelta(days=2, hours=1)))
+        await wait_for(lambda: linked(4), timeout=30)
     finally:
         stop.set()
         await loop
@@ -78,7 +91,9 @@ async def test_an_ems_and_ed_pair_is_one_episode_and_a_repeat_reprioritizes(
         tasks = list(await s.execute(sa.select(TASK).order_by(TASK.c.created_at)))
     assert [(sorted(e.sources.split(",")), e.repeat) for e in episodes] == [
         (["ed", "ems"], False),
-        (["ed"], True),
+        (["ed", "ems"], True),
     ]
+    matches = [e["match"] for e in await world.events("ReportLinked")]
+    assert matches == ["new_person", "exact", "exact", "exact"]
     assert [(t.status, t.priority) for t in tasks] == [("cancelled", 2), ("open", 3)]
     assert case.priority == 3

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -260,3 +260,46 @@ async def test_a_failing_event_in_a_batch_falls_back_to_one_at_a_time(
     async with sessions() as s:
         names = sorted((await s.execute(sa.select(applied.c.name))).scalars())
     assert names == ["ok-1", "ok-2"]  # each once, although the batch was tried first
+
+
+async def test_a_batch_handler_gets_the_new_events_of_a_batch_in_one_call(
+    uow_factory: Callable[[], UnitOfWork], sessions: async_sessionmaker[AsyncSession]
+) -> None:
+    async with uow_factory() as uow:
+        envs = [await create_widget(uow, name, subject="p") for name in ("a", "b", "c")]
+    calls: list[list[str]] = []
+
+    async def handle_one(uow: UnitOfWork, e: Envelope) -> None:
+        raise AssertionError("the batch handler applies every event")
+
+    async def handle_many(uow: UnitOfWork, batch: Sequence[Envelope]) -> None:
+        calls.append([e.data["name"] for e in batch])
+        for e in batch:
+            await uow.session.execute(applied.insert().values(event_id=e.id, name=e.data["name"]))
+
+    processor = InboxProcessor("t", uow_factory, handle_one, batch_handler=handle_many)
+    assert await processor.process(message(envs[0], 0)) is Outcome.APPLIED
+    outcomes = await processor.process_batch(
+        [message(envs[0], 0), message(envs[1], 1), message(envs[2], 2), message(envs[1], 3)]
+    )
+    assert outcomes == [Outcome.DUPLICATE, Outcome.APPLIED, Outcome.APPLIED, Outcome.DUPLICATE]
+    assert calls == [["a"], ["b", "c"]]  # a batch of one goes through the batch handler too
+    async with sessions() as s:
+        names = sorted((await s.execute(sa.select(applied.c.name))).scalars())
+        inbox = (await s.execute(sa.select(sa.func.count()).select_from(InboxRecord))).scalar_one()
+    assert names == ["a", "b", "c"]
+    assert inbox == 3
+
+
+async def test_published_events_reach_the_outbox_only_with_the_commit(
+    uow_factory: Callable[[], UnitOfWork], sessions: async_sessionmaker[AsyncSession]
+) -> None:
+    async with uow_factory() as uow:
+        await create_widget(uow, "kept", subject="p")
+        await uow.commit()
+    async with uow_factory() as uow:
+        await create_widget(uow, "dropped", subject="p")  # never committed
+    async with sessions() as s:
+        payloads = (await s.execute(sa.select(OUTBOX.c.payload).order_by(OUTBOX.c.id))).scalars()
+        names = [Envelope.from_bytes(p).data["name"] for p in payloads]
+    assert names == ["kept"]

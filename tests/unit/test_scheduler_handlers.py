@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,15 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from services.intake.records import Identity
 from services.intake.reports import Protector
 from services.scheduler.handlers import PolicyBook, Scheduler
-from services.scheduler.models import CASE, EPISODE, POSSIBLE_MATCH, TASK
+from services.scheduler.models import (
+    CASE,
+    EPISODE,
+    PERSON,
+    PERSON_KEY,
+    POSSIBLE_MATCH,
+    REPORT_LINK,
+    TASK,
+)
 from services.scheduler.timers import TIMER, TimerRunner
 from shared.clock import ManualClock
 from shared.db import create_engine, session_factory
@@ -331,3 +340,95 @@ async def test_a_deidentified_report_is_counted_but_never_assigned(world: World)
         cases = (await s.execute(sa.select(sa.func.count()).select_from(CASE))).scalar_one()
     assert episode.deidentified
     assert cases == 0
+
+
+def _counting_ids() -> Callable[[], uuid.UUID]:
+    counter = itertools.count(1)
+    return lambda: uuid.UUID(int=next(counter))
+
+
+async def _snapshot(world: World) -> dict[str, list[Any]]:
+    """Every row the reports leave behind, and the events in their order (ids but the
+    envelopes' own are deterministic here)."""
+    found: dict[str, list[Any]] = {}
+    async with world.sessions() as s:
+        for table in (PERSON, PERSON_KEY, POSSIBLE_MATCH, CASE, EPISODE, REPORT_LINK, TASK):
+            rows = [tuple(r) for r in await s.execute(sa.select(table))]
+            found[table.name] = sorted(rows, key=repr)
+        timer_columns = [c for c in TIMER.c if c.name != "id"]
+        found["timer"] = sorted(
+            (tuple(r) for r in await s.execute(sa.select(*timer_columns))), key=repr
+        )
+        payloads = (await s.execute(sa.select(OUTBOX.c.payload).order_by(OUTBOX.c.id))).scalars()
+        found["events"] = [
+            (e.type, e.subject, e.data) for e in (Envelope.from_bytes(p) for p in payloads)
+        ]
+    return found
+
+
+async def test_a_batch_of_reports_has_the_effect_of_the_same_reports_one_at_a_time(
+    tmp_path: Path, clock: ManualClock
+) -> None:
+    """Later reports in a batch see the people, keys, cases, episodes, tasks and links that
+    earlier ones created, and the rows that were there before the batch."""
+    worlds = []
+    for name in ("one-by-one", "batched"):
+        engine = create_engine(f"sqlite+aiosqlite:///{tmp_path}/{name}.db", service="scheduler")
+        await upgrade(engine, service="scheduler")
+        world = World(session_factory(engine), clock)
+        world.scheduler = Scheduler(
+            sealer=PROTECTOR.sealer, policies=PolicyBook(), new_id=_counting_ids()
+        )
+        worlds.append((world, engine))
+    one_by_one, batched = worlds[0][0], worlds[1][0]
+    build = one_by_one.build
+
+    earlier = build(
+        family="Roe",
+        given="Sam",
+        dob="1980-05-05",
+        phone="336-555-0199",
+        incident_at=INCIDENT - timedelta(days=1),
+    )
+    jane = build()
+    reports = [
+        jane,
+        build(kind="ed", incident_at=INCIDENT + timedelta(hours=1, minutes=20)),  # same episode
+        build(incident_at=INCIDENT + timedelta(days=2)),  # repeat of a case opened in the batch
+        build(family="Roe", given="Sam", dob="1980-05-05", phone="336-555-0199", kind="ed"),
+        build(family="Smith", given="Jane", phone=None),
+        build(family="Smtih", given="Jane", phone=None, incident_at=INCIDENT + timedelta(days=5)),
+        build(family=None, given=None, phone=None),  # de-identified
+        jane.model_copy(update={"revision": 2}),  # a revision of a report linked in the batch
+        earlier.model_copy(update={"revision": 3}),  # ... and of one linked before it
+        build(family="Lee", given="Ann", dob="1975-02-02", phone=None, consent=Consent.DECLINED),
+        build(family="Doe", given="Bob", dob="1960-03-03"),  # shares Jane's phone: possible
+        jane,  # the same report again: nothing new
+    ]
+    for world, _engine in worlds:
+        await world.deliver(world.scheduler.on_overdose, earlier)
+    for report in reports:
+        await one_by_one.deliver(one_by_one.scheduler.on_overdose, report)
+    envelopes = [Envelope.wrap(r, source="/test", subject="k", time=clock.now()) for r in reports]
+    async with batched.uow() as uow:
+        await batched.scheduler.on_overdoses(uow, envelopes)
+        await uow.commit()
+
+    expected, got = await _snapshot(one_by_one), await _snapshot(batched)
+    assert got == expected
+    matches = [e[2]["match"] for e in got["events"] if e[0] == "ReportLinked"]
+    assert matches == [
+        "new_person",
+        "new_person",
+        "exact",
+        "exact",
+        "exact",
+        "new_person",
+        "possible",
+        "new_person",
+        "possible",
+    ]
+    cancelled = [e[2]["reason"] for e in got["events"] if e[0] == "TaskCancelled"]
+    assert cancelled == ["superseded_by_repeat_overdose"] * 2
+    for _world, engine in worlds:
+        await engine.dispose()

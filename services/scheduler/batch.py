@@ -1,0 +1,354 @@
+"""What one unit of work reads and writes, read once and written once.
+
+:class:`Writes` collects a handler's new rows and inserts them at the end, one statement per
+table, in the order the handler created them. A change to a row created in the same unit of
+work is made to the collected row; a change to an older row goes to the database at once.
+Until :meth:`Writes.flush`, the database does not hold the new rows, so a handler that writes
+through it reads new rows only through it (``new()``), never by querying.
+
+:class:`ReportBatch` is the working set of a batch of overdose reports. Applying reports one
+at a time costs about twenty round trips each; instead the batch reads, with one query per kind of
+row, the reports' links, every person holding one of the batch's blind keys (with all their
+keys), those people's open cases and the cases' episodes. The handler then applies the
+reports in order against that working set, which it keeps current as it goes: a person,
+key, case, episode or link that one report creates is there for the next report, just as
+after a commit. That is complete because a person can only become a candidate for a report
+by holding one of its keys, and a person gains keys only by being linked, that is by being a
+candidate already.
+
+The working set is as fresh as row-at-a-time reads would be: nothing locked these rows
+before either, and another consumer's changes (say, a do-not-contact request) may land a
+moment before or after a report just the same.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from services.scheduler import timers
+from services.scheduler.linking import EpisodeRef, PersonCandidate
+from services.scheduler.models import (
+    CASE,
+    EPISODE,
+    PERSON,
+    PERSON_KEY,
+    POSSIBLE_MATCH,
+    REPORT_LINK,
+    TASK,
+)
+from shared.events import BlindKeys, OverdoseReported
+from shared.events.scheduler import TaskKind
+
+__all__ = ["KEY_KINDS", "KnownCase", "KnownPerson", "ReportBatch", "Writes", "blind_pairs"]
+
+KEY_KINDS = ("name_dob", "phone", "mrn", "dob")
+
+# Insert order: a row never refers to one inserted after it.
+_TABLES = (PERSON, PERSON_KEY, POSSIBLE_MATCH, CASE, EPISODE, REPORT_LINK, TASK, timers.TIMER)
+
+
+def blind_pairs(blind: BlindKeys) -> list[tuple[str, str]]:
+    """The report's blind keys as (kind, value) pairs, as person_key holds them."""
+    return [(k, v) for k in KEY_KINDS if (v := getattr(blind, k))]
+
+
+def _key_of(table: sa.Table, row: dict[str, Any]) -> tuple[Any, ...]:
+    """A new row's primary key; a new timer's unique key (its id comes from the database)."""
+    if table is timers.TIMER:
+        return (row["key"],)
+    return tuple(row[c.name] for c in table.primary_key.columns)
+
+
+class Writes:
+    """New rows collected for one insert per table; changes to older rows written at once."""
+
+    def __init__(self) -> None:
+        self._new: dict[sa.Table, dict[tuple[Any, ...], dict[str, Any]]] = {t: {} for t in _TABLES}
+
+    def insert(self, table: sa.Table, row: dict[str, Any]) -> None:
+        self._new[table][_key_of(table, row)] = row
+
+    def new(self, table: sa.Table) -> Iterable[dict[str, Any]]:
+        """The rows collected for table, in the order they were inserted."""
+        return self._new[table].values()
+
+    def is_new(self, table: sa.Table, *key: Any) -> bool:
+        return key in self._new[table]
+
+    async def update(
+        self, session: AsyncSession, table: sa.Table, *key: Any, **values: Any
+    ) -> None:
+        """Change one row by primary key: the collected row if it is new, else the database's
+        (not for timers, whose changes have their own functions in ``timers``)."""
+        row = self._new[table].get(key)
+        if row is not None:
+            row.update(values)
+            return
+        where = [c == k for c, k in zip(table.primary_key.columns, key, strict=True)]
+        await session.execute(table.update().where(*where).values(**values))
+
+    async def cancel_timers(
+        self, session: AsyncSession, *, task_id: uuid.UUID, now: datetime
+    ) -> None:
+        """Cancel every pending timer of a task, collected or in the database."""
+        for row in self._new[timers.TIMER].values():
+            if row["task_id"] == task_id and row["cancelled_at"] is None:
+                row["cancelled_at"] = now
+        if not self.is_new(TASK, task_id):  # a new task's timers are all new
+            await timers.cancel_for_task(session, task_id=task_id, now=now)
+
+    async def flush(self, session: AsyncSession) -> None:
+        """Insert the collected rows, one statement per table, and forget them."""
+        for table, rows in self._new.items():
+            if not rows:
+                continue
+            if table is timers.TIMER:
+                await timers.schedule_many(session, list(rows.values()))
+            else:
+                await session.execute(table.insert(), list(rows.values()))
+            rows.clear()
+
+
+@dataclass(slots=True)
+class KnownPerson:
+    """A person the batch may link a report to, with every blind key they are known by."""
+
+    id: uuid.UUID
+    program_id: str
+    identity_sealed: str | None
+    do_not_contact: bool
+    keys: set[tuple[str, str]] = field(default_factory=set)
+
+
+@dataclass(slots=True)
+class KnownCase:
+    """A person's open case and its episodes."""
+
+    id: uuid.UUID
+    priority: int
+    episodes: list[EpisodeRef] = field(default_factory=list)
+
+
+OpenIdentity = Callable[[str], dict[str, Any]]
+"""Opens a person's sealed identity."""
+
+_Opened = tuple[str | None, str | None, date | None]
+"""Family name, given name and date of birth from an opened identity."""
+
+
+class ReportBatch:
+    """The working set of a batch of reports (module docs); its writes go through ``writes``."""
+
+    def __init__(self, open_identity: OpenIdentity) -> None:
+        self.writes = Writes()
+        self._open_identity = open_identity
+        self._revisions: dict[uuid.UUID, int] = {}
+        self._people: dict[uuid.UUID, KnownPerson] = {}
+        self._cases: dict[uuid.UUID, KnownCase] = {}
+        self._opened: dict[tuple[uuid.UUID, str | None], _Opened] = {}
+
+    @classmethod
+    async def load(
+        cls, session: AsyncSession, reports: Sequence[OverdoseReported], open_identity: OpenIdentity
+    ) -> ReportBatch:
+        """Read the batch's working set: one query per kind of row, none when there is none."""
+        batch = cls(open_identity)
+        links = await session.execute(
+            sa.select(REPORT_LINK.c.report_id, REPORT_LINK.c.revision).where(
+                REPORT_LINK.c.report_id.in_({r.report_id for r in reports})
+            )
+        )
+        batch._revisions = {report_id: revision for report_id, revision in links.all()}
+        pairs = {p for r in reports if not r.deidentified for p in blind_pairs(r.blind_keys)}
+        if not pairs:
+            return batch
+        programs = {r.program_id for r in reports}
+        holders = (
+            sa.select(PERSON_KEY.c.person_id)
+            .join(PERSON, PERSON.c.id == PERSON_KEY.c.person_id)
+            .where(
+                PERSON.c.program_id.in_(programs),
+                sa.tuple_(PERSON_KEY.c.kind, PERSON_KEY.c.value).in_(sorted(pairs)),
+            )
+        )
+        people = await session.execute(
+            sa.select(
+                PERSON.c.id,
+                PERSON.c.program_id,
+                PERSON.c.identity_sealed,
+                PERSON.c.do_not_contact,
+                PERSON_KEY.c.kind,
+                PERSON_KEY.c.value,
+            )
+            .join(PERSON_KEY, PERSON_KEY.c.person_id == PERSON.c.id)
+            .where(PERSON.c.id.in_(holders))
+            .order_by(PERSON.c.created_at, PERSON.c.id)
+        )
+        for pid, program_id, sealed, do_not_contact, kind, value in people.all():
+            person = batch._people.get(pid)
+            if person is None:
+                person = KnownPerson(pid, program_id, sealed, do_not_contact)
+                batch._people[pid] = person
+            person.keys.add((kind, value))
+        if not batch._people:
+            return batch
+        cases = await session.execute(
+            sa.select(CASE.c.id, CASE.c.person_id, CASE.c.priority)
+            .where(CASE.c.person_id.in_(list(batch._people)), CASE.c.status == "open")
+            .order_by(CASE.c.opened_at, CASE.c.id)
+        )
+        by_id: dict[uuid.UUID, KnownCase] = {}
+        for case_id, person_id, priority in cases.all():
+            if person_id not in batch._cases:
+                batch._cases[person_id] = by_id[case_id] = KnownCase(case_id, priority)
+        if by_id:
+            episodes = await session.execute(
+                sa.select(EPISODE.c.id, EPISODE.c.case_id, EPISODE.c.incident_at, EPISODE.c.sources)
+                .where(EPISODE.c.case_id.in_(list(by_id)))
+                .order_by(EPISODE.c.created_at, EPISODE.c.id)
+            )
+            for episode_id, case_id, incident_at, sources in episodes.all():
+                by_id[case_id].episodes.append(
+                    EpisodeRef(
+                        episode_id=episode_id,
+                        incident_at=incident_at,
+                        sources=frozenset(sources.split(",")),
+                    )
+                )
+        return batch
+
+    # --- links ---------------------------------------------------------------------------
+
+    def revision(self, report_id: uuid.UUID) -> int | None:
+        """The linked revision of a report; None when the report is not linked yet."""
+        return self._revisions.get(report_id)
+
+    async def revise(self, session: AsyncSession, report_id: uuid.UUID, revision: int) -> None:
+        self._revisions[report_id] = revision
+        await self.writes.update(session, REPORT_LINK, report_id, revision=revision)
+
+    def link(self, row: dict[str, Any]) -> None:
+        self._revisions[row["report_id"]] = row["revision"]
+        self.writes.insert(REPORT_LINK, row)
+
+    # --- people --------------------------------------------------------------------------
+
+    def candidates(self, program_id: str, blind: BlindKeys) -> list[PersonCandidate]:
+        """The program's people holding any of the report's blind keys, oldest first."""
+        wanted = set(blind_pairs(blind))
+        if not wanted:
+            return []
+        return [
+            self._candidate(p)
+            for p in self._people.values()
+            if p.program_id == program_id and not p.keys.isdisjoint(wanted)
+        ]
+
+    def _candidate(self, person: KnownPerson) -> PersonCandidate:
+        sealed = person.identity_sealed
+        opened = self._opened.get((person.id, sealed))
+        if opened is None:
+            identity = self._open_identity(sealed) if sealed else {}
+            dob = identity.get("dob")
+            opened = (
+                identity.get("family"),
+                identity.get("given"),
+                date.fromisoformat(dob) if dob else None,
+            )
+            self._opened[(person.id, sealed)] = opened
+        family, given, dob_on_file = opened
+        keys = {kind: frozenset(v for k, v in person.keys if k == kind) for kind in KEY_KINDS}
+        return PersonCandidate(
+            person_id=person.id,
+            family=family,
+            given=given,
+            dob=dob_on_file,
+            name_dob_keys=keys["name_dob"],
+            phone_keys=keys["phone"],
+            mrn_keys=keys["mrn"],
+        )
+
+    def person(self, person_id: uuid.UUID) -> KnownPerson:
+        return self._people[person_id]
+
+    def add_person(self, row: dict[str, Any]) -> KnownPerson:
+        person = KnownPerson(
+            row["id"], row["program_id"], row["identity_sealed"], row["do_not_contact"]
+        )
+        self._people[person.id] = person
+        self.writes.insert(PERSON, row)
+        return person
+
+    def remember_keys(self, person: KnownPerson, blind: BlindKeys) -> None:
+        """Record the report's blind keys the person is not known by yet."""
+        for kind, value in blind_pairs(blind):
+            if (kind, value) not in person.keys:
+                person.keys.add((kind, value))
+                self.writes.insert(
+                    PERSON_KEY, {"person_id": person.id, "kind": kind, "value": value}
+                )
+
+    async def reseal(self, session: AsyncSession, person: KnownPerson, sealed: str) -> None:
+        """The person's identity, as the latest report gives it."""
+        person.identity_sealed = sealed
+        await self.writes.update(session, PERSON, person.id, identity_sealed=sealed)
+
+    # --- cases and episodes ------------------------------------------------------------------
+
+    def open_case(self, person_id: uuid.UUID) -> KnownCase | None:
+        return self._cases.get(person_id)
+
+    def open(self, row: dict[str, Any]) -> KnownCase:
+        case = KnownCase(row["id"], row["priority"])
+        self._cases[row["person_id"]] = case
+        self.writes.insert(CASE, row)
+        return case
+
+    async def reprioritize(self, session: AsyncSession, case: KnownCase, priority: int) -> None:
+        case.priority = priority
+        await self.writes.update(session, CASE, case.id, priority=priority)
+
+    def add_episode(self, case: KnownCase | None, row: dict[str, Any]) -> None:
+        if case is not None:
+            case.episodes.append(
+                EpisodeRef(
+                    episode_id=row["id"],
+                    incident_at=row["incident_at"],
+                    sources=frozenset(row["sources"].split(",")),
+                )
+            )
+        self.writes.insert(EPISODE, row)
+
+    async def merge_source(
+        self, session: AsyncSession, case: KnownCase, episode: EpisodeRef, source_kind: str
+    ) -> None:
+        """The report joins the episode: its source kind joins the episode's sources."""
+        merged = EpisodeRef(
+            episode_id=episode.episode_id,
+            incident_at=episode.incident_at,
+            sources=episode.sources | {source_kind},
+        )
+        case.episodes[case.episodes.index(episode)] = merged
+        await self.writes.update(
+            session, EPISODE, episode.episode_id, sources=",".join(sorted(merged.sources))
+        )
+
+    def is_new_case(self, case: KnownCase) -> bool:
+        """Whether the case was opened in this batch (so the database holds none of its rows)."""
+        return self.writes.is_new(CASE, case.id)
+
+    def new_tasks(self, case_id: uuid.UUID, kinds: Sequence[TaskKind]) -> list[dict[str, Any]]:
+        """The case's open tasks of these kinds created in this batch, oldest first."""
+        wanted = {k.value for k in kinds}
+        return [
+            t
+            for t in self.writes.new(TASK)
+            if t["case_id"] == case_id and t["status"] == "open" and t["kind"] in wanted
+        ]

@@ -1,0 +1,100 @@
+"""The consumer loop with a fake consumer: what it applies together, what it commits, where it
+fetches again after a transient failure."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from aiokafka import TopicPartition
+
+from shared.bus import ConsumerLoop
+from shared.inbox import IncomingMessage, Outcome
+
+TOPIC = "t"
+
+
+@dataclass
+class Record:
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None = None
+    value: bytes = b"{}"
+
+
+class FakeConsumer:
+    """Hands out one fetch, then stops the loop; records commits and seeks."""
+
+    def __init__(self, fetched: dict[TopicPartition, list[Record]], stop: asyncio.Event) -> None:
+        self._fetched = fetched
+        self._stop = stop
+        self.commits: list[dict[TopicPartition, int]] = []
+        self.seeks: dict[TopicPartition, int] = {}
+
+    async def getmany(self, **_kwargs: Any) -> dict[TopicPartition, list[Record]]:
+        fetched, self._fetched = self._fetched, {}
+        if not fetched:
+            self._stop.set()
+        return fetched
+
+    async def commit(self, offsets: dict[TopicPartition, int]) -> None:
+        self.commits.append(dict(offsets))
+
+    def seek(self, tp: TopicPartition, offset: int) -> None:
+        self.seeks[tp] = offset
+
+
+class FakeProcessor:
+    def __init__(self, fail_on_batch: int | None = None) -> None:
+        self.batches: list[list[tuple[int, int]]] = []
+        self._fail_on_batch = fail_on_batch
+
+    async def process_batch(self, messages: Sequence[IncomingMessage]) -> list[Outcome]:
+        if len(self.batches) == self._fail_on_batch:
+            raise sa.exc.OperationalError("select 1", {}, ConnectionError("database down"))
+        self.batches.append([(m.partition, m.offset) for m in messages])
+        return [Outcome.APPLIED for _ in messages]
+
+
+def fetch(**partitions: range) -> dict[TopicPartition, list[Record]]:
+    return {
+        TopicPartition(TOPIC, int(p.removeprefix("p"))): [
+            Record(TOPIC, int(p.removeprefix("p")), o) for o in offsets
+        ]
+        for p, offsets in partitions.items()
+    }
+
+
+async def run(consumer: FakeConsumer, processor: FakeProcessor, batch_size: int) -> None:
+    loop = ConsumerLoop(
+        consumer,  # type: ignore[arg-type]
+        processor,  # type: ignore[arg-type]
+        retry_backoff=0,
+        batch_size=batch_size,
+    )
+    await loop.run(consumer._stop)
+
+
+async def test_a_batch_holds_several_partitions_records_each_in_order() -> None:
+    stop = asyncio.Event()
+    consumer = FakeConsumer(fetch(p0=range(10, 13), p1=range(5, 7)), stop)
+    processor = FakeProcessor()
+    await run(consumer, processor, batch_size=4)
+    assert processor.batches == [[(0, 10), (0, 11), (0, 12), (1, 5)], [(1, 6)]]
+    p0, p1 = TopicPartition(TOPIC, 0), TopicPartition(TOPIC, 1)
+    assert consumer.commits == [{p0: 13, p1: 6}, {p1: 7}]  # each after its batch committed
+
+
+async def test_a_transient_failure_fetches_every_partition_again_from_its_first_unapplied() -> None:
+    stop = asyncio.Event()
+    consumer = FakeConsumer(fetch(p0=range(0, 3), p1=range(7, 10)), stop)
+    processor = FakeProcessor(fail_on_batch=1)
+    await run(consumer, processor, batch_size=2)
+    assert processor.batches == [[(0, 0), (0, 1)]]
+    p0, p1 = TopicPartition(TOPIC, 0), TopicPartition(TOPIC, 1)
+    assert consumer.commits == [{p0: 2}]
+    assert consumer.seeks == {p0: 2, p1: 7}
