@@ -37,8 +37,8 @@ from services.outreach.models import (
     REFERRAL,
     SERVICE,
     TASK,
-    VISIT,
 )
+from services.outreach.projection import cancel_scheduled_visits
 from services.outreach.rules import (
     check_assign,
     check_attempt,
@@ -644,11 +644,7 @@ async def _case_decision(
         )
         if notes:
             await _add_note(access, s, case_id, notes, now)
-        await s.execute(
-            VISIT.update()
-            .where(VISIT.c.case_id == case_id, VISIT.c.status == "scheduled")
-            .values(status="cancelled", updated_at=now, version=VISIT.c.version + 1)
-        )
+        await cancel_scheduled_visits(s, case_id, now)
         _publish(uow, event_type(case_id=case_id, program_id=access.program, occurred_at=now))
         await access.audit(s, "update", "case", [(case_id, case_id)])
         fresh = (await s.execute(sa.select(CASE).where(CASE.c.id == case_id))).one()

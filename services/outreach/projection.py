@@ -29,7 +29,7 @@ from shared.events import (
 )
 from shared.uow import UnitOfWork
 
-__all__ = ["on_case_event", "on_overdose"]
+__all__ = ["cancel_scheduled_visits", "on_case_event", "on_overdose"]
 
 
 async def on_overdose(uow: UnitOfWork, envelope: Envelope) -> None:
@@ -161,11 +161,17 @@ async def on_case_event(uow: UnitOfWork, envelope: Envelope) -> None:
                 version=CASE.c.version + 1,
             )
         )
-        await s.execute(
-            VISIT.update()
-            .where(VISIT.c.case_id == event.case_id, VISIT.c.status == "scheduled")
-            .values(status="cancelled", updated_at=now, version=VISIT.c.version + 1)
-        )
+        await cancel_scheduled_visits(s, event.case_id, now)
+
+
+async def cancel_scheduled_visits(session: Any, case_id: Any, now: Any) -> None:
+    """A case that closes, or a person who declines or asks not to be contacted, keeps no
+    visit on the calendar."""
+    await session.execute(
+        VISIT.update()
+        .where(VISIT.c.case_id == case_id, VISIT.c.status == "scheduled")
+        .values(status="cancelled", updated_at=now, version=VISIT.c.version + 1)
+    )
 
 
 async def _exists(uow: UnitOfWork, table: sa.Table, key: Any) -> bool:

@@ -15,6 +15,7 @@ from urllib.parse import parse_qsl
 
 import sqlalchemy as sa
 from fastapi import APIRouter, Request, Response
+from sqlalchemy.exc import IntegrityError
 
 from services.outreach.access import Access, apply_rule, case_state, task_state
 from services.outreach.api import ERRORS, Worker, record_attempt
@@ -222,20 +223,23 @@ async def inbound(request: Request) -> Response:
     phone_key = texting.indexer.phone(params.get("From", ""))
     if phone_key is not None and kind in ("opt_out", "opt_in"):
         runtime = request.app.state.runtime
-        async with runtime.uow() as uow:
-            exists = (
-                await uow.session.execute(
-                    sa.select(SMS_OPT_OUT).where(SMS_OPT_OUT.c.phone_key == phone_key)
-                )
-            ).first()
-            if kind == "opt_out" and not exists:
-                await uow.session.execute(
-                    SMS_OPT_OUT.insert().values(phone_key=phone_key, at=runtime.clock.now())
-                )
-            elif kind == "opt_in" and exists:
-                await uow.session.execute(
-                    SMS_OPT_OUT.delete().where(SMS_OPT_OUT.c.phone_key == phone_key)
-                )
-            await uow.commit()
+        try:
+            async with runtime.uow() as uow:
+                exists = (
+                    await uow.session.execute(
+                        sa.select(SMS_OPT_OUT).where(SMS_OPT_OUT.c.phone_key == phone_key)
+                    )
+                ).first()
+                if kind == "opt_out" and not exists:
+                    await uow.session.execute(
+                        SMS_OPT_OUT.insert().values(phone_key=phone_key, at=runtime.clock.now())
+                    )
+                elif kind == "opt_in" and exists:
+                    await uow.session.execute(
+                        SMS_OPT_OUT.delete().where(SMS_OPT_OUT.c.phone_key == phone_key)
+                    )
+                await uow.commit()
+        except IntegrityError:
+            pass  # the same STOP delivered twice at once: the number is opted out either way
         log.info("sms keyword", extra={"kind": kind})
     return Response(_TWIML_EMPTY, media_type="application/xml")
