@@ -54,6 +54,10 @@ async def _insert(con: asyncpg.Connection, rows: Sequence[RoutineRow], status: s
     return {r["dedupe_key"] for r in inserted}
 
 
+async def _no_reset(_con: asyncpg.Connection) -> None:
+    return None
+
+
 class RoutineStore:
     """Stores routine messages in one round trip; returns the ACK each must get."""
 
@@ -70,6 +74,10 @@ class RoutineStore:
             min_size=0,
             max_size=4,
             server_settings={"search_path": schema},
+            # The store never changes session state (no SET, LISTEN, advisory locks or
+            # cursors), so the default reset query on every release would be a wasted
+            # round trip per batch; an open transaction is still rolled back by asyncpg.
+            reset=_no_reset,
         )
         return cls(pool)
 
