@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from services.intake.api import IntakeState, router
-from services.intake.batching import MicroBatcher
+from services.intake.batching import MicroBatcher, Reply
 from services.intake.ems_json import EmsRunReportBatch, EmsRunReportIn
 from services.intake.handlers import (
     EmsIntake,
@@ -82,10 +82,12 @@ def create_app(settings: Settings) -> FastAPI:
             routine_store=routine_store,
         )
 
-        async def hl7_batch(items: Sequence[HL7Submission]) -> list[str]:
-            return await hl7.receive(items)
+        async def hl7_batch(items: Sequence[HL7Submission], reply: Reply[str]) -> list[str]:
+            return await hl7.receive(items, reply=reply)
 
-        async def ems_batch(requests: Sequence[list[EmsSubmission]]) -> list[list[EmsOutcome]]:
+        async def ems_batch(
+            requests: Sequence[list[EmsSubmission]], _reply: Reply[list[EmsOutcome]]
+        ) -> list[list[EmsOutcome]]:
             outcomes = await ems.receive([s for r in requests for s in r])
             split: list[list[EmsOutcome]] = []
             start = 0

@@ -5,6 +5,10 @@ is bounded by one commit per message. The batcher hands the processing function 
 that queued up meanwhile and resolves each caller's future with its own result. A few batches
 may be in flight at once (`max_concurrent`), so the database is never idle while a batch
 is being prepared; each caller still gets its results only after its own batch committed.
+
+`process` may also answer some callers before it returns, through the `reply(index, result)`
+callback it is given: a batch whose parts commit separately releases each part as soon as it
+is durable.
 """
 
 from __future__ import annotations
@@ -15,10 +19,13 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
 
-__all__ = ["MicroBatcher"]
+__all__ = ["MicroBatcher", "Reply"]
 
 T = TypeVar("T")
 R = TypeVar("R")
+
+Reply = Callable[[int, R], None]
+"""Answers the caller of the batch's item at `index` now, before `process` returns."""
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +35,7 @@ class MicroBatcher(Generic[T, R]):
 
     def __init__(
         self,
-        process: Callable[[Sequence[T]], Awaitable[Sequence[R]]],
+        process: Callable[[Sequence[T], Reply[R]], Awaitable[Sequence[R]]],
         *,
         max_batch: int = 256,
         max_concurrent: int = 1,
@@ -77,8 +84,13 @@ class MicroBatcher(Generic[T, R]):
             task.add_done_callback(self._inflight.discard)
 
     async def _complete(self, batch: list[tuple[T, asyncio.Future[R]]]) -> None:
+        def reply(index: int, result: R) -> None:
+            future = batch[index][1]
+            if not future.done():
+                future.set_result(result)
+
         try:
-            results = await self._process([item for item, _ in batch])
+            results = await self._process([item for item, _ in batch], reply)
         except Exception as exc:
             for _item, future in batch:
                 if not future.done():

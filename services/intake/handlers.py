@@ -1,9 +1,12 @@
 """Intake's units of work: screen, classify, store, publish — then acknowledge.
 
-One batch of messages is one transaction: the inbound records, the report revisions and the
-outbox rows commit together, and only then are the ACKs released. A message that was already
-received (same MSH-3/MSH-4/MSH-10) gets its original ACK back and creates nothing. A message
-that can never succeed is rejected (AR) and kept sealed so that it can be fixed and replayed;
+A batch of messages is stored by at most two commits running side by side: the routine
+messages (valid, not overdoses) in one statement on PostgreSQL, and everything else in one
+unit of work, where the inbound records, the report revisions and the outbox rows commit
+together. A message's ACK is released only after the commit that stored it, and a routine
+message does not wait for an overdose's commit. A message that was already received (same
+MSH-3/MSH-4/MSH-10) gets its original ACK back and creates nothing. A message that can never
+succeed is rejected (AR) and kept sealed so that it can be fixed and replayed;
 a database failure answers AE so that the sender retries.
 
 Only messages that themselves meet the program's definition create or revise a report. An A08
@@ -13,6 +16,7 @@ picture of the visit.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import uuid
@@ -91,6 +95,7 @@ class UnknownFacilityError(HL7Error):
 class _Prepared:
     raw: str
     header: HL7Header | None
+    channel: Channel
     partner: PartnerContext | None = None
     error: HL7Error | None = None
     transient: bool = False
@@ -102,6 +107,8 @@ class _Prepared:
     ack: str | None = None
     replay_of: uuid.UUID | None = None
     submitter: PartnerContext | None = None
+    settled: bool = False
+    """The commit that stored this message (or failed to) is over: its ACK may leave."""
 
 
 def _header_or_none(message: str) -> HL7Header | None:
@@ -142,35 +149,91 @@ class HL7Intake:
         self._clock = clock
         self._new_id = new_id
 
-    async def receive(self, submissions: Sequence[HL7Submission]) -> list[str]:
-        """The ACK text for each submission (several ACKs, one per message, for a batch)."""
+    async def receive(
+        self,
+        submissions: Sequence[HL7Submission],
+        *,
+        reply: Callable[[int, str], None] | None = None,
+    ) -> list[str]:
+        """The ACK text for each submission (several ACKs, one per message, for a batch).
+
+        Routine messages (valid, not overdoses) and the rest are stored by two independent
+        commits running side by side, and `reply(index, ack)` answers each submission as
+        soon as the commits holding its messages are done: an overdose's full parse and
+        its larger transaction never hold up the ordinary visits that arrived with it.
+        """
         prepared: list[list[_Prepared]] = [await self._prepare(s) for s in submissions]
         flat = [p for group in prepared for p in group]
         now = self._clock.now()
         BATCH_SIZE.observe(len(flat))
-        try:
-            try:
-                await self._store(flat, submissions_channels(submissions, prepared), now)
-            except sa.exc.IntegrityError:
-                # Another replica stored one of these messages meanwhile: the retry finds it.
-                await self._store(flat, submissions_channels(submissions, prepared), now)
-        except Exception as exc:
-            if not is_transient(exc):
-                log.exception("intake batch failed", extra={"messages": len(flat)})
-            else:
-                log.warning("database unavailable; answering AE", extra={"messages": len(flat)})
-            for p in flat:
-                p.ack = self._ack(p, "AE", now, text="Temporarily unable to store; resend.")
+        answered = [False] * len(prepared)
+
+        def release() -> None:
+            for index, group in enumerate(prepared):
+                if not answered[index] and all(p.settled for p in group):
+                    answered[index] = True
+                    if reply is not None:
+                        reply(index, _joined(group))
+
+        routine, general = self._partition(flat)
+        if routine and general:
+            await asyncio.gather(
+                self._commit(routine, now, self._store_routine, release),
+                self._commit(general, now, self._store_general, release),
+            )
+        elif routine:  # the common case: no task to spawn
+            await self._commit(routine, now, self._store_routine, release)
+        else:
+            await self._commit(general, now, self._store_general, release)
         for label, count in Counter(_status_label(p) for p in flat).items():
             INTAKE_MESSAGES.labels("hl7", label).inc(count)
-        return ["\r".join(p.ack or "" for p in group) for group in prepared]
+        return [_joined(group) for group in prepared]
+
+    def _partition(self, items: list[_Prepared]) -> tuple[list[_Prepared], list[_Prepared]]:
+        """(routine, general). Without the PostgreSQL fast path everything is general; a
+        routine message sharing its dedupe key with a general one goes with it."""
+        if self._routine_store is None:
+            return [], items
+        general = [p for p in items if not _routine(p)]
+        taken = {p.dedupe_key for p in general if p.dedupe_key is not None}
+        routine: list[_Prepared] = []
+        for p in items:
+            if _routine(p):
+                (general if p.dedupe_key in taken else routine).append(p)
+        return routine, general
+
+    async def _commit(
+        self,
+        items: list[_Prepared],
+        now: datetime,
+        store: Callable[[list[_Prepared], datetime], Awaitable[None]],
+        settled: Callable[[], None],
+    ) -> None:
+        """Store the items and set their ACKs (AE for all of them when that failed), then
+        mark them settled: only now may their ACKs leave."""
+        try:
+            try:
+                await store(items, now)
+            except sa.exc.IntegrityError:
+                # Another replica stored one of these messages meanwhile: the retry finds it.
+                await store(items, now)
+        except Exception as exc:
+            if not is_transient(exc):
+                log.exception("intake batch failed", extra={"messages": len(items)})
+            else:
+                log.warning("database unavailable; answering AE", extra={"messages": len(items)})
+            for p in items:
+                p.ack = self._ack(p, "AE", now, text="Temporarily unable to store; resend.")
+        for p in items:
+            p.settled = True
+        settled()
 
     async def _prepare(self, submission: HL7Submission) -> list[_Prepared]:
         text = normalize(submission.raw)
         try:
             messages = split_messages(text)
         except HL7Error as exc:
-            prepared = [_Prepared(raw=text, header=None, error=exc)]
+            prepared = [_Prepared(raw=text, header=None, channel=submission.channel, error=exc)]
         else:
             prepared = [await self._prepare_one(m, submission) for m in messages]
         for p in prepared:
@@ -178,12 +241,17 @@ class HL7Intake:
         return prepared
 
     async def _prepare_one(self, message: str, submission: HL7Submission) -> _Prepared:
+        """Screen and classify one message. Overdose candidates are fully parsed later, by
+        the general commit, so that the routine messages beside them do not wait for it."""
+        channel = submission.channel
         try:
             screened = screen(message)  # reads the header too: the one pass most messages get
         except HL7Error as exc:
-            return _Prepared(raw=message, header=_header_or_none(message), error=exc)
+            return _Prepared(
+                raw=message, header=_header_or_none(message), channel=channel, error=exc
+            )
         header = screened.header
-        p = _Prepared(raw=message, header=header, screened=screened)
+        p = _Prepared(raw=message, header=header, channel=channel, screened=screened)
         try:
             p.partner = await self._partner_for(header, submission)
         except Exception as exc:
@@ -202,11 +270,21 @@ class HL7Intake:
             check_supported(header)
             if not header.control_id:
                 raise MissingFieldError.for_field("MSH", 10)
-            p.dedupe_key = _dedupe_key(header)
-            p.decision = classify_ed(codes=screened.codes, texts=screened.texts)
-            p.overdose = p.decision.is_overdose(Definition(p.partner.definition))
-            if p.overdose:  # only candidates pay for the full parse
-                p.adt = await self._full_parse(message, screened, ZoneInfo(p.partner.timezone))
+        except HL7Error as exc:
+            p.error = exc
+            return p
+        p.dedupe_key = _dedupe_key(header)
+        p.decision = classify_ed(codes=screened.codes, texts=screened.texts)
+        p.overdose = p.decision.is_overdose(Definition(p.partner.definition))
+        return p
+
+    async def _parse_candidate(self, p: _Prepared) -> None:
+        """The full hl7apy parse of an overdose candidate; its failure becomes the message's
+        answer (AR, or AE when the parse worker died)."""
+        assert p.screened is not None
+        assert p.partner is not None
+        try:
+            p.adt = await self._full_parse(p.raw, p.screened, ZoneInfo(p.partner.timezone))
         except HL7Error as exc:
             p.error = exc
         except BrokenProcessPool:
@@ -216,7 +294,6 @@ class HL7Intake:
             # that it is replayed once the bug is fixed. Nothing is lost.
             log.exception("full parse failed", extra={"messages": 1})
             p.error = ParseError("The message could not be parsed; it is kept for replay.")
-        return p
 
     async def _partner_for(
         self, header: HL7Header, submission: HL7Submission
@@ -226,12 +303,13 @@ class HL7Intake:
         allowed = await self._directory.facilities_of(submission.partner.partner_id)
         return submission.partner if facility_key(header.sending_facility) in allowed else None
 
-    async def _store(self, items: list[_Prepared], channels: list[Channel], now: datetime) -> None:
+    async def _store_general(self, items: list[_Prepared], now: datetime) -> None:
+        """One unit of work: inbound records, report revisions, rejections and outbox rows."""
+        for p in items:
+            if p.overdose and p.error is None and p.adt is None and not p.transient:
+                await self._parse_candidate(p)  # only candidates pay for the full parse
         if any(p.transient for p in items):
-            raise ConnectionError("partner directory unavailable")
-        if self._routine_store is not None and all(_routine(p) for p in items):
-            await self._store_routine(self._routine_store, items, channels, now)
-            return
+            raise ConnectionError("partner directory or parse worker unavailable")
         async with self._uow() as uow:
             keys = [p.dedupe_key for p in items if p.dedupe_key and p.error is None]
             known: dict[str, str] = {}
@@ -246,13 +324,13 @@ class HL7Intake:
                 uow, [self._source_key(p) for p in items if p.overdose and p.error is None]
             )
             inbound: list[dict[str, Any]] = []
-            for p, channel in zip(items, channels, strict=True):
+            for p in items:
                 if p.error is not None:
                     p.ack = self._ack(p, "AR", now, error=p.error)
                     if p.replay_of is not None:
                         await self._still_rejected(uow, p)
                     else:
-                        inbound.append(self._reject(uow, p, channel, now))
+                        inbound.append(self._reject(uow, p, p.channel, now))
                     continue
                 assert p.dedupe_key is not None
                 assert p.partner is not None
@@ -261,7 +339,7 @@ class HL7Intake:
                     continue
                 row: dict[str, Any] = {
                     "id": self._new_id(),
-                    "channel": channel.value,
+                    "channel": p.channel.value,
                     "partner_id": p.partner.partner_id,
                     "dedupe_key": p.dedupe_key,
                     "received_at": now,
@@ -287,18 +365,19 @@ class HL7Intake:
             await reports.flush(uow)
             await uow.commit()
 
-    async def _store_routine(
-        self, store: RoutineStore, items: list[_Prepared], channels: list[Channel], now: datetime
-    ) -> None:
+    async def _store_routine(self, items: list[_Prepared], now: datetime) -> None:
+        """Routine messages in one statement (PostgreSQL fast path)."""
+        store = self._routine_store
+        assert store is not None
         rows: dict[str, RoutineRow] = {}
-        for p, channel in zip(items, channels, strict=True):
+        for p in items:
             assert p.dedupe_key is not None
             assert p.partner is not None
             if p.dedupe_key not in rows:
                 inbound_id = self._new_id()
                 rows[p.dedupe_key] = RoutineRow(
                     id=inbound_id,
-                    channel=channel.value,
+                    channel=p.channel.value,
                     partner_id=p.partner.partner_id,
                     dedupe_key=p.dedupe_key,
                     received_at=now,
@@ -417,15 +496,14 @@ class HL7Intake:
         )
 
 
+def _joined(group: Sequence[_Prepared]) -> str:
+    """One submission's answer: an ACK per message it held."""
+    return "\r".join(p.ack or "" for p in group)
+
+
 def _routine(p: _Prepared) -> bool:
     """A valid message that is not an overdose and not a replay: the fast path's case."""
     return p.error is None and not p.overdose and p.replay_of is None and not p.transient
-
-
-def submissions_channels(
-    submissions: Sequence[HL7Submission], prepared: Sequence[Sequence[_Prepared]]
-) -> list[Channel]:
-    return [s.channel for s, group in zip(submissions, prepared, strict=True) for _ in group]
 
 
 def _status_label(p: _Prepared) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -145,6 +146,75 @@ async def test_routine_batches_take_the_fast_path_and_resends_get_the_original_a
         assert sorted(r.status for r in rows) == ["not_overdose", "not_overdose"]
         assert all(r.raw_sealed is None for r in rows)
     finally:
+        await store.close()
+
+
+async def test_routine_messages_are_answered_while_an_overdose_beside_them_is_still_parsed(
+    pg_engine: AsyncEngine, pg_schema: str, postgres_url: str, tmp_path: Path
+) -> None:
+    from services.intake.parse_pool import parse_inline
+    from services.intake.records import AdtMessage
+    from services.intake.routine_store import RoutineStore
+    from tests.hl7_builder import routine
+
+    await _intake(pg_engine, pg_schema, tmp_path)
+    store = await RoutineStore.connect(postgres_url, schema=pg_schema)
+    sessions = session_factory(pg_engine)
+    parse_may_finish = asyncio.Event()
+
+    async def slow_parse(message: str, screened: Any, tz: Any) -> AdtMessage:
+        await parse_may_finish.wait()
+        return await parse_inline(message, screened, tz)
+
+    intake = HL7Intake(
+        uow_factory=lambda: UnitOfWork(sessions, clock=SystemClock(), source="/portline/intake"),
+        directory=PartnerDirectory(sessions, ttl_seconds=0),
+        protector=PROTECTOR,
+        clock=SystemClock(),
+        routine_store=store,
+        full_parse=slow_parse,
+    )
+    early: dict[int, str] = {}
+    answered = asyncio.Event()
+
+    def reply(index: int, ack: str) -> None:
+        early[index] = ack
+        answered.set()
+
+    a, od, b = (f"SPLIT-{uuid.uuid4().hex[:8]}" for _ in range(3))
+    try:
+        batch = asyncio.create_task(
+            intake.receive(
+                [
+                    HL7Submission(routine(a).encode(), Channel.MLLP),
+                    HL7Submission(adt(od).encode(), Channel.MLLP),
+                    HL7Submission(routine(b).encode(), Channel.MLLP),
+                ],
+                reply=reply,
+            )
+        )
+        await asyncio.wait_for(answered.wait(), 10)
+        # the routine messages are stored and answered; the overdose is not, and its row
+        # does not exist yet: its ACK must wait for its own commit
+        assert sorted(early) == [0, 2]
+        assert [ack_fields(early[i])[:2] for i in (0, 2)] == [("AA", a), ("AA", b)]
+        async with sessions() as s:
+            stored = set((await s.execute(sa.select(INBOUND.c.status))).scalars())
+        assert stored == {"not_overdose"}
+        assert not batch.done()
+
+        parse_may_finish.set()
+        acks = await asyncio.wait_for(batch, 10)
+        assert sorted(early) == [0, 1, 2]
+        assert acks == [early[0], early[1], early[2]]
+        assert ack_fields(acks[1])[:2] == ("AA", od)
+        async with sessions() as s:
+            statuses = sorted((await s.execute(sa.select(INBOUND.c.status))).scalars())
+            events = (await s.execute(sa.text("select count(*) from outbox"))).scalar_one()
+        assert statuses == ["accepted", "not_overdose", "not_overdose"]
+        assert events == 1
+    finally:
+        parse_may_finish.set()
         await store.close()
 
 
