@@ -7,12 +7,14 @@ import asyncio
 import contextlib
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Coroutine
+from pathlib import Path
 from typing import Any
 
 import uvicorn
@@ -27,6 +29,17 @@ log = logging.getLogger(__name__)
 
 
 WORKER_ENV = "PORTLINE_WORKER"
+METRICS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
+"""Set for worker processes: they keep their metrics in files there, and whichever worker
+answers /metrics reports the sum over all of them (prometheus_client's multiprocess mode)."""
+
+
+def _fresh_metrics_dir(settings: Settings, service: str) -> Path:
+    """An empty directory for this run's worker metrics (files of an earlier run removed)."""
+    directory = (settings.var_dir / "metrics" / service).resolve()
+    shutil.rmtree(directory, ignore_errors=True)
+    directory.mkdir(parents=True)
+    return directory
 
 
 def serve(service: ServiceName, app_factory: Callable[[Settings], FastAPI]) -> None:
@@ -37,13 +50,14 @@ def serve(service: ServiceName, app_factory: Callable[[Settings], FastAPI]) -> N
     settings = get_settings()
     workers = settings.workers_for(service)
     if workers > 1 and WORKER_ENV not in os.environ:
+        metrics_dir = _fresh_metrics_dir(settings, service)
         sys.exit(
             _supervise(
                 {
                     f"{service}-{i}": [sys.executable, "-m", f"services.{service}"]
                     for i in range(workers)
                 },
-                extra_env=lambda name: {WORKER_ENV: name},
+                extra_env=lambda name: {WORKER_ENV: name, METRICS_DIR_ENV: str(metrics_dir)},
             )
         )
     configure_logging(service=service, level=settings.log_level)

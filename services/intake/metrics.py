@@ -13,7 +13,7 @@ INTAKE_MESSAGES = Counter(
 )
 BATCH_SIZE = Histogram(
     "portline_intake_batch_size",
-    "Messages committed per transaction (group commit)",
+    "Messages per group-commit batch (stored by one or two commits: routine, and the rest)",
     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
 )
 MLLP_CONNECTIONS = Counter(

@@ -269,3 +269,33 @@ async def test_every_corpus_file_gets_an_answer_over_http(intake_process: Intake
             )
             assert r.status_code == 200, (path.name, r.text)
             assert r.json()["results"], path.name
+
+
+def _counter(text: str, name: str) -> float:
+    """The sum of a counter's samples over all its labels, from a Prometheus exposition."""
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name + "{") or line.startswith(name + " "):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+async def test_metrics_add_up_every_worker(intake_process: IntakeProcess) -> None:
+    """Intake runs two workers here; /metrics answers for both, whichever one is asked."""
+    name = "portline_intake_mllp_connections_total"
+
+    async def scrape() -> float:
+        # a new connection each time, so the kernel may hand it to either worker
+        async with httpx.AsyncClient(base_url=intake_process.http) as client:
+            response = await client.get("/metrics")
+        assert response.status_code == 200
+        return _counter(response.text, name)
+
+    before = await scrape()
+    connections = 16  # each a fresh connection: SO_REUSEPORT spreads them over the workers
+    for _ in range(connections):
+        (ack,) = await intake_process.mllp(framed(routine(control())))
+        assert ack_fields(ack)[0] == "AA"
+    await asyncio.sleep(0.2)  # the listener counts a connection when it accepts it
+    after = [await scrape() for _ in range(6)]
+    assert after == [before + connections] * 6
