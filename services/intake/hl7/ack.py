@@ -21,6 +21,7 @@ Decisions:
 
 from __future__ import annotations
 
+import functools
 from datetime import datetime
 from typing import Literal
 
@@ -61,9 +62,8 @@ def escape(text: str) -> str:
     return text.translate(_ESCAPE_TABLE)
 
 
-def _reencode(value: str, header: HL7Header) -> str:
+def _reencode(value: str, seps: Separators) -> str:
     """A header value as sent, re-expressed with the ACK's standard separators."""
-    seps = Separators.of(header)
     if seps == _ACK_SEPARATORS:
         return value
     comps = value.split(seps.component)
@@ -71,6 +71,12 @@ def _reencode(value: str, header: HL7Header) -> str:
         "&".join(escape(unescape(sub, seps)) for sub in comp.split(seps.subcomponent))
         for comp in comps
     )
+
+
+@functools.lru_cache(maxsize=8)
+def _timestamp(now: datetime) -> str:
+    """MSH-7; a group commit answers many messages with the same `now`."""
+    return now.strftime("%Y%m%d%H%M%S%z")
 
 
 def _looks_like_version(version: str) -> bool:
@@ -104,14 +110,15 @@ def build_ack(
         raise ValueError("control_id must not be empty")
 
     if header is not None:
-        sending_app = _reencode(header.receiving_application, header) or SENDING_APPLICATION
-        sending_facility = _reencode(header.receiving_facility, header)
-        receiving_app = _reencode(header.sending_application, header)
-        receiving_facility = _reencode(header.sending_facility, header)
-        trigger = _reencode(header.trigger_event, header)
-        processing_id = _reencode(header.processing_id, header) or "P"
+        seps = Separators.of(header)
+        sending_app = _reencode(header.receiving_application, seps) or SENDING_APPLICATION
+        sending_facility = _reencode(header.receiving_facility, seps)
+        receiving_app = _reencode(header.sending_application, seps)
+        receiving_facility = _reencode(header.sending_facility, seps)
+        trigger = _reencode(header.trigger_event, seps)
+        processing_id = _reencode(header.processing_id, seps) or "P"
         version = header.version if _looks_like_version(header.version) else ""
-        original_control_id = _reencode(header.control_id, header)
+        original_control_id = _reencode(header.control_id, seps)
     else:
         sending_app, sending_facility, receiving_app, receiving_facility = (
             SENDING_APPLICATION,
@@ -131,7 +138,7 @@ def build_ack(
             sending_facility,
             receiving_app,
             receiving_facility,
-            now.strftime("%Y%m%d%H%M%S%z"),
+            _timestamp(now),
             "",
             f"ACK^{trigger}^ACK" if trigger else "ACK",
             escape(control_id),

@@ -83,6 +83,8 @@ class Separators:
 
     @classmethod
     def of(cls, header: HL7Header) -> Separators:
+        if header.field_separator == "|" and header.encoding_characters == "^~\\&":
+            return _DEFAULT_SEPARATORS  # almost every message: no new object
         return cls.from_msh(header.field_separator, header.encoding_characters)
 
     @classmethod
