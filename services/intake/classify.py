@@ -485,6 +485,7 @@ def _build_phrases() -> dict[tuple[str, ...], _Entry]:
 _WORDS = _build_words()
 _PHRASES = _build_phrases()
 _MAX_PHRASE = max(len(p) for p in _PHRASES)
+_PHRASE_STARTS = frozenset(p[0] for p in _PHRASES)
 _FILLER: _Entry = (_Kind.FILLER, frozenset())
 _OVERDOSE_ENTRY = _term(_Role.OVERDOSE)
 
@@ -508,7 +509,9 @@ def _units(text: str) -> list[_Unit]:
     units: list[_Unit] = []
     i = 0
     while i < len(tokens):
-        for length in range(min(_MAX_PHRASE, len(tokens) - i), 1, -1):
+        # Only a token that can start a phrase is tried against them (most tokens cannot).
+        longest = min(_MAX_PHRASE, len(tokens) - i) if tokens[i] in _PHRASE_STARTS else 1
+        for length in range(longest, 1, -1):
             key = tuple(tokens[i : i + length])
             if (entry := _PHRASES.get(key)) is not None:
                 units.append(_Unit(entry[0], entry[1], " ".join(key)))
