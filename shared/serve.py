@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import shutil
@@ -78,7 +79,24 @@ def serve(service: ServiceName, app_factory: Callable[[Settings], FastAPI]) -> N
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind((settings.host, settings.port_for(service)))
         sockets = [sock]
+    _tune_gc()
     _run(uvicorn.Server(config).serve(sockets=sockets))
+
+
+GC_GEN0_THRESHOLD = 50_000
+"""Allocations between young-generation collections (CPython's default is 700). A request
+allocates hundreds of short-lived objects, so at the default the cyclic collector ran many
+times a second and took about a tenth of intake's CPU under load (py-spy, make bench)."""
+
+
+def _tune_gc() -> None:
+    """Freeze what start-up built (modules, the app, its routes: never garbage) out of the
+    collector's scans, and collect the young generation less often. Reference counting
+    still frees almost everything at once; only cycles wait a little longer."""
+    gc.collect()
+    gc.freeze()
+    _gen0, gen1, gen2 = gc.get_threshold()
+    gc.set_threshold(GC_GEN0_THRESHOLD, gen1, gen2)
 
 
 def _run(main: Coroutine[Any, Any, None]) -> None:

@@ -74,3 +74,18 @@ async def test_service_starts_while_postgres_is_down_and_reports_not_ready(
             ready = await client.get("/readyz")
             assert ready.status_code == 503
             assert ready.json()["checks"]["database"].startswith("unavailable")
+
+
+def test_serving_freezes_start_up_objects_and_collects_the_young_generation_less_often() -> None:
+    import gc
+
+    from shared.serve import GC_GEN0_THRESHOLD, _tune_gc
+
+    threshold = gc.get_threshold()
+    try:
+        _tune_gc()
+        assert gc.get_threshold() == (GC_GEN0_THRESHOLD, threshold[1], threshold[2])
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*threshold)
