@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 from fastapi import FastAPI, Request, Response
@@ -218,9 +218,15 @@ class _RequestMetrics:
             HTTP_REQUESTS.labels(self._service, method, route, str(status)).inc()
 
 
-def add_openapi_schemas(app: FastAPI, models: Sequence[type[BaseModel]]) -> None:
+def add_openapi_schemas(
+    app: FastAPI,
+    models: Sequence[type[BaseModel]],
+    *,
+    security_schemes: Mapping[str, Mapping[str, Any]] | None = None,
+) -> None:
     """Publish models that routes read from the raw body (so FastAPI cannot see them)
-    under components/schemas, where the routes' request bodies refer to them."""
+    under components/schemas, where the routes' request bodies refer to them; and security
+    schemes that routes name in their `openapi_extra` (when they authenticate themselves)."""
     build = app.openapi
 
     def openapi() -> dict[str, Any]:
@@ -232,6 +238,9 @@ def add_openapi_schemas(app: FastAPI, models: Sequence[type[BaseModel]]) -> None
             js = model.model_json_schema(ref_template="#/components/schemas/{model}")
             components.update(js.pop("$defs", {}))
             components[model.__name__] = js
+        if security_schemes:
+            schemes = schema["components"].setdefault("securitySchemes", {})
+            schemes.update({name: dict(scheme) for name, scheme in security_schemes.items()})
         app.openapi_schema = schema
         return schema
 

@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from services.intake.api import IntakeState, router
+from services.intake.api import PARTNER_SECURITY_SCHEMES, IntakeState, router
 from services.intake.batching import MicroBatcher, Reply
 from services.intake.ems_json import EmsRunReportBatch, EmsRunReportIn
 from services.intake.handlers import (
@@ -151,5 +151,7 @@ def create_app(settings: Settings) -> FastAPI:
         routers=[router],
         extension=extension,
     )
-    add_openapi_schemas(app, [EmsRunReportIn, EmsRunReportBatch])
+    add_openapi_schemas(
+        app, [EmsRunReportIn, EmsRunReportBatch], security_schemes=PARTNER_SECURITY_SCHEMES
+    )
     return app

@@ -1019,3 +1019,20 @@ async def test_error_responses_never_carry_a_stack_trace(
     assert "Traceback" not in response.text
     assert 'File "' not in response.text
     assert ".py" not in response.text
+
+
+def test_openapi_documents_partner_authentication_and_the_idempotency_key(
+    spec: dict[str, Any],
+) -> None:
+    schemes = spec["components"]["securitySchemes"]
+    assert schemes["partnerBearer"]["scheme"] == "bearer"
+    assert (schemes["partnerApiKey"]["in"], schemes["partnerApiKey"]["name"]) == (
+        "header",
+        "X-API-Key",
+    )
+    for path in ("/v1/hl7", "/v1/ems/run-reports"):
+        security = spec["paths"][path]["post"]["security"]
+        assert security == [{"partnerBearer": []}, {"partnerApiKey": []}]
+    (parameter,) = spec["paths"]["/v1/ems/run-reports"]["post"]["parameters"]
+    assert parameter["name"] == "Idempotency-Key"
+    assert parameter["schema"]["maxLength"] == 200
