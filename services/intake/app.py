@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -67,6 +68,8 @@ def create_app(settings: Settings) -> FastAPI:
         parse_pool = (
             ParsePool(settings.intake_parse_workers) if settings.intake_parse_workers else None
         )
+        if parse_pool is not None:
+            warming = asyncio.create_task(parse_pool.warm_up(), name="parse-pool-warm-up")
         hl7 = HL7Intake(
             uow_factory=runtime.uow,
             directory=directory,
@@ -141,6 +144,7 @@ def create_app(settings: Settings) -> FastAPI:
             if routine_store is not None:
                 await routine_store.close()
             if parse_pool is not None:
+                warming.cancel()
                 parse_pool.close()
 
     app = create_service_app(

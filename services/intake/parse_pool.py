@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import logging
 import multiprocessing
-from datetime import tzinfo
+from datetime import UTC, tzinfo
 
-from services.intake.hl7 import Screened, parse_adt
+from services.intake.hl7 import Screened, parse_adt, screen
 from services.intake.records import AdtMessage
 
 __all__ = ["ParsePool", "parse_inline"]
+
+log = logging.getLogger(__name__)
 
 
 async def parse_inline(message: str, screened: Screened, default_tz: tzinfo) -> AdtMessage:
@@ -23,6 +26,21 @@ async def parse_inline(message: str, screened: Screened, default_tz: tzinfo) -> 
 
 def _parse(message: str, screened: Screened, default_tz: tzinfo) -> AdtMessage:
     return parse_adt(message, screened, default_tz=default_tz)
+
+
+_WARM_UP_MESSAGE = (
+    "MSH|^~\\&|PORTLINE|WARMUP|PORTLINE|WARMUP|20260101000000||ADT^A04^ADT_A01|WARMUP|P|2.5.1\r"
+    "EVN|A04|20260101000000\r"
+    "PID|1||0^^^WARMUP^MR||WARMUP^WARMUP\r"
+    "PV1|1|E\r"
+    "DG1|1||T40.1X1A^Poisoning by heroin, accidental^I10"
+)
+
+
+def _warm_up() -> bool:
+    """Parse a made-up message: loads hl7apy and its structures in the worker process."""
+    _parse(_WARM_UP_MESSAGE, screen(_WARM_UP_MESSAGE), UTC)
+    return True
 
 
 class ParsePool:
@@ -42,6 +60,19 @@ class ParsePool:
         except concurrent.futures.process.BrokenProcessPool:
             self._pool = self._new()  # a crashed worker: the next message gets a fresh one
             raise
+
+    async def warm_up(self) -> bool:
+        """Start the worker and load the parser now, so that the first overdose after start
+        does not wait for a process spawn and hl7apy's imports (about 0.1 s idle, more
+        under load)."""
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._pool, _warm_up)
+        except concurrent.futures.process.BrokenProcessPool:
+            self._pool = self._new()
+        except Exception:  # best effort: the first real parse starts the worker instead
+            log.warning("parse pool warm-up failed", exc_info=True)
+        return False
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
