@@ -26,7 +26,7 @@ from datetime import datetime
 from typing import Literal
 
 from services.intake.hl7.errors import HL7Error, MissingFieldError, NotHL7Error
-from services.intake.hl7.screen import Separators, normalize, unescape
+from services.intake.hl7.screen import STANDARD_SEPARATORS, Separators, normalize, unescape
 from services.intake.records import HL7Header
 
 __all__ = [
@@ -44,7 +44,7 @@ SENDING_APPLICATION = "PORTLINE"
 DEFAULT_ACK_VERSION = "2.5.1"
 MSA_TEXT_MAX = 80
 
-_ACK_SEPARATORS = Separators()
+_ACK_SEPARATORS = STANDARD_SEPARATORS
 _ESCAPES = {
     "\\": "\\E\\",
     "|": "\\F\\",
@@ -64,7 +64,7 @@ def escape(text: str) -> str:
 
 def _reencode(value: str, seps: Separators) -> str:
     """A header value as sent, re-expressed with the ACK's standard separators."""
-    if seps == _ACK_SEPARATORS:
+    if seps is _ACK_SEPARATORS or seps == _ACK_SEPARATORS:
         return value
     comps = value.split(seps.component)
     return "^".join(

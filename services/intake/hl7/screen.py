@@ -44,6 +44,7 @@ __all__ = [
     "SOURCE_DG1",
     "SOURCE_OBX_8661_1",
     "SOURCE_PV2_3",
+    "STANDARD_SEPARATORS",
     "Screened",
     "Separators",
     "check_supported",
@@ -84,7 +85,7 @@ class Separators:
     @classmethod
     def of(cls, header: HL7Header) -> Separators:
         if header.field_separator == "|" and header.encoding_characters == "^~\\&":
-            return _DEFAULT_SEPARATORS  # almost every message: no new object
+            return STANDARD_SEPARATORS  # almost every message: no new object
         return cls.from_msh(header.field_separator, header.encoding_characters)
 
     @classmethod
@@ -100,7 +101,8 @@ class Separators:
         )
 
 
-_DEFAULT_SEPARATORS = Separators()
+STANDARD_SEPARATORS = Separators()
+"""`|^~\\&`: what almost every message declares, and what ACKs always use."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,7 +153,7 @@ def normalize(raw: bytes | bytearray | memoryview | str) -> str:
 # ---------------------------------------------------------------------------------------
 
 
-def unescape(text: str, seps: Separators = _DEFAULT_SEPARATORS) -> str:
+def unescape(text: str, seps: Separators = STANDARD_SEPARATORS) -> str:
     """Resolve HL7 escape sequences in one value.
 
     ``\\F\\ \\S\\ \\T\\ \\R\\ \\E\\`` become the message's separators, ``\\.br\\`` a
