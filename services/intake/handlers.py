@@ -380,10 +380,9 @@ class HL7Intake:
                     channel=p.channel.value,
                     partner_id=p.partner.partner_id,
                     dedupe_key=p.dedupe_key,
-                    received_at=now,
                     ack=self._ack(p, "AA", now, control_id=inbound_id.hex[:20]),
                 )
-        acks = await store.store(list(rows.values()), InboundStatus.NOT_OVERDOSE.value)
+        acks = await store.store(list(rows.values()), InboundStatus.NOT_OVERDOSE.value, now)
         for p in items:
             assert p.dedupe_key is not None
             p.ack = acks[p.dedupe_key]
@@ -738,12 +737,14 @@ class EmsIntake:
                     channel=Channel.HTTP_EMS.value,
                     partner_id=s.partner.partner_id,
                     dedupe_key=dedupe,
-                    received_at=now,
                     ack="",
                 )
                 source_keys[dedupe] = source_key
         inserted, reports = await store.store_ems(
-            list(rows.values()), list(source_keys.values()), InboundStatus.NOT_OVERDOSE.value
+            list(rows.values()),
+            list(source_keys.values()),
+            InboundStatus.NOT_OVERDOSE.value,
+            now,
         )
         first: set[str] = set()
         for i in indices:

@@ -259,3 +259,39 @@ async def test_ems_routine_records_take_the_fast_path_with_the_same_outcomes(
         assert out[1].revision == 1
     finally:
         await store.close()
+
+
+async def test_the_fast_path_opens_a_fresh_connection_when_the_server_dropped_one(
+    pg_engine: AsyncEngine, pg_schema: str, postgres_url: str, tmp_path: Path
+) -> None:
+    from datetime import UTC, datetime
+
+    from services.intake.routine_store import RoutineRow, RoutineStore
+
+    await _intake(pg_engine, pg_schema, tmp_path)
+    store = await RoutineStore.connect(postgres_url, schema=pg_schema)
+
+    def row(key: str) -> RoutineRow:
+        return RoutineRow(uuid.uuid4(), "mllp", "demo-hospital", key, f"ACK {key}")
+
+    try:
+        now = datetime.now(UTC)
+        assert await store.store([row("conn-a")], "not_overdose", now) == {"conn-a": "ACK conn-a"}
+        async with pg_engine.connect() as conn:
+            dropped = (
+                await conn.execute(
+                    sa.text(
+                        "select count(pg_terminate_backend(pid)) from pg_stat_activity "
+                        "where pid <> pg_backend_pid() and query like '%INSERT INTO inbound%'"
+                    )
+                )
+            ).scalar_one()
+        assert dropped == 1
+        await asyncio.sleep(0.3)  # the client sees the connection close
+        # the dropped connection is not handed out again: the next batch simply succeeds
+        assert await store.store([row("conn-b")], "not_overdose", now) == {"conn-b": "ACK conn-b"}
+        async with session_factory(pg_engine)() as s:
+            keys = set((await s.execute(sa.select(INBOUND.c.dedupe_key))).scalars())
+        assert keys == {"conn-a", "conn-b"}
+    finally:
+        await store.close()
