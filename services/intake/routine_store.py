@@ -73,7 +73,8 @@ class _Connections:
 
     def __init__(self, dsn: str, *, schema: str, max_size: int) -> None:
         self._dsn = dsn
-        self._settings = {"search_path": schema}
+        # The application name tells these connections apart in pg_stat_activity.
+        self._settings = {"search_path": schema, "application_name": f"portline-intake-{schema}"}
         self._slots = asyncio.Semaphore(max_size)
         self._idle: list[asyncpg.Connection] = []
 

@@ -282,8 +282,9 @@ async def test_the_fast_path_opens_a_fresh_connection_when_the_server_dropped_on
                 await conn.execute(
                     sa.text(
                         "select count(pg_terminate_backend(pid)) from pg_stat_activity "
-                        "where pid <> pg_backend_pid() and query like '%INSERT INTO inbound%'"
-                    )
+                        "where application_name = :name"
+                    ),
+                    {"name": f"portline-intake-{pg_schema}"},
                 )
             ).scalar_one()
         assert dropped == 1
