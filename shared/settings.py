@@ -88,7 +88,13 @@ class Settings(BaseSettings):
     intake_workers: int = Field(
         default=1,
         ge=1,
-        description="Intake worker processes sharing its HTTP and MLLP ports (PostgreSQL only).",
+        description="Intake worker processes sharing its HTTP port (PostgreSQL only); the "
+        "first of them also runs the MLLP listener.",
+    )
+    worker: str = Field(
+        default="",
+        description="Set by `portline run` for each worker process it supervises (e.g. "
+        "`intake-0`); empty when the service runs as a single process. Not for operators.",
     )
     intake_parse_workers: int = Field(
         default=1,
@@ -149,6 +155,14 @@ class Settings(BaseSettings):
         if service != "intake" or not self.db_url.startswith("postgres"):
             return 1
         return self.intake_workers
+
+    @property
+    def runs_mllp(self) -> bool:
+        """Whether this intake process runs the MLLP listener: a single process, or the first
+        worker. The kernel's SO_REUSEPORT hashing would spread a handful of long-lived
+        partner connections unevenly over workers (with 8 connections and 2 workers, three
+        runs in four), leaving one worker's event loop the bottleneck."""
+        return self.worker in ("", "intake-0")
 
     def schema_for(self, service: str) -> str:
         """The PostgreSQL schema a service owns."""

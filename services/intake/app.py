@@ -113,16 +113,17 @@ def create_app(settings: Settings) -> FastAPI:
         async def on_frame(payload: bytes) -> str:
             return await hl7_batcher.submit(HL7Submission(payload, Channel.MLLP))
 
-        listener = MllpListener(
-            on_frame,
-            host=settings.host,
-            port=settings.mllp_port,
-            now=runtime.clock.now,
-            max_message_bytes=settings.intake_max_message_bytes,
-            ssl_context=_tls(settings),
-            reuse_port=settings.workers_for("intake") > 1,
-        )
-        await listener.start()
+        listener: MllpListener | None = None
+        if settings.runs_mllp:
+            listener = MllpListener(
+                on_frame,
+                host=settings.host,
+                port=settings.mllp_port,
+                now=runtime.clock.now,
+                max_message_bytes=settings.intake_max_message_bytes,
+                ssl_context=_tls(settings),
+            )
+            await listener.start()
         app.state.intake = IntakeState(
             directory=directory,
             hl7=hl7_batcher,
@@ -138,7 +139,8 @@ def create_app(settings: Settings) -> FastAPI:
         try:
             yield
         finally:
-            await listener.stop()
+            if listener is not None:
+                await listener.stop()
             await hl7_batcher.stop()
             await ems_batcher.stop()
             if routine_store is not None:

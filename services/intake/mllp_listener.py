@@ -44,9 +44,7 @@ class MllpListener:
         max_message_bytes: int = 1_048_576,
         ssl_context: ssl.SSLContext | None = None,
         idle_timeout: float = 600.0,
-        reuse_port: bool = False,
     ) -> None:
-        self._reuse_port = reuse_port
         self._handle = handle
         self._host = host
         self._port = port
@@ -71,7 +69,6 @@ class MllpListener:
             self._port,
             ssl=self._ssl,
             limit=2**20,
-            reuse_port=self._reuse_port or None,
         )
 
     async def stop(self) -> None:

@@ -282,7 +282,11 @@ def _counter(text: str, name: str) -> float:
 
 async def test_metrics_add_up_every_worker(intake_process: IntakeProcess) -> None:
     """Intake runs two workers here; /metrics answers for both, whichever one is asked."""
-    name = "portline_intake_mllp_connections_total"
+    name = "portline_intake_messages_total"
+    headers = {
+        "Authorization": f"Bearer {intake_process.hospital_key}",
+        "Content-Type": "application/hl7-v2",
+    }
 
     async def scrape() -> float:
         # a new connection each time, so the kernel may hand it to either worker
@@ -292,10 +296,10 @@ async def test_metrics_add_up_every_worker(intake_process: IntakeProcess) -> Non
         return _counter(response.text, name)
 
     before = await scrape()
-    connections = 16  # each a fresh connection: SO_REUSEPORT spreads them over the workers
-    for _ in range(connections):
-        (ack,) = await intake_process.mllp(framed(routine(control())))
-        assert ack_fields(ack)[0] == "AA"
-    await asyncio.sleep(0.2)  # the listener counts a connection when it accepts it
+    messages = 16  # each on a fresh connection: SO_REUSEPORT spreads them over the workers
+    for _ in range(messages):
+        async with httpx.AsyncClient(base_url=intake_process.http) as client:
+            response = await client.post("/v1/hl7", content=routine(control()), headers=headers)
+        assert response.status_code == 200
     after = [await scrape() for _ in range(6)]
-    assert after == [before + connections] * 6
+    assert after == [before + messages] * 6

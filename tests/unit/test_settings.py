@@ -56,3 +56,9 @@ def test_environment_is_read_once_with_unprefixed_infrastructure_urls(
     assert settings.database_url == "postgresql://u:p@db:5432/portline"
     assert settings.kafka_bootstrap_servers == "kafka:9092"
     assert settings.port_for("outreach") == 9003
+
+
+def test_mllp_runs_in_a_single_process_or_the_first_worker_only() -> None:
+    assert Settings(worker="").runs_mllp
+    assert Settings(worker="intake-0").runs_mllp
+    assert not Settings(worker="intake-1").runs_mllp
