@@ -11,10 +11,12 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from services.intake.handlers import HL7Intake, HL7Submission
+from services.intake.handlers import FullParse, HL7Intake, HL7Submission
 from services.intake.models import INBOUND, Channel
+from services.intake.parse_pool import parse_inline
 from services.intake.partners import PartnerDirectory
 from services.intake.reports import Protector
+from services.intake.routine_store import RoutineStore
 from services.intake.seed import seed_demo
 from shared.bus import KafkaPublisher, create_topics
 from shared.clock import SystemClock
@@ -38,11 +40,24 @@ async def _intake(engine: AsyncEngine, schema: str, var: Path) -> HL7Intake:
     await upgrade(engine, service="intake", schema=schema)
     sessions = session_factory(engine)
     await seed_demo(sessions, clock=SystemClock(), var_dir=var)
+    return _hl7_intake(engine)
+
+
+def _hl7_intake(
+    engine: AsyncEngine,
+    *,
+    routine_store: RoutineStore | None = None,
+    full_parse: FullParse = parse_inline,
+) -> HL7Intake:
+    """An HL7 intake on this database (migrated and seeded by `_intake`)."""
+    sessions = session_factory(engine)
     return HL7Intake(
         uow_factory=lambda: UnitOfWork(sessions, clock=SystemClock(), source="/portline/intake"),
         directory=PartnerDirectory(sessions, ttl_seconds=0),
         protector=PROTECTOR,
         clock=SystemClock(),
+        routine_store=routine_store,
+        full_parse=full_parse,
     )
 
 
@@ -86,14 +101,7 @@ async def test_two_replicas_receiving_the_same_message_at_once_store_it_once(
     pg_engine: AsyncEngine, pg_schema: str, tmp_path: Path
 ) -> None:
     first = await _intake(pg_engine, pg_schema, tmp_path)
-    second = HL7Intake(
-        uow_factory=lambda: UnitOfWork(
-            session_factory(pg_engine), clock=SystemClock(), source="/portline/intake"
-        ),
-        directory=PartnerDirectory(session_factory(pg_engine), ttl_seconds=0),
-        protector=PROTECTOR,
-        clock=SystemClock(),
-    )
+    second = _hl7_intake(pg_engine)
     message = adt(f"RACE-{uuid.uuid4().hex[:10]}").encode()
     rounds = await asyncio.gather(
         *[
@@ -113,19 +121,12 @@ async def test_two_replicas_receiving_the_same_message_at_once_store_it_once(
 async def test_routine_batches_take_the_fast_path_and_resends_get_the_original_ack(
     pg_engine: AsyncEngine, pg_schema: str, postgres_url: str, tmp_path: Path
 ) -> None:
-    from services.intake.routine_store import RoutineStore
     from tests.hl7_builder import routine
 
     general = await _intake(pg_engine, pg_schema, tmp_path)
     store = await RoutineStore.connect(postgres_url, schema=pg_schema)
     sessions = session_factory(pg_engine)
-    fast = HL7Intake(
-        uow_factory=lambda: UnitOfWork(sessions, clock=SystemClock(), source="/portline/intake"),
-        directory=PartnerDirectory(sessions, ttl_seconds=0),
-        protector=PROTECTOR,
-        clock=SystemClock(),
-        routine_store=store,
-    )
+    fast = _hl7_intake(pg_engine, routine_store=store)
     try:
         a, b = f"FP-{uuid.uuid4().hex[:8]}", f"FP-{uuid.uuid4().hex[:8]}"
         first = await fast.receive(
@@ -152,9 +153,7 @@ async def test_routine_batches_take_the_fast_path_and_resends_get_the_original_a
 async def test_routine_messages_are_answered_while_an_overdose_beside_them_is_still_parsed(
     pg_engine: AsyncEngine, pg_schema: str, postgres_url: str, tmp_path: Path
 ) -> None:
-    from services.intake.parse_pool import parse_inline
     from services.intake.records import AdtMessage
-    from services.intake.routine_store import RoutineStore
     from tests.hl7_builder import routine
 
     await _intake(pg_engine, pg_schema, tmp_path)
@@ -166,14 +165,7 @@ async def test_routine_messages_are_answered_while_an_overdose_beside_them_is_st
         await parse_may_finish.wait()
         return await parse_inline(message, screened, tz)
 
-    intake = HL7Intake(
-        uow_factory=lambda: UnitOfWork(sessions, clock=SystemClock(), source="/portline/intake"),
-        directory=PartnerDirectory(sessions, ttl_seconds=0),
-        protector=PROTECTOR,
-        clock=SystemClock(),
-        routine_store=store,
-        full_parse=slow_parse,
-    )
+    intake = _hl7_intake(pg_engine, routine_store=store, full_parse=slow_parse)
     early: dict[int, str] = {}
     answered = asyncio.Event()
 
@@ -224,7 +216,6 @@ async def test_ems_routine_records_take_the_fast_path_with_the_same_outcomes(
     import json
 
     from services.intake.handlers import EmsIntake, EmsSubmission
-    from services.intake.routine_store import RoutineStore
     from tests.unit.test_intake_handlers import run
 
     await _intake(pg_engine, pg_schema, tmp_path)  # migrated and seeded
@@ -266,7 +257,7 @@ async def test_the_fast_path_opens_a_fresh_connection_when_the_server_dropped_on
 ) -> None:
     from datetime import UTC, datetime
 
-    from services.intake.routine_store import RoutineRow, RoutineStore
+    from services.intake.routine_store import RoutineRow
 
     await _intake(pg_engine, pg_schema, tmp_path)
     store = await RoutineStore.connect(postgres_url, schema=pg_schema)
