@@ -50,7 +50,7 @@ def serve(service: ServiceName, app_factory: Callable[[Settings], FastAPI]) -> N
     worker processes, which share the service's ports through SO_REUSEPORT."""
     settings = get_settings()
     workers = settings.workers_for(service)
-    if workers > 1 and WORKER_ENV not in os.environ:
+    if workers > 1 and not settings.worker:  # the supervisor; its workers have a name
         metrics_dir = _fresh_metrics_dir(settings, service)
         sys.exit(
             _supervise(
