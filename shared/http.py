@@ -16,7 +16,13 @@ from typing import Any
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest, multiprocess
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    generate_latest,
+    multiprocess,
+)
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -149,6 +155,7 @@ class Readiness(BaseModel):
 
 def install_common_routes(app: FastAPI, *, service: str, readiness: ReadinessCheck) -> None:
     """/healthz, /readyz and /metrics, plus request metrics for every route."""
+    registry = _metrics_registry()
 
     @app.get("/healthz", tags=["operations"], summary="Liveness: the process is serving")
     async def healthz() -> Health:
@@ -173,20 +180,21 @@ def install_common_routes(app: FastAPI, *, service: str, readiness: ReadinessChe
         description="With several worker processes, the sum over all of them.",
     )
     async def metrics() -> Response:
-        return Response(_exposition(), media_type=CONTENT_TYPE_LATEST)
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     app.add_middleware(_RequestMetrics, service=service)
 
 
-def _exposition() -> bytes:
-    """This process's metrics; for worker processes (PROMETHEUS_MULTIPROC_DIR set by the
-    supervisor, see shared.serve) those of every worker, added up."""
+def _metrics_registry() -> CollectorRegistry:
+    """This process's metrics; for worker processes (PROMETHEUS_MULTIPROC_DIR, set by the
+    supervisor in shared.serve, which is also what prometheus_client itself reads) those of
+    every worker, read from their files and added up at each scrape."""
     directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     if not directory:
-        return generate_latest()
+        return REGISTRY
     registry = CollectorRegistry()
     multiprocess.MultiProcessCollector(registry, path=directory)  # type: ignore[no-untyped-call]
-    return generate_latest(registry)
+    return registry
 
 
 class _RequestMetrics:
