@@ -241,6 +241,27 @@ def test_patch_versions_hl7apy_lacks_are_mapped(
     assert _parse(_adt(version=version)).identity.family == "DOE"
 
 
+def test_hl7apy_library_lookup_is_memoized(monkeypatch: pytest.MonkeyPatch) -> None:
+    """hl7apy looks its version library up for every element it builds; after a full parse,
+    every module that calls the lookup uses one memoized copy, and an unsupported version
+    still raises (errors are not cached)."""
+    import hl7apy
+    import hl7apy.core
+    import hl7apy.factories
+    from hl7apy.exceptions import UnsupportedVersion
+
+    _hl7apy_alone(monkeypatch)
+    assert _parse(_adt(version="2.5.1")).identity.family == "DOE"
+    lookup = hl7apy.core.load_library
+    assert hl7apy.load_library is lookup is hl7apy.factories.load_library
+    assert lookup.cache_info().hits > 0  # type: ignore[attr-defined]
+    assert lookup("2.5.1") is lookup("2.5.1")
+    with pytest.raises(UnsupportedVersion):
+        lookup("9.9")
+    with pytest.raises(UnsupportedVersion):
+        lookup("9.9")
+
+
 def test_hl7apy_failure_falls_back_and_logs_no_content(caplog: pytest.LogCaptureFixture) -> None:
     message = _adt(pid="PID|1||SECRET-MRN^^^H^MR||SECRETNAME^JANE", version="2.9")
     with caplog.at_level(logging.DEBUG, logger=parse_module.__name__):

@@ -41,6 +41,7 @@ Extraction rules (empty values and the HL7 null ``""`` become ``None``):
 
 from __future__ import annotations
 
+import functools
 import logging
 from datetime import date, datetime, timedelta, timezone, tzinfo
 from typing import Any
@@ -166,6 +167,23 @@ def parse_hl7_date(value: str | None) -> date | None:
 # ---------------------------------------------------------------------------------------
 
 
+@functools.cache
+def _hl7apy_memoized() -> None:
+    """Memoize hl7apy's `load_library(version)`, once per process. hl7apy calls it for
+    every element it builds (about 1,100 times for a six-segment ADT), and each call goes
+    through importlib: a quarter of a candidate's parse time (make bench, cProfile). The
+    function is pure (a version's module, or an error for an unsupported version, which
+    the cache does not keep), and hl7apy's modules imported it by name, so each is patched.
+    """
+    import hl7apy
+    import hl7apy.core
+    import hl7apy.factories
+
+    cached = functools.lru_cache(maxsize=None)(hl7apy.load_library)
+    for module in (hl7apy, hl7apy.core, hl7apy.factories):
+        module.load_library = cached
+
+
 def _hl7apy_version(version: str) -> str:
     from hl7apy import SUPPORTED_LIBRARIES
 
@@ -215,6 +233,7 @@ def _segments_hl7apy(
     from hl7apy.consts import VALIDATION_LEVEL
     from hl7apy.parser import parse_message
 
+    _hl7apy_memoized()
     parsed: Any = parse_message(
         _prepare_for_hl7apy(message, header, seps),
         validation_level=VALIDATION_LEVEL.TOLERANT,
