@@ -10,6 +10,7 @@ key's events leave in the order they were committed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import zlib
 from collections.abc import Callable, Sequence
@@ -72,6 +73,15 @@ class Publisher(Protocol):
         ...
 
 
+BUSY_RETRY_SECONDS = 0.02
+"""How soon a relay looks again while another replica holds the publishing lock."""
+
+
+async def _wait_or_stop(stop: asyncio.Event, seconds: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), seconds)
+
+
 RelayStage = str
 """'claimed' (rows read, nothing sent) or 'sent' (broker acked, rows not yet marked)."""
 
@@ -99,6 +109,8 @@ class OutboxRelay:
         self._on_stage = on_stage or (lambda _stage: None)
         self._wake = asyncio.Event()
         self._lock_id: int | None = None
+        self._busy = False
+        """The last pass found another replica publishing (PostgreSQL's advisory lock)."""
 
     def wake(self) -> None:
         """Ask the running relay to look for rows now instead of at its next poll."""
@@ -106,6 +118,7 @@ class OutboxRelay:
 
     async def run_once(self) -> int:
         """Publish one batch; returns how many rows were published."""
+        self._busy = False
         async with self._sessions() as session, session.begin():
             if session.get_bind().dialect.name == "postgresql":
                 if self._lock_id is None:
@@ -117,6 +130,7 @@ class OutboxRelay:
                     sa.text("select pg_try_advisory_xact_lock(:id)"), {"id": self._lock_id}
                 )
                 if not got.scalar_one():
+                    self._busy = True
                     return 0
             table = OUTBOX
             rows = (
@@ -144,9 +158,17 @@ class OutboxRelay:
         return len(rows)
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Relay until stop is set; transient failures are logged and retried with backoff."""
+        """Relay until stop is set; transient failures are logged and retried with backoff.
+
+        A pass that published a full batch is followed at once by the next. Otherwise the
+        relay waits for a wake or its poll interval; a wake that came during the pass (a
+        commit it may not have seen) ends that wait at once. So an idle pass is not run after
+        every publish, only when something may be waiting. While another replica holds the
+        publishing lock, the relay looks again soon: that replica's pass may have started
+        before this process's rows were committed."""
         backoff = self._poll_interval
         while not stop.is_set():
+            self._wake.clear()  # a wake from here on may announce rows this pass misses
             try:
                 sent = await self.run_once()
                 backoff = self._poll_interval
@@ -154,9 +176,11 @@ class OutboxRelay:
                 log.warning("outbox relay failed; retrying", extra={"error": type(exc).__name__})
                 sent = 0
                 backoff = min(backoff * 2, 5.0)
-            if sent:
+            if sent >= self._batch_size:
                 continue
-            self._wake.clear()
+            if self._busy:
+                await _wait_or_stop(stop, BUSY_RETRY_SECONDS)
+                continue
             wait_for_wake = asyncio.ensure_future(self._wake.wait())
             wait_for_stop = asyncio.ensure_future(stop.wait())
             _done, pending = await asyncio.wait(

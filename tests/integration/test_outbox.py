@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+import zlib
 from collections.abc import Callable
 
 import pytest
@@ -14,7 +15,7 @@ from shared.bus import ConsumerLoop, KafkaPublisher, make_consumer
 from shared.clock import SystemClock
 from shared.envelope import Envelope
 from shared.inbox import InboxProcessor
-from shared.outbox import OutboxRecord, OutboxRelay, RelayStage
+from shared.outbox import OUTBOX, OutboxRecord, OutboxRelay, RelayStage
 from shared.uow import UnitOfWork
 from tests.support import TEST_TOPIC, applied, create_widget, read_topic, wait_for, widgets
 
@@ -186,3 +187,41 @@ async def test_relay_does_not_skip_rows_committed_out_of_id_order(
     assert ids[first.id] < ids[second.id]
     records = await read_topic(kafka_bootstrap, TEST_TOPIC, where=for_subject(subject), expect=2)
     assert [Envelope.from_bytes(rec.value).id for rec in records] == [second.id, first.id]
+
+
+async def test_relay_looks_again_soon_while_another_replica_publishes(
+    uow_factory: Callable[[], UnitOfWork],
+    sessions: async_sessionmaker[AsyncSession],
+    publisher: KafkaPublisher,
+) -> None:
+    """While another replica holds the publishing lock, the relay retries within
+    milliseconds, not at its next poll: that replica may have read the outbox before this
+    process's rows were committed."""
+    r = OutboxRelay(sessions, publisher, clock=SystemClock(), poll_interval=60)
+    await drain(r)
+
+    async def published() -> bool:
+        async with sessions() as s:
+            unpublished = await s.scalar(
+                sa.select(sa.func.count()).where(OUTBOX.c.published_at.is_(None))
+            )
+        return unpublished == 0
+
+    stop = asyncio.Event()
+    async with sessions() as other_replica, other_replica.begin():
+        schema = (await other_replica.execute(sa.text("select current_schema()"))).scalar_one()
+        await other_replica.execute(
+            sa.text("select pg_advisory_xact_lock(:id)"),
+            {"id": zlib.crc32(f"portline-outbox:{schema}".encode())},
+        )
+        async with uow_factory() as uow:
+            await create_widget(uow, "w", subject=f"person-{uuid.uuid4()}")
+            await uow.commit()
+        task = asyncio.create_task(r.run(stop))
+        await asyncio.sleep(0.3)
+        assert not await published()  # the lock is taken: nothing may go out
+    try:
+        await wait_for(published, timeout=5)  # far sooner than the 60 s poll
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 5)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -17,9 +19,16 @@ from shared.db import create_engine, session_factory
 from shared.envelope import Envelope
 from shared.inbox import DEAD_LETTER, InboxProcessor, InboxRecord, IncomingMessage, Outcome
 from shared.migrations import current_revision, upgrade
-from shared.outbox import OUTBOX, OutboxRelay
+from shared.outbox import OUTBOX, OutboxRelay, OutgoingMessage
 from shared.uow import UnitOfWork
-from tests.support import TEST_TOPIC, applied, create_widget, test_metadata, widgets
+from tests.support import (
+    TEST_TOPIC,
+    applied,
+    create_widget,
+    test_metadata,
+    wait_for,
+    widgets,
+)
 
 T0 = datetime(2026, 11, 21, 9, 0, tzinfo=UTC)
 
@@ -98,6 +107,90 @@ async def test_failed_publish_leaves_rows_for_the_next_run(
         await OutboxRelay(sessions, BrokerDown(), clock=clock).run_once()
     broker = InMemoryPublisher()
     assert await OutboxRelay(sessions, broker, clock=clock).run_once() == 1
+
+
+class CountingRelay(OutboxRelay):
+    """Counts its passes; a poll interval far beyond the test, so only wakes drive it."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, poll_interval=60, **kwargs)
+        self.passes = 0
+
+    async def run_once(self) -> int:
+        self.passes += 1
+        return await super().run_once()
+
+
+async def _commit_widget(uow: UnitOfWork, name: str) -> None:
+    async with uow:
+        await create_widget(uow, name, subject="p")
+        await uow.commit()
+
+
+async def _running(relay: OutboxRelay) -> AsyncIterator[None]:
+    stop = asyncio.Event()
+    task = asyncio.create_task(relay.run(stop))
+    try:
+        yield
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 5)
+
+
+async def test_relay_publishes_on_wake_without_an_idle_pass_after(
+    sessions: async_sessionmaker[AsyncSession], clock: ManualClock
+) -> None:
+    broker = InMemoryPublisher()
+    relay = CountingRelay(sessions, broker, clock=clock)
+    async for _ in _running(relay):
+        await wait_for(lambda: relay.passes == 1)  # the first pass, at start: nothing yet
+        await _commit_widget(
+            UnitOfWork(sessions, clock=clock, source="/t", on_published=relay.wake), "w"
+        )
+        await wait_for(lambda: len(broker.sent) == 1)
+        await asyncio.sleep(0.2)
+        # One pass for the wake. The batch was not full and nothing woke the relay since,
+        # so it waits instead of reading the outbox again.
+        assert relay.passes == 2
+
+
+async def test_relay_goes_again_when_woken_during_a_pass(
+    sessions: async_sessionmaker[AsyncSession], clock: ManualClock
+) -> None:
+    """A commit that lands while the relay is publishing (after its read) is not left for
+    the next poll: its wake ends the relay's wait at once."""
+    committed_meanwhile = False
+    relay: CountingRelay
+
+    class CommitWhilePublishing(InMemoryPublisher):
+        async def publish(self, messages: Sequence[OutgoingMessage]) -> None:
+            nonlocal committed_meanwhile
+            await super().publish(messages)
+            if not committed_meanwhile:
+                committed_meanwhile = True
+                await _commit_widget(
+                    UnitOfWork(sessions, clock=clock, source="/t", on_published=relay.wake),
+                    "second",
+                )
+
+    broker = CommitWhilePublishing()
+    relay = CountingRelay(sessions, broker, clock=clock)
+    await _commit_widget(UnitOfWork(sessions, clock=clock, source="/t"), "first")
+    async for _ in _running(relay):
+        await wait_for(lambda: len(broker.sent) == 2)
+        assert relay.passes == 2
+
+
+async def test_relay_goes_on_after_a_full_batch(
+    sessions: async_sessionmaker[AsyncSession], clock: ManualClock
+) -> None:
+    for name in ("a", "b", "c"):
+        await _commit_widget(UnitOfWork(sessions, clock=clock, source="/t"), name)
+    broker = InMemoryPublisher()
+    relay = CountingRelay(sessions, broker, clock=clock, batch_size=2)
+    async for _ in _running(relay):
+        await wait_for(lambda: len(broker.sent) == 3)  # two passes, without any wake or poll
+        assert relay.passes == 2
 
 
 def message(env: Envelope | bytes, offset: int) -> IncomingMessage:
