@@ -575,25 +575,30 @@ class _ReportBook:
         }
 
     async def flush(self, uow: UnitOfWork) -> None:
+        """Write what changed: new reports in one statement, revisions one by one."""
+        new: list[dict[str, Any]] = []
         for state in self._states.values():
             if not state.dirty or state.row is None:
                 continue
             row = state.row
-            if state.exists:
-                await uow.session.execute(
-                    REPORT.update()
-                    .where(REPORT.c.id == row["id"])
-                    .values(
-                        revision=row["revision"],
-                        content_hash=row["content_hash"],
-                        opioid=row["opioid"],
-                        any_drug=row["any_drug"],
-                        updated_at=row["updated_at"],
-                    )
-                )
-            else:
-                await uow.session.execute(REPORT.insert().values(**row))
             state.dirty = False
+            if not state.exists:
+                new.append(row)
+                state.exists = True
+                continue
+            await uow.session.execute(
+                REPORT.update()
+                .where(REPORT.c.id == row["id"])
+                .values(
+                    revision=row["revision"],
+                    content_hash=row["content_hash"],
+                    opioid=row["opioid"],
+                    any_drug=row["any_drug"],
+                    updated_at=row["updated_at"],
+                )
+            )
+        if new:
+            await uow.session.execute(REPORT.insert(), new)
 
 
 # --- EMS ------------------------------------------------------------------------------------
@@ -777,14 +782,24 @@ class EmsIntake:
                 if s.report is not None
             }
             reports = await _ReportBook.load(uow, list(keys.values()))
-            seen_keys = [_source_key("seen", k) for k in keys.values()]
-            seen = set(
-                (
-                    await uow.session.execute(
-                        sa.select(INBOUND.c.dedupe_key).where(INBOUND.c.dedupe_key.in_(seen_keys))
-                    )
-                ).scalars()
-            )
+            # Only records that are not overdoses are deduplicated by their "seen" key; with
+            # the PostgreSQL fast path, the general unit of work rarely holds any.
+            seen_keys = [
+                _source_key("seen", key)
+                for i, key in keys.items()
+                if not decisions[i].is_overdose(Definition(submissions[i].partner.definition))
+            ]
+            seen: set[str] = set()
+            if seen_keys:
+                seen = set(
+                    (
+                        await uow.session.execute(
+                            sa.select(INBOUND.c.dedupe_key).where(
+                                INBOUND.c.dedupe_key.in_(seen_keys)
+                            )
+                        )
+                    ).scalars()
+                )
             inbound: list[dict[str, Any]] = []
             for i in keys:
                 outcomes[i] = self._one(

@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.intake.handlers import FullParse, HL7Intake, HL7Submission
-from services.intake.models import INBOUND, Channel
+from services.intake.models import INBOUND, REPORT, Channel
 from services.intake.parse_pool import parse_inline
 from services.intake.partners import PartnerDirectory
 from services.intake.reports import Protector
@@ -250,6 +250,59 @@ async def test_ems_routine_records_take_the_fast_path_with_the_same_outcomes(
         assert out[1].revision == 1
     finally:
         await store.close()
+
+
+async def test_ems_overdoses_beside_the_fast_path_cost_one_report_insert_and_no_dedupe_read(
+    pg_engine: AsyncEngine, pg_schema: str, postgres_url: str, tmp_path: Path
+) -> None:
+    """With routine records on the fast path, the general unit of work holds overdoses
+    only: it skips the read of "seen" keys (only other records need it) and inserts all new
+    reports in one statement."""
+    import json
+
+    from services.intake.handlers import EmsIntake, EmsSubmission
+    from tests.unit.test_intake_handlers import run
+
+    await _intake(pg_engine, pg_schema, tmp_path)
+    sessions = session_factory(pg_engine)
+    keys = json.loads((tmp_path / "demo-keys.json").read_text())
+    partner = await PartnerDirectory(sessions, ttl_seconds=0).by_api_key(keys["demo-ems"])
+    assert partner is not None
+    store = await RoutineStore.connect(postgres_url, schema=pg_schema)
+    ems = EmsIntake(
+        uow_factory=lambda: UnitOfWork(sessions, clock=SystemClock(), source="/portline/intake"),
+        protector=PROTECTOR,
+        clock=SystemClock(),
+        routine_store=store,
+    )
+    statements: list[str] = []
+
+    def record(_conn: object, _cursor: object, statement: str, *_args: object) -> None:
+        statements.append(" ".join(statement.split()).lower())
+
+    pcrs = [f"P-{uuid.uuid4().hex[:8]}" for _ in range(3)]
+    sa.event.listen(pg_engine.sync_engine, "before_cursor_execute", record)
+    try:
+        out = await ems.receive(
+            [
+                EmsSubmission(partner, 0, run(pcrs[0], improved=True)),
+                EmsSubmission(partner, 1, run(pcrs[1], improved=False)),
+                EmsSubmission(partner, 2, run(pcrs[2], improved=True)),
+            ]
+        )
+    finally:
+        sa.event.remove(pg_engine.sync_engine, "before_cursor_execute", record)
+        await store.close()
+    assert [o.status for o in out] == ["accepted", "not_overdose", "accepted"]
+    assert len([s for s in statements if s.startswith("insert into report ")]) == 1
+    assert not [s for s in statements if "from inbound_message" in s]
+    async with sessions() as s:
+        stored = await s.scalar(
+            sa.select(sa.func.count())
+            .select_from(REPORT)
+            .where(REPORT.c.id.in_([out[0].report_id, out[2].report_id]))
+        )
+    assert stored == 2
 
 
 async def test_the_fast_path_opens_a_fresh_connection_when_the_server_dropped_one(
