@@ -212,6 +212,19 @@ async def test_pipelined_frames_are_answered_in_order(
     assert [ack_fields(a)[:2] for a in acks] == [("AA", f"PIPE-{n}") for n in range(5)]
 
 
+async def test_a_flood_of_pipelined_frames_then_a_half_close_is_answered_in_full(
+    echo_listener: MllpListener, clients: list[MllpClient]
+) -> None:
+    """A sender that pipelines many frames and then half-closes its side still gets every
+    ACK, in order, before the listener closes the connection."""
+    count = 200
+    client = await connect(echo_listener.port, clients)
+    await client.write(b"".join(framed(routine(f"FLOOD-{n}")) for n in range(count)))
+    client.writer.write_eof()
+    acks = split_frames(await client.read_to_eof())
+    assert [ack_fields(a)[:2] for a in acks] == [("AA", f"FLOOD-{n}") for n in range(count)]
+
+
 async def test_a_frame_written_byte_by_byte_is_reassembled(
     echo_listener: MllpListener, clients: list[MllpClient]
 ) -> None:
