@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -78,6 +79,8 @@ BUSY_RETRY_SECONDS = 0.02
 
 
 async def _wait_or_stop(stop: asyncio.Event, seconds: float) -> None:
+    if seconds <= 0:
+        return
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(stop.wait(), seconds)
 
@@ -97,6 +100,7 @@ class OutboxRelay:
         clock: Clock,
         batch_size: int = 200,
         poll_interval: float = 0.2,
+        min_interval: float = 0.0,
         on_stage: Callable[[RelayStage], None] | None = None,
         service: str = "",
     ) -> None:
@@ -106,6 +110,7 @@ class OutboxRelay:
         self._clock = clock
         self._batch_size = batch_size
         self._poll_interval = poll_interval
+        self._min_interval = min_interval
         self._on_stage = on_stage or (lambda _stage: None)
         self._wake = asyncio.Event()
         self._lock_id: int | None = None
@@ -165,9 +170,21 @@ class OutboxRelay:
         commit it may not have seen) ends that wait at once. So an idle pass is not run after
         every publish, only when something may be waiting. While another replica holds the
         publishing lock, the relay looks again soon: that replica's pass may have started
-        before this process's rows were committed."""
+        before this process's rows were committed.
+
+        Passes that are not draining a backlog start at least `min_interval` apart: under
+        load, the commits of that interval share one pass (one transaction and one produce
+        request) instead of a pass each. An occasional commit is relayed at once."""
+        loop = asyncio.get_running_loop()
         backoff = self._poll_interval
+        last_pass = -math.inf
+        draining = False
         while not stop.is_set():
+            if not draining:
+                await _wait_or_stop(stop, last_pass + self._min_interval - loop.time())
+                if stop.is_set():
+                    break
+            last_pass = loop.time()
             self._wake.clear()  # a wake from here on may announce rows this pass misses
             try:
                 sent = await self.run_once()
@@ -176,7 +193,8 @@ class OutboxRelay:
                 log.warning("outbox relay failed; retrying", extra={"error": type(exc).__name__})
                 sent = 0
                 backoff = min(backoff * 2, 5.0)
-            if sent >= self._batch_size:
+            draining = sent >= self._batch_size
+            if draining:
                 continue
             if self._busy:
                 await _wait_or_stop(stop, BUSY_RETRY_SECONDS)

@@ -92,6 +92,7 @@ class Runtime:
             clock=self.clock,
             batch_size=settings.relay_batch_size,
             poll_interval=settings.relay_poll_interval_seconds,
+            min_interval=settings.relay_min_interval_seconds,
             service=service,
         )
         self.consumers: list[ConsumerSpec] = []

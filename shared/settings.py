@@ -141,6 +141,12 @@ class Settings(BaseSettings):
     inbox_max_attempts: int = Field(default=5, ge=1)
     inbox_retry_backoff_seconds: float = Field(default=0.2, ge=0)
     relay_poll_interval_seconds: float = Field(default=0.2, gt=0)
+    relay_min_interval_seconds: float = Field(
+        default=0.02,
+        ge=0,
+        description="The shortest time between two relay passes that are not draining a "
+        "backlog: under load, the commits of that interval are published together.",
+    )
     relay_batch_size: int = Field(default=200, ge=1)
 
     @property

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import UTC, datetime
@@ -191,6 +192,37 @@ async def test_relay_goes_on_after_a_full_batch(
     async for _ in _running(relay):
         await wait_for(lambda: len(broker.sent) == 3)  # two passes, without any wake or poll
         assert relay.passes == 2
+
+
+async def test_commits_close_together_share_one_relay_pass(
+    sessions: async_sessionmaker[AsyncSession], clock: ManualClock
+) -> None:
+    broker = InMemoryPublisher()
+    relay = CountingRelay(sessions, broker, clock=clock, min_interval=0.5)
+    async for _ in _running(relay):
+        await wait_for(lambda: relay.passes == 1)  # at start: nothing yet
+        for name in ("a", "b", "c"):  # each commit wakes the relay
+            await _commit_widget(
+                UnitOfWork(sessions, clock=clock, source="/t", on_published=relay.wake), name
+            )
+        await wait_for(lambda: len(broker.sent) == 3)
+        assert relay.passes == 2  # the three commits waited out the interval together
+
+
+async def test_an_occasional_commit_is_relayed_at_once_despite_the_interval(
+    sessions: async_sessionmaker[AsyncSession], clock: ManualClock
+) -> None:
+    broker = InMemoryPublisher()
+    relay = CountingRelay(sessions, broker, clock=clock, min_interval=0.5)
+    async for _ in _running(relay):
+        await wait_for(lambda: relay.passes == 1)
+        await asyncio.sleep(0.6)  # the interval since the last pass is over
+        started = time.monotonic()
+        await _commit_widget(
+            UnitOfWork(sessions, clock=clock, source="/t", on_published=relay.wake), "w"
+        )
+        await wait_for(lambda: len(broker.sent) == 1)
+        assert time.monotonic() - started < 0.4
 
 
 def message(env: Envelope | bytes, offset: int) -> IncomingMessage:
