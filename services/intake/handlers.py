@@ -701,19 +701,31 @@ class EmsIntake:
             else:
                 decisions[i] = classify_run(s.report)
         general = list(range(len(submissions)))
+        routine: list[int] = []
         if self._routine_store is not None:
             routine = [
                 i
                 for i, d in decisions.items()
                 if not d.is_overdose(Definition(submissions[i].partner.definition))
             ]
-            if routine:
-                await self._store_routine(
+            general = [i for i in general if i not in set(routine)]
+        # As for HL7: the two commits run side by side, neither waits for the other.
+        commits: list[Awaitable[None]] = []
+        if routine:
+            assert self._routine_store is not None
+            commits.append(
+                self._store_routine(
                     self._routine_store, submissions, decisions, routine, outcomes, now
                 )
-                general = [i for i in general if i not in set(routine)]
+            )
         if any(submissions[i].report is not None for i in general):
-            await self._store_general(submissions, decisions, general, outcomes, now)
+            commits.append(self._store_general(submissions, decisions, general, outcomes, now))
+        if len(commits) == 1:
+            await commits[0]
+        elif commits:
+            for result in await asyncio.gather(*commits, return_exceptions=True):
+                if isinstance(result, BaseException):
+                    raise result
         done = [o for o in outcomes if o is not None]
         for status, count in Counter(o.status for o in done).items():
             INTAKE_MESSAGES.labels("ems", status).inc(count)

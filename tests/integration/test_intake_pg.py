@@ -29,7 +29,7 @@ from shared.sealing import BlindIndexer, Keyring, Sealer
 from shared.topics import INTAKE_OVERDOSES
 from shared.uow import UnitOfWork
 from tests.hl7_builder import ack_fields, adt
-from tests.support import read_topic
+from tests.support import read_topic, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -303,6 +303,62 @@ async def test_ems_overdoses_beside_the_fast_path_cost_one_report_insert_and_no_
             .where(REPORT.c.id.in_([out[0].report_id, out[2].report_id]))
         )
     assert stored == 2
+
+
+async def test_ems_commits_run_side_by_side_neither_waits_for_the_other(
+    pg_engine: AsyncEngine, pg_schema: str, postgres_url: str, tmp_path: Path
+) -> None:
+    """The two commits of an EMS batch run side by side: the overdose's report is stored
+    while the routine records' statement is held back."""
+    import json
+
+    from services.intake.handlers import EmsIntake, EmsSubmission
+    from tests.unit.test_intake_handlers import run
+
+    await _intake(pg_engine, pg_schema, tmp_path)
+    sessions = session_factory(pg_engine)
+    keys = json.loads((tmp_path / "demo-keys.json").read_text())
+    partner = await PartnerDirectory(sessions, ttl_seconds=0).by_api_key(keys["demo-ems"])
+    assert partner is not None
+    routine_may_go = asyncio.Event()
+
+    class HeldStore(RoutineStore):
+        async def store_ems(self, *args: Any, **kwargs: Any) -> Any:
+            await routine_may_go.wait()
+            return await super().store_ems(*args, **kwargs)
+
+    plain = await RoutineStore.connect(postgres_url, schema=pg_schema)
+    store = HeldStore(plain._connections)
+    ems = EmsIntake(
+        uow_factory=lambda: UnitOfWork(sessions, clock=SystemClock(), source="/t"),
+        protector=PROTECTOR,
+        clock=SystemClock(),
+        routine_store=store,
+    )
+    pcrs = [f"H-{uuid.uuid4().hex[:8]}" for _ in range(2)]
+
+    async def report_stored() -> bool:
+        async with sessions() as session:
+            stored = await session.scalar(sa.select(sa.func.count()).select_from(REPORT))
+        return bool(stored)
+
+    try:
+        receiving = asyncio.create_task(
+            ems.receive(
+                [
+                    EmsSubmission(partner, 0, run(pcrs[0], improved=False)),
+                    EmsSubmission(partner, 1, run(pcrs[1], improved=True)),
+                ]
+            )
+        )
+        await wait_for(report_stored, timeout=5)
+        assert not receiving.done()  # the routine record's answer waits for its own commit
+        routine_may_go.set()
+        out = await asyncio.wait_for(receiving, 5)
+        assert [o.status for o in out] == ["not_overdose", "accepted"]
+    finally:
+        routine_may_go.set()
+        await store.close()
 
 
 async def test_the_fast_path_opens_a_fresh_connection_when_the_server_dropped_one(
