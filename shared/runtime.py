@@ -99,6 +99,7 @@ class Runtime:
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._kafka_ready = asyncio.Event()
+        self._readiness_checks: dict[str, Callable[[], Awaitable[str]]] = {}
 
     @property
     def source(self) -> str:
@@ -108,6 +109,10 @@ class Runtime:
         return UnitOfWork(
             self.sessions, clock=self.clock, source=self.source, on_published=self.relay.wake
         )
+
+    def add_readiness_check(self, name: str, check: Callable[[], Awaitable[str]]) -> None:
+        """A service's own readiness condition: `check` answers "ok" or why not."""
+        self._readiness_checks[name] = check
 
     def add_consumer(self, spec: ConsumerSpec) -> None:
         self.consumers.append(spec)
@@ -176,6 +181,11 @@ class Runtime:
         except Exception as exc:
             checks["database"] = f"unavailable: {type(exc).__name__}"
         checks["kafka"] = "ok" if self._kafka_ready.is_set() else "unavailable: connecting"
+        for name, check in self._readiness_checks.items():
+            try:
+                checks[name] = await check()
+            except Exception as exc:
+                checks[name] = f"unavailable: {type(exc).__name__}"
         return checks
 
     async def close(self) -> None:

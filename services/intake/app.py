@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ssl
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -50,6 +51,21 @@ def _tls(settings: Settings) -> ssl.SSLContext | None:
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(settings.intake_mllp_tls_cert, settings.intake_mllp_tls_key)
     return context
+
+
+async def _mllp_accepting(host: str, port: int, timeout: float = 1.0) -> str:
+    """Whether the MLLP port takes a TCP connection (closed again at once, before any TLS
+    handshake or frame)."""
+    if host in ("0.0.0.0", "::", ""):  # noqa: S104 - the wildcard address we may listen on
+        host = "127.0.0.1"
+    try:
+        _reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+    except (OSError, TimeoutError):
+        return "unavailable: not listening yet"
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
+    return "ok"
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -114,7 +130,13 @@ def create_app(settings: Settings) -> FastAPI:
             return await hl7_batcher.submit(HL7Submission(payload, Channel.MLLP))
 
         listener: MllpListener | None = None
-        if settings.runs_mllp:
+        if not settings.runs_mllp:
+            # Another worker listens for MLLP, and this one may answer /readyz first: the
+            # service is ready only once the MLLP port accepts connections.
+            runtime.add_readiness_check(
+                "mllp", lambda: _mllp_accepting(settings.host, settings.mllp_port)
+            )
+        else:
             listener = MllpListener(
                 on_frame,
                 host=settings.host,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import json
+import socket
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -110,13 +111,15 @@ async def running_intake(tmp_path: Path, **overrides: Any) -> AsyncIterator[Inta
     The MLLP listener binds an ephemeral port on 127.0.0.1 (`Intake.mllp_port`).
     """
     settings = Settings(
-        env="development",
-        database_url=f"sqlite+aiosqlite:///{tmp_path}/{{service}}.db",
-        kafka_bootstrap_servers="127.0.0.1:9",  # nothing listens: events stay in the outbox
-        var_dir=tmp_path,
-        mllp_port=0,
-        host="127.0.0.1",
-        **overrides,
+        **{
+            "env": "development",
+            "database_url": f"sqlite+aiosqlite:///{tmp_path}/{{service}}.db",
+            "kafka_bootstrap_servers": "127.0.0.1:9",  # nothing listens: events stay in the outbox
+            "var_dir": tmp_path,
+            "mllp_port": 0,
+            "host": "127.0.0.1",
+            **overrides,
+        }
     )
     engine = create_engine(settings.db_url, service="intake")
     try:
@@ -1036,3 +1039,33 @@ def test_openapi_documents_partner_authentication_and_the_idempotency_key(
     (parameter,) = spec["paths"]["/v1/ems/run-reports"]["post"]["parameters"]
     assert parameter["name"] == "Idempotency-Key"
     assert parameter["schema"]["maxLength"] == 200
+
+
+# --------------------------------------------------------------------------- workers
+
+
+async def test_a_worker_without_the_mllp_listener_is_ready_only_once_mllp_accepts(
+    tmp_path: Path,
+) -> None:
+    """With several workers only the first listens for MLLP, and any worker may answer
+    /readyz: the others report the MLLP port's state as one of their checks."""
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()
+    async with running_intake(tmp_path, worker="intake-1", mllp_port=port) as intake:
+        assert intake.app.state.mllp is None  # this worker does not listen itself
+        checks = (await intake.client.get("/readyz")).json()["checks"]
+        assert checks["mllp"].startswith("unavailable")
+        first_worker = await asyncio.start_server(lambda _r, w: w.close(), "127.0.0.1", port)
+        try:
+            checks = (await intake.client.get("/readyz")).json()["checks"]
+            assert checks["mllp"] == "ok"
+        finally:
+            first_worker.close()
+            await first_worker.wait_closed()
+
+
+async def test_the_worker_with_the_listener_has_no_mllp_check(intake: Intake) -> None:
+    assert intake.app.state.mllp is not None
+    assert "mllp" not in (await intake.client.get("/readyz")).json()["checks"]
