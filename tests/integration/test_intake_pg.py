@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from pathlib import Path
 from typing import Any
@@ -11,10 +12,16 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from services.intake.handlers import FullParse, HL7Intake, HL7Submission
+from services.intake.handlers import (
+    EmsIntake,
+    EmsSubmission,
+    FullParse,
+    HL7Intake,
+    HL7Submission,
+)
 from services.intake.models import INBOUND, REPORT, Channel
 from services.intake.parse_pool import parse_inline
-from services.intake.partners import PartnerDirectory
+from services.intake.partners import PartnerContext, PartnerDirectory
 from services.intake.reports import Protector
 from services.intake.routine_store import RoutineStore
 from services.intake.seed import seed_demo
@@ -30,6 +37,7 @@ from shared.topics import INTAKE_OVERDOSES
 from shared.uow import UnitOfWork
 from tests.hl7_builder import ack_fields, adt
 from tests.support import read_topic, wait_for
+from tests.unit.test_intake_handlers import run
 
 pytestmark = pytest.mark.integration
 
@@ -59,6 +67,31 @@ def _hl7_intake(
         routine_store=routine_store,
         full_parse=full_parse,
     )
+
+
+async def _ems_intake(
+    engine: AsyncEngine,
+    schema: str,
+    postgres_url: str,
+    var: Path,
+    *,
+    store_class: type[RoutineStore] = RoutineStore,
+) -> tuple[EmsIntake, PartnerContext, RoutineStore]:
+    """An EMS intake with the fast path on this database (migrated and seeded here), and the
+    demo EMS agency as its partner. The caller closes the store."""
+    await _intake(engine, schema, var)
+    sessions = session_factory(engine)
+    keys = json.loads((var / "demo-keys.json").read_text())
+    partner = await PartnerDirectory(sessions, ttl_seconds=0).by_api_key(keys["demo-ems"])
+    assert partner is not None
+    store = await store_class.connect(postgres_url, schema=schema)
+    ems = EmsIntake(
+        uow_factory=lambda: UnitOfWork(sessions, clock=SystemClock(), source="/portline/intake"),
+        protector=PROTECTOR,
+        clock=SystemClock(),
+        routine_store=store,
+    )
+    return ems, partner, store
 
 
 async def test_overdose_reaches_kafka_keyed_by_person_with_identity_sealed(
@@ -213,23 +246,7 @@ async def test_routine_messages_are_answered_while_an_overdose_beside_them_is_st
 async def test_ems_routine_records_take_the_fast_path_with_the_same_outcomes(
     pg_engine: AsyncEngine, pg_schema: str, postgres_url: str, tmp_path: Path
 ) -> None:
-    import json
-
-    from services.intake.handlers import EmsIntake, EmsSubmission
-    from tests.unit.test_intake_handlers import run
-
-    await _intake(pg_engine, pg_schema, tmp_path)  # migrated and seeded
-    sessions = session_factory(pg_engine)
-    keys = json.loads((tmp_path / "demo-keys.json").read_text())
-    partner = await PartnerDirectory(sessions, ttl_seconds=0).by_api_key(keys["demo-ems"])
-    assert partner is not None
-    store = await RoutineStore.connect(postgres_url, schema=pg_schema)
-    ems = EmsIntake(
-        uow_factory=lambda: UnitOfWork(sessions, clock=SystemClock(), source="/portline/intake"),
-        protector=PROTECTOR,
-        clock=SystemClock(),
-        routine_store=store,
-    )
+    ems, partner, store = await _ems_intake(pg_engine, pg_schema, postgres_url, tmp_path)
 
     def sub(i: int, pcr: str, *, improved: bool) -> EmsSubmission:
         return EmsSubmission(partner, i, run(pcr, improved=improved))
@@ -258,23 +275,8 @@ async def test_ems_overdoses_beside_the_fast_path_cost_one_report_insert_and_no_
     """With routine records on the fast path, the general unit of work holds overdoses
     only: it skips the read of "seen" keys (only other records need it) and inserts all new
     reports in one statement."""
-    import json
-
-    from services.intake.handlers import EmsIntake, EmsSubmission
-    from tests.unit.test_intake_handlers import run
-
-    await _intake(pg_engine, pg_schema, tmp_path)
+    ems, partner, store = await _ems_intake(pg_engine, pg_schema, postgres_url, tmp_path)
     sessions = session_factory(pg_engine)
-    keys = json.loads((tmp_path / "demo-keys.json").read_text())
-    partner = await PartnerDirectory(sessions, ttl_seconds=0).by_api_key(keys["demo-ems"])
-    assert partner is not None
-    store = await RoutineStore.connect(postgres_url, schema=pg_schema)
-    ems = EmsIntake(
-        uow_factory=lambda: UnitOfWork(sessions, clock=SystemClock(), source="/portline/intake"),
-        protector=PROTECTOR,
-        clock=SystemClock(),
-        routine_store=store,
-    )
     statements: list[str] = []
 
     def record(_conn: object, _cursor: object, statement: str, *_args: object) -> None:
@@ -310,16 +312,6 @@ async def test_ems_commits_run_side_by_side_neither_waits_for_the_other(
 ) -> None:
     """The two commits of an EMS batch run side by side: the overdose's report is stored
     while the routine records' statement is held back."""
-    import json
-
-    from services.intake.handlers import EmsIntake, EmsSubmission
-    from tests.unit.test_intake_handlers import run
-
-    await _intake(pg_engine, pg_schema, tmp_path)
-    sessions = session_factory(pg_engine)
-    keys = json.loads((tmp_path / "demo-keys.json").read_text())
-    partner = await PartnerDirectory(sessions, ttl_seconds=0).by_api_key(keys["demo-ems"])
-    assert partner is not None
     routine_may_go = asyncio.Event()
 
     class HeldStore(RoutineStore):
@@ -327,14 +319,10 @@ async def test_ems_commits_run_side_by_side_neither_waits_for_the_other(
             await routine_may_go.wait()
             return await super().store_ems(*args, **kwargs)
 
-    plain = await RoutineStore.connect(postgres_url, schema=pg_schema)
-    store = HeldStore(plain._connections)
-    ems = EmsIntake(
-        uow_factory=lambda: UnitOfWork(sessions, clock=SystemClock(), source="/t"),
-        protector=PROTECTOR,
-        clock=SystemClock(),
-        routine_store=store,
+    ems, partner, store = await _ems_intake(
+        pg_engine, pg_schema, postgres_url, tmp_path, store_class=HeldStore
     )
+    sessions = session_factory(pg_engine)
     pcrs = [f"H-{uuid.uuid4().hex[:8]}" for _ in range(2)]
 
     async def report_stored() -> bool:

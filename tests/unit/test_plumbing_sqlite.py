@@ -122,8 +122,15 @@ class CountingRelay(OutboxRelay):
         return await super().run_once()
 
 
-async def _commit_widget(uow: UnitOfWork, name: str) -> None:
-    async with uow:
+async def _commit_widget(
+    sessions: async_sessionmaker[AsyncSession],
+    clock: ManualClock,
+    name: str,
+    *,
+    wake: Callable[[], None] | None = None,
+) -> None:
+    """A widget and its event, committed; `wake` is the relay to tell (as runtime.uow() does)."""
+    async with UnitOfWork(sessions, clock=clock, source="/t", on_published=wake) as uow:
         await create_widget(uow, name, subject="p")
         await uow.commit()
 
@@ -145,9 +152,7 @@ async def test_relay_publishes_on_wake_without_an_idle_pass_after(
     relay = CountingRelay(sessions, broker, clock=clock)
     async for _ in _running(relay):
         await wait_for(lambda: relay.passes == 1)  # the first pass, at start: nothing yet
-        await _commit_widget(
-            UnitOfWork(sessions, clock=clock, source="/t", on_published=relay.wake), "w"
-        )
+        await _commit_widget(sessions, clock, "w", wake=relay.wake)
         await wait_for(lambda: len(broker.sent) == 1)
         await asyncio.sleep(0.2)
         # One pass for the wake. The batch was not full and nothing woke the relay since,
@@ -169,14 +174,11 @@ async def test_relay_goes_again_when_woken_during_a_pass(
             await super().publish(messages)
             if not committed_meanwhile:
                 committed_meanwhile = True
-                await _commit_widget(
-                    UnitOfWork(sessions, clock=clock, source="/t", on_published=relay.wake),
-                    "second",
-                )
+                await _commit_widget(sessions, clock, "second", wake=relay.wake)
 
     broker = CommitWhilePublishing()
     relay = CountingRelay(sessions, broker, clock=clock)
-    await _commit_widget(UnitOfWork(sessions, clock=clock, source="/t"), "first")
+    await _commit_widget(sessions, clock, "first")
     async for _ in _running(relay):
         await wait_for(lambda: len(broker.sent) == 2)
         assert relay.passes == 2
@@ -186,7 +188,7 @@ async def test_relay_goes_on_after_a_full_batch(
     sessions: async_sessionmaker[AsyncSession], clock: ManualClock
 ) -> None:
     for name in ("a", "b", "c"):
-        await _commit_widget(UnitOfWork(sessions, clock=clock, source="/t"), name)
+        await _commit_widget(sessions, clock, name)
     broker = InMemoryPublisher()
     relay = CountingRelay(sessions, broker, clock=clock, batch_size=2)
     async for _ in _running(relay):
@@ -202,9 +204,7 @@ async def test_commits_close_together_share_one_relay_pass(
     async for _ in _running(relay):
         await wait_for(lambda: relay.passes == 1)  # at start: nothing yet
         for name in ("a", "b", "c"):  # each commit wakes the relay
-            await _commit_widget(
-                UnitOfWork(sessions, clock=clock, source="/t", on_published=relay.wake), name
-            )
+            await _commit_widget(sessions, clock, name, wake=relay.wake)
         await wait_for(lambda: len(broker.sent) == 3)
         assert relay.passes == 2  # the three commits waited out the interval together
 
@@ -218,9 +218,7 @@ async def test_an_occasional_commit_is_relayed_at_once_despite_the_interval(
         await wait_for(lambda: relay.passes == 1)
         await asyncio.sleep(0.6)  # the interval since the last pass is over
         started = time.monotonic()
-        await _commit_widget(
-            UnitOfWork(sessions, clock=clock, source="/t", on_published=relay.wake), "w"
-        )
+        await _commit_widget(sessions, clock, "w", wake=relay.wake)
         await wait_for(lambda: len(broker.sent) == 1)
         assert time.monotonic() - started < 0.4
 
