@@ -394,7 +394,9 @@ async def _store_ems(state: IntakeState, submissions: list[EmsSubmission]) -> li
 
 
 def _unavailable(exc: Exception) -> ApiError:
-    """Nothing of the request was stored: the partner should resend it."""
+    """The request was not stored, or not all of it: the partner should resend it. A batch's
+    routine and overdose records commit separately, so a resend may find some of them
+    already stored; those come back as `duplicate`, and nothing is stored twice."""
     log.warning("run reports not stored; answering 503", extra={"error": type(exc).__name__})
     return ApiError(
         503,
