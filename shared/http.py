@@ -165,6 +165,9 @@ def install_common_routes(app: FastAPI, *, service: str, readiness: ReadinessChe
         "/readyz",
         tags=["operations"],
         summary="Readiness: the database and Kafka are reachable",
+        description="200 when every check is `ok`, else 503 with the failing checks. Besides "
+        "`database` and `kafka`, a service may add its own: an intake worker without the MLLP "
+        "listener checks that the MLLP port accepts connections (`mllp`).",
         responses={503: {"model": Readiness}},
     )
     async def readyz() -> Response:
