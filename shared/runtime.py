@@ -24,7 +24,7 @@ from shared.bus import ConsumerLoop, KafkaPublisher, make_consumer
 from shared.clock import Clock, SystemClock
 from shared.db import create_engine, session_factory
 from shared.envelope import Envelope
-from shared.http import install_common_routes, install_error_handlers
+from shared.http import direct_routes, install_common_routes, install_error_handlers
 from shared.inbox import InboxProcessor, Outcome
 from shared.metrics import EVENTS_CONSUMED
 from shared.outbox import OutboxRelay
@@ -212,11 +212,13 @@ def create_service_app(
     consumers: Callable[[Runtime], Sequence[ConsumerSpec]] | None = None,
     extension: Callable[[FastAPI, Runtime], AbstractAsyncContextManager[None]] | None = None,
     runtime_factory: Callable[[], Runtime] | None = None,
+    direct: Sequence[tuple[str, str]] = (),
 ) -> FastAPI:
     """A FastAPI app whose lifespan owns a Runtime (available as app.state.runtime).
 
     `extension` is the service's own start-up and shutdown (listeners, batchers, seeds),
-    entered after the runtime started and left before it closes.
+    entered after the runtime started and left before it closes. `direct` names hot
+    (method, path) routes served past FastAPI's routing (see `shared.http.direct_routes`).
     """
 
     @asynccontextmanager
@@ -241,6 +243,8 @@ def create_service_app(
     for router in routers:
         document_roles(router)
         app.include_router(router)
+    if direct:
+        direct_routes(app, routers, direct)
 
     async def readiness() -> dict[str, str]:
         runtime: Runtime | None = getattr(app.state, "runtime", None)

@@ -45,6 +45,10 @@ DESCRIPTION = (
 )
 
 
+# The partner routes read the raw request themselves: served past FastAPI's routing.
+DIRECT_ROUTES = (("POST", "/v1/ems/run-reports"), ("POST", "/v1/hl7"))
+
+
 def _tls(settings: Settings) -> ssl.SSLContext | None:
     if settings.intake_mllp_tls_cert is None:
         return None
@@ -178,6 +182,7 @@ def create_app(settings: Settings) -> FastAPI:
         description=DESCRIPTION,
         routers=[router],
         extension=extension,
+        direct=DIRECT_ROUTES,
     )
     add_openapi_schemas(
         app, [EmsRunReportIn, EmsRunReportBatch], security_schemes=PARTNER_SECURITY_SCHEMES
