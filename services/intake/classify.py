@@ -82,6 +82,7 @@ import string
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import NamedTuple
 
 __all__ = [
     "NALOXONE_RXNORM",
@@ -490,8 +491,7 @@ _FILLER: _Entry = (_Kind.FILLER, frozenset())
 _OVERDOSE_ENTRY = _term(_Role.OVERDOSE)
 
 
-@dataclass(frozen=True, slots=True)
-class _Unit:
+class _Unit(NamedTuple):  # a tuple: built per token, so its construction cost counts
     kind: _Kind
     roles: frozenset[_Role]
     text: str
@@ -507,23 +507,29 @@ def _tokens(text: str) -> list[str]:
 def _units(text: str) -> list[_Unit]:
     tokens = _tokens(text)
     units: list[_Unit] = []
+    count = len(tokens)
     i = 0
-    while i < len(tokens):
+    while i < count:
+        token = tokens[i]
         # Only a token that can start a phrase is tried against them (most tokens cannot).
-        longest = min(_MAX_PHRASE, len(tokens) - i) if tokens[i] in _PHRASE_STARTS else 1
-        for length in range(longest, 1, -1):
-            key = tuple(tokens[i : i + length])
-            if (entry := _PHRASES.get(key)) is not None:
-                units.append(_Unit(entry[0], entry[1], " ".join(key)))
-                i += length
-                break
-        else:
-            token = tokens[i]
-            entry = _WORDS.get(token)
-            if entry is None:
-                entry = _OVERDOSE_ENTRY if _OVERDOSE_WORD.fullmatch(token) else _FILLER
-            units.append(_Unit(entry[0], entry[1], token))
-            i += 1
+        if token in _PHRASE_STARTS:
+            for length in range(min(_MAX_PHRASE, count - i), 1, -1):
+                key = tuple(tokens[i : i + length])
+                if (phrase := _PHRASES.get(key)) is not None:
+                    units.append(_Unit(phrase[0], phrase[1], " ".join(key)))
+                    i += length
+                    break
+            else:
+                phrase = None
+            if phrase is not None:
+                continue
+        entry = _WORDS.get(token)
+        if entry is None:
+            # Every spelling _OVERDOSE_WORD accepts starts with "ov": most tokens skip it.
+            overdose = token[:2] == "ov" and _OVERDOSE_WORD.fullmatch(token)
+            entry = _OVERDOSE_ENTRY if overdose else _FILLER
+        units.append(_Unit(entry[0], entry[1], token))
+        i += 1
     return units
 
 
@@ -548,11 +554,14 @@ _ROLE_REASON = {
     _Role.DRUG: ReasonCode.TEXT_DRUG_TERM,
 }
 _ROLE_ORDER = tuple(_ROLE_REASON)
+_NOTHING = Decision(opioid=False, any_drug=False)
 
 
 def classify_text(text: str, *, source: str) -> Decision:
     """Classify one free-text value (chief complaint, OBX 8661-1, EMS narrative)."""
     units = _units(text)
+    if not any(unit.kind is _Kind.TERM for unit in units):
+        return _NOTHING  # negation and history only matter around a term (most texts)
     reasons: dict[Reason, None] = {}
     found: set[_Role] = set()
     first_overdose = ""
