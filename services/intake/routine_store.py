@@ -31,7 +31,25 @@ ON CONFLICT (dedupe_key) DO NOTHING
 RETURNING dedupe_key
 """
 _KNOWN = "SELECT dedupe_key, ack FROM inbound_message WHERE dedupe_key = ANY($1::text[])"
-_REPORTS = "SELECT source_key, id, revision FROM report WHERE source_key = ANY($1::text[])"
+# Routine EMS records in one round trip: the reports their PCRs already have (such a record
+# is not stored: the report stands), and the insert of the others. Both parts see the same
+# snapshot, as the two statements this replaces did one after the other.
+_EMS = """
+WITH known AS (
+    SELECT source_key, id, revision FROM report WHERE source_key = ANY($8::text[])
+), stored AS (
+    INSERT INTO inbound_message (id, channel, partner_id, dedupe_key, received_at, status, ack)
+    SELECT t.id, t.channel, t.partner_id, t.dedupe_key, $5, $6, t.ack
+    FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $7::text[], $8::text[])
+         AS t(id, channel, partner_id, dedupe_key, ack, source_key)
+    WHERE NOT EXISTS (SELECT 1 FROM known WHERE known.source_key = t.source_key)
+    ON CONFLICT (dedupe_key) DO NOTHING
+    RETURNING dedupe_key
+)
+SELECT source_key AS key, id, revision FROM known
+UNION ALL
+SELECT dedupe_key, NULL, NULL FROM stored
+"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,12 +157,20 @@ class RoutineStore:
         received_at: datetime,
     ) -> tuple[set[str], dict[str, tuple[uuid.UUID, int]]]:
         """Routine EMS records (not overdoses): (dedupe keys newly stored, existing reports by
-        source key). A record whose PCR already has a report is not stored: it stands."""
+        source key); `source_keys[i]` is the PCR's key of `rows[i]`. A record whose PCR already
+        has a report is not stored: it stands. One round trip."""
         async with self._connections.acquire() as con:
-            reports = {
-                r["source_key"]: (r["id"], r["revision"])
-                for r in await con.fetch(_REPORTS, list(source_keys))
-            }
-            fresh = [r for r, key in zip(rows, source_keys, strict=True) if key not in reports]
-            inserted = await _insert(con, fresh, status, received_at) if fresh else set()
+            found = await con.fetch(
+                _EMS,
+                [r.id for r in rows],
+                [r.channel for r in rows],
+                [r.partner_id for r in rows],
+                [r.dedupe_key for r in rows],
+                received_at,
+                status,
+                [r.ack for r in rows],
+                list(source_keys),
+            )
+        inserted = {r["key"] for r in found if r["id"] is None}
+        reports = {r["key"]: (r["id"], r["revision"]) for r in found if r["id"] is not None}
         return inserted, reports
