@@ -142,7 +142,7 @@ class Settings(BaseSettings):
     inbox_retry_backoff_seconds: float = Field(default=0.2, ge=0)
     relay_poll_interval_seconds: float = Field(default=0.2, gt=0)
     relay_min_interval_seconds: float = Field(
-        default=0.02,
+        default=0.05,
         ge=0,
         description="The shortest time between two relay passes that are not draining a "
         "backlog: under load, the commits of that interval are published together.",
