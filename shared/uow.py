@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -17,7 +17,18 @@ from shared.clock import Clock
 from shared.envelope import Envelope, Event, event_model
 from shared.outbox import OUTBOX
 
-__all__ = ["UnitOfWork"]
+__all__ = ["UnitOfWork", "outbox_row"]
+
+
+def outbox_row(envelope: Envelope) -> dict[str, Any]:
+    """The outbox row that carries an event: its topic, key (the subject) and payload."""
+    return {
+        "event_id": envelope.id,
+        "topic": event_model(envelope.type, envelope.dataversion).topic,
+        "key": envelope.subject,
+        "payload": envelope.model_dump_json(),
+        "created_at": envelope.time,
+    }
 
 
 class UnitOfWork:
@@ -93,19 +104,7 @@ class UnitOfWork:
         self._outboxed = min(self._outboxed, len(self.published))
         staged = self.published[self._outboxed :]
         if staged:
-            await self.session.execute(
-                OUTBOX.insert(),
-                [
-                    {
-                        "event_id": e.id,
-                        "topic": event_model(e.type, e.dataversion).topic,
-                        "key": e.subject,
-                        "payload": e.model_dump_json(),
-                        "created_at": e.time,
-                    }
-                    for e in staged
-                ],
-            )
+            await self.session.execute(OUTBOX.insert(), [outbox_row(e) for e in staged])
             self._outboxed = len(self.published)
         await self.session.flush()
 

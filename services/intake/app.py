@@ -22,6 +22,7 @@ from services.intake.handlers import (
 )
 from services.intake.mllp_listener import MllpListener
 from services.intake.models import Channel
+from services.intake.overdose_store import OverdoseStore
 from services.intake.parse_pool import ParsePool, parse_inline
 from services.intake.partners import PartnerDirectory
 from services.intake.reports import Protector
@@ -80,10 +81,16 @@ def create_app(settings: Settings) -> FastAPI:
         directory = PartnerDirectory(
             runtime.sessions, ttl_seconds=settings.intake_partner_cache_seconds
         )
-        routine_store = None
+        routine_store = overdose_store = None
         if is_postgres(runtime.engine):
             routine_store = await RoutineStore.connect(
                 settings.db_url, schema=settings.schema_for("intake")
+            )
+            overdose_store = OverdoseStore(
+                routine_store.connections,
+                source=runtime.source,
+                clock=runtime.clock,
+                on_published=runtime.relay.wake,
             )
         parse_pool = (
             ParsePool(settings.intake_parse_workers) if settings.intake_parse_workers else None
@@ -103,6 +110,7 @@ def create_app(settings: Settings) -> FastAPI:
             protector=protector,
             clock=runtime.clock,
             routine_store=routine_store,
+            overdose_store=overdose_store,
         )
 
         async def hl7_batch(items: Sequence[HL7Submission], reply: Reply[str]) -> list[str]:

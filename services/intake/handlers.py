@@ -46,12 +46,14 @@ from services.intake.hl7 import (
 )
 from services.intake.metrics import BATCH_SIZE, INTAKE_MESSAGES
 from services.intake.models import INBOUND, REPORT, Channel, InboundStatus
+from services.intake.overdose_store import OverdoseStore, StoredReport
 from services.intake.parse_pool import parse_inline
 from services.intake.partners import PartnerContext, PartnerDirectory, facility_key
 from services.intake.records import AdtMessage, EmsRunReport, HL7Header
 from services.intake.reports import Protector, content_hash, ed_report, ems_report, person_key
 from services.intake.routine_store import RoutineRow, RoutineStore
 from shared.clock import Clock
+from shared.envelope import Envelope
 from shared.events import InboundRejected, OverdoseReported
 from shared.ids import new_uuid
 from shared.inbox import is_transient
@@ -542,6 +544,16 @@ class _ReportBook:
                 states[key] = _ReportState(rid, revision, digest, exists=True)
         return cls(states)
 
+    @classmethod
+    def of(cls, stored: dict[str, StoredReport]) -> _ReportBook:
+        """The book of reports read by the PostgreSQL overdose store."""
+        return cls(
+            {
+                key: _ReportState(r.report_id, r.revision, r.content_hash, exists=True)
+                for key, r in stored.items()
+            }
+        )
+
     def get(self, source_key: str) -> _ReportState | None:
         return self._states.get(source_key)
 
@@ -574,18 +586,22 @@ class _ReportBook:
             "updated_at": now,
         }
 
-    async def flush(self, uow: UnitOfWork) -> None:
-        """Write what changed: new reports in one statement, revisions one by one."""
+    def pending(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """What changed since the last call: (new reports, revised reports), as rows."""
         new: list[dict[str, Any]] = []
+        revised: list[dict[str, Any]] = []
         for state in self._states.values():
             if not state.dirty or state.row is None:
                 continue
-            row = state.row
             state.dirty = False
-            if not state.exists:
-                new.append(row)
-                state.exists = True
-                continue
+            (revised if state.exists else new).append(state.row)
+            state.exists = True
+        return new, revised
+
+    async def flush(self, uow: UnitOfWork) -> None:
+        """Write what changed: new reports in one statement, revisions one by one."""
+        new, revised = self.pending()
+        for row in revised:
             await uow.session.execute(
                 REPORT.update()
                 .where(REPORT.c.id == row["id"])
@@ -672,8 +688,10 @@ class EmsIntake:
         clock: Clock,
         new_id: Callable[[], uuid.UUID] = new_uuid,
         routine_store: RoutineStore | None = None,
+        overdose_store: OverdoseStore | None = None,
     ) -> None:
         self._routine_store = routine_store
+        self._overdose_store = overdose_store if routine_store is not None else None
         self._uow = uow_factory
         self._protector = protector
         self._clock = clock
@@ -718,7 +736,16 @@ class EmsIntake:
                     self._routine_store, submissions, decisions, routine, outcomes, now
                 )
             )
-        if any(submissions[i].report is not None for i in general):
+        if not any(submissions[i].report is not None for i in general):
+            pass
+        elif self._overdose_store is not None:
+            # Beside the routine fast path, the general records are overdoses only.
+            commits.append(
+                self._store_overdoses(
+                    self._overdose_store, submissions, decisions, general, outcomes, now
+                )
+            )
+        else:
             commits.append(self._store_general(submissions, decisions, general, outcomes, now))
         if len(commits) == 1:
             await commits[0]
@@ -815,16 +842,51 @@ class EmsIntake:
             inbound: list[dict[str, Any]] = []
             for i in keys:
                 outcomes[i] = self._one(
-                    uow, reports, seen, submissions[i], decisions[i], keys[i], now, inbound
+                    uow.publish, reports, seen, submissions[i], decisions[i], keys[i], now, inbound
                 )
             if inbound:
                 await uow.session.execute(INBOUND.insert(), inbound)
             await reports.flush(uow)
             await uow.commit()
 
+    async def _store_overdoses(
+        self,
+        store: OverdoseStore,
+        submissions: Sequence[EmsSubmission],
+        decisions: dict[int, Decision],
+        indices: list[int],
+        outcomes: list[EmsOutcome | None],
+        now: datetime,
+    ) -> None:
+        """Overdoses on PostgreSQL: one read of their reports, one statement for all writes
+        (see overdose_store). The same decisions as the general unit of work."""
+        keys = {
+            i: _source_key("ems", s.partner.partner_id, s.report.pcr_number)
+            for i, s in ((i, submissions[i]) for i in indices)
+            if s.report is not None
+        }
+        assert all(
+            decisions[i].is_overdose(Definition(submissions[i].partner.definition)) for i in keys
+        ), "only overdoses take the overdose store"
+        reports = _ReportBook.of(await store.reports(list(keys.values())))
+        writes = store.writes()
+        for i in keys:
+            outcomes[i] = self._one(
+                writes.publish,
+                reports,
+                set(),
+                submissions[i],
+                decisions[i],
+                keys[i],
+                now,
+                writes.inbound,
+            )
+        writes.new_reports, writes.revised_reports = reports.pending()
+        await store.write(writes, now)
+
     def _one(
         self,
-        uow: UnitOfWork,
+        publish: Callable[..., Envelope],
         reports: _ReportBook,
         seen: set[str],
         s: EmsSubmission,
@@ -873,7 +935,7 @@ class EmsIntake:
             protector=self._protector,
         )
         reports.put(source_key, s.partner.partner_id, "ems", event, digest, now)
-        uow.publish(event, subject=person_key(event.blind_keys, report_id))
+        publish(event, subject=person_key(event.blind_keys, report_id))
         row = self._inbound(s, now, InboundStatus.ACCEPTED, None)
         row.update(report_id=report_id, revision=revision)
         inbound.append(row)

@@ -18,7 +18,7 @@ from datetime import datetime
 
 import asyncpg
 
-__all__ = ["RoutineRow", "RoutineStore"]
+__all__ = ["Connections", "RoutineRow", "RoutineStore"]
 
 # received_at and status are the same for the whole batch: scalars, not arrays (asyncpg
 # encodes arrays element by element in Python).
@@ -78,7 +78,7 @@ async def _insert(
     return {r["dedupe_key"] for r in inserted}
 
 
-class _Connections:
+class Connections:
     """A few dedicated connections, each used by one batch at a time.
 
     Not asyncpg's pool: its acquire and release cost about 23 us of CPU per batch (measured,
@@ -124,16 +124,16 @@ class _Connections:
 class RoutineStore:
     """Stores routine messages in one round trip; returns the ACK each must get."""
 
-    def __init__(self, connections: _Connections) -> None:
-        self._connections = connections
+    def __init__(self, connections: Connections) -> None:
+        self.connections = connections  # shared with the EMS overdose store
 
     @classmethod
     async def connect(cls, sqlalchemy_url: str, *, schema: str) -> RoutineStore:
         dsn = "postgresql://" + sqlalchemy_url.split("://", 1)[1]
-        return cls(_Connections(dsn, schema=schema, max_size=4))
+        return cls(Connections(dsn, schema=schema, max_size=6))
 
     async def close(self) -> None:
-        await self._connections.close()
+        await self.connections.close()
 
     async def store(
         self, rows: Sequence[RoutineRow], status: str, received_at: datetime
@@ -141,7 +141,7 @@ class RoutineStore:
         """Insert the rows (unique dedupe keys); the ACK per key: ours, or the original."""
         acks = {r.dedupe_key: r.ack for r in rows}
         # One INSERT is atomic and durable on its own: no BEGIN/COMMIT round trips needed.
-        async with self._connections.acquire() as con:
+        async with self.connections.acquire() as con:
             fresh = await _insert(con, rows, status, received_at)
             if len(fresh) < len(rows):
                 resent = [k for k in acks if k not in fresh]
@@ -159,7 +159,7 @@ class RoutineStore:
         """Routine EMS records (not overdoses): (dedupe keys newly stored, existing reports by
         source key); `source_keys[i]` is the PCR's key of `rows[i]`. A record whose PCR already
         has a report is not stored: it stands. One round trip."""
-        async with self._connections.acquire() as con:
+        async with self.connections.acquire() as con:
             found = await con.fetch(
                 _EMS,
                 [r.id for r in rows],

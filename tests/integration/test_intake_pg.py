@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from services.intake.handlers import (
     HL7Submission,
 )
 from services.intake.models import INBOUND, REPORT, Channel
+from services.intake.overdose_store import OverdoseStore
 from services.intake.parse_pool import parse_inline
 from services.intake.partners import PartnerContext, PartnerDirectory
 from services.intake.reports import Protector
@@ -76,9 +78,12 @@ async def _ems_intake(
     var: Path,
     *,
     store_class: type[RoutineStore] = RoutineStore,
+    overdose_store: bool = True,
+    on_published: Callable[[], None] | None = None,
 ) -> tuple[EmsIntake, PartnerContext, RoutineStore]:
-    """An EMS intake with the fast path on this database (migrated and seeded here), and the
-    demo EMS agency as its partner. The caller closes the store."""
+    """An EMS intake with the fast paths on this database (migrated and seeded here), as the
+    app builds it, and the demo EMS agency as its partner. `overdose_store=False` leaves
+    overdoses to the general unit of work. The caller closes the store."""
     await _intake(engine, schema, var)
     sessions = session_factory(engine)
     keys = json.loads((var / "demo-keys.json").read_text())
@@ -90,6 +95,14 @@ async def _ems_intake(
         protector=PROTECTOR,
         clock=SystemClock(),
         routine_store=store,
+        overdose_store=OverdoseStore(
+            store.connections,
+            source="/portline/intake",
+            clock=SystemClock(),
+            on_published=on_published,
+        )
+        if overdose_store
+        else None,
     )
     return ems, partner, store
 
@@ -272,10 +285,12 @@ async def test_ems_routine_records_take_the_fast_path_with_the_same_outcomes(
 async def test_ems_overdoses_beside_the_fast_path_cost_one_report_insert_and_no_dedupe_read(
     pg_engine: AsyncEngine, pg_schema: str, postgres_url: str, tmp_path: Path
 ) -> None:
-    """With routine records on the fast path, the general unit of work holds overdoses
-    only: it skips the read of "seen" keys (only other records need it) and inserts all new
-    reports in one statement."""
-    ems, partner, store = await _ems_intake(pg_engine, pg_schema, postgres_url, tmp_path)
+    """Without the overdose store, beside the routine fast path, the general unit of work
+    holds overdoses only: it skips the read of "seen" keys (only other records need it) and
+    inserts all new reports in one statement."""
+    ems, partner, store = await _ems_intake(
+        pg_engine, pg_schema, postgres_url, tmp_path, overdose_store=False
+    )
     sessions = session_factory(pg_engine)
     statements: list[str] = []
 
@@ -384,3 +399,122 @@ async def test_the_fast_path_opens_a_fresh_connection_when_the_server_dropped_on
         assert keys == {"conn-a", "conn-b"}
     finally:
         await store.close()
+
+
+async def _outbox(engine: AsyncEngine) -> list[tuple[str, str, Envelope]]:
+    async with engine.connect() as conn:
+        rows = await conn.execute(sa.text("select topic, key, payload from outbox order by id"))
+        return [(t, k, Envelope.model_validate_json(p)) for t, k, p in rows.all()]
+
+
+async def test_ems_overdoses_take_the_overdose_store_with_the_same_outcomes_and_events(
+    pg_engine: AsyncEngine, pg_schema: str, postgres_url: str, tmp_path: Path
+) -> None:
+    """On PostgreSQL an EMS batch's overdoses skip SQLAlchemy: one read of their reports and
+    one statement that writes reports, inbound records and outbox rows. The outcomes, rows
+    and events are those of the general unit of work."""
+    woken: list[None] = []
+    ems, partner, store = await _ems_intake(
+        pg_engine, pg_schema, postgres_url, tmp_path, on_published=lambda: woken.append(None)
+    )
+    statements: list[str] = []
+
+    def record(_conn: object, _cursor: object, statement: str, *_args: object) -> None:
+        statements.append(statement)
+
+    od, other = f"O-{uuid.uuid4().hex[:8]}", f"O-{uuid.uuid4().hex[:8]}"
+
+    def sub(i: int, pcr: str, **kw: Any) -> EmsSubmission:
+        return EmsSubmission(partner, i, run(pcr, **kw))
+
+    sa.event.listen(pg_engine.sync_engine, "before_cursor_execute", record)
+    try:
+        out = await ems.receive(
+            [sub(0, od), sub(1, other), sub(2, od, narrative="naloxone given, improved")]
+        )
+        # The same PCR twice in one batch: accepted, then revised; one report row.
+        assert [(o.status, o.revision) for o in out] == [
+            ("accepted", 1),
+            ("accepted", 1),
+            ("revised", 2),
+        ]
+        assert out[0].report_id == out[2].report_id
+        again = await ems.receive([sub(0, od, narrative="naloxone given, improved")])
+        assert [(o.status, o.revision) for o in again] == [("duplicate", 2)]
+        later = await ems.receive([sub(0, other, narrative="found down, naloxone, improved")])
+        assert [(o.status, o.revision) for o in later] == [("revised", 2)]
+    finally:
+        sa.event.remove(pg_engine.sync_engine, "before_cursor_execute", record)
+        await store.close()
+    assert statements == []  # nothing went through SQLAlchemy
+    assert len(woken) == 2  # the relay is woken by the writes that staged events
+
+    async with session_factory(pg_engine)() as s:
+        reports = {r.id: r for r in (await s.execute(sa.select(REPORT))).all()}
+        inbound = (
+            await s.execute(
+                sa.select(INBOUND.c.status, INBOUND.c.report_id, INBOUND.c.revision)
+                .where(INBOUND.c.channel == Channel.HTTP_EMS.value)
+                .order_by(INBOUND.c.revision)
+            )
+        ).all()
+    assert {r.revision for r in reports.values()} == {2}
+    assert len(reports) == 2
+    assert all(r.created_at.tzinfo is not None for r in reports.values())
+    assert sorted((str(st), rid, rev) for st, rid, rev in inbound) == sorted(
+        [
+            ("accepted", out[0].report_id, 1),
+            ("accepted", out[1].report_id, 1),
+            ("accepted", out[2].report_id, 2),
+            ("accepted", later[0].report_id, 2),
+        ]
+    )
+    events = await _outbox(pg_engine)
+    assert [e.event().revision for _t, _k, e in events] == [1, 1, 2, 2]  # type: ignore[attr-defined]
+    assert {t for t, _k, _e in events} == {INTAKE_OVERDOSES.name}
+    first, _, revised, _ = events
+    assert first[1] == revised[1]  # one person's events share a key, in order
+    assert first[2].event().report_id == revised[2].event().report_id == out[0].report_id  # type: ignore[attr-defined]
+    assert b"Roe" not in first[2].model_dump_json().encode()  # identity sealed
+
+
+async def test_two_replicas_with_the_first_report_of_one_pcr_at_once_store_it_once(
+    pg_engine: AsyncEngine, pg_schema: str, postgres_url: str, tmp_path: Path
+) -> None:
+    """Both read "no report yet"; the second write fails on the report's unique source key
+    and keeps nothing (the partner's resend then finds the report)."""
+    ems, partner, store = await _ems_intake(pg_engine, pg_schema, postgres_url, tmp_path)
+    other = await RoutineStore.connect(postgres_url, schema=pg_schema)
+    replica = OverdoseStore(other.connections, source="/portline/intake", clock=SystemClock())
+    pcr = f"R-{uuid.uuid4().hex[:8]}"
+    submission = EmsSubmission(partner, 0, run(pcr))
+    try:
+        original = replica.reports
+
+        async def slow_reports(keys: Any) -> Any:
+            found = await original(keys)
+            await asyncio.sleep(0.3)  # the first replica writes meanwhile
+            return found
+
+        replica.reports = slow_reports  # type: ignore[method-assign]
+        racing = EmsIntake(
+            uow_factory=lambda: pytest.fail("no unit of work"),  # type: ignore[arg-type,return-value]
+            protector=PROTECTOR,
+            clock=SystemClock(),
+            routine_store=other,
+            overdose_store=replica,
+        )
+        results = await asyncio.gather(
+            racing.receive([submission]), ems.receive([submission]), return_exceptions=True
+        )
+        assert [o.status for o in results[1]] == ["accepted"]  # type: ignore[union-attr]
+        assert isinstance(results[0], Exception)
+        (resent,) = await racing.receive([submission])
+        assert resent.status == "duplicate"
+    finally:
+        await store.close()
+        await other.close()
+    assert len(await _outbox(pg_engine)) == 1
+    async with session_factory(pg_engine)() as s:
+        count = await s.scalar(sa.select(sa.func.count()).select_from(INBOUND))
+    assert count == 1
