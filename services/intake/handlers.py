@@ -656,6 +656,15 @@ def classify_run(run: EmsRunReport) -> Decision:
     )
 
 
+def _report_keys(submissions: Sequence[EmsSubmission], indices: list[int]) -> dict[int, str]:
+    """The report source key of each valid record among `indices`."""
+    return {
+        i: _source_key("ems", s.partner.partner_id, s.report.pcr_number)
+        for i, s in ((i, submissions[i]) for i in indices)
+        if s.report is not None
+    }
+
+
 def _ems_outcome(
     s: EmsSubmission,
     decision: Decision,
@@ -815,11 +824,7 @@ class EmsIntake:
         now: datetime,
     ) -> None:
         async with self._uow() as uow:
-            keys = {
-                i: _source_key("ems", s.partner.partner_id, s.report.pcr_number)
-                for i, s in ((i, submissions[i]) for i in indices)
-                if s.report is not None
-            }
+            keys = _report_keys(submissions, indices)
             reports = await _ReportBook.load(uow, list(keys.values()))
             # Only records that are not overdoses are deduplicated by their "seen" key; with
             # the PostgreSQL fast path, the general unit of work rarely holds any.
@@ -860,11 +865,7 @@ class EmsIntake:
     ) -> None:
         """Overdoses on PostgreSQL: one read of their reports, one statement for all writes
         (see overdose_store). The same decisions as the general unit of work."""
-        keys = {
-            i: _source_key("ems", s.partner.partner_id, s.report.pcr_number)
-            for i, s in ((i, submissions[i]) for i in indices)
-            if s.report is not None
-        }
+        keys = _report_keys(submissions, indices)
         assert all(
             decisions[i].is_overdose(Definition(submissions[i].partner.definition)) for i in keys
         ), "only overdoses take the overdose store"

@@ -15,6 +15,7 @@ import uuid
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 import asyncpg
 
@@ -61,12 +62,9 @@ class RoutineRow:
     ack: str
 
 
-async def _insert(
-    con: asyncpg.Connection, rows: Sequence[RoutineRow], status: str, received_at: datetime
-) -> set[str]:
-    """Insert what is new; the dedupe keys this statement inserted."""
-    inserted = await con.fetch(
-        _INSERT,
+def _params(rows: Sequence[RoutineRow], status: str, received_at: datetime) -> list[Any]:
+    """$1-$7 of the inserts: the rows' columns as arrays, the batch's time and status."""
+    return [
         [r.id for r in rows],
         [r.channel for r in rows],
         [r.partner_id for r in rows],
@@ -74,7 +72,14 @@ async def _insert(
         received_at,
         status,
         [r.ack for r in rows],
-    )
+    ]
+
+
+async def _insert(
+    con: asyncpg.Connection, rows: Sequence[RoutineRow], status: str, received_at: datetime
+) -> set[str]:
+    """Insert what is new; the dedupe keys this statement inserted."""
+    inserted = await con.fetch(_INSERT, *_params(rows, status, received_at))
     return {r["dedupe_key"] for r in inserted}
 
 
@@ -160,17 +165,7 @@ class RoutineStore:
         source key); `source_keys[i]` is the PCR's key of `rows[i]`. A record whose PCR already
         has a report is not stored: it stands. One round trip."""
         async with self.connections.acquire() as con:
-            found = await con.fetch(
-                _EMS,
-                [r.id for r in rows],
-                [r.channel for r in rows],
-                [r.partner_id for r in rows],
-                [r.dedupe_key for r in rows],
-                received_at,
-                status,
-                [r.ack for r in rows],
-                list(source_keys),
-            )
+            found = await con.fetch(_EMS, *_params(rows, status, received_at), list(source_keys))
         inserted = {r["key"] for r in found if r["id"] is None}
         reports = {r["key"]: (r["id"], r["revision"]) for r in found if r["id"] is not None}
         return inserted, reports
