@@ -745,17 +745,15 @@ class EmsIntake:
                     self._routine_store, submissions, decisions, routine, outcomes, now
                 )
             )
-        if not any(submissions[i].report is not None for i in general):
-            pass
-        elif self._overdose_store is not None:
-            # Beside the routine fast path, the general records are overdoses only.
-            commits.append(
-                self._store_overdoses(
-                    self._overdose_store, submissions, decisions, general, outcomes, now
+        if any(submissions[i].report is not None for i in general):
+            if self._overdose_store is not None:
+                # Beside the routine fast path, the general records are overdoses only.
+                store = self._overdose_store
+                commits.append(
+                    self._store_overdoses(store, submissions, decisions, general, outcomes, now)
                 )
-            )
-        else:
-            commits.append(self._store_general(submissions, decisions, general, outcomes, now))
+            else:
+                commits.append(self._store_general(submissions, decisions, general, outcomes, now))
         if len(commits) == 1:
             await commits[0]
         elif commits:
