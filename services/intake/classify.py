@@ -504,6 +504,15 @@ def _tokens(text: str) -> list[str]:
     ]
 
 
+def _phrase_at(tokens: list[str], i: int) -> tuple[tuple[str, ...], _Entry] | None:
+    """The longest phrase that starts at tokens[i], and its entry."""
+    for length in range(min(_MAX_PHRASE, len(tokens) - i), 1, -1):
+        key = tuple(tokens[i : i + length])
+        if (entry := _PHRASES.get(key)) is not None:
+            return key, entry
+    return None
+
+
 def _units(text: str) -> list[_Unit]:
     tokens = _tokens(text)
     units: list[_Unit] = []
@@ -512,17 +521,11 @@ def _units(text: str) -> list[_Unit]:
     while i < count:
         token = tokens[i]
         # Only a token that can start a phrase is tried against them (most tokens cannot).
-        if token in _PHRASE_STARTS:
-            for length in range(min(_MAX_PHRASE, count - i), 1, -1):
-                key = tuple(tokens[i : i + length])
-                if (phrase := _PHRASES.get(key)) is not None:
-                    units.append(_Unit(phrase[0], phrase[1], " ".join(key)))
-                    i += length
-                    break
-            else:
-                phrase = None
-            if phrase is not None:
-                continue
+        if token in _PHRASE_STARTS and (match := _phrase_at(tokens, i)) is not None:
+            key, phrase = match
+            units.append(_Unit(phrase[0], phrase[1], " ".join(key)))
+            i += len(key)
+            continue
         entry = _WORDS.get(token)
         if entry is None:
             # Every spelling _OVERDOSE_WORD accepts starts with "ov": most tokens skip it.
