@@ -774,7 +774,7 @@ class EmsIntake:
         outcomes: list[EmsOutcome | None],
         now: datetime,
     ) -> None:
-        """Records that are not overdoses, in one round trip or two (see routine_store)."""
+        """Records that are not overdoses, in one round trip (see routine_store)."""
         rows: dict[str, RoutineRow] = {}
         source_keys: dict[str, str] = {}
         for i in indices:
