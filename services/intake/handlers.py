@@ -735,7 +735,8 @@ class EmsIntake:
                 for i, d in decisions.items()
                 if not d.is_overdose(Definition(submissions[i].partner.definition))
             ]
-            general = [i for i in general if i not in set(routine)]
+            taken = set(routine)
+            general = [i for i in general if i not in taken]
         # As for HL7: the two commits run side by side, neither waits for the other.
         commits: list[Awaitable[None]] = []
         if routine:
@@ -824,8 +825,8 @@ class EmsIntake:
         async with self._uow() as uow:
             keys = _report_keys(submissions, indices)
             reports = await _ReportBook.load(uow, list(keys.values()))
-            # Only records that are not overdoses are deduplicated by their "seen" key; with
-            # the PostgreSQL fast path, the general unit of work rarely holds any.
+            # Only records that are not overdoses are deduplicated by their "seen" key. This
+            # unit of work runs where the PostgreSQL stores do not (SQLite), for every record.
             seen_keys = [
                 _source_key("seen", key)
                 for i, key in keys.items()
