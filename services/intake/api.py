@@ -11,6 +11,7 @@ import hashlib
 import json
 import logging
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 from zoneinfo import ZoneInfo
@@ -42,7 +43,8 @@ class IntakeState:
     """What the routes need, built in the app's lifespan."""
 
     directory: PartnerDirectory
-    hl7: MicroBatcher[HL7Submission, str]
+    submit_hl7: Callable[[HL7Submission], Awaitable[str]]
+    """Prepares an HL7 submission and waits for its group commit: its ACK text."""
     ems: MicroBatcher[list[EmsSubmission], list[EmsOutcome]]
     uow: Any
     clock: Clock
@@ -186,7 +188,7 @@ async def post_hl7(request: Request) -> Response:
             415, "unsupported_media_type", f"Send HL7 as one of: {', '.join(HL7_MEDIA_TYPES)}."
         )
     body = await _body(request, state.max_message_bytes)
-    ack = await state.hl7.submit(HL7Submission(body, Channel.HTTP_HL7, partner))
+    ack = await state.submit_hl7(HL7Submission(body, Channel.HTTP_HL7, partner))
     code = _worst_code(ack)
     headers = {"Retry-After": "5"} if code == "AE" else {}
     return Response(

@@ -19,6 +19,7 @@ from services.intake.handlers import (
     EmsSubmission,
     HL7Intake,
     HL7Submission,
+    PreparedSubmission,
 )
 from services.intake.mllp_listener import MllpListener
 from services.intake.models import Channel
@@ -113,8 +114,8 @@ def create_app(settings: Settings) -> FastAPI:
             overdose_store=overdose_store,
         )
 
-        async def hl7_batch(items: Sequence[HL7Submission], reply: Reply[str]) -> list[str]:
-            return await hl7.receive(items, reply=reply)
+        async def hl7_batch(items: Sequence[PreparedSubmission], reply: Reply[str]) -> list[str]:
+            return await hl7.commit(items, reply=reply)
 
         async def ems_batch(
             requests: Sequence[list[EmsSubmission]], _reply: Reply[list[EmsOutcome]]
@@ -127,7 +128,7 @@ def create_app(settings: Settings) -> FastAPI:
                 start += len(r)
             return split
 
-        hl7_batcher: MicroBatcher[HL7Submission, str] = MicroBatcher(
+        hl7_batcher: MicroBatcher[PreparedSubmission, str] = MicroBatcher(
             hl7_batch,
             max_batch=settings.intake_batch_max,
             max_concurrent=settings.intake_batch_concurrency,
@@ -138,8 +139,13 @@ def create_app(settings: Settings) -> FastAPI:
         hl7_batcher.start()
         ems_batcher.start()
 
+        async def submit_hl7(submission: HL7Submission) -> str:
+            # Prepared as it arrives, so that it overlaps the commit in flight; committed
+            # with whatever else is waiting (services.intake.batching).
+            return await hl7_batcher.submit(await hl7.prepare(submission))
+
         async def on_frame(payload: bytes) -> str:
-            return await hl7_batcher.submit(HL7Submission(payload, Channel.MLLP))
+            return await submit_hl7(HL7Submission(payload, Channel.MLLP))
 
         listener: MllpListener | None = None
         if not settings.runs_mllp:
@@ -160,7 +166,7 @@ def create_app(settings: Settings) -> FastAPI:
             await listener.start()
         app.state.intake = IntakeState(
             directory=directory,
-            hl7=hl7_batcher,
+            submit_hl7=submit_hl7,
             ems=ems_batcher,
             uow=runtime.uow,
             clock=runtime.clock,

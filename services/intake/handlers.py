@@ -65,6 +65,7 @@ __all__ = [
     "EmsSubmission",
     "HL7Intake",
     "HL7Submission",
+    "PreparedSubmission",
     "UnknownFacilityError",
 ]
 
@@ -113,6 +114,10 @@ class _Prepared:
     """The commit that stored this message (or failed to) is over: its ACK may leave."""
 
 
+PreparedSubmission = list[_Prepared]
+"""One submission's messages, screened and classified by :meth:`HL7Intake.prepare`."""
+
+
 def _header_or_none(message: str) -> HL7Header | None:
     try:
         return read_header(message)
@@ -157,14 +162,23 @@ class HL7Intake:
         *,
         reply: Callable[[int, str], None] | None = None,
     ) -> list[str]:
-        """The ACK text for each submission (several ACKs, one per message, for a batch).
+        """The ACK text for each submission (several ACKs, one per message, for a batch):
+        :meth:`prepare` each, then :meth:`commit` them together."""
+        return await self.commit([await self.prepare(s) for s in submissions], reply=reply)
+
+    async def commit(
+        self,
+        prepared: Sequence[PreparedSubmission],
+        *,
+        reply: Callable[[int, str], None] | None = None,
+    ) -> list[str]:
+        """Store prepared submissions in one group commit; the ACK text for each.
 
         Routine messages (valid, not overdoses) and the rest are stored by two independent
         commits running side by side, and `reply(index, ack)` answers each submission as
         soon as the commits holding its messages are done: an overdose's full parse and
         its larger transaction never hold up the ordinary visits that arrived with it.
         """
-        prepared: list[list[_Prepared]] = [await self._prepare(s) for s in submissions]
         flat = [p for group in prepared for p in group]
         now = self._clock.now()
         BATCH_SIZE.observe(len(flat))
@@ -230,7 +244,12 @@ class HL7Intake:
             p.settled = True
         settled()
 
-    async def _prepare(self, submission: HL7Submission) -> list[_Prepared]:
+    async def prepare(self, submission: HL7Submission) -> PreparedSubmission:
+        """Split, screen and classify a submission's messages, ready for :meth:`commit`.
+
+        The service runs this as each frame or request arrives, outside the group commit:
+        the next batch is prepared while the database commits the one before (the event
+        loop would otherwise sit idle for that round trip, ADR 0012)."""
         text = normalize(submission.raw)
         try:
             messages = split_messages(text)

@@ -155,6 +155,19 @@ async def test_same_message_twice_in_one_batch_is_one_event(
     assert len(await events(sessions)) == 1
 
 
+async def test_prepared_messages_are_stored_only_by_their_commit(
+    intake: HL7Intake, sessions: async_sessionmaker[AsyncSession]
+) -> None:
+    """The service prepares each frame as it arrives and commits the batch later."""
+    overdose = await intake.prepare(mllp(adt("MSG-P1")))
+    visit = await intake.prepare(mllp(routine("MSG-P2")))
+    assert await inbound(sessions) == []
+    acks = await intake.commit([overdose, visit])
+    assert [ack_fields(a)[:2] for a in acks] == [("AA", "MSG-P1"), ("AA", "MSG-P2")]
+    assert sorted(r.status for r in await inbound(sessions)) == ["accepted", "not_overdose"]
+    assert len(await events(sessions)) == 1
+
+
 async def test_a08_update_of_the_same_visit_revises_the_report(
     intake: HL7Intake, sessions: async_sessionmaker[AsyncSession]
 ) -> None:
