@@ -104,6 +104,7 @@ def create_app(settings: Settings) -> FastAPI:
             protector=protector,
             clock=runtime.clock,
             routine_store=routine_store,
+            overdose_store=overdose_store,
             full_parse=parse_pool or parse_inline,
         )
         ems = EmsIntake(

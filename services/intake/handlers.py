@@ -3,11 +3,12 @@
 A batch of messages is stored by at most two commits running side by side: the routine
 messages (valid, not overdoses) in one statement on PostgreSQL, and everything else in one
 unit of work, where the inbound records, the report revisions and the outbox rows commit
-together. A message's ACK is released only after the commit that stored it, and a routine
-message does not wait for an overdose's commit. A message that was already received (same
-MSH-3/MSH-4/MSH-10) gets its original ACK back and creates nothing. A message that can never
-succeed is rejected (AR) and kept sealed so that it can be fixed and replayed;
-a database failure answers AE so that the sender retries.
+together (on PostgreSQL, overdoses with no rejection or replay beside them write all that in
+one statement of the overdose store instead). A message's ACK is released only after the
+commit that stored it, and a routine message does not wait for an overdose's commit. A
+message that was already received (same MSH-3/MSH-4/MSH-10) gets its original ACK back and
+creates nothing. A message that can never succeed is rejected (AR) and kept sealed so that
+it can be fixed and replayed; a database failure answers AE so that the sender retries.
 
 Only messages that themselves meet the program's definition create or revise a report. An A08
 update without the overdose codes does not withdraw a report: updates often carry a partial
@@ -28,6 +29,7 @@ from datetime import datetime, tzinfo
 from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
+import asyncpg
 import sqlalchemy as sa
 
 from services.intake.classify import Decision, Definition, classify_ed, classify_ems
@@ -146,9 +148,11 @@ class HL7Intake:
         clock: Clock,
         new_id: Callable[[], uuid.UUID] = new_uuid,
         routine_store: RoutineStore | None = None,
+        overdose_store: OverdoseStore | None = None,
         full_parse: FullParse = parse_inline,
     ) -> None:
         self._routine_store = routine_store
+        self._overdose_store = overdose_store
         self._full_parse = full_parse
         self._uow = uow_factory
         self._directory = directory
@@ -230,7 +234,7 @@ class HL7Intake:
         try:
             try:
                 await store(items, now)
-            except sa.exc.IntegrityError:
+            except (sa.exc.IntegrityError, asyncpg.UniqueViolationError):
                 # Another replica stored one of these messages meanwhile: the retry finds it.
                 await store(items, now)
         except Exception as exc:
@@ -331,6 +335,10 @@ class HL7Intake:
                 await self._parse_candidate(p)  # only candidates pay for the full parse
         if any(p.transient for p in items):
             raise ConnectionError("partner directory or parse worker unavailable")
+        store = self._overdose_store
+        if store is not None and all(p.error is None and p.replay_of is None for p in items):
+            await self._store_overdoses(store, items, now)
+            return
         async with self._uow() as uow:
             keys = [p.dedupe_key for p in items if p.dedupe_key and p.error is None]
             known: dict[str, str] = {}
@@ -373,7 +381,7 @@ class HL7Intake:
                     "replayed_at": None,
                 }
                 if p.overdose:
-                    report_id, revision = self._report(uow, reports, p, now)
+                    report_id, revision = self._report(uow.publish, reports, p, now)
                     row.update(
                         status=InboundStatus.ACCEPTED.value, report_id=report_id, revision=revision
                     )
@@ -385,6 +393,46 @@ class HL7Intake:
                 await uow.session.execute(INBOUND.insert(), inbound)
             await reports.flush(uow)
             await uow.commit()
+
+    async def _store_overdoses(
+        self, store: OverdoseStore, items: list[_Prepared], now: datetime
+    ) -> None:
+        """Valid messages, overdoses (and routine resends of one) on PostgreSQL: a read of
+        the ACKs of resends, one of the reports, one statement for all writes (see
+        overdose_store). The same decisions as the general unit of work."""
+        keys = [p.dedupe_key for p in items if p.dedupe_key is not None]
+        known = await store.acks(keys)
+        reports = _ReportBook.of(
+            await store.reports([self._source_key(p) for p in items if p.overdose])
+        )
+        writes = store.writes()
+        for p in items:
+            assert p.dedupe_key is not None
+            assert p.partner is not None
+            if p.dedupe_key in known:
+                p.ack = known[p.dedupe_key]
+                continue
+            report_id: uuid.UUID | None = None
+            revision: int | None = None
+            status = InboundStatus.NOT_OVERDOSE
+            if p.overdose:
+                report_id, revision = self._report(writes.publish, reports, p, now)
+                status = InboundStatus.ACCEPTED
+            p.ack = known[p.dedupe_key] = self._ack(p, "AA", now)
+            writes.inbound.append(
+                {
+                    "id": self._new_id(),
+                    "channel": p.channel.value,
+                    "partner_id": p.partner.partner_id,
+                    "status": status.value,
+                    "report_id": report_id,
+                    "revision": revision,
+                    "dedupe_key": p.dedupe_key,
+                    "ack": p.ack,
+                }
+            )
+        writes.new_reports, writes.revised_reports = reports.pending()
+        await store.write(writes, now)
 
     async def _store_routine(self, items: list[_Prepared], now: datetime) -> None:
         """Routine messages in one statement (PostgreSQL fast path)."""
@@ -418,7 +466,11 @@ class HL7Intake:
         )
 
     def _report(
-        self, uow: UnitOfWork, reports: _ReportBook, p: _Prepared, now: datetime
+        self,
+        publish: Callable[..., Envelope],
+        reports: _ReportBook,
+        p: _Prepared,
+        now: datetime,
     ) -> tuple[uuid.UUID, int]:
         assert p.partner is not None
         assert p.decision is not None
@@ -450,7 +502,7 @@ class HL7Intake:
             protector=self._protector,
         )
         reports.put(source_key, p.partner.partner_id, "ed", event, digest, now)
-        uow.publish(event, subject=person_key(event.blind_keys, report_id))
+        publish(event, subject=person_key(event.blind_keys, report_id))
         return report_id, revision
 
     def _reject(

@@ -1,14 +1,18 @@
-"""EMS overdoses on PostgreSQL in two round trips: read the reports, write everything.
+"""Overdoses on PostgreSQL in a few round trips: read the reports, write everything.
 
 Beside the routine fast path (routine_store), a batch's EMS overdoses took a SQLAlchemy unit
 of work: BEGIN, the report lookup, three inserts (inbound records, reports, outbox) and
 COMMIT, about 1.5 ms of intake's CPU per batch, most of it in SQLAlchemy's execution layers
-(ADR 0011). Here the lookup is one statement and the writes are another: a single
-statement, atomic and durable on its own, inserts the new reports, updates the revised ones
-and inserts the inbound records and the outbox rows. Nothing needs a transaction around
-the two. The unit of work read the reports without locking them too, so a concurrent
-first report of the same PCR fails the write (unique source key) and nothing is kept, as
-before; the partner resends and gets `duplicate` or `revised`.
+(ADR 0011). HL7 overdoses that are not rejected or replayed take this store too, with one
+more read first, for the ACKs of resends (ADR 0012).
+
+Here the lookup is one statement and the writes are another: a single statement, atomic
+and durable on its own, inserts the new reports, updates the revised ones and inserts the
+inbound records and the outbox rows. Nothing needs a transaction around the reads and the
+write. The unit of work read without locking too, so a concurrent first report of the same
+PCR or visit fails the write (unique source key, or an HL7 message's unique dedupe key) and
+nothing is kept, as before: an EMS partner's resend gets `duplicate` or `revised`, and HL7
+intake retries the batch at once, finding the other replica's ACK.
 
 Only on PostgreSQL, on the routine store's connections. The embedded SQLite default keeps
 the general unit of work.
@@ -55,17 +59,23 @@ WITH new_report AS (
     WHERE report.id = u.id
 ), inbound AS (
     INSERT INTO inbound_message (id, channel, partner_id, received_at, status, report_id,
-                                 revision)
-    SELECT t.id, t.channel, t.partner_id, $1, t.status, t.report_id, t.revision
-    FROM unnest($15::uuid[], $16::text[], $17::text[], $18::text[], $19::uuid[], $20::int[])
-         AS t(id, channel, partner_id, status, report_id, revision)
+                                 revision, dedupe_key, ack)
+    SELECT t.id, t.channel, t.partner_id, $1, t.status, t.report_id, t.revision,
+           t.dedupe_key, t.ack
+    FROM unnest($15::uuid[], $16::text[], $17::text[], $18::text[], $19::uuid[], $20::int[],
+                $21::text[], $22::text[])
+         AS t(id, channel, partner_id, status, report_id, revision, dedupe_key, ack)
 )
 INSERT INTO outbox (event_id, topic, key, payload, created_at)
 SELECT t.event_id, t.topic, t.key, t.payload, t.created_at
-FROM unnest($21::text[], $22::text[], $23::text[], $24::text[], $25::timestamptz[])
+FROM unnest($23::text[], $24::text[], $25::text[], $26::text[], $27::timestamptz[])
      WITH ORDINALITY AS t(event_id, topic, key, payload, created_at, position)
 ORDER BY t.position
 """
+_ACKS = (
+    "SELECT dedupe_key, ack FROM inbound_message "
+    "WHERE dedupe_key = ANY($1::text[]) AND ack IS NOT NULL"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,7 +109,7 @@ class OverdoseWrites:
 
 
 class OverdoseStore:
-    """Reads and writes a batch of EMS overdoses on a few dedicated asyncpg connections."""
+    """Reads and writes a batch of overdoses on a few dedicated asyncpg connections."""
 
     def __init__(
         self,
@@ -127,6 +137,14 @@ class OverdoseStore:
             r["source_key"]: StoredReport(r["id"], r["revision"], r["content_hash"]) for r in rows
         }
 
+    async def acks(self, dedupe_keys: Sequence[str]) -> dict[str, str]:
+        """The ACKs already given to these HL7 messages (a resend gets the original)."""
+        if not dedupe_keys:
+            return {}
+        async with self._connections.acquire() as con:
+            rows = await con.fetch(_ACKS, list(dedupe_keys))
+        return {r["dedupe_key"]: r["ack"] for r in rows}
+
     async def write(self, w: OverdoseWrites, now: datetime) -> None:
         """Everything in one statement; then wakes the relay if events were staged."""
         rows = [outbox_row(e) for e in w.published]
@@ -148,7 +166,15 @@ class OverdoseStore:
                 ),
                 *_columns(revised, "id", "revision", "content_hash", "opioid", "any_drug"),
                 *_columns(
-                    inbound, "id", "channel", "partner_id", "status", "report_id", "revision"
+                    inbound,
+                    "id",
+                    "channel",
+                    "partner_id",
+                    "status",
+                    "report_id",
+                    "revision",
+                    "dedupe_key",
+                    "ack",
                 ),
                 *_columns(rows, "event_id", "topic", "key", "payload", "created_at"),
             )

@@ -57,6 +57,7 @@ def _hl7_intake(
     engine: AsyncEngine,
     *,
     routine_store: RoutineStore | None = None,
+    overdose_store: OverdoseStore | None = None,
     full_parse: FullParse = parse_inline,
 ) -> HL7Intake:
     """An HL7 intake on this database (migrated and seeded by `_intake`)."""
@@ -67,6 +68,7 @@ def _hl7_intake(
         protector=PROTECTOR,
         clock=SystemClock(),
         routine_store=routine_store,
+        overdose_store=overdose_store,
         full_parse=full_parse,
     )
 
@@ -514,6 +516,115 @@ async def test_two_replicas_with_the_first_report_of_one_pcr_at_once_store_it_on
     finally:
         await store.close()
         await other.close()
+    assert len(await _outbox(pg_engine)) == 1
+    async with session_factory(pg_engine)() as s:
+        count = await s.scalar(sa.select(sa.func.count()).select_from(INBOUND))
+    assert count == 1
+
+
+def _mllp(message: str) -> HL7Submission:
+    return HL7Submission(message.encode(), Channel.MLLP)
+
+
+async def test_hl7_overdoses_take_the_overdose_store_with_the_same_acks_rows_and_events(
+    pg_engine: AsyncEngine, pg_schema: str, postgres_url: str, tmp_path: Path
+) -> None:
+    """On PostgreSQL a batch's valid HL7 overdoses are written without SQLAlchemy: a read of
+    the ACKs of resends, one of the reports, one statement for the rest. The ACKs, rows and
+    events are the general unit of work's, and it takes the stored ACKs as the originals."""
+    from tests.hl7_builder import routine
+
+    general = await _intake(pg_engine, pg_schema, tmp_path)
+    store = await RoutineStore.connect(postgres_url, schema=pg_schema)
+    woken: list[None] = []
+    overdoses = OverdoseStore(
+        store.connections,
+        source="/portline/intake",
+        clock=SystemClock(),
+        on_published=lambda: woken.append(None),
+    )
+    fast = _hl7_intake(pg_engine, routine_store=store, overdose_store=overdoses)
+    written: list[str] = []
+
+    def record(_conn: object, _cursor: object, statement: str, *_args: object) -> None:
+        if not statement.lstrip().upper().startswith("SELECT"):  # partner lookups may read
+            written.append(statement)
+
+    tag = uuid.uuid4().hex[:8]
+    od, visit, update, v = f"OS1-{tag}", f"OS2-{tag}", f"OS3-{tag}", f"V{tag}"
+    sa.event.listen(pg_engine.sync_engine, "before_cursor_execute", record)
+    try:
+        first = await fast.receive(
+            [_mllp(adt(od, visit=v)), _mllp(routine(visit)), _mllp(adt(od, visit=v))]
+        )
+        assert [ack_fields(a)[:2] for a in first] == [("AA", od), ("AA", visit), ("AA", od)]
+        assert first[0] == first[2]
+        (revised,) = await fast.receive([_mllp(adt(update, trigger="A08", dx="T40.411A", visit=v))])
+        assert ack_fields(revised)[:2] == ("AA", update)
+        assert await fast.receive([_mllp(adt(od, visit=v))]) == [first[0]]
+    finally:
+        sa.event.remove(pg_engine.sync_engine, "before_cursor_execute", record)
+        await store.close()
+    assert written == []  # nothing was written through SQLAlchemy
+    assert len(woken) == 2  # the relay is woken by each write that staged an event
+    assert await general.receive([_mllp(adt(od, visit=v))]) == [first[0]]
+
+    async with session_factory(pg_engine)() as s:
+        reports = (await s.execute(sa.select(REPORT.c.id, REPORT.c.revision))).all()
+        inbound = (
+            await s.execute(sa.select(INBOUND.c.status, INBOUND.c.report_id, INBOUND.c.revision))
+        ).all()
+    ((report_id, revision),) = reports
+    assert revision == 2
+    assert sorted((str(st), rid, rev) for st, rid, rev in inbound) == [
+        ("accepted", report_id, 1),
+        ("accepted", report_id, 2),
+        ("not_overdose", None, None),
+    ]
+    events = await _outbox(pg_engine)
+    assert [e.event().revision for _t, _k, e in events] == [1, 2]  # type: ignore[attr-defined]
+    assert {e.event().report_id for _t, _k, e in events} == {report_id}  # type: ignore[attr-defined]
+    assert events[0][1] == events[1][1]  # one person's events share a key, in order
+    assert b"Doe" not in events[0][2].model_dump_json().encode()  # identity sealed
+
+
+async def test_two_replicas_writing_one_hl7_overdose_at_once_store_it_once(
+    pg_engine: AsyncEngine, pg_schema: str, postgres_url: str, tmp_path: Path
+) -> None:
+    """Both read "not seen yet"; the later write fails on the unique keys, and its batch is
+    retried at once: it finds the first replica's record and answers with that ACK."""
+    await _intake(pg_engine, pg_schema, tmp_path)
+    stores = [await RoutineStore.connect(postgres_url, schema=pg_schema) for _ in range(2)]
+    first, second = (
+        OverdoseStore(s.connections, source="/portline/intake", clock=SystemClock()) for s in stores
+    )
+    original = second.acks
+    reads = 0
+
+    async def slow_acks(keys: Any) -> Any:
+        nonlocal reads
+        reads += 1
+        found = await original(keys)
+        if reads == 1:
+            await asyncio.sleep(0.3)  # the first replica writes meanwhile
+        return found
+
+    second.acks = slow_acks  # type: ignore[method-assign]
+    replicas = [
+        _hl7_intake(pg_engine, routine_store=s, overdose_store=o)
+        for s, o in zip(stores, (first, second), strict=True)
+    ]
+    message = adt(f"ORACE-{uuid.uuid4().hex[:8]}")
+    try:
+        late, early = await asyncio.gather(
+            replicas[1].receive([_mllp(message)]), replicas[0].receive([_mllp(message)])
+        )
+    finally:
+        for s in stores:
+            await s.close()
+    assert reads == 2  # the late replica's write failed and its retry read again
+    assert late == early
+    assert ack_fields(early[0])[0] == "AA"
     assert len(await _outbox(pg_engine)) == 1
     async with session_factory(pg_engine)() as s:
         count = await s.scalar(sa.select(sa.func.count()).select_from(INBOUND))
