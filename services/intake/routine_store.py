@@ -3,8 +3,9 @@
 Almost every message in a hospital feed is not an overdose. For those intake keeps only a
 dedupe key and the ACK, and publishes nothing, so a batch of them is one statement on one of
 a few dedicated asyncpg connections: insert what is new, and read back the original ACKs of
-resends. HL7 overdoses, rejections and replays take the general unit of work beside it
-(ADR 0009); EMS overdoses take the overdose store, on these same connections (ADR 0011).
+resends. Overdoses take the overdose store, on these same connections (ADR 0011, ADR 0012);
+HL7 rejections and replays, and the overdoses batched with them, take the general unit of
+work beside it (ADR 0009).
 Only on PostgreSQL; the embedded SQLite default always uses the general path.
 """
 
