@@ -1,5 +1,9 @@
 """The CloudEvents 1.0 envelope (structured JSON mode) that carries every PORTline event.
 
+Versions: a type's newer version may only *add* fields, each with a default (a test holds every
+registered pair to that). Reading an older version therefore yields the newest model, with the
+added fields at their defaults, so a consumer handles one model per type however old the event.
+
 Exceptions:
 
     EnvelopeError            - the bytes are not a PORTline envelope
@@ -20,6 +24,7 @@ __all__ = [
     "Event",
     "UnknownEventTypeError",
     "event_model",
+    "latest_event_model",
     "registered_events",
 ]
 
@@ -33,6 +38,7 @@ class UnknownEventTypeError(EnvelopeError):
 
 
 _REGISTRY: dict[tuple[str, int], type[Event]] = {}
+_LATEST: dict[str, type[Event]] = {}
 
 
 class Event(BaseModel):
@@ -52,6 +58,8 @@ class Event(BaseModel):
         if key in _REGISTRY and _REGISTRY[key].__qualname__ != cls.__qualname__:
             raise TypeError(f"event {key} is registered twice")
         _REGISTRY[key] = cls
+        if cls.event_type not in _LATEST or _LATEST[cls.event_type].version < cls.version:
+            _LATEST[cls.event_type] = cls
 
     @classmethod
     def dataschema(cls) -> str:
@@ -67,6 +75,14 @@ def event_model(event_type: str, version: int) -> type[Event]:
 
 def registered_events() -> dict[tuple[str, int], type[Event]]:
     return dict(_REGISTRY)
+
+
+def latest_event_model(event_type: str) -> type[Event]:
+    """The newest registered version of a type: what producers publish and readers get."""
+    try:
+        return _LATEST[event_type]
+    except KeyError:
+        raise UnknownEventTypeError(f"no model for event {event_type}") from None
 
 
 class Envelope(BaseModel):
@@ -114,10 +130,16 @@ class Envelope(BaseModel):
         )
 
     def event(self) -> Event:
-        """The typed event inside; raises UnknownEventTypeError or EnvelopeError."""
+        """The typed event inside, as its newest version (older data validates as written,
+        then takes the fields added since at their defaults); raises UnknownEventTypeError or
+        EnvelopeError."""
         model = event_model(self.type, self.dataversion)
         try:
-            return model.model_validate(self.data)
+            event = model.model_validate(self.data)
+            latest = _LATEST[self.type]
+            if latest is not model:
+                event = latest.model_validate(event.model_dump())
+            return event
         except ValidationError as exc:
             raise EnvelopeError(
                 f"{self.type} v{self.dataversion} data does not match its schema: "

@@ -1,4 +1,8 @@
-"""Events the scheduler publishes on port.scheduler.cases.v1, keyed by case."""
+"""Events the scheduler publishes on port.scheduler.cases.v1, keyed by case.
+
+A type's newer version extends its older one (``XV1``) with defaulted fields; readers get the
+newest (see ``shared.envelope``).
+"""
 
 from __future__ import annotations
 
@@ -15,7 +19,9 @@ __all__ = [
     "CaseClosed",
     "CaseOpened",
     "EpisodeOpened",
+    "EpisodeOpenedV1",
     "ReportLinked",
+    "ReportLinkedV1",
     "TaskCancelled",
     "TaskCompleted",
     "TaskDue",
@@ -23,6 +29,7 @@ __all__ = [
     "TaskKind",
     "TaskOverdue",
     "TaskScheduled",
+    "TaskScheduledV1",
 ]
 
 
@@ -46,7 +53,7 @@ class CaseOpened(_CaseEvent):
     opened_at: AwareDatetime
 
 
-class EpisodeOpened(_CaseEvent):
+class EpisodeOpenedV1(_CaseEvent):
     event_type = "EpisodeOpened"
 
     episode_id: uuid.UUID
@@ -55,7 +62,29 @@ class EpisodeOpened(_CaseEvent):
     repeat: bool = Field(description="A repeat overdose while the case was open.")
 
 
-class ReportLinked(_CaseEvent):
+class EpisodeOpened(EpisodeOpenedV1):
+    """v2: why the episode's times are what they are (late reports, future incident times)."""
+
+    event_type = "EpisodeOpened"
+    version = 2
+
+    received_at: AwareDatetime | None = Field(
+        default=None, description="When intake received the report that opened the episode."
+    )
+    windows_from: AwareDatetime | None = Field(
+        default=None,
+        description="The time the episode's windows count from: the incident, or the receipt "
+        "of a late report.",
+    )
+    late: bool = Field(
+        default=False,
+        description="Received after its remote window would have closed: windows count from "
+        "its receipt.",
+    )
+    reasons: list[str] = Field(default_factory=list, description="The plan's reason codes.")
+
+
+class ReportLinkedV1(_CaseEvent):
     event_type = "ReportLinked"
 
     report_id: uuid.UUID
@@ -63,7 +92,21 @@ class ReportLinked(_CaseEvent):
     match: Literal["exact", "possible", "new_person"]
 
 
-class TaskScheduled(_CaseEvent):
+class ReportLinked(ReportLinkedV1):
+    """v2: when the report arrived, and whether that was after its remote window closed."""
+
+    event_type = "ReportLinked"
+    version = 2
+
+    received_at: AwareDatetime | None = None
+    late: bool = Field(
+        default=False,
+        description="Received after its remote window (counted from the incident) would have "
+        "closed.",
+    )
+
+
+class TaskScheduledV1(_CaseEvent):
     event_type = "TaskScheduled"
 
     task_id: uuid.UUID
@@ -78,6 +121,19 @@ class TaskScheduled(_CaseEvent):
         default="never",
         description="In-person visits: whether a deputy goes (always), may be asked for "
         "(on_request) or never goes. The peer always leads; a deputy stays in the vehicle.",
+    )
+
+
+class TaskScheduled(TaskScheduledV1):
+    """v2: a task of a late report is marked, its windows counted from the receipt."""
+
+    event_type = "TaskScheduled"
+    version = 2
+
+    late: bool = Field(
+        default=False,
+        description="Planned for a report received after its remote window would have "
+        "closed; its times count from the receipt.",
     )
 
 

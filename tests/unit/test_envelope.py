@@ -2,11 +2,19 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
+from itertools import pairwise
 
 import pytest
 
 import shared.events as events
-from shared.envelope import Envelope, EnvelopeError, UnknownEventTypeError, registered_events
+from shared.envelope import (
+    Envelope,
+    EnvelopeError,
+    Event,
+    UnknownEventTypeError,
+    latest_event_model,
+    registered_events,
+)
 from shared.topics import ALL_TOPICS
 
 NOW = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
@@ -82,3 +90,70 @@ def test_events_refuse_unknown_fields() -> None:
         events.CaseOpened.model_validate(
             {**sample().model_dump(), "name": "a person's name must not sneak in"}
         )
+
+
+def _versions() -> dict[str, list[tuple[int, type[Event]]]]:
+    by_type: dict[str, list[tuple[int, type[Event]]]] = {}
+    for (name, version), model in sorted(registered_events().items()):
+        by_type.setdefault(name, []).append((version, model))
+    return by_type
+
+
+@pytest.mark.parametrize(
+    ("name", "versions"), [(n, v) for n, v in _versions().items() if len(v) > 1]
+)
+def test_a_newer_version_only_adds_fields_each_with_a_default(
+    name: str, versions: list[tuple[int, type[Event]]]
+) -> None:
+    for (_, older), (version, newer) in pairwise(versions):
+        old, new = older.model_fields, newer.model_fields
+        assert set(old) <= set(new), f"{name} v{version} drops {set(old) - set(new)}"
+        for field in old:
+            assert new[field].annotation == old[field].annotation, f"{name}.{field} changed type"
+        added = [f for f in set(new) - set(old) if new[f].is_required()]
+        assert not added, f"{name} v{version} adds required fields {added}"
+        assert newer.topic == older.topic
+
+
+def test_an_older_version_reads_as_the_newest_with_defaults() -> None:
+    case_id, task_id, episode_id = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    opens = datetime(2026, 1, 1, tzinfo=UTC)
+    v1 = events.TaskScheduledV1(
+        case_id=case_id,
+        program_id="demo",
+        task_id=task_id,
+        episode_id=episode_id,
+        kind=events.TaskKind.REMOTE_CONTACT,
+        priority=2,
+        window_opens_at=opens,
+        due_at=opens,
+        expires_at=opens,
+        policy_version="p",
+    )
+    raw = Envelope.wrap(v1, source="/t", subject="k", time=opens).to_bytes()
+    envelope = Envelope.from_bytes(raw)
+    assert (envelope.type, envelope.dataversion) == ("TaskScheduled", 1)
+    event = envelope.event()
+    assert type(event) is events.TaskScheduled
+    assert isinstance(event, events.TaskScheduled)
+    assert event.late is False
+    assert event.task_id == task_id
+    assert latest_event_model("TaskScheduled") is events.TaskScheduled
+    assert events.TaskScheduled.version == 2
+
+
+def test_producers_write_the_newest_version() -> None:
+    opens = datetime(2026, 1, 1, tzinfo=UTC)
+    event = events.ReportLinked(
+        case_id=uuid.uuid4(),
+        program_id="demo",
+        report_id=uuid.uuid4(),
+        episode_id=uuid.uuid4(),
+        match="exact",
+        late=True,
+        received_at=opens,
+    )
+    envelope = Envelope.wrap(event, source="/t", subject="k", time=opens)
+    assert envelope.dataversion == 2
+    assert envelope.dataschema == "urn:portline:event:ReportLinked:v2"
+    assert Envelope.from_bytes(envelope.to_bytes()).event() == event
