@@ -79,6 +79,8 @@ EPISODE = sa.Table(
     _program(),
     _ts("incident_at"),
     sa.Column("repeat", sa.Boolean(), nullable=False),
+    _ts("received_at", True),
+    sa.Column("late", sa.Boolean(), nullable=False, default=False),
 )
 
 REPORT = sa.Table(
@@ -122,6 +124,7 @@ TASK = sa.Table(
     _ts("expires_at"),
     sa.Column("policy_version", sa.String(64), nullable=False),
     sa.Column("deputy", sa.String(16), nullable=False),
+    sa.Column("late", sa.Boolean(), nullable=False, default=False),
     sa.Column("assignee_id", sa.String(128)),
     _ts("assigned_at", True),
     sa.Column("outcome", sa.String(64)),

@@ -88,6 +88,8 @@ async def on_case_event(uow: UnitOfWork, envelope: Envelope) -> None:
                     program_id=event.program_id,
                     incident_at=event.incident_at,
                     repeat=event.repeat,
+                    received_at=event.received_at,
+                    late=event.late,
                 )
             )
         if event.repeat:  # a repeat overdose reopens a case the person had declined
@@ -125,6 +127,7 @@ async def on_case_event(uow: UnitOfWork, envelope: Envelope) -> None:
                 expires_at=event.expires_at,
                 policy_version=event.policy_version,
                 deputy=event.deputy,
+                late=event.late,
                 version=1,
                 updated_at=now,
             )

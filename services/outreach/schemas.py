@@ -90,6 +90,9 @@ class OverdoseView(BaseModel):
     county: str | None
     state: str | None
     source_kind: Literal["ems", "ed"] | None
+    received_at: datetime | None = Field(
+        default=None, description="When the first report of this overdose reached PORTline."
+    )
 
 
 class AttemptView(BaseModel):
@@ -121,6 +124,11 @@ class TaskView(BaseModel):
     due_at: datetime
     expires_at: datetime
     deputy: Literal["never", "always", "on_request"]
+    late: bool = Field(
+        default=False,
+        description="The report reached the program after this remote window would have "
+        "closed; its times count from the report's receipt, not the overdose.",
+    )
     assignee_id: str | None
     version: int = Field(description="Send as If-Match (the ETag) when you change this task.")
     person: PersonView
@@ -142,6 +150,7 @@ class TaskView(BaseModel):
                     "due_at": "2026-11-21T03:10:00Z",
                     "expires_at": "2026-11-23T03:10:00Z",
                     "deputy": "never",
+                    "late": False,
                     "assignee_id": "peer-ana",
                     "version": 3,
                     "person": {
@@ -156,6 +165,7 @@ class TaskView(BaseModel):
                         "county": "Guilford",
                         "state": "NC",
                         "source_kind": "ems",
+                        "received_at": "2026-11-20T04:02:00Z",
                     },
                     "attempts": [],
                     "notes": [],
@@ -274,6 +284,10 @@ class EpisodeView(BaseModel):
     id: uuid.UUID
     incident_at: datetime
     repeat: bool
+    received_at: datetime | None = None
+    late: bool = Field(
+        default=False, description="Reported after its remote window would have closed."
+    )
 
 
 class VisitBody(_Body):

@@ -94,6 +94,7 @@ def _overdose(access: Access, reports: Sequence[Any]) -> OverdoseView:
         return OverdoseView(
             incident_at=None, address=None, county=None, state=None, source_kind=None
         )
+    received = [r.received_at for r in reports if r.received_at is not None]
     first = min(reports, key=lambda r: r.incident_at)
     place = next((r.address_sealed for r in reports if r.address_sealed), None)
     address = None
@@ -106,6 +107,7 @@ def _overdose(access: Access, reports: Sequence[Any]) -> OverdoseView:
         county=next((r.county for r in reports if r.county), None),
         state=next((r.state for r in reports if r.state), None),
         source_kind=first.source_kind,
+        received_at=min(received, default=None),
     )
 
 
@@ -176,6 +178,7 @@ async def task_views(access: Access, session: AsyncSession, tasks: Sequence[Any]
                 due_at=t.due_at,
                 expires_at=t.expires_at,
                 deputy=t.deputy,
+                late=t.late,
                 assignee_id=t.assignee_id,
                 version=t.version,
                 person=persons[t.case_id],
@@ -258,7 +261,14 @@ async def case_view(access: Access, session: AsyncSession, case: Any) -> CaseVie
         version=case.version,
         person=_person(access, reports.get(cid, [])),
         episodes=[
-            EpisodeView(id=e.id, incident_at=e.incident_at, repeat=e.repeat) for e in episodes
+            EpisodeView(
+                id=e.id,
+                incident_at=e.incident_at,
+                repeat=e.repeat,
+                received_at=e.received_at,
+                late=e.late,
+            )
+            for e in episodes
         ],
         tasks=await task_views(access, session, tasks),
         contacts=[

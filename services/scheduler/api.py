@@ -71,6 +71,33 @@ async def get_policy(
     return _policies(request).for_program(program_id).describe()
 
 
+def timing_note(episode: Any) -> str:
+    """One sentence on what an episode's times count from, and why."""
+    plan = json.loads(episode.plan_reasons)
+    note = "Times count from the overdose."
+    if "incident_time_after_receipt" in plan:
+        note = (
+            "The report gave an overdose time after its own receipt (a local time without its "
+            "offset, or a skewed clock), so the receipt is taken as the overdose time."
+        )
+    if "too_old_for_outreach" in plan:
+        return note + " It arrived too long after the overdose for outreach: counted, no task."
+    received, start = episode.received_at, episode.windows_from
+    if received is None or start is None or start == episode.incident_at:
+        return note
+    lag = received - episode.incident_at
+    after = f"{lag.days} d {lag.seconds // 3600} h" if lag.days else f"{lag.seconds // 3600} h"
+    if start == received:
+        return (
+            f"The report arrived {after} after the overdose, after its remote window would "
+            "have closed, so its times count from its receipt (a late report)."
+        )
+    return (
+        "The scheduler applied the report only after its windows would have closed, so its "
+        "times count from when it was applied."
+    )
+
+
 class TimelineItem(BaseModel):
     at: datetime = Field(description="When this happened or is due.")
     kind: Literal["report", "episode", "task", "timer"]
@@ -112,6 +139,10 @@ async def get_timeline(case_id: uuid.UUID, principal: Lead, request: Request) ->
                         "repeat": e.repeat,
                         "consent": e.consent,
                         "plan": json.loads(e.plan_reasons),
+                        "received_at": e.received_at.isoformat() if e.received_at else None,
+                        "windows_from": (e.windows_from or e.incident_at).isoformat(),
+                        "late": e.late,
+                        "timing": timing_note(e),
                     },
                 )
             )
@@ -148,6 +179,7 @@ async def get_timeline(case_id: uuid.UUID, principal: Lead, request: Request) ->
                         "failed_attempts": t.failed_attempts,
                         "outcome": t.outcome,
                         "policy_version": t.policy_version,
+                        "late": t.late,
                     },
                 )
             )

@@ -32,8 +32,10 @@ from services.scheduler.policy import (
     PlannedTask,
     Policy,
     default_policy,
+    effective_incident,
     escalation_due,
     follow_ups,
+    is_late,
     plan_episode,
 )
 from shared.envelope import Envelope, Event
@@ -97,6 +99,7 @@ class _Task:
     due_at: datetime
     expires_at: datetime
     failed_attempts: int
+    late: bool
 
 
 class Scheduler:
@@ -214,10 +217,11 @@ class Scheduler:
                 subject=str(case.id),
             )
 
-        same = episode_for(event.incident_at, event.source_kind, case.episodes, window=self._window)
+        incident_at, _ = effective_incident(event.incident_at, event.received_at)
+        same = episode_for(incident_at, event.source_kind, case.episodes, window=self._window)
         if same is not None:
             await batch.merge_source(s, case, same, event.source_kind)
-            self._link(uow, batch, event, same.episode_id, case.id, match, now)
+            self._link(uow, batch, event, same.episode_id, case.id, match, now, policy)
             return
 
         episode_id = self._new_id()
@@ -225,6 +229,8 @@ class Scheduler:
         plan = plan_episode(
             policy,
             incident_at=event.incident_at,
+            received_at=event.received_at,
+            now=now,
             consent=event.consent.value,
             do_not_contact=person.do_not_contact,
             deidentified=False,
@@ -238,7 +244,10 @@ class Scheduler:
                 "program_id": event.program_id,
                 "case_id": case.id,
                 "person_id": person.id,
-                "incident_at": event.incident_at,
+                "incident_at": plan.incident_at,
+                "received_at": plan.received_at,
+                "windows_from": plan.windows_from,
+                "late": plan.late,
                 "sources": event.source_kind,
                 "consent": event.consent.value,
                 "deidentified": False,
@@ -253,12 +262,16 @@ class Scheduler:
                 program_id=event.program_id,
                 episode_id=episode_id,
                 person_id=person.id,
-                incident_at=event.incident_at,
+                incident_at=plan.incident_at,
                 repeat=repeat,
+                received_at=plan.received_at,
+                windows_from=plan.windows_from,
+                late=plan.late,
+                reasons=[str(r) for r in plan.reason],
             ),
             subject=str(case.id),
         )
-        self._link(uow, batch, event, episode_id, case.id, match, now)
+        self._link(uow, batch, event, episode_id, case.id, match, now, policy)
         if plan.priority is not None and plan.priority != case.priority:
             await batch.reprioritize(s, case, plan.priority)
         if repeat and plan.tasks:
@@ -281,7 +294,7 @@ class Scheduler:
                 event.program_id,
                 case.id,
                 episode_id,
-                event.incident_at,
+                plan.windows_from,
                 now,
             )
 
@@ -290,6 +303,12 @@ class Scheduler:
     ) -> None:
         """Counted, never assignable: an episode with no person and no case."""
         episode_id = self._new_id()
+        incident_at, _ = effective_incident(event.incident_at, event.received_at)
+        late = is_late(
+            self._policies.for_program(event.program_id),
+            incident_at=event.incident_at,
+            received_at=event.received_at,
+        )
         batch.add_episode(
             None,
             {
@@ -297,7 +316,10 @@ class Scheduler:
                 "program_id": event.program_id,
                 "case_id": None,
                 "person_id": None,
-                "incident_at": event.incident_at,
+                "incident_at": incident_at,
+                "received_at": event.received_at,
+                "windows_from": None,
+                "late": late,
                 "sources": event.source_kind,
                 "consent": event.consent.value,
                 "deidentified": True,
@@ -326,6 +348,7 @@ class Scheduler:
         case_id: uuid.UUID,
         match: str,
         now: datetime,
+        policy: Policy,
     ) -> None:
         batch.link(
             {
@@ -344,6 +367,8 @@ class Scheduler:
                 report_id=event.report_id,
                 episode_id=episode_id,
                 match=match,
+                received_at=event.received_at,
+                late=is_late(policy, incident_at=event.incident_at, received_at=event.received_at),
             ),
             subject=str(case_id),
         )
@@ -358,10 +383,11 @@ class Scheduler:
         program_id: str,
         case_id: uuid.UUID,
         episode_id: uuid.UUID,
-        incident_at: datetime,
+        windows_from: datetime,
         now: datetime,
     ) -> uuid.UUID:
-        """The task, its timers and its TaskScheduled; incident_at is the episode's."""
+        """The task, its timers and its TaskScheduled; windows_from is the episode's (the
+        time its windows count from)."""
         task_id = self._new_id()
         writes.insert(
             TASK,
@@ -378,6 +404,7 @@ class Scheduler:
                 "expires_at": planned.expires_at,
                 "policy_version": planned.policy_version,
                 "with_deputy": planned.with_deputy,
+                "late": planned.late,
                 "failed_attempts": 0,
                 "created_at": now,
                 "closed_at": None,
@@ -397,6 +424,7 @@ class Scheduler:
                 expires_at=planned.expires_at,
                 policy_version=planned.policy_version,
                 deputy=planned.deputy,
+                late=planned.late,
             ),
             subject=str(case_id),
         )
@@ -409,12 +437,13 @@ class Scheduler:
             policy = self._policies.for_program(program_id)
             escalation = escalation_due(
                 policy,
-                incident_at=incident_at,
+                windows_from=windows_from,
                 task_opened_at=planned.window_opens_at,
                 failed_attempts=0,
                 contact_made=False,
                 now=planned.window_opens_at,
                 priority=planned.priority,
+                late=planned.late,
             )
             if escalation is not None:
                 due["escalate"] = escalation.escalate_at
@@ -433,13 +462,17 @@ class Scheduler:
             )
         return task_id
 
-    async def _incident_at(self, uow: UnitOfWork, episode_id: uuid.UUID) -> datetime:
-        incident: datetime = (
+    async def _windows_from(self, uow: UnitOfWork, episode_id: uuid.UUID) -> datetime:
+        """The time an episode's windows count from (episodes from before late reports were
+        handled count from their incident)."""
+        start: datetime = (
             await uow.session.execute(
-                sa.select(EPISODE.c.incident_at).where(EPISODE.c.id == episode_id)
+                sa.select(sa.func.coalesce(EPISODE.c.windows_from, EPISODE.c.incident_at)).where(
+                    EPISODE.c.id == episode_id
+                )
             )
         ).scalar_one()
-        return incident
+        return start
 
     async def _open_tasks(
         self, uow: UnitOfWork, case_id: uuid.UUID, kinds: Sequence[TaskKind] | None = None
@@ -472,15 +505,16 @@ class Scheduler:
         """Schedule the in-person visit when the ladder says so; True when it did."""
         policy = self._policies.for_program(task.program_id)
         now = uow.clock.now()
-        incident_at = await self._incident_at(uow, task.episode_id)
+        windows_from = await self._windows_from(uow, task.episode_id)
         escalation = escalation_due(
             policy,
-            incident_at=incident_at,
+            windows_from=windows_from,
             task_opened_at=task.window_opens_at,
             failed_attempts=task.failed_attempts,
             contact_made=False,
             now=now,
             priority=task.priority,
+            late=task.late,
         )
         if escalation is None or not escalation.is_due(now):
             return False
@@ -492,7 +526,7 @@ class Scheduler:
             task.program_id,
             task.case_id,
             task.episode_id,
-            incident_at,
+            windows_from,
             now,
         )
         return True
@@ -625,10 +659,10 @@ class Scheduler:
         )
         if not plans:
             return
-        incident_at = await self._incident_at(uow, episode_id)
+        windows_from = await self._windows_from(uow, episode_id)
         for planned in plans:
             self._schedule_task(
-                uow, writes, planned, program_id, case_id, episode_id, incident_at, uow.clock.now()
+                uow, writes, planned, program_id, case_id, episode_id, windows_from, uow.clock.now()
             )
 
     async def _stop_case(

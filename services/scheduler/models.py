@@ -95,6 +95,11 @@ class Episode(SQLModel, table=True):
     case_id: uuid.UUID | None = Field(default=None, sa_column=sa.Column(sa.Uuid()))
     person_id: uuid.UUID | None = Field(default=None, sa_column=sa.Column(sa.Uuid()))
     incident_at: datetime = Field(sa_column=_ts())
+    received_at: datetime | None = Field(default=None, sa_column=_ts(True))
+    windows_from: datetime | None = Field(
+        default=None, sa_column=_ts(True)
+    )  # incident, or receipt of a late report
+    late: bool = Field(default=False, sa_column=sa.Column(sa.Boolean(), nullable=False))
     sources: str = Field(sa_column=sa.Column(sa.String(32), nullable=False))
     consent: str = Field(sa_column=sa.Column(sa.String(16), nullable=False))
     deidentified: bool = Field(sa_column=sa.Column(sa.Boolean(), nullable=False))
@@ -133,6 +138,7 @@ class Task(SQLModel, table=True):
     expires_at: datetime = Field(sa_column=_ts())
     policy_version: str = Field(sa_column=sa.Column(sa.String(64), nullable=False))
     with_deputy: bool = Field(sa_column=sa.Column(sa.Boolean(), nullable=False))
+    late: bool = Field(default=False, sa_column=sa.Column(sa.Boolean(), nullable=False))
     failed_attempts: int = Field(default=0, sa_column=sa.Column(sa.Integer(), nullable=False))
     created_at: datetime = Field(sa_column=_ts())
     closed_at: datetime | None = Field(default=None, sa_column=_ts(True))

@@ -38,9 +38,20 @@ Episodes (:func:`plan_episode`)
       de-identified (counted, but there is nobody to assign a task for).
     * Unknown consent gets a remote contact, because the design says "otherwise a remote
       contact task", and the plan says so (``consent_unknown_outreach_offered``).
-    * Every time comes from ``incident_at``; no clock is needed. The remote window opens at
-      the incident. A report that arrives late gets the same times, so its due time (or even
-      its expiry) may already have passed; the timers then fire at once, marked late.
+    * Times count from the incident: the remote window opens at the overdose. A report that
+      arrives late but while its remote window is still open keeps those times (its due time
+      may have passed; the due timer then fires at once).
+    * Late reports (``[late_reports]``). A report received at or after the moment its remote
+      window would have closed is *late*: its windows count from its receipt instead, with
+      the same durations, and the plan says so (``late_report_windows_from_receipt``). A
+      report received more than ``max_age_days`` after the overdose is recorded and counted
+      but planned no task (``too_old_for_outreach``). A late repeat overdose follows the same
+      rule.
+    * An incident time after the receipt (a local time read without its offset, a skewed
+      clock) is taken as the receipt and marked (``incident_time_after_receipt``).
+    * No task is born expired: should the scheduler apply a report only after even those
+      windows have closed (it was down for days), they count from when it applies it
+      (``windows_from_when_applied``), also marked late.
     * A repeat overdose while the case is open raises the priority by ``priority_step`` up to
       ``priorities.max`` (never lowering one already above it) and, with
       ``restart_windows``, plans a fresh remote contact from the new incident. Without it the
@@ -67,11 +78,13 @@ Escalation (:func:`escalation_due`)
       (known at ``now``) or ``hours_without_contact`` after the remote task opened. It is
       never earlier than a rule allows, and may be in the future, which is when the caller's
       timer should fire. Contact made means no escalation.
-    * The in-person visit opens at the escalation, is due ``in_person_due_hours`` after the
-      overdose and closes at the later of that and the remote window's close. Escalated after
-      its due time (say, a remote window longer than the in-person deadline), it is due at
-      once and marked ``in_person_due_passed``. After its window has closed there is no
-      escalation (``None``).
+    * Escalation counts from the time the episode's windows count from (``windows_from``:
+      the overdose, or the receipt of a late report), as does the visit's deadline.
+    * The in-person visit opens at the escalation, is due ``in_person_due_hours`` after
+      ``windows_from`` and closes at the later of that and the remote window's close.
+      Escalated after its due time (say, a remote window longer than the in-person
+      deadline), it is due at once and marked ``in_person_due_passed``. After its window has
+      closed there is no escalation (``None``).
     * The peer always leads. A deputy goes only with ``deputy = "always"``; with
       ``"on_request"`` the task goes out without one and the plan says a lead may ask.
 
@@ -128,6 +141,7 @@ __all__ = [
     "EscalationRules",
     "EscalationTrigger",
     "FollowUpRules",
+    "LateReportRules",
     "PlanReason",
     "PlannedTask",
     "Policy",
@@ -139,8 +153,10 @@ __all__ = [
     "RepeatOverdoseRules",
     "apply_repeat",
     "default_policy",
+    "effective_incident",
     "escalation_due",
     "follow_ups",
+    "is_late",
     "load_policies",
     "load_policy",
     "parse_policy",
@@ -156,6 +172,7 @@ CHANGE_NOTE = (
 MAX_WINDOW_HOURS = 14 * 24
 """No window, due time or escalation delay may exceed two weeks: tasks are time-boxed."""
 MAX_FOLLOW_UP_DAYS = 365
+MAX_LATE_REPORT_DAYS = 365
 
 RemoteChannel = Literal["phone", "text"]
 Channel = Literal["phone", "text", "in_person"]
@@ -281,6 +298,12 @@ class RepeatOverdoseRules(_Rules):
     restart_windows: StrictBool = True
 
 
+class LateReportRules(_Rules):
+    """Reports received after their remote window would have closed (see the module docs)."""
+
+    max_age_days: Annotated[StrictInt, Field(gt=0, le=MAX_LATE_REPORT_DAYS)] = 30
+
+
 class PriorityRules(_Rules):
     """Queue priorities: a higher number is more urgent."""
 
@@ -316,6 +339,7 @@ class Policy(BaseModel):
     quiet_hours: QuietHoursRules = QuietHoursRules()
     repeat_overdose: RepeatOverdoseRules = RepeatOverdoseRules()
     priorities: PriorityRules = PriorityRules()
+    late_reports: LateReportRules = LateReportRules()
     version: StrictStr = Field(default_factory=_content_version)
 
     @field_validator("program_id")
@@ -411,6 +435,13 @@ def _incoherences(policy: Policy) -> Iterable[str]:
         yield (
             f"quiet_hours.start and quiet_hours.end are both {_format_clock_time(quiet.start)}; "
             "quiet hours need a length (use applies_to = [] to turn them off)"
+        )
+    late = policy.late_reports
+    if late.max_age_days * 24 < remote.window_close_hours:
+        yield (
+            f"late_reports.max_age_days ({late.max_age_days}, so {late.max_age_days * 24} h) "
+            f"must not be shorter than remote_contact.window_close_hours "
+            f"({remote.window_close_hours}): a report still inside its window is never too old"
         )
     if policy.priorities.default > policy.priorities.max:
         yield (
@@ -526,6 +557,10 @@ class PlanReason(StrEnum):
     IN_PERSON_DUE_PASSED = "in_person_due_passed"
     DEPUTY_BY_POLICY = "deputy_by_policy"
     DEPUTY_ON_REQUEST = "deputy_on_request"
+    LATE_REPORT = "late_report_windows_from_receipt"
+    APPLIED_LATE = "windows_from_when_applied"
+    TOO_OLD = "too_old_for_outreach"
+    INCIDENT_AFTER_RECEIPT = "incident_time_after_receipt"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -540,6 +575,8 @@ class PlannedTask:
     policy_version: str
     quiet_hours_shifted: bool = False
     due_clamped_at_expiry: bool = False
+    late: bool = False
+    """Planned for a late report: its times count from the receipt, not the overdose."""
     with_deputy: bool = False
     deputy: DeputyRule = "never"
     """The program's deputy rule for an in-person visit ("never" for other tasks)."""
@@ -555,12 +592,21 @@ class PlannedTask:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class EpisodePlan:
-    """What an episode gets: its tasks (maybe none), the case priority, and why."""
+    """What an episode gets: its tasks (maybe none), the case priority, and why.
+
+    ``incident_at`` is the overdose's time as the episode keeps it (never after the receipt);
+    ``windows_from`` is the time its windows and escalation count from; ``late`` says the
+    report came after its remote window would have closed.
+    """
 
     tasks: tuple[PlannedTask, ...]
     reason: tuple[PlanReason, ...]
     priority: int | None
     policy_version: str
+    incident_at: datetime
+    received_at: datetime
+    windows_from: datetime
+    late: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -631,6 +677,7 @@ def _task(
     channels: Sequence[Channel],
     with_deputy: bool = False,
     deputy: DeputyRule = "never",
+    late: bool = False,
 ) -> tuple[PlannedTask, tuple[PlanReason, ...]]:
     """A task whose due time keeps out of quiet hours, clamped at its expiry."""
     shifted = clamped = False
@@ -647,6 +694,7 @@ def _task(
         policy_version=policy.version,
         quiet_hours_shifted=shifted,
         due_clamped_at_expiry=clamped,
+        late=late,
         with_deputy=with_deputy,
         deputy=deputy,
     )
@@ -669,20 +717,67 @@ def apply_repeat(current_priority: int, policy: Policy) -> int:
     return max(current_priority, raised)
 
 
+def effective_incident(incident_at: datetime, received_at: datetime) -> tuple[datetime, bool]:
+    """The incident time an episode keeps: never after the receipt. ``(UTC time, clamped?)``."""
+    incident_at = _utc("incident_at", incident_at)
+    received_at = _utc("received_at", received_at)
+    if incident_at > received_at:
+        return received_at, True
+    return incident_at, False
+
+
+def is_late(policy: Policy, *, incident_at: datetime, received_at: datetime) -> bool:
+    """Whether a report came at or after the moment its remote window would have closed."""
+    incident, _ = effective_incident(incident_at, received_at)
+    close = incident + timedelta(hours=policy.remote_contact.window_close_hours)
+    return _utc("received_at", received_at) >= close
+
+
 def plan_episode(
     policy: Policy,
     *,
     incident_at: datetime,
+    received_at: datetime,
+    now: datetime,
     consent: Consent,
     do_not_contact: bool,
     deidentified: bool,
     repeat: bool,
     current_priority: int | None,
 ) -> EpisodePlan:
-    """The tasks a new overdose episode gets under the policy, with the reasons why."""
-    incident_at = _utc("incident_at", incident_at)
+    """The tasks a new overdose episode gets under the policy, with the reasons why.
+
+    ``received_at`` is when intake received the report; ``now`` is when the scheduler applies
+    it (from the injected clock). See the module docs for late and future-dated reports.
+    """
+    received_at = _utc("received_at", received_at)
+    now = _utc("now", now)
+    incident_at, clamped = effective_incident(incident_at, received_at)
     if consent not in _CONSENTS:
         raise ValueError(f"unknown consent {consent!r}; expected one of {sorted(_CONSENTS)}")
+    clamp = [PlanReason.INCIDENT_AFTER_RECEIPT] if clamped else []
+    remote = policy.remote_contact
+    close = timedelta(hours=remote.window_close_hours)
+    windows_from, late, timing = incident_at, False, list(clamp)
+    if received_at >= incident_at + close:
+        windows_from, late = received_at, True
+        timing.append(PlanReason.LATE_REPORT)
+    too_old = received_at - incident_at > timedelta(days=policy.late_reports.max_age_days)
+
+    def done(
+        tasks: tuple[PlannedTask, ...], reasons: Sequence[PlanReason], priority: int | None
+    ) -> EpisodePlan:
+        return EpisodePlan(
+            tasks=tasks,
+            reason=tuple(reasons),
+            priority=priority,
+            policy_version=policy.version,
+            incident_at=incident_at,
+            received_at=received_at,
+            windows_from=windows_from,
+            late=late,
+        )
+
     blocked: list[PlanReason] = []
     if do_not_contact:
         blocked.append(PlanReason.DO_NOT_CONTACT)
@@ -690,10 +785,14 @@ def plan_episode(
         blocked += [PlanReason.CONSENT_DECLINED, PlanReason.LEAVE_BEHIND_RECORDED]
     if deidentified:
         blocked.append(PlanReason.DEIDENTIFIED)
+    if too_old:
+        blocked.append(PlanReason.TOO_OLD)
     if blocked:
-        return EpisodePlan(
-            tasks=(), reason=tuple(blocked), priority=None, policy_version=policy.version
-        )
+        return done((), [*blocked, *clamp], None)
+
+    if windows_from + close <= now:  # applied after even these windows closed: never born expired
+        windows_from, late = now, True
+        timing.append(PlanReason.APPLIED_LATE)
 
     reasons: list[PlanReason] = []
     if consent == "unknown":
@@ -709,51 +808,50 @@ def plan_episode(
         )
         if not policy.repeat_overdose.restart_windows:
             reasons.append(PlanReason.REPEAT_WINDOWS_KEPT)
-            return EpisodePlan(
-                tasks=(), reason=tuple(reasons), priority=priority, policy_version=policy.version
-            )
+            return done((), [*reasons, *timing], priority)
         reasons.append(PlanReason.REPEAT_WINDOWS_RESTARTED)
 
-    remote = policy.remote_contact
-    task, timing = _task(
+    task, shifts = _task(
         policy,
         kind=TaskKind.REMOTE_CONTACT,
         priority=priority,
-        opens=incident_at,
-        due=incident_at + timedelta(hours=remote.first_attempt_due_hours),
-        expires=incident_at + timedelta(hours=remote.window_close_hours),
+        opens=windows_from,
+        due=windows_from + timedelta(hours=remote.first_attempt_due_hours),
+        expires=windows_from + close,
         channels=remote.channels,
+        late=late,
     )
-    reasons += [PlanReason.REMOTE_CONTACT_SCHEDULED, *timing]
-    return EpisodePlan(
-        tasks=(task,), reason=tuple(reasons), priority=priority, policy_version=policy.version
-    )
+    reasons += [*timing, PlanReason.REMOTE_CONTACT_SCHEDULED, *shifts]
+    return done((task,), reasons, priority)
 
 
 def escalation_due(
     policy: Policy,
     *,
-    incident_at: datetime,
+    windows_from: datetime,
     task_opened_at: datetime,
     failed_attempts: int,
     contact_made: bool,
     now: datetime,
     priority: int | None = None,
+    late: bool = False,
 ) -> Escalation | None:
     """When the remote contact escalates to an in-person visit, and that visit's task.
 
-    ``None`` when contact was made or the visit's window has already closed. The escalation
-    may lie in the future (``escalate_at > now``): that is when the caller's timer fires, to
-    ask again with the attempts and contact known by then. ``priority`` defaults to the
-    policy's default.
+    ``windows_from`` is the time the episode's windows count from (the overdose, or the
+    receipt of a late report; see :class:`EpisodePlan`), and ``late`` marks the visit as the
+    remote task was marked. ``None`` when contact was made or the visit's window has already
+    closed. The escalation may lie in the future (``escalate_at > now``): that is when the
+    caller's timer fires, to ask again with the attempts and contact known by then.
+    ``priority`` defaults to the policy's default.
     """
-    incident_at = _utc("incident_at", incident_at)
+    windows_from = _utc("windows_from", windows_from)
     task_opened_at = _utc("task_opened_at", task_opened_at)
     now = _utc("now", now)
     if failed_attempts < 0:
         raise ValueError(f"failed_attempts cannot be negative, got {failed_attempts}")
-    if task_opened_at < incident_at:
-        raise ValueError("task_opened_at is before the overdose (incident_at)")
+    if task_opened_at < windows_from:
+        raise ValueError("task_opened_at is before the episode's windows open (windows_from)")
     if now < task_opened_at:
         raise ValueError("now is before the remote task opened (task_opened_at)")
     if contact_made:
@@ -773,8 +871,8 @@ def escalation_due(
     else:
         escalate_at, trigger = no_contact_at, "no_contact"
 
-    due = incident_at + timedelta(hours=rules.in_person_due_hours)
-    expires = incident_at + timedelta(
+    due = windows_from + timedelta(hours=rules.in_person_due_hours)
+    expires = windows_from + timedelta(
         hours=max(rules.in_person_due_hours, policy.remote_contact.window_close_hours)
     )
     if escalate_at >= expires:
@@ -798,6 +896,7 @@ def escalation_due(
         channels=_IN_PERSON,
         with_deputy=rules.deputy == "always",
         deputy=rules.deputy,
+        late=late,
     )
     return Escalation(
         escalate_at=escalate_at.astimezone(UTC),

@@ -349,3 +349,60 @@ async def test_a_link_before_its_report_shows_the_person_once_both_arrived(
     assert task["person"]["name"] == "Sam Okafor"
     assert task["overdose"]["county"] == "Guilford"
     assert task["overdose"]["source_kind"] == "ed"
+
+
+async def test_a_late_report_s_task_and_episode_show_late_in_the_queue_and_case(
+    world: World,
+) -> None:
+    case_id, person_id, episode_id, report_id, task_id = (uuid.uuid4() for _ in range(5))
+    subject = str(case_id)
+    common = {"case_id": case_id, "program_id": "demo"}
+    incident, received = NOW - timedelta(days=10), NOW - timedelta(minutes=5)
+    await world.feed(CaseOpened(**common, person_id=person_id, opened_at=NOW), subject)
+    await world.feed(
+        EpisodeOpened(
+            **common,
+            episode_id=episode_id,
+            person_id=person_id,
+            incident_at=incident,
+            repeat=False,
+            received_at=received,
+            windows_from=received,
+            late=True,
+            reasons=["late_report_windows_from_receipt", "remote_contact_scheduled"],
+        ),
+        subject,
+    )
+    await world.feed(
+        ReportLinked(
+            **common,
+            report_id=report_id,
+            episode_id=episode_id,
+            match="new_person",
+            received_at=received,
+            late=True,
+        ),
+        subject,
+    )
+    await world.feed(
+        TaskScheduled(
+            **common,
+            task_id=task_id,
+            episode_id=episode_id,
+            kind=TaskKind.REMOTE_CONTACT,
+            priority=2,
+            window_opens_at=received,
+            due_at=received + timedelta(hours=24),
+            expires_at=received + timedelta(hours=72),
+            policy_version="test",
+            late=True,
+        ),
+        subject,
+    )
+    (task,) = await _queue(world)
+    assert task["late"] is True
+    case = await _case(world, case_id)
+    assert [t["late"] for t in case["tasks"]] == [True]
+    (episode,) = case["episodes"]
+    assert episode["late"] is True
+    assert datetime.fromisoformat(episode["received_at"]) == received

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import httpx
 import pytest
 
+from services.scheduler.api import timing_note
 from services.scheduler.app import create_app
 from services.scheduler.models import CASE, POSSIBLE_MATCH
 from shared.auth import TokenService, jwt_secret
@@ -134,3 +137,32 @@ async def test_a_lead_decides_a_possible_match_once(api: Api) -> None:
     assert (
         await api.client.post(f"/v1/possible-matches/{theirs['id']}/split", headers=lead)
     ).status_code == 404
+
+
+def _episode(
+    incident: datetime, received: datetime | None, start: datetime | None, plan: list[str]
+) -> SimpleNamespace:
+    return SimpleNamespace(
+        incident_at=incident,
+        received_at=received,
+        windows_from=start,
+        plan_reasons=json.dumps(plan),
+    )
+
+
+def test_the_timeline_says_why_an_episode_s_times_are_what_they_are() -> None:
+    incident = datetime.now(UTC) - timedelta(days=10, hours=3)
+    received = incident + timedelta(days=10, hours=3)
+    on_time = _episode(
+        incident, incident + timedelta(hours=1), incident, ["remote_contact_scheduled"]
+    )
+    assert timing_note(on_time) == "Times count from the overdose."
+    late = _episode(incident, received, received, ["late_report_windows_from_receipt"])
+    assert "arrived 10 d 3 h after the overdose" in timing_note(late)
+    assert "count from its receipt" in timing_note(late)
+    old = _episode(incident, received, None, ["too_old_for_outreach"])
+    assert "too long after the overdose" in timing_note(old)
+    skewed = _episode(received, received, received, ["incident_time_after_receipt"])
+    assert "receipt is taken as the overdose time" in timing_note(skewed)
+    applied = _episode(incident, incident, received, ["windows_from_when_applied"])
+    assert "applied the report only after" in timing_note(applied)

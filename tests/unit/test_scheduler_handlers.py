@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 import uuid
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, date, datetime, timedelta
@@ -84,7 +85,9 @@ class World:
         incident_at: datetime = INCIDENT,
         consent: Consent = Consent.ACCEPTED,
         phone: str | None = "336-555-0100",
+        received_at: datetime | None = None,
     ) -> OverdoseReported:
+        """A report received now, or 30 minutes after its overdose if that is later."""
 
         identity = Identity(
             family=family,
@@ -99,7 +102,7 @@ class World:
             source_org="x",
             source_ref="r",
             incident_at=incident_at,
-            received_at=self.clock.now(),
+            received_at=received_at or max(self.clock.now(), incident_at + timedelta(minutes=30)),
             identity=PROTECTOR.seal_identity(identity),
             blind_keys=PROTECTOR.blind_keys(identity, facility=None),
             deidentified=identity.deidentified,
@@ -432,3 +435,94 @@ async def test_a_batch_of_reports_has_the_effect_of_the_same_reports_one_at_a_ti
     assert cancelled == ["superseded_by_repeat_overdose"] * 2
     for _world, engine in worlds:
         await engine.dispose()
+
+
+# --- late reports -----------------------------------------------------------------------
+
+
+async def test_a_report_ten_days_late_gets_a_late_task_counted_from_its_receipt(
+    world: World,
+) -> None:
+    received = INCIDENT + timedelta(days=10)
+    world.clock.set(received + timedelta(seconds=5))
+    await world.report(received_at=received)
+    (task,) = await world.tasks()
+    assert task.late
+    assert (task.window_opens_at, task.due_at, task.expires_at) == (
+        received,
+        received + timedelta(hours=24),
+        received + timedelta(hours=72),
+    )
+    (scheduled,) = await world.events("TaskScheduled")
+    assert scheduled["late"] is True
+    (opened,) = await world.events("EpisodeOpened")
+    assert opened["late"] is True
+    assert datetime.fromisoformat(opened["windows_from"]) == received
+    assert datetime.fromisoformat(opened["received_at"]) == received
+    assert "late_report_windows_from_receipt" in opened["reasons"]
+    (linked,) = await world.events("ReportLinked")
+    assert linked["late"] is True
+
+    # Escalation counts from the receipt too: nothing at 47 h, a late visit at 48 h.
+    world.clock.set(received + timedelta(hours=47))
+    await world.runner.run_once()
+    assert [t.kind for t in await world.tasks()] == ["remote_contact"]
+    world.clock.set(received + timedelta(hours=48, minutes=1))
+    await world.runner.run_once()
+    remote, visit = await world.tasks()
+    assert (remote.status, visit.kind, visit.status) == ("completed", "in_person_visit", "open")
+    assert visit.late
+    assert visit.due_at == received + timedelta(hours=72)
+    assert visit.expires_at > world.clock.now()
+
+
+async def test_a_report_forty_days_late_is_counted_with_no_task(world: World) -> None:
+    received = INCIDENT + timedelta(days=40)
+    world.clock.set(received)
+    await world.report(received_at=received)
+    assert await world.tasks() == []
+    async with world.sessions() as s:
+        (episode,) = list(await s.execute(sa.select(EPISODE)))
+    assert episode.late
+    assert json.loads(episode.plan_reasons) == ["too_old_for_outreach"]
+    (opened,) = await world.events("EpisodeOpened")
+    assert opened["reasons"] == ["too_old_for_outreach"]
+
+
+async def test_a_late_ed_report_of_a_known_overdose_joins_its_episode_marked_late(
+    world: World,
+) -> None:
+    await world.report(kind="ems")
+    received = INCIDENT + timedelta(days=4)  # the ED's codes came with the A03 at discharge
+    world.clock.set(received)
+    await world.report(kind="ed", received_at=received)
+    (task,) = await world.tasks()
+    assert not task.late  # the EMS report made it on time
+    first, second = await world.events("ReportLinked")
+    assert (first["late"], second["late"]) == (False, True)
+    assert first["episode_id"] == second["episode_id"]
+
+
+async def test_an_incident_time_after_the_receipt_is_taken_as_the_receipt(world: World) -> None:
+    received = world.clock.now()
+    await world.report(incident_at=received + timedelta(hours=5), received_at=received)
+    (task,) = await world.tasks()
+    assert task.window_opens_at == received
+    async with world.sessions() as s:
+        (episode,) = list(await s.execute(sa.select(EPISODE)))
+    assert episode.incident_at == received
+    assert "incident_time_after_receipt" in json.loads(episode.plan_reasons)
+
+
+async def test_a_late_repeat_overdose_restarts_from_its_receipt(world: World) -> None:
+    await world.report()
+    repeat_at = INCIDENT + timedelta(days=2)
+    received = repeat_at + timedelta(days=6)
+    world.clock.set(received)
+    await world.report(kind="ed", incident_at=repeat_at, received_at=received)
+    tasks = await world.tasks()
+    open_remote = [t for t in tasks if t.status == "open" and t.kind == "remote_contact"]
+    (task,) = open_remote
+    assert task.late
+    assert task.window_opens_at == received
+    assert task.expires_at > world.clock.now()

@@ -73,10 +73,16 @@ def plan(
     deidentified: bool = False,
     repeat: bool = False,
     current_priority: int | None = None,
+    received_at: datetime | None = None,
+    now: datetime | None = None,
 ) -> EpisodePlan:
+    """A plan for a report received at the overdose and applied then, unless told otherwise."""
+    received_at = received_at or incident_at
     return plan_episode(
         policy,
         incident_at=incident_at,
+        received_at=received_at,
+        now=now or received_at,
         consent=consent,
         do_not_contact=do_not_contact,
         deidentified=deidentified,
@@ -94,10 +100,11 @@ def escalate(
     contact_made: bool = False,
     now: datetime | None = None,
 ) -> Escalation | None:
-    """Escalation for a remote task opened at the overdose and asked then, unless told otherwise."""
+    """Escalation for a remote task opened at the overdose and asked then, unless told otherwise
+    (``incident_at`` is the time the episode's windows count from)."""
     return escalation_due(
         policy,
-        incident_at=incident_at,
+        windows_from=incident_at,
         task_opened_at=opened_at or incident_at,
         failed_attempts=failed_attempts,
         contact_made=contact_made,
@@ -214,6 +221,7 @@ def policies(draw: st.DrawFn) -> Policy:
                 "restart_windows": draw(st.booleans()),
             },
             "priorities": {"default": draw(st.integers(1, max_priority)), "max": max_priority},
+            "late_reports": {"max_age_days": draw(st.integers(-(-window_close // 24), 120))},
         }
     )
 
@@ -657,7 +665,9 @@ def test_a_planned_task_cannot_be_due_outside_its_window() -> None:
 
 def test_naive_times_are_refused() -> None:
     with pytest.raises(ValueError, match="incident_at must be timezone-aware"):
-        plan(incident_at=datetime(2024, 6, 3, 10))
+        plan(incident_at=datetime(2024, 6, 3, 10), received_at=INCIDENT)
+    with pytest.raises(ValueError, match="received_at must be timezone-aware"):
+        plan(received_at=datetime(2024, 6, 3, 10))
 
 
 @given(policy=policies(), incident_at=instants)
@@ -1003,7 +1013,7 @@ def test_quiet_hours_hold_visits_only_when_the_program_says_so() -> None:
     [
         ({"failed_attempts": -1}, "failed_attempts cannot be negative"),
         ({"now": INCIDENT - hours(1)}, "now is before the remote task opened"),
-        ({"opened_at": INCIDENT - hours(1)}, "task_opened_at is before the overdose"),
+        ({"opened_at": INCIDENT - hours(1)}, "task_opened_at is before the episode's windows open"),
         ({"now": datetime(2024, 6, 3, 12)}, "now must be timezone-aware"),
     ],
 )
@@ -1120,3 +1130,197 @@ def test_follow_ups_only_after_contact(policy: Policy, contact_at: datetime) -> 
         assert_due_keeps_out_of_quiet_hours(
             policy, task, task.window_opens_at + hours(rules.due_hours)
         )
+
+
+# --------------------------------------------------------------------------- late reports
+
+
+def test_a_late_report_counts_its_windows_from_its_receipt() -> None:
+    received = INCIDENT + timedelta(days=10)
+    result = plan(received_at=received)
+    (task,) = result.tasks
+    assert (task.window_opens_at, task.due_at, task.expires_at) == (
+        utc(received),
+        utc(received) + hours(24),
+        utc(received) + hours(72),
+    )
+    assert task.late
+    assert result.late
+    assert result.windows_from == utc(received)
+    assert result.incident_at == utc(INCIDENT)
+    assert result.reason == (R.LATE_REPORT, R.REMOTE_CONTACT_SCHEDULED)
+
+
+def test_a_report_late_but_inside_its_window_keeps_the_incident_times() -> None:
+    result = plan(received_at=INCIDENT + hours(50))
+    (task,) = result.tasks
+    assert task.window_opens_at == utc(INCIDENT)
+    assert task.expires_at == utc(INCIDENT) + hours(72)
+    assert not task.late
+    assert not result.late
+    assert result.reason == (R.REMOTE_CONTACT_SCHEDULED,)
+
+
+def test_a_report_received_as_its_window_closes_is_late() -> None:
+    (task,) = plan(received_at=INCIDENT + hours(72)).tasks
+    assert task.late
+    assert task.window_opens_at == utc(INCIDENT) + hours(72)
+
+
+@pytest.mark.parametrize(
+    ("age", "planned"),
+    [(timedelta(days=30), True), (timedelta(days=30, seconds=1), False)],
+    ids=["30-days-gets-a-task", "just-over-30-days-is-too-old"],
+)
+def test_a_report_older_than_max_age_days_is_counted_without_a_task(
+    age: timedelta, planned: bool
+) -> None:
+    result = plan(received_at=INCIDENT + age)
+    assert bool(result.tasks) is planned
+    assert (R.TOO_OLD in result.reason) is not planned
+    assert result.late
+
+
+def test_max_age_days_is_the_program_s_choice() -> None:
+    strict = policy_with(late_reports={"max_age_days": 7})
+    assert plan(strict, received_at=INCIDENT + timedelta(days=8)).reason == (R.TOO_OLD,)
+    assert plan(strict, received_at=INCIDENT + timedelta(days=6)).tasks
+
+
+def test_an_incident_time_after_the_receipt_is_taken_as_the_receipt() -> None:
+    received = INCIDENT
+    result = plan(incident_at=INCIDENT + hours(5), received_at=received)
+    (task,) = result.tasks
+    assert result.incident_at == utc(received)
+    assert task.window_opens_at == utc(received)
+    assert not task.late
+    assert result.reason == (R.INCIDENT_AFTER_RECEIPT, R.REMOTE_CONTACT_SCHEDULED)
+
+
+def test_a_report_applied_after_even_its_late_windows_closed_is_never_born_expired() -> None:
+    received = INCIDENT + hours(1)
+    now = INCIDENT + timedelta(days=4)  # the scheduler was down for days
+    result = plan(received_at=received, now=now)
+    (task,) = result.tasks
+    assert task.window_opens_at == utc(now)
+    assert task.expires_at == utc(now) + hours(72)
+    assert task.late
+    assert R.APPLIED_LATE in result.reason
+
+
+def test_a_late_repeat_overdose_follows_the_same_rule() -> None:
+    received = INCIDENT + timedelta(days=5)
+    result = plan(received_at=received, repeat=True, current_priority=2)
+    (task,) = result.tasks
+    assert task.window_opens_at == utc(received)
+    assert task.late
+    assert task.priority == 3
+    assert R.LATE_REPORT in result.reason
+    assert R.REPEAT_WINDOWS_RESTARTED in result.reason
+
+
+def test_a_declined_late_report_plans_nothing_and_is_still_marked_late() -> None:
+    result = plan(received_at=INCIDENT + timedelta(days=5), consent="declined")
+    assert result.tasks == ()
+    assert result.late
+    assert R.CONSENT_DECLINED in result.reason
+
+
+def test_escalation_of_a_late_report_counts_from_its_receipt() -> None:
+    received = utc(INCIDENT + timedelta(days=10))
+    (remote,) = plan(received_at=received).tasks
+    escalation = escalation_due(
+        POLICY,
+        windows_from=received,
+        task_opened_at=remote.window_opens_at,
+        failed_attempts=0,
+        contact_made=False,
+        now=received,
+        late=remote.late,
+    )
+    assert escalation is not None
+    assert escalation.escalate_at == received + hours(48)
+    assert escalation.task.due_at == received + hours(72)
+    assert escalation.task.expires_at == received + hours(72)
+    assert escalation.task.late
+
+
+def test_max_age_days_cannot_be_shorter_than_the_remote_window() -> None:
+    with pytest.raises(PolicyError, match=r"late_reports\.max_age_days \(2"):
+        parse_policy('program_id = "p"\ntimezone = "UTC"\n[late_reports]\nmax_age_days = 2\n')
+    with pytest.raises(PolicyError, match=r"late_reports\.max_age_days"):
+        parse_policy('program_id = "p"\ntimezone = "UTC"\n[late_reports]\nmax_age_days = 0\n')
+    with pytest.raises(PolicyError, match=r"late_reports\.grace"):
+        parse_policy('program_id = "p"\ntimezone = "UTC"\n[late_reports]\ngrace = 1\n')
+
+
+report_ages = st.integers(1, 60 * 24 * 60).map(lambda minutes: timedelta(minutes=minutes))
+apply_lags = st.sampled_from([timedelta(0), timedelta(seconds=2), hours(3), timedelta(days=4)])
+
+
+@settings(max_examples=300)
+@given(
+    policy=policies(),
+    incident_at=instants,
+    age=report_ages,
+    lag=apply_lags,
+    repeat=st.booleans(),
+)
+def test_late_reports_plan_nothing_born_expired_and_mark_what_is_late(
+    policy: Policy, incident_at: datetime, age: timedelta, lag: timedelta, repeat: bool
+) -> None:
+    """Over report age (minutes to 60 days) x time of day x quiet hours x DST x zone."""
+    received = utc(incident_at) + age
+    now = received + lag
+    result = plan(policy, incident_at=incident_at, received_at=received, now=now, repeat=repeat)
+    window = hours(policy.remote_contact.window_close_hours)
+    too_old = age > timedelta(days=policy.late_reports.max_age_days)
+    assert result.late == (age >= window or (not too_old and result.windows_from > received))
+    if too_old:
+        assert result.tasks == ()
+        assert R.TOO_OLD in result.reason
+        return
+    for task in result.tasks:
+        assert task.expires_at > received
+        assert task.expires_at > now
+        assert task.window_opens_at <= task.due_at <= task.expires_at
+        assert task.late == result.late
+        assert task.expires_at - task.window_opens_at <= window
+    if age >= window:
+        assert R.LATE_REPORT in result.reason
+        assert result.windows_from >= received
+
+
+@settings(max_examples=300)
+@given(
+    policy=policies(),
+    incident_at=instants,
+    age=report_ages,
+    since=st.integers(0, (MAX_WINDOW_HOURS + 24) * 60).map(lambda m: timedelta(minutes=m)),
+    failed_attempts=st.integers(0, 8),
+)
+def test_escalation_of_any_report_is_never_born_expired(
+    policy: Policy, incident_at: datetime, age: timedelta, since: timedelta, failed_attempts: int
+) -> None:
+    received = utc(incident_at) + age
+    result = plan(policy, incident_at=incident_at, received_at=received)
+    if not result.tasks:
+        return
+    (remote,) = result.tasks
+    now = remote.window_opens_at + since
+    escalation = escalation_due(
+        policy,
+        windows_from=result.windows_from,
+        task_opened_at=remote.window_opens_at,
+        failed_attempts=failed_attempts,
+        contact_made=False,
+        now=now,
+        late=remote.late,
+    )
+    if escalation is None:
+        return
+    visit = escalation.task
+    assert escalation.escalate_at >= received or not result.late
+    assert visit.expires_at > escalation.escalate_at
+    assert visit.window_opens_at <= visit.due_at <= visit.expires_at
+    assert visit.late == remote.late
