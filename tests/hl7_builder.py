@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 VT, FS, CR = b"\x0b", b"\x1c", b"\r"
 
 
@@ -34,6 +36,11 @@ def adt(
     if dx is not None:
         segments.append(f"DG1|1||{dx}^Poisoning^I10C||{admit}|F")
     return "\r".join(segments) + "\r"
+
+
+def hl7_time(when: datetime) -> str:
+    """An HL7 v2 TS to the minute with its offset (``YYYYMMDDHHMM+ZZZZ``), for relative times."""
+    return when.strftime("%Y%m%d%H%M%z")
 
 
 def routine(control_id: str, **kw: str) -> str:

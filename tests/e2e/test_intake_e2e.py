@@ -6,7 +6,7 @@ import asyncio
 import json
 import os
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -16,7 +16,7 @@ from shared.envelope import Envelope
 from shared.events import OverdoseReported
 from shared.topics import INTAKE_OVERDOSES
 from tests.e2e.conftest import IntakeProcess
-from tests.hl7_builder import ack_fields, adt, framed, routine
+from tests.hl7_builder import ack_fields, adt, framed, hl7_time, routine
 from tests.support import read_topic
 
 pytestmark = pytest.mark.e2e
@@ -40,7 +40,8 @@ async def test_overdose_over_mllp_is_acked_and_published_with_phi_sealed(
 ) -> None:
     ref = control()
     family = f"Qx{uuid.uuid4().hex[:8]}"
-    (ack,) = await intake_process.mllp(framed(adt(ref, family=family, admit="202611201415-0500")))
+    incident = (datetime.now(UTC) - timedelta(hours=2)).replace(second=0, microsecond=0)
+    (ack,) = await intake_process.mllp(framed(adt(ref, family=family, admit=hl7_time(incident))))
     assert ack_fields(ack) == ("AA", ref, "")
 
     (record,) = await read_topic(
@@ -49,7 +50,7 @@ async def test_overdose_over_mllp_is_acked_and_published_with_phi_sealed(
     assert family.encode() not in record.value
     event = Envelope.from_bytes(record.value).event()
     assert isinstance(event, OverdoseReported)
-    assert event.incident_at == datetime(2026, 11, 20, 19, 15, tzinfo=UTC)
+    assert event.incident_at == incident
     assert event.opioid
     assert event.identity is not None
     assert family not in intake_process.log.read_text()
@@ -172,7 +173,7 @@ async def test_ems_run_reports_over_http(
     pcr = f"PCR-{uuid.uuid4().hex[:10]}"
     report = {
         "pcr_number": pcr,
-        "incident_at": "2026-11-20T22:14:00-05:00",
+        "incident_at": (datetime.now(UTC) - timedelta(hours=3)).isoformat(),
         "patient": {"family_name": "Roe", "given_name": "Sam", "phones": ["336-555-0142"]},
         "impressions": ["T40.1X1A"],
         "medications": [{"rxnorm": "7242", "response": "improved"}],

@@ -1,13 +1,17 @@
-"""From a hospital's MLLP message to an outreach task, across real processes and Kafka."""
+"""From a partner's report to an outreach task, across real processes and Kafka: on time over
+MLLP, and late (10 days, 40 days) over the EMS API. Every time is relative to now."""
 
 from __future__ import annotations
 
 import asyncio
 import subprocess
 import sys
+import time
 import uuid
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -15,7 +19,7 @@ import pytest
 from shared.envelope import Envelope
 from shared.topics import INTAKE_OVERDOSES, SCHEDULER_CASES
 from tests.e2e.conftest import IntakeProcess, ServiceProcess
-from tests.hl7_builder import ack_fields, adt, framed
+from tests.hl7_builder import ack_fields, adt, framed, hl7_time
 from tests.support import read_topic
 
 pytestmark = pytest.mark.e2e
@@ -23,24 +27,21 @@ pytestmark = pytest.mark.e2e
 PORTLINE = str(Path(sys.executable).parent / "portline")
 
 
-async def test_an_mllp_overdose_becomes_a_remote_contact_task_due_24h_after_the_incident(
-    intake_process: IntakeProcess, scheduler_process: ServiceProcess, kafka_bootstrap: str
-) -> None:
-    ref = f"SCH-{uuid.uuid4().hex[:10]}"
-    family = f"Kx{uuid.uuid4().hex[:6]}"
-    (ack,) = await intake_process.mllp(
-        framed(adt(ref, family=family, visit=f"V-{ref}", admit="202611201415-0500"))
+async def _token(env: dict[str, str], role: str) -> str:
+    done = await asyncio.to_thread(
+        subprocess.run,
+        [PORTLINE, "dev-token", "--role", role, "--program", "demo"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
     )
-    assert ack_fields(ack)[0] == "AA"
-    incident = datetime(2026, 11, 20, 19, 15, tzinfo=UTC)
+    return done.stdout.strip()
 
-    (reported,) = await read_topic(
-        kafka_bootstrap,
-        INTAKE_OVERDOSES.name,
-        where=lambda r: Envelope.from_bytes(r.value).data.get("source_ref") == ref,
-        expect=1,
-    )
-    report_id = Envelope.from_bytes(reported.value).data["report_id"]
+
+async def _case_events(kafka_bootstrap: str, report_id: str, *types: str) -> list[dict[str, Any]]:
+    """The scheduler's events of the case the report was linked to, of the given types."""
     (linked,) = await read_topic(
         kafka_bootstrap,
         SCHEDULER_CASES.name,
@@ -51,39 +52,145 @@ async def test_an_mllp_overdose_becomes_a_remote_contact_task_due_24h_after_the_
         timeout=150,
     )
     case_id = Envelope.from_bytes(linked.value).data["case_id"]
-    scheduled = await read_topic(
+    found = await read_topic(
         kafka_bootstrap,
         SCHEDULER_CASES.name,
         where=lambda r: (
-            (e := Envelope.from_bytes(r.value)).type == "TaskScheduled"
-            and e.data["case_id"] == case_id
+            (e := Envelope.from_bytes(r.value)).type in types and e.data["case_id"] == case_id
         ),
+        expect=len(types),
+    )
+    return [{"type": (e := Envelope.from_bytes(r.value)).type, **e.data} for r in found]
+
+
+async def test_an_mllp_overdose_becomes_a_remote_contact_task_due_24h_after_the_incident(
+    intake_process: IntakeProcess, scheduler_process: ServiceProcess, kafka_bootstrap: str
+) -> None:
+    ref = f"SCH-{uuid.uuid4().hex[:10]}"
+    family = f"Kx{uuid.uuid4().hex[:6]}"
+    # Two hours ago, to the minute: 14:00 or 16:00 local, say, so quiet hours may move the due
+    # time (never the window).
+    incident = (datetime.now(UTC) - timedelta(hours=2)).replace(second=0, microsecond=0)
+    (ack,) = await intake_process.mllp(
+        framed(adt(ref, family=family, visit=f"V-{ref}", admit=hl7_time(incident)))
+    )
+    assert ack_fields(ack)[0] == "AA"
+
+    (reported,) = await read_topic(
+        kafka_bootstrap,
+        INTAKE_OVERDOSES.name,
+        where=lambda r: Envelope.from_bytes(r.value).data.get("source_ref") == ref,
         expect=1,
     )
-    (task,) = [Envelope.from_bytes(r.value).data for r in scheduled]
+    assert family.encode() not in reported.value
+    report_id = Envelope.from_bytes(reported.value).data["report_id"]
+    episode, task = await _case_events(kafka_bootstrap, report_id, "EpisodeOpened", "TaskScheduled")
     assert task["kind"] == "remote_contact"
-    assert datetime.fromisoformat(task["due_at"]) == incident + timedelta(hours=24)
+    assert task["late"] is False
+    assert episode["late"] is False
+    assert datetime.fromisoformat(task["window_opens_at"]) == incident
+    due = datetime.fromisoformat(task["due_at"])
+    assert incident + timedelta(hours=24) <= due <= incident + timedelta(hours=72)
     assert datetime.fromisoformat(task["expires_at"]) == incident + timedelta(hours=72)
-    assert family.encode() not in linked.value
 
     # A team lead sees why it is due: the case's timeline, over the scheduler's API.
-    token = (
-        await asyncio.to_thread(
-            subprocess.run,
-            [PORTLINE, "dev-token", "--role", "team_lead", "--program", "demo"],
-            env=scheduler_process.env,
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=60,
-        )
-    ).stdout.strip()
+    token = await _token(scheduler_process.env, "team_lead")
     async with httpx.AsyncClient(base_url=scheduler_process.http) as client:
         timeline = await client.get(
-            f"/v1/cases/{case_id}/timeline", headers={"Authorization": f"Bearer {token}"}
+            f"/v1/cases/{task['case_id']}/timeline", headers={"Authorization": f"Bearer {token}"}
         )
-        anonymous = await client.get(f"/v1/cases/{case_id}/timeline")
+        anonymous = await client.get(f"/v1/cases/{task['case_id']}/timeline")
     assert timeline.status_code == 200, timeline.text
-    kinds = [i["kind"] for i in timeline.json()["items"]]
-    assert {"episode", "report", "task", "timer"} <= set(kinds)
+    items = timeline.json()["items"]
+    assert {"episode", "report", "task", "timer"} <= {i["kind"] for i in items}
+    (episode_item,) = [i for i in items if i["kind"] == "episode"]
+    assert episode_item["detail"]["timing"] == "Times count from the overdose."
     assert anonymous.status_code == 401
+
+
+async def _eventually(probe: Callable[[], Awaitable[Any]], what: str, timeout: float) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = await probe()
+        if found:
+            return found
+        await asyncio.sleep(0.3)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+async def test_a_report_10_days_late_gets_a_live_task_and_one_40_days_late_is_counted_only(
+    intake_process: IntakeProcess,
+    scheduler_process: ServiceProcess,
+    outreach_process: ServiceProcess,
+    kafka_bootstrap: str,
+) -> None:
+    now = datetime.now(UTC)
+    tag = uuid.uuid4().hex[:6]
+    reports = {
+        "ten": (f"Tenlate{tag}", now - timedelta(days=10)),
+        "forty": (f"Fortylate{tag}", now - timedelta(days=40)),
+    }
+    ids: dict[str, str] = {}
+    async with httpx.AsyncClient(base_url=intake_process.http) as intake:
+        for name, (family, incident) in reports.items():
+            posted = await intake.post(
+                "/v1/ems/run-reports",
+                json={
+                    "pcr_number": f"LATE-{name}-{tag}",
+                    "incident_at": incident.isoformat(),
+                    "patient": {
+                        "family_name": family,
+                        "given_name": "Robin",
+                        "date_of_birth": "1988-02-03",
+                        "phones": [f"336-555-{1000 + len(name) * 7:04d}"],
+                    },
+                    "impressions": ["T40.1X1A"],
+                    "peer_follow_up": "accepted",
+                },
+                headers={"Authorization": f"Bearer {intake_process.ems_key}"},
+            )
+            assert posted.status_code == 200, posted.text
+            (result,) = posted.json()["results"]
+            assert result["status"] == "accepted"
+            ids[name] = result["report_id"]
+
+    # Ten days late: a late remote contact, its windows counted from the receipt.
+    episode, scheduled = await _case_events(
+        kafka_bootstrap, ids["ten"], "EpisodeOpened", "TaskScheduled"
+    )
+    assert episode["late"] is True
+    assert "late_report_windows_from_receipt" in episode["reasons"]
+    received = datetime.fromisoformat(episode["received_at"])
+    assert received >= now - timedelta(seconds=5)
+    assert scheduled["late"] is True
+    assert datetime.fromisoformat(scheduled["window_opens_at"]) == received
+    assert datetime.fromisoformat(scheduled["expires_at"]) == received + timedelta(hours=72)
+
+    # Forty days late: the episode is recorded and counted, and no task is planned.
+    (old,) = await _case_events(kafka_bootstrap, ids["forty"], "EpisodeOpened")
+    assert old["reasons"] == ["too_old_for_outreach"]
+    assert old["late"] is True
+
+    # In outreach's queue: the ten-days-late task is open, unexpired and marked late; the
+    # forty-days-late person has no task at all.
+    peer = {"Authorization": f"Bearer {await _token(outreach_process.env, 'peer')}"}
+    async with httpx.AsyncClient(base_url=outreach_process.http, timeout=30) as api:
+
+        async def queue() -> list[dict[str, Any]]:
+            r = await api.get("/v1/tasks", params={"limit": 200}, headers=peer)
+            assert r.status_code == 200, r.text
+            items: list[dict[str, Any]] = r.json()["items"]
+            return items
+
+        async def ten_days_task() -> dict[str, Any] | None:
+            family = reports["ten"][0]
+            return next((t for t in await queue() if family in (t["person"]["name"] or "")), None)
+
+        task = await _eventually(ten_days_task, "the late task in outreach's queue", 120)
+        assert task["status"] == "open"
+        assert task["late"] is True
+        assert datetime.fromisoformat(task["expires_at"]) > datetime.now(UTC)
+        assert datetime.fromisoformat(task["overdose"]["incident_at"]) < now - timedelta(days=9)
+        forty = reports["forty"][0]
+        assert not [t for t in await queue() if forty in (t["person"]["name"] or "")]
+    assert scheduled["case_id"] != old["case_id"]

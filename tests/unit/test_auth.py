@@ -10,7 +10,7 @@ import pytest
 from shared.auth import AuthError, TokenService, jwt_secret
 from shared.settings import Settings
 
-NOW = datetime(2026, 11, 21, 9, 0, tzinfo=UTC)
+NOW = datetime.now(UTC)  # tokens are checked against the real clock
 
 
 def test_a_minted_token_verifies_with_its_role_and_program() -> None:

@@ -15,7 +15,7 @@ from cryptography.x509.oid import NameOID
 from services.intake.mllp_listener import MllpListener
 from tests.hl7_builder import ack_fields, framed, routine
 
-NOW = dt.datetime(2026, 11, 21, 9, 0, tzinfo=dt.UTC)
+NOW = dt.datetime.now(dt.UTC)  # certificates are checked against the real clock
 
 
 def self_signed(tmp_path: Path) -> tuple[Path, Path]:
