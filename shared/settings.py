@@ -60,6 +60,13 @@ class Settings(BaseSettings):
         description="Where a new consumer group starts: every retained event, or only new ones.",
     )
     kafka_replication: int = Field(default=1, ge=1, description="Replication factor for topics.")
+    kafka_max_event_bytes: int = Field(
+        default=1_000_000,
+        ge=1024,
+        description="The largest event (envelope JSON and key) intake commits; a message whose "
+        "event would be larger is refused, so that nothing accepted is unpublishable. Keep it "
+        "under the broker's message.max.bytes and the producer's max.request.size (1 MiB).",
+    )
     var_dir: Path = Path("var")
     host: str = "127.0.0.1"
     intake_port: int = 8001

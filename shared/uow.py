@@ -9,26 +9,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from types import TracebackType
-from typing import Any, Self
+from typing import Self
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from shared.clock import Clock
-from shared.envelope import Envelope, Event, event_model
+from shared.envelope import Envelope, Event
 from shared.outbox import OUTBOX
+from shared.outbox_rows import outbox_row
 
-__all__ = ["UnitOfWork", "outbox_row"]
-
-
-def outbox_row(envelope: Envelope) -> dict[str, Any]:
-    """The outbox row that carries an event: its topic, key (the subject) and payload."""
-    return {
-        "event_id": envelope.id,
-        "topic": event_model(envelope.type, envelope.dataversion).topic,
-        "key": envelope.subject,
-        "payload": envelope.model_dump_json(),
-        "created_at": envelope.time,
-    }
+__all__ = ["UnitOfWork"]
 
 
 class UnitOfWork:

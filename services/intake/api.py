@@ -22,10 +22,10 @@ from pydantic import BaseModel, Field, ValidationError
 
 from services.intake.batching import MicroBatcher
 from services.intake.ems_json import EmsRunReportBatch, EmsRunReportIn, to_record
-from services.intake.handlers import EmsOutcome, EmsSubmission, HL7Submission
 from services.intake.models import IDEMPOTENCY, Channel
 from services.intake.nemsis import EmsInputError, parse_ems_dataset
 from services.intake.partners import PartnerContext, PartnerDirectory
+from services.intake.pipeline import EmsOutcome, EmsSubmission, HL7Submission
 from shared.clock import Clock
 from shared.http import ApiError, ErrorResponse
 

@@ -13,7 +13,11 @@ from fastapi import FastAPI
 from services.intake.api import PARTNER_SECURITY_SCHEMES, IntakeState, router
 from services.intake.batching import MicroBatcher, Reply
 from services.intake.ems_json import EmsRunReportBatch, EmsRunReportIn
-from services.intake.handlers import (
+from services.intake.mllp_listener import MllpListener
+from services.intake.models import Channel
+from services.intake.parse_pool import ParsePool, parse_inline
+from services.intake.partners import PartnerDirectory
+from services.intake.pipeline import (
     EmsIntake,
     EmsOutcome,
     EmsSubmission,
@@ -21,14 +25,8 @@ from services.intake.handlers import (
     HL7Submission,
     PreparedSubmission,
 )
-from services.intake.mllp_listener import MllpListener
-from services.intake.models import Channel
-from services.intake.overdose_store import OverdoseStore
-from services.intake.parse_pool import ParsePool, parse_inline
-from services.intake.partners import PartnerDirectory
 from services.intake.reports import Protector
-from services.intake.routine_store import RoutineStore
-from shared.db import is_postgres
+from services.intake.store.factory import open_store
 from shared.http import add_openapi_schemas
 from shared.runtime import Runtime, create_service_app
 from shared.sealing import load_keys
@@ -82,37 +80,29 @@ def create_app(settings: Settings) -> FastAPI:
         directory = PartnerDirectory(
             runtime.sessions, ttl_seconds=settings.intake_partner_cache_seconds
         )
-        routine_store = overdose_store = None
-        if is_postgres(runtime.engine):
-            routine_store = await RoutineStore.connect(
-                settings.db_url, schema=settings.schema_for("intake")
-            )
-            overdose_store = OverdoseStore(
-                routine_store.connections,
-                source=runtime.source,
-                clock=runtime.clock,
-                on_published=runtime.relay.wake,
-            )
+        store = open_store(
+            settings, runtime.engine, runtime.sessions, on_published=runtime.relay.wake
+        )
         parse_pool = (
             ParsePool(settings.intake_parse_workers) if settings.intake_parse_workers else None
         )
         if parse_pool is not None:
             warming = asyncio.create_task(parse_pool.warm_up(), name="parse-pool-warm-up")
         hl7 = HL7Intake(
-            uow_factory=runtime.uow,
+            store=store,
             directory=directory,
             protector=protector,
             clock=runtime.clock,
-            routine_store=routine_store,
-            overdose_store=overdose_store,
+            source=runtime.source,
             full_parse=parse_pool or parse_inline,
+            max_event_bytes=settings.kafka_max_event_bytes,
         )
         ems = EmsIntake(
-            uow_factory=runtime.uow,
+            store=store,
             protector=protector,
             clock=runtime.clock,
-            routine_store=routine_store,
-            overdose_store=overdose_store,
+            source=runtime.source,
+            max_event_bytes=settings.kafka_max_event_bytes,
         )
 
         async def hl7_batch(items: Sequence[PreparedSubmission], reply: Reply[str]) -> list[str]:
@@ -184,8 +174,7 @@ def create_app(settings: Settings) -> FastAPI:
                 await listener.stop()
             await hl7_batcher.stop()
             await ems_batcher.stop()
-            if routine_store is not None:
-                await routine_store.close()
+            await store.close()
             if parse_pool is not None:
                 warming.cancel()
                 parse_pool.close()

@@ -22,7 +22,6 @@ from pydantic import ValidationError
 
 from services.intake.classify import Decision, Definition, classify_ed
 from services.intake.ems_json import EmsRunReportBatch, to_record
-from services.intake.handlers import classify_run
 from services.intake.hl7 import (
     HL7Error,
     check_supported,
@@ -33,6 +32,7 @@ from services.intake.hl7 import (
     split_messages,
 )
 from services.intake.nemsis import EmsInputError, parse_ems_dataset
+from services.intake.pipeline import classify_run
 from services.intake.records import Address, EmsRunReport, Identity
 from services.intake.reports import Protector, ed_report, ems_report
 from shared.events import OverdoseReported

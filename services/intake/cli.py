@@ -70,13 +70,14 @@ def _cmd_seed(_args: argparse.Namespace) -> int:
 
 
 def _cmd_replay(args: argparse.Namespace) -> int:
-    from services.intake.handlers import HL7Intake
     from services.intake.partners import PartnerDirectory
+    from services.intake.pipeline import HL7Intake
     from services.intake.replay import replay_rejected
     from services.intake.reports import Protector
+    from services.intake.store.factory import open_store
     from shared.clock import SystemClock
+    from shared.db import create_engine, session_factory
     from shared.sealing import load_keys
-    from shared.uow import UnitOfWork
 
     settings = get_settings()
     if not args.all and not args.ids:
@@ -85,16 +86,26 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     sealer, indexer = load_keys(settings)
     clock = SystemClock()
 
-    async def work(sessions: Any) -> int:
-        intake = HL7Intake(
-            uow_factory=lambda: UnitOfWork(sessions, clock=clock, source="/portline/intake"),
-            directory=PartnerDirectory(sessions, ttl_seconds=0),
-            protector=Protector(sealer, indexer),
-            clock=clock,
+    async def work() -> int:
+        # The running service's relay publishes what a replay stores (its next poll).
+        engine = create_engine(
+            settings.db_url, service="intake", schema=settings.schema_for("intake")
         )
-        results = await replay_rejected(
-            sessions, intake, sealer, clock, ids=[uuid.UUID(i) for i in args.ids]
-        )
+        sessions = session_factory(engine)
+        store = open_store(settings, engine, sessions)
+        try:
+            intake = HL7Intake(
+                store=store,
+                directory=PartnerDirectory(sessions, ttl_seconds=0),
+                protector=Protector(sealer, indexer),
+                clock=clock,
+            )
+            results = await replay_rejected(
+                sessions, intake, sealer, ids=[uuid.UUID(i) for i in args.ids]
+            )
+        finally:
+            await store.close()
+            await engine.dispose()
         for r in results:
             print(
                 f"{r.inbound_id} {r.ack_code}"
@@ -104,7 +115,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
         print(f"replayed {len(results)} message(s); {accepted} accepted")
         return 0 if all(r.ack_code == "AA" for r in results) else 1
 
-    return _with_db(settings, work)
+    return asyncio.run(work())
 
 
 def _cmd_partners(args: argparse.Namespace) -> int:

@@ -1,7 +1,8 @@
 """Replaying rejected HL7 messages once their cause is fixed (a facility added, a bug fixed).
 
 The raw message was kept sealed when it was rejected; replay opens it and submits it again
-through the same handler. A replay that is accepted marks the rejected record as replayed.
+through the same pipeline, which marks the rejected record replayed in the commit that
+accepts it (or gives the record the new answer when it is refused again).
 """
 
 from __future__ import annotations
@@ -13,10 +14,9 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from services.intake.handlers import HL7Intake, HL7Submission
 from services.intake.models import INBOUND, PARTNER, PROGRAM, Channel, InboundStatus
 from services.intake.partners import PartnerContext
-from shared.clock import Clock
+from services.intake.pipeline import HL7Intake, HL7Submission
 from shared.sealing import Sealer
 
 __all__ = ["ReplayResult", "replay_rejected"]
@@ -59,7 +59,6 @@ async def replay_rejected(
     sessions: async_sessionmaker[AsyncSession],
     intake: HL7Intake,
     sealer: Sealer,
-    clock: Clock,
     *,
     ids: Sequence[uuid.UUID] = (),
 ) -> list[ReplayResult]:
@@ -85,13 +84,6 @@ async def replay_rejected(
             [HL7Submission(raw.encode(), channel, partner, replay_of=row.id)]
         )
         code = _ack_code(ack)
-        if code == "AA":
-            async with sessions() as session, session.begin():
-                await session.execute(
-                    INBOUND.update()
-                    .where(INBOUND.c.id == row.id)
-                    .values(status=InboundStatus.REPLAYED.value, replayed_at=clock.now())
-                )
         reason = None
         if code != "AA":
             err = [s for s in ack.split("\r") if s.startswith("ERR")]

@@ -57,8 +57,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.intake.classify import Definition, classify_ed
 from services.intake.ems_json import EmsRunReportIn, to_record
-from services.intake.handlers import classify_run
 from services.intake.hl7 import read_header, screen
+from services.intake.pipeline import classify_run
 from shared.db import create_engine
 from shared.topics import INTAKE_OVERDOSES, INTAKE_REJECTED
 from tests.bench.messages import EmsCase, HL7Case, ems_reports, hl7_messages

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -13,20 +12,15 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from services.intake.handlers import (
-    EmsIntake,
-    EmsSubmission,
-    FullParse,
-    HL7Intake,
-    HL7Submission,
-)
 from services.intake.models import INBOUND, REPORT, Channel
-from services.intake.overdose_store import OverdoseStore
 from services.intake.parse_pool import parse_inline
 from services.intake.partners import PartnerContext, PartnerDirectory
+from services.intake.pipeline import EmsIntake, EmsSubmission, HL7Intake, HL7Submission
+from services.intake.pipeline.hl7 import FullParse
 from services.intake.reports import Protector
-from services.intake.routine_store import RoutineStore
 from services.intake.seed import seed_demo
+from services.intake.store import InboundRecord, Known, RoutineResult, RoutineWrites
+from services.intake.store.postgres import PostgresStore
 from shared.bus import KafkaPublisher, create_topics
 from shared.clock import SystemClock
 from shared.db import session_factory
@@ -36,8 +30,8 @@ from shared.migrations import upgrade
 from shared.outbox import OutboxRelay
 from shared.sealing import BlindIndexer, Keyring, Sealer
 from shared.topics import INTAKE_OVERDOSES
-from shared.uow import UnitOfWork
 from tests.hl7_builder import ack_fields, adt
+from tests.intake_store_contract import CHECKS, Check
 from tests.support import read_topic, wait_for
 from tests.unit.test_intake_handlers import run
 
@@ -46,79 +40,58 @@ pytestmark = pytest.mark.integration
 PROTECTOR = Protector(Sealer(Keyring({"it": b"i" * 32}, "it")), BlindIndexer(b"j" * 32))
 
 
-async def _intake(engine: AsyncEngine, schema: str, var: Path) -> HL7Intake:
+async def _intake(engine: AsyncEngine, schema: str, var: Path, store: PostgresStore) -> HL7Intake:
     await upgrade(engine, service="intake", schema=schema)
     sessions = session_factory(engine)
     await seed_demo(sessions, clock=SystemClock(), var_dir=var)
-    return _hl7_intake(engine)
+    return _hl7_intake(engine, store)
+
+
+def _store(postgres_url: str, schema: str, **kw: Any) -> PostgresStore:
+    return PostgresStore.connect(postgres_url, schema=schema, **kw)
 
 
 def _hl7_intake(
-    engine: AsyncEngine,
-    *,
-    routine_store: RoutineStore | None = None,
-    overdose_store: OverdoseStore | None = None,
-    full_parse: FullParse = parse_inline,
+    engine: AsyncEngine, store: PostgresStore, *, full_parse: FullParse = parse_inline
 ) -> HL7Intake:
-    """An HL7 intake on this database (migrated and seeded by `_intake`)."""
-    sessions = session_factory(engine)
+    """An HL7 intake on this database (migrated and seeded by `_intake`), as the app builds it."""
     return HL7Intake(
-        uow_factory=lambda: UnitOfWork(sessions, clock=SystemClock(), source="/portline/intake"),
-        directory=PartnerDirectory(sessions, ttl_seconds=0),
+        store=store,
+        directory=PartnerDirectory(session_factory(engine), ttl_seconds=0),
         protector=PROTECTOR,
         clock=SystemClock(),
-        routine_store=routine_store,
-        overdose_store=overdose_store,
         full_parse=full_parse,
     )
 
 
 async def _ems_intake(
-    engine: AsyncEngine,
-    schema: str,
-    postgres_url: str,
-    var: Path,
-    *,
-    store_class: type[RoutineStore] = RoutineStore,
-    overdose_store: bool = True,
-    on_published: Callable[[], None] | None = None,
-) -> tuple[EmsIntake, PartnerContext, RoutineStore]:
-    """An EMS intake with the fast paths on this database (migrated and seeded here), as the
-    app builds it, and the demo EMS agency as its partner. `overdose_store=False` leaves
-    overdoses to the general unit of work. The caller closes the store."""
-    await _intake(engine, schema, var)
+    engine: AsyncEngine, schema: str, var: Path, store: PostgresStore
+) -> tuple[EmsIntake, PartnerContext]:
+    """An EMS intake on this database (migrated and seeded here), as the app builds it, and
+    the demo EMS agency as its partner."""
+    await _intake(engine, schema, var, store)
     sessions = session_factory(engine)
     keys = json.loads((var / "demo-keys.json").read_text())
     partner = await PartnerDirectory(sessions, ttl_seconds=0).by_api_key(keys["demo-ems"])
     assert partner is not None
-    store = await store_class.connect(postgres_url, schema=schema)
-    ems = EmsIntake(
-        uow_factory=lambda: UnitOfWork(sessions, clock=SystemClock(), source="/portline/intake"),
-        protector=PROTECTOR,
-        clock=SystemClock(),
-        routine_store=store,
-        overdose_store=OverdoseStore(
-            store.connections,
-            source="/portline/intake",
-            clock=SystemClock(),
-            on_published=on_published,
-        )
-        if overdose_store
-        else None,
-    )
-    return ems, partner, store
+    ems = EmsIntake(store=store, protector=PROTECTOR, clock=SystemClock())
+    return ems, partner
 
 
 async def test_overdose_reaches_kafka_keyed_by_person_with_identity_sealed(
-    pg_engine: AsyncEngine, pg_schema: str, kafka_bootstrap: str, tmp_path: Path
+    pg_engine: AsyncEngine, pg_schema: str, postgres_url: str, kafka_bootstrap: str, tmp_path: Path
 ) -> None:
     await create_topics(kafka_bootstrap)
-    intake = await _intake(pg_engine, pg_schema, tmp_path)
+    store = _store(postgres_url, pg_schema)
+    intake = await _intake(pg_engine, pg_schema, tmp_path, store)
     control = f"IT-{uuid.uuid4().hex[:12]}"
     family = f"Zq{uuid.uuid4().hex[:8]}"
-    (ack,) = await intake.receive(
-        [HL7Submission(adt(control, family=family).encode(), Channel.MLLP)]
-    )
+    try:
+        (ack,) = await intake.receive(
+            [HL7Submission(adt(control, family=family).encode(), Channel.MLLP)]
+        )
+    finally:
+        await store.close()
     assert ack_fields(ack)[0] == "AA"
 
     publisher = KafkaPublisher(kafka_bootstrap, client_id="it-intake")
@@ -146,17 +119,22 @@ async def test_overdose_reaches_kafka_keyed_by_person_with_identity_sealed(
 
 
 async def test_two_replicas_receiving_the_same_message_at_once_store_it_once(
-    pg_engine: AsyncEngine, pg_schema: str, tmp_path: Path
+    pg_engine: AsyncEngine, pg_schema: str, postgres_url: str, tmp_path: Path
 ) -> None:
-    first = await _intake(pg_engine, pg_schema, tmp_path)
-    second = _hl7_intake(pg_engine)
+    stores = [_store(postgres_url, pg_schema) for _ in range(2)]
+    first = await _intake(pg_engine, pg_schema, tmp_path, stores[0])
+    second = _hl7_intake(pg_engine, stores[1])
     message = adt(f"RACE-{uuid.uuid4().hex[:10]}").encode()
-    rounds = await asyncio.gather(
-        *[
-            replica.receive([HL7Submission(message, Channel.MLLP)])
-            for replica in (first, second, first, second)
-        ]
-    )
+    try:
+        rounds = await asyncio.gather(
+            *[
+                replica.receive([HL7Submission(message, Channel.MLLP)])
+                for replica in (first, second, first, second)
+            ]
+        )
+    finally:
+        for store in stores:
+            await store.close()
     codes = {ack_fields(acks[0])[:2] for acks in rounds}
     assert len(codes) == 1
     assert next(iter(codes))[0] == "AA"
@@ -166,33 +144,36 @@ async def test_two_replicas_receiving_the_same_message_at_once_store_it_once(
     assert (count, events) == (1, 1)
 
 
-async def test_routine_batches_take_the_fast_path_and_resends_get_the_original_ack(
+async def test_routine_messages_are_one_statement_and_resends_get_the_original_ack(
     pg_engine: AsyncEngine, pg_schema: str, postgres_url: str, tmp_path: Path
 ) -> None:
     from tests.hl7_builder import routine
 
-    general = await _intake(pg_engine, pg_schema, tmp_path)
-    store = await RoutineStore.connect(postgres_url, schema=pg_schema)
+    store = _store(postgres_url, pg_schema)
+    intake = await _intake(pg_engine, pg_schema, tmp_path, store)
     sessions = session_factory(pg_engine)
-    fast = _hl7_intake(pg_engine, routine_store=store)
     try:
         a, b = f"FP-{uuid.uuid4().hex[:8]}", f"FP-{uuid.uuid4().hex[:8]}"
-        first = await fast.receive(
+        first = await intake.receive(
             [HL7Submission(routine(c).encode(), Channel.MLLP) for c in (a, b, a)]
         )
         assert [ack_fields(x)[:2] for x in first] == [("AA", a), ("AA", b), ("AA", a)]
         assert first[0] == first[2]
-        again = await fast.receive([HL7Submission(routine(a).encode(), Channel.MLLP)])
+        again = await intake.receive([HL7Submission(routine(a).encode(), Channel.MLLP)])
         assert again == [first[0]]
-        # the general path sees the fast path's record as the original, too
-        assert await general.receive([HL7Submission(routine(b).encode(), Channel.MLLP)]) == [
-            first[1]
-        ]
+        # beside an overdose (the general write), a routine resend still gets its first ACK
+        both = await intake.receive(
+            [
+                HL7Submission(routine(b).encode(), Channel.MLLP),
+                HL7Submission(adt(f"FPO-{a}").encode(), Channel.MLLP),
+            ]
+        )
+        assert both[0] == first[1]
         async with sessions() as s:
             rows = (
                 await s.execute(sa.select(INBOUND.c.status, INBOUND.c.raw_sealed, INBOUND.c.ack))
             ).all()
-        assert sorted(r.status for r in rows) == ["not_overdose", "not_overdose"]
+        assert sorted(r.status for r in rows) == ["accepted", "not_overdose", "not_overdose"]
         assert all(r.raw_sealed is None for r in rows)
     finally:
         await store.close()
@@ -204,8 +185,8 @@ async def test_routine_messages_are_answered_while_an_overdose_beside_them_is_st
     from services.intake.records import AdtMessage
     from tests.hl7_builder import routine
 
-    await _intake(pg_engine, pg_schema, tmp_path)
-    store = await RoutineStore.connect(postgres_url, schema=pg_schema)
+    store = _store(postgres_url, pg_schema)
+    await _intake(pg_engine, pg_schema, tmp_path, store)
     sessions = session_factory(pg_engine)
     parse_may_finish = asyncio.Event()
 
@@ -213,7 +194,7 @@ async def test_routine_messages_are_answered_while_an_overdose_beside_them_is_st
         await parse_may_finish.wait()
         return await parse_inline(message, screened, tz)
 
-    intake = _hl7_intake(pg_engine, routine_store=store, full_parse=slow_parse)
+    intake = _hl7_intake(pg_engine, store, full_parse=slow_parse)
     early: dict[int, str] = {}
     answered = asyncio.Event()
 
@@ -258,10 +239,11 @@ async def test_routine_messages_are_answered_while_an_overdose_beside_them_is_st
         await store.close()
 
 
-async def test_ems_routine_records_take_the_fast_path_with_the_same_outcomes(
+async def test_ems_routine_records_are_stored_once_and_stand_behind_a_report(
     pg_engine: AsyncEngine, pg_schema: str, postgres_url: str, tmp_path: Path
 ) -> None:
-    ems, partner, store = await _ems_intake(pg_engine, pg_schema, postgres_url, tmp_path)
+    store = _store(postgres_url, pg_schema)
+    ems, partner = await _ems_intake(pg_engine, pg_schema, tmp_path, store)
 
     def sub(i: int, pcr: str, *, improved: bool) -> EmsSubmission:
         return EmsSubmission(partner, i, run(pcr, improved=improved))
@@ -284,46 +266,6 @@ async def test_ems_routine_records_take_the_fast_path_with_the_same_outcomes(
         await store.close()
 
 
-async def test_ems_overdoses_beside_the_fast_path_cost_one_report_insert_and_no_dedupe_read(
-    pg_engine: AsyncEngine, pg_schema: str, postgres_url: str, tmp_path: Path
-) -> None:
-    """Without the overdose store, beside the routine fast path, the general unit of work
-    holds overdoses only: it skips the read of "seen" keys (only other records need it) and
-    inserts all new reports in one statement."""
-    ems, partner, store = await _ems_intake(
-        pg_engine, pg_schema, postgres_url, tmp_path, overdose_store=False
-    )
-    sessions = session_factory(pg_engine)
-    statements: list[str] = []
-
-    def record(_conn: object, _cursor: object, statement: str, *_args: object) -> None:
-        statements.append(" ".join(statement.split()).lower())
-
-    pcrs = [f"P-{uuid.uuid4().hex[:8]}" for _ in range(3)]
-    sa.event.listen(pg_engine.sync_engine, "before_cursor_execute", record)
-    try:
-        out = await ems.receive(
-            [
-                EmsSubmission(partner, 0, run(pcrs[0], improved=True)),
-                EmsSubmission(partner, 1, run(pcrs[1], improved=False)),
-                EmsSubmission(partner, 2, run(pcrs[2], improved=True)),
-            ]
-        )
-    finally:
-        sa.event.remove(pg_engine.sync_engine, "before_cursor_execute", record)
-        await store.close()
-    assert [o.status for o in out] == ["accepted", "not_overdose", "accepted"]
-    assert len([s for s in statements if s.startswith("insert into report ")]) == 1
-    assert not [s for s in statements if "from inbound_message" in s]
-    async with sessions() as s:
-        stored = await s.scalar(
-            sa.select(sa.func.count())
-            .select_from(REPORT)
-            .where(REPORT.c.id.in_([out[0].report_id, out[2].report_id]))
-        )
-    assert stored == 2
-
-
 async def test_ems_commits_run_side_by_side_neither_waits_for_the_other(
     pg_engine: AsyncEngine, pg_schema: str, postgres_url: str, tmp_path: Path
 ) -> None:
@@ -331,14 +273,14 @@ async def test_ems_commits_run_side_by_side_neither_waits_for_the_other(
     while the routine records' statement is held back."""
     routine_may_go = asyncio.Event()
 
-    class HeldStore(RoutineStore):
-        async def store_ems(self, *args: Any, **kwargs: Any) -> Any:
+    class HeldStore(PostgresStore):
+        async def write_routine(self, writes: RoutineWrites) -> RoutineResult:
             await routine_may_go.wait()
-            return await super().store_ems(*args, **kwargs)
+            return await super().write_routine(writes)
 
-    ems, partner, store = await _ems_intake(
-        pg_engine, pg_schema, postgres_url, tmp_path, store_class=HeldStore
-    )
+    plain = _store(postgres_url, pg_schema)
+    store = HeldStore(plain.connections)
+    ems, partner = await _ems_intake(pg_engine, pg_schema, tmp_path, store)
     sessions = session_factory(pg_engine)
     pcrs = [f"H-{uuid.uuid4().hex[:8]}" for _ in range(2)]
 
@@ -366,22 +308,22 @@ async def test_ems_commits_run_side_by_side_neither_waits_for_the_other(
         await store.close()
 
 
-async def test_the_fast_path_opens_a_fresh_connection_when_the_server_dropped_one(
+async def test_the_store_opens_a_fresh_connection_when_the_server_dropped_one(
     pg_engine: AsyncEngine, pg_schema: str, postgres_url: str, tmp_path: Path
 ) -> None:
     from datetime import UTC, datetime
 
-    from services.intake.routine_store import RoutineRow
+    store = _store(postgres_url, pg_schema)
+    await _intake(pg_engine, pg_schema, tmp_path, store)
 
-    await _intake(pg_engine, pg_schema, tmp_path)
-    store = await RoutineStore.connect(postgres_url, schema=pg_schema)
-
-    def row(key: str) -> RoutineRow:
-        return RoutineRow(uuid.uuid4(), "mllp", "demo-hospital", key, f"ACK {key}")
+    def row(key: str) -> RoutineWrites:
+        record = InboundRecord(
+            uuid.uuid4(), "mllp", "demo-hospital", "not_overdose", key, f"ACK {key}"
+        )
+        return RoutineWrites([record], datetime.now(UTC))
 
     try:
-        now = datetime.now(UTC)
-        assert await store.store([row("conn-a")], "not_overdose", now) == {"conn-a": "ACK conn-a"}
+        assert (await store.write_routine(row("conn-a"))).acks == {"conn-a": "ACK conn-a"}
         async with pg_engine.connect() as conn:
             dropped = (
                 await conn.execute(
@@ -395,7 +337,7 @@ async def test_the_fast_path_opens_a_fresh_connection_when_the_server_dropped_on
         assert dropped == 1
         await asyncio.sleep(0.3)  # the client sees the connection close
         # the dropped connection is not handed out again: the next batch simply succeeds
-        assert await store.store([row("conn-b")], "not_overdose", now) == {"conn-b": "ACK conn-b"}
+        assert (await store.write_routine(row("conn-b"))).acks == {"conn-b": "ACK conn-b"}
         async with session_factory(pg_engine)() as s:
             keys = set((await s.execute(sa.select(INBOUND.c.dedupe_key))).scalars())
         assert keys == {"conn-a", "conn-b"}
@@ -409,16 +351,14 @@ async def _outbox(engine: AsyncEngine) -> list[tuple[str, str, Envelope]]:
         return [(t, k, Envelope.model_validate_json(p)) for t, k, p in rows.all()]
 
 
-async def test_ems_overdoses_take_the_overdose_store_with_the_same_outcomes_and_events(
+async def test_ems_overdoses_are_one_lookup_and_one_statement_past_sqlalchemy(
     pg_engine: AsyncEngine, pg_schema: str, postgres_url: str, tmp_path: Path
 ) -> None:
     """On PostgreSQL an EMS batch's overdoses skip SQLAlchemy: one read of their reports and
-    one statement that writes reports, inbound records and outbox rows. The outcomes, rows
-    and events are those of the general unit of work."""
+    one statement that writes reports, inbound records and outbox rows."""
     woken: list[None] = []
-    ems, partner, store = await _ems_intake(
-        pg_engine, pg_schema, postgres_url, tmp_path, on_published=lambda: woken.append(None)
-    )
+    store = _store(postgres_url, pg_schema, on_published=lambda: woken.append(None))
+    ems, partner = await _ems_intake(pg_engine, pg_schema, tmp_path, store)
     statements: list[str] = []
 
     def record(_conn: object, _cursor: object, statement: str, *_args: object) -> None:
@@ -480,42 +420,40 @@ async def test_ems_overdoses_take_the_overdose_store_with_the_same_outcomes_and_
     assert b"Roe" not in first[2].model_dump_json().encode()  # identity sealed
 
 
+class _SlowLookup(PostgresStore):
+    """A replica whose first lookup returns late: the other replica writes meanwhile."""
+
+    def __init__(self, store: PostgresStore) -> None:
+        super().__init__(store.connections)
+        self.lookups = 0
+
+    async def lookup(self, *, dedupe_keys: Any, source_keys: Any) -> Known:
+        found = await super().lookup(dedupe_keys=dedupe_keys, source_keys=source_keys)
+        self.lookups += 1
+        if self.lookups == 1:
+            await asyncio.sleep(0.3)
+        return found
+
+
 async def test_two_replicas_with_the_first_report_of_one_pcr_at_once_store_it_once(
     pg_engine: AsyncEngine, pg_schema: str, postgres_url: str, tmp_path: Path
 ) -> None:
-    """Both read "no report yet"; the second write fails on the report's unique source key
-    and keeps nothing (the partner's resend then finds the report)."""
-    ems, partner, store = await _ems_intake(pg_engine, pg_schema, postgres_url, tmp_path)
-    other = await RoutineStore.connect(postgres_url, schema=pg_schema)
-    replica = OverdoseStore(other.connections, source="/portline/intake", clock=SystemClock())
-    pcr = f"R-{uuid.uuid4().hex[:8]}"
-    submission = EmsSubmission(partner, 0, run(pcr))
+    """Both read "no report yet"; the later write fails on the report's unique source key,
+    keeps nothing, and reads and decides again: the record is then a duplicate."""
+    store = _store(postgres_url, pg_schema)
+    ems, partner = await _ems_intake(pg_engine, pg_schema, tmp_path, store)
+    slow = _SlowLookup(_store(postgres_url, pg_schema))
+    racing = EmsIntake(store=slow, protector=PROTECTOR, clock=SystemClock())
+    submission = EmsSubmission(partner, 0, run(f"R-{uuid.uuid4().hex[:8]}"))
     try:
-        original = replica.reports
-
-        async def slow_reports(keys: Any) -> Any:
-            found = await original(keys)
-            await asyncio.sleep(0.3)  # the first replica writes meanwhile
-            return found
-
-        replica.reports = slow_reports  # type: ignore[method-assign]
-        racing = EmsIntake(
-            uow_factory=lambda: pytest.fail("no unit of work"),  # type: ignore[arg-type,return-value]
-            protector=PROTECTOR,
-            clock=SystemClock(),
-            routine_store=other,
-            overdose_store=replica,
-        )
-        results = await asyncio.gather(
-            racing.receive([submission]), ems.receive([submission]), return_exceptions=True
-        )
-        assert [o.status for o in results[1]] == ["accepted"]  # type: ignore[union-attr]
-        assert isinstance(results[0], Exception)
-        (resent,) = await racing.receive([submission])
-        assert resent.status == "duplicate"
+        late, early = await asyncio.gather(racing.receive([submission]), ems.receive([submission]))
     finally:
         await store.close()
-        await other.close()
+        await slow.close()
+    assert slow.lookups == 2  # the late write failed, and its retry read again
+    assert [o.status for o in early] == ["accepted"]
+    assert [o.status for o in late] == ["duplicate"]
+    assert late[0].report_id == early[0].report_id
     assert len(await _outbox(pg_engine)) == 1
     async with session_factory(pg_engine)() as s:
         count = await s.scalar(sa.select(sa.func.count()).select_from(INBOUND))
@@ -526,24 +464,16 @@ def _mllp(message: str) -> HL7Submission:
     return HL7Submission(message.encode(), Channel.MLLP)
 
 
-async def test_hl7_overdoses_take_the_overdose_store_with_the_same_acks_rows_and_events(
+async def test_hl7_overdoses_are_one_lookup_and_one_statement_past_sqlalchemy(
     pg_engine: AsyncEngine, pg_schema: str, postgres_url: str, tmp_path: Path
 ) -> None:
-    """On PostgreSQL a batch's valid HL7 overdoses are written without SQLAlchemy: a read of
-    the ACKs of resends, one of the reports, one statement for the rest. The ACKs, rows and
-    events are the general unit of work's, and it takes the stored ACKs as the originals."""
+    """On PostgreSQL a batch's HL7 messages are written without SQLAlchemy: one lookup of
+    the ACKs of resends and the reports, one statement for the rest."""
     from tests.hl7_builder import routine
 
-    general = await _intake(pg_engine, pg_schema, tmp_path)
-    store = await RoutineStore.connect(postgres_url, schema=pg_schema)
     woken: list[None] = []
-    overdoses = OverdoseStore(
-        store.connections,
-        source="/portline/intake",
-        clock=SystemClock(),
-        on_published=lambda: woken.append(None),
-    )
-    fast = _hl7_intake(pg_engine, routine_store=store, overdose_store=overdoses)
+    store = _store(postgres_url, pg_schema, on_published=lambda: woken.append(None))
+    intake = await _intake(pg_engine, pg_schema, tmp_path, store)
     written: list[str] = []
 
     def record(_conn: object, _cursor: object, statement: str, *_args: object) -> None:
@@ -554,20 +484,21 @@ async def test_hl7_overdoses_take_the_overdose_store_with_the_same_acks_rows_and
     od, visit, update, v = f"OS1-{tag}", f"OS2-{tag}", f"OS3-{tag}", f"V{tag}"
     sa.event.listen(pg_engine.sync_engine, "before_cursor_execute", record)
     try:
-        first = await fast.receive(
+        first = await intake.receive(
             [_mllp(adt(od, visit=v)), _mllp(routine(visit)), _mllp(adt(od, visit=v))]
         )
         assert [ack_fields(a)[:2] for a in first] == [("AA", od), ("AA", visit), ("AA", od)]
         assert first[0] == first[2]
-        (revised,) = await fast.receive([_mllp(adt(update, trigger="A08", dx="T40.411A", visit=v))])
+        (revised,) = await intake.receive(
+            [_mllp(adt(update, trigger="A08", dx="T40.411A", visit=v))]
+        )
         assert ack_fields(revised)[:2] == ("AA", update)
-        assert await fast.receive([_mllp(adt(od, visit=v))]) == [first[0]]
+        assert await intake.receive([_mllp(adt(od, visit=v))]) == [first[0]]
     finally:
         sa.event.remove(pg_engine.sync_engine, "before_cursor_execute", record)
         await store.close()
     assert written == []  # nothing was written through SQLAlchemy
     assert len(woken) == 2  # the relay is woken by each write that staged an event
-    assert await general.receive([_mllp(adt(od, visit=v))]) == [first[0]]
 
     async with session_factory(pg_engine)() as s:
         reports = (await s.execute(sa.select(REPORT.c.id, REPORT.c.revision))).all()
@@ -593,39 +524,35 @@ async def test_two_replicas_writing_one_hl7_overdose_at_once_store_it_once(
 ) -> None:
     """Both read "not seen yet"; the later write fails on the unique keys, and its batch is
     retried at once: it finds the first replica's record and answers with that ACK."""
-    await _intake(pg_engine, pg_schema, tmp_path)
-    stores = [await RoutineStore.connect(postgres_url, schema=pg_schema) for _ in range(2)]
-    first, second = (
-        OverdoseStore(s.connections, source="/portline/intake", clock=SystemClock()) for s in stores
-    )
-    original = second.acks
-    reads = 0
-
-    async def slow_acks(keys: Any) -> Any:
-        nonlocal reads
-        reads += 1
-        found = await original(keys)
-        if reads == 1:
-            await asyncio.sleep(0.3)  # the first replica writes meanwhile
-        return found
-
-    second.acks = slow_acks  # type: ignore[method-assign]
-    replicas = [
-        _hl7_intake(pg_engine, routine_store=s, overdose_store=o)
-        for s, o in zip(stores, (first, second), strict=True)
-    ]
+    store = _store(postgres_url, pg_schema)
+    first = await _intake(pg_engine, pg_schema, tmp_path, store)
+    slow = _SlowLookup(_store(postgres_url, pg_schema))
+    second = _hl7_intake(pg_engine, slow)
     message = adt(f"ORACE-{uuid.uuid4().hex[:8]}")
     try:
         late, early = await asyncio.gather(
-            replicas[1].receive([_mllp(message)]), replicas[0].receive([_mllp(message)])
+            second.receive([_mllp(message)]), first.receive([_mllp(message)])
         )
     finally:
-        for s in stores:
-            await s.close()
-    assert reads == 2  # the late replica's write failed and its retry read again
+        await store.close()
+        await slow.close()
+    assert slow.lookups == 2  # the late replica's write failed and its retry read again
     assert late == early
     assert ack_fields(early[0])[0] == "AA"
     assert len(await _outbox(pg_engine)) == 1
     async with session_factory(pg_engine)() as s:
         count = await s.scalar(sa.select(sa.func.count()).select_from(INBOUND))
     assert count == 1
+
+
+@pytest.mark.parametrize("check", CHECKS, ids=[c.__name__ for c in CHECKS])
+async def test_the_postgres_adapter_keeps_the_contract(
+    check: Check, pg_engine: AsyncEngine, pg_schema: str, postgres_url: str
+) -> None:
+    await upgrade(pg_engine, service="intake", schema=pg_schema)
+    woken: list[None] = []
+    store = _store(postgres_url, pg_schema, on_published=lambda: woken.append(None))
+    try:
+        await check(store, session_factory(pg_engine), woken)
+    finally:
+        await store.close()

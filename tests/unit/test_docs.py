@@ -18,10 +18,10 @@ from typing import TypeVar
 import pytest
 
 import shared.events  # noqa: F401 - importing registers every event model
-from services.intake.handlers import UnknownFacilityError
 from services.intake.hl7 import HL7Error
 from services.intake.mllp_listener import FramingRejected
 from services.intake.nemsis import EmsInputError
+from services.intake.pipeline import UnknownFacilityError
 from shared.cli import build_parser
 from shared.envelope import Event, registered_events
 from shared.settings import Settings

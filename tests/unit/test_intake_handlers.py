@@ -12,13 +12,15 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from services.intake.handlers import EmsIntake, EmsSubmission, HL7Intake, HL7Submission
 from services.intake.models import INBOUND, Channel
 from services.intake.partners import PartnerDirectory, add_facility
+from services.intake.pipeline import EmsIntake, EmsSubmission, HL7Intake, HL7Submission
 from services.intake.records import EmsMedication, EmsRunReport, Identity
 from services.intake.replay import replay_rejected
 from services.intake.reports import Protector
 from services.intake.seed import DEMO_EMS, seed_demo
+from services.intake.store import BatchWrites, RoutineResult, RoutineWrites
+from services.intake.store.sqlite import SqliteStore
 from shared.clock import ManualClock
 from shared.db import create_engine, session_factory
 from shared.envelope import Envelope
@@ -26,7 +28,6 @@ from shared.events import InboundRejected, OverdoseReported
 from shared.migrations import upgrade
 from shared.outbox import OUTBOX
 from shared.sealing import BlindIndexer, Keyring, Sealer
-from shared.uow import UnitOfWork
 from tests.hl7_builder import ack_fields, adt, routine
 
 T0 = datetime(2026, 11, 21, 9, 0, tzinfo=UTC)
@@ -59,7 +60,7 @@ async def intake(
 ) -> HL7Intake:
     await seed_demo(sessions, clock=clock, var_dir=tmp_path)
     return HL7Intake(
-        uow_factory=lambda: UnitOfWork(sessions, clock=clock, source="/portline/intake"),
+        store=SqliteStore(sessions),
         directory=PartnerDirectory(sessions, ttl_seconds=0),
         protector=protector,
         clock=clock,
@@ -251,14 +252,19 @@ async def test_database_failure_answers_ae_and_loses_nothing_once_it_is_back(
     await seed_demo(sessions, clock=clock, var_dir=tmp_path)
     down = True
 
-    class FlakyUnitOfWork(UnitOfWork):
-        async def commit(self) -> None:
+    class FlakyStore(SqliteStore):
+        async def write(self, writes: BatchWrites) -> None:
             if down:
                 raise sa.exc.OperationalError("COMMIT", {}, ConnectionRefusedError("db down"))
-            await super().commit()
+            await super().write(writes)
+
+        async def write_routine(self, writes: RoutineWrites) -> RoutineResult:
+            if down:
+                raise sa.exc.OperationalError("COMMIT", {}, ConnectionRefusedError("db down"))
+            return await super().write_routine(writes)
 
     intake = HL7Intake(
-        uow_factory=lambda: FlakyUnitOfWork(sessions, clock=clock, source="/portline/intake"),
+        store=FlakyStore(sessions),
         directory=PartnerDirectory(sessions, ttl_seconds=0),
         protector=protector,
         clock=clock,
@@ -282,19 +288,19 @@ async def test_rejected_message_is_replayed_once_its_cause_is_fixed(
 ) -> None:
     (ack,) = await intake.receive([mllp(adt("MSG-16", facility="NEW_SITE"))])
     assert ack_fields(ack)[0] == "AR"
-    results = await replay_rejected(sessions, intake, protector.sealer, clock)
+    results = await replay_rejected(sessions, intake, protector.sealer)
     assert [(r.ack_code, r.hl7_error_code) for r in results] == [("AR", "103")]
     assert len(await inbound(sessions)) == 1  # a failed replay adds no second record
 
     async with sessions() as s, s.begin():
         await add_facility(s, partner_id="demo-hospital", facility="NEW_SITE")
-    results = await replay_rejected(sessions, intake, protector.sealer, clock)
+    results = await replay_rejected(sessions, intake, protector.sealer)
     assert [r.ack_code for r in results] == ["AA"]
     statuses = sorted(r.status for r in await inbound(sessions))
     assert statuses == ["accepted", "replayed"]
     kinds = [e.type for e in await events(sessions)]
     assert kinds == ["InboundRejected", "OverdoseReported"]
-    assert await replay_rejected(sessions, intake, protector.sealer, clock) == []
+    assert await replay_rejected(sessions, intake, protector.sealer) == []
 
 
 # --- EMS --------------------------------------------------------------------------------
@@ -305,7 +311,7 @@ async def ems(
     sessions: async_sessionmaker[AsyncSession], clock: ManualClock, protector: Protector
 ) -> EmsIntake:
     return EmsIntake(
-        uow_factory=lambda: UnitOfWork(sessions, clock=clock, source="/portline/intake"),
+        store=SqliteStore(sessions),
         protector=protector,
         clock=clock,
     )
@@ -408,7 +414,7 @@ async def test_a_parser_failure_is_refused_and_kept_for_replay_and_a_dead_worker
         raise failure
 
     intake = HL7Intake(
-        uow_factory=lambda: UnitOfWork(sessions, clock=clock, source="/portline/intake"),
+        store=SqliteStore(sessions),
         directory=PartnerDirectory(sessions, ttl_seconds=0),
         protector=protector,
         clock=clock,

@@ -1,0 +1,289 @@
+"""The EMS pipeline: classify run reports, decide, store through the port — per agency and PCR.
+
+A PCR number is an agency's own id: a report is keyed by (partner, PCR), so one agency can
+never touch another's records. Records that are not overdoses are routine writes (the first
+copy stored, a resend a duplicate; one whose PCR already has an overdose report is not stored:
+the report stands). Overdoses are looked up and written as one batch: the first creates the
+report, a changed one revises it, an identical one is a duplicate. The two commits run side by
+side, as for HL7.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections import Counter
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Literal
+
+from services.intake.classify import Decision, Definition, classify_ems
+from services.intake.classify import Medication as ClassifyMedication
+from services.intake.metrics import INTAKE_MESSAGES
+from services.intake.models import Channel, InboundStatus
+from services.intake.partners import PartnerContext
+from services.intake.pipeline.book import ReportBook
+from services.intake.pipeline.hl7 import source_key
+from services.intake.records import EmsRunReport
+from services.intake.reports import Protector, content_hash, ems_report, person_key
+from services.intake.store import (
+    BatchWrites,
+    InboundRecord,
+    IntakeStore,
+    RoutineWrites,
+    StoreConflict,
+)
+from shared.clock import Clock
+from shared.ids import new_uuid
+from shared.outbox_rows import EventTooLargeError
+
+__all__ = ["EmsIntake", "EmsOutcome", "EmsStatus", "EmsSubmission", "classify_run"]
+
+EmsStatus = Literal["accepted", "revised", "unchanged", "duplicate", "not_overdose", "rejected"]
+
+
+@dataclass(frozen=True, slots=True)
+class EmsSubmission:
+    """One run report (already parsed) from an authenticated EMS partner."""
+
+    partner: PartnerContext
+    index: int
+    report: EmsRunReport | None
+    error_code: str | None = None
+    error_message: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class EmsOutcome:
+    index: int
+    pcr_number: str | None
+    status: EmsStatus
+    overdose: bool
+    opioid: bool
+    any_drug: bool
+    report_id: uuid.UUID | None
+    revision: int | None
+    reasons: tuple[tuple[str, str, str], ...]
+    error_code: str | None = None
+    error_message: str | None = None
+
+
+def classify_run(run: EmsRunReport) -> Decision:
+    return classify_ems(
+        impressions=[("eSituation", code) for code in run.impressions],
+        medications=[ClassifyMedication(m.rxnorm, m.response) for m in run.medications],
+        narrative=[("eNarrative.01", run.narrative)] if run.narrative else [],
+    )
+
+
+def _rejected(s: EmsSubmission, code: str, message: str) -> EmsOutcome:
+    pcr = s.report.pcr_number if s.report is not None else None
+    return EmsOutcome(s.index, pcr, "rejected", False, False, False, None, None, (), code, message)
+
+
+def _outcome(
+    s: EmsSubmission,
+    decision: Decision,
+    status: EmsStatus,
+    report_id: uuid.UUID | None = None,
+    revision: int | None = None,
+) -> EmsOutcome:
+    assert s.report is not None
+    return EmsOutcome(
+        s.index,
+        s.report.pcr_number,
+        status,
+        decision.is_overdose(Definition(s.partner.definition)),
+        decision.opioid,
+        decision.any_drug,
+        report_id,
+        revision,
+        tuple((str(r.code), r.source, r.detail) for r in decision.reasons),
+    )
+
+
+def _report_key(s: EmsSubmission) -> str:
+    assert s.report is not None
+    return source_key("ems", s.partner.partner_id, s.report.pcr_number)
+
+
+class EmsIntake:
+    """Receives EMS run reports; idempotent per agency and PCR number."""
+
+    def __init__(
+        self,
+        *,
+        store: IntakeStore,
+        protector: Protector,
+        clock: Clock,
+        source: str = "/portline/intake",
+        new_id: Callable[[], uuid.UUID] = new_uuid,
+        max_event_bytes: int | None = None,
+    ) -> None:
+        self._store = store
+        self._protector = protector
+        self._clock = clock
+        self._source = source
+        self._new_id = new_id
+        self._max_event_bytes = max_event_bytes
+
+    async def receive(self, submissions: Sequence[EmsSubmission]) -> list[EmsOutcome]:
+        now = self._clock.now()
+        outcomes: list[EmsOutcome | None] = [None] * len(submissions)
+        decisions: dict[int, Decision] = {}
+        for i, s in enumerate(submissions):
+            if s.report is None:
+                outcomes[i] = _rejected(
+                    s,
+                    s.error_code or "invalid_record",
+                    s.error_message or "The record is invalid.",
+                )
+            else:
+                decisions[i] = classify_run(s.report)
+        overdose = {
+            i
+            for i, d in decisions.items()
+            if d.is_overdose(Definition(submissions[i].partner.definition))
+        }
+        routine = [i for i in decisions if i not in overdose]
+        general = [i for i in decisions if i in overdose]
+        # As for HL7: the two commits run side by side, neither waits for the other.
+        commits: list[Awaitable[None]] = []
+        if routine:
+            commits.append(self._store_routine(submissions, decisions, routine, outcomes, now))
+        if general:
+            commits.append(self._store_general(submissions, decisions, general, outcomes, now))
+        if len(commits) == 1:
+            await commits[0]
+        elif commits:
+            for result in await asyncio.gather(*commits, return_exceptions=True):
+                if isinstance(result, BaseException):
+                    raise result
+        done = [o for o in outcomes if o is not None]
+        for status, count in Counter(o.status for o in done).items():
+            INTAKE_MESSAGES.labels("ems", status).inc(count)
+        return done
+
+    async def _store_routine(
+        self,
+        submissions: Sequence[EmsSubmission],
+        decisions: dict[int, Decision],
+        indices: list[int],
+        outcomes: list[EmsOutcome | None],
+        now: datetime,
+    ) -> None:
+        """Records that are not overdoses: stored once, unless their PCR has a report."""
+        rows: dict[str, InboundRecord] = {}
+        report_keys: dict[str, str] = {}
+        for i in indices:
+            s = submissions[i]
+            key = _report_key(s)
+            dedupe = source_key("seen", key)
+            if dedupe not in rows:
+                rows[dedupe] = InboundRecord(
+                    id=self._new_id(),
+                    channel=Channel.HTTP_EMS.value,
+                    partner_id=s.partner.partner_id,
+                    status=InboundStatus.NOT_OVERDOSE.value,
+                    dedupe_key=dedupe,
+                    ack="",
+                )
+                report_keys[dedupe] = key
+        result = await self._store.write_routine(
+            RoutineWrites(list(rows.values()), now, report_keys=list(report_keys.values()))
+        )
+        first: set[str] = set()
+        for i in indices:
+            s = submissions[i]
+            key = _report_key(s)
+            dedupe = source_key("seen", key)
+            if key in result.reports:
+                report_id, revision = result.reports[key]
+                outcomes[i] = _outcome(s, decisions[i], "unchanged", report_id, revision)
+            elif dedupe in result.inserted and dedupe not in first:
+                first.add(dedupe)
+                outcomes[i] = _outcome(s, decisions[i], "not_overdose")
+            else:
+                outcomes[i] = _outcome(s, decisions[i], "duplicate")
+
+    async def _store_general(
+        self,
+        submissions: Sequence[EmsSubmission],
+        decisions: dict[int, Decision],
+        indices: list[int],
+        outcomes: list[EmsOutcome | None],
+        now: datetime,
+    ) -> None:
+        """Overdoses: one lookup of their reports, one commit of every write."""
+        try:
+            await self._decide_and_write(submissions, decisions, indices, outcomes, now)
+        except StoreConflict:
+            # Another replica stored the first report of one of these PCRs meanwhile.
+            await self._decide_and_write(submissions, decisions, indices, outcomes, now)
+
+    async def _decide_and_write(
+        self,
+        submissions: Sequence[EmsSubmission],
+        decisions: dict[int, Decision],
+        indices: list[int],
+        outcomes: list[EmsOutcome | None],
+        now: datetime,
+    ) -> None:
+        keys = {i: _report_key(submissions[i]) for i in indices}
+        known = await self._store.lookup(dedupe_keys=(), source_keys=list(keys.values()))
+        reports = ReportBook(known.reports)
+        writes = BatchWrites(source=self._source, now=now, max_event_bytes=self._max_event_bytes)
+        for i in indices:
+            outcomes[i] = self._one(writes, reports, submissions[i], decisions[i], keys[i], now)
+        writes.new_reports, writes.revised_reports = reports.pending()
+        await self._store.write(writes)
+
+    def _one(
+        self,
+        writes: BatchWrites,
+        reports: ReportBook,
+        s: EmsSubmission,
+        decision: Decision,
+        key: str,
+        now: datetime,
+    ) -> EmsOutcome:
+        """One overdose record: a new report, a revision, or a duplicate."""
+        run = s.report
+        assert run is not None
+        current = reports.get(key)
+        report_id = current.report_id if current else self._new_id()
+        digest = content_hash(report_id, run, decision)
+        if current and current.content_hash == digest:
+            return _outcome(s, decision, "duplicate", report_id, current.revision)
+        revision = current.revision + 1 if current else 1
+        event = ems_report(
+            run,
+            decision,
+            program_id=s.partner.program_id,
+            partner_id=s.partner.partner_id,
+            report_id=report_id,
+            revision=revision,
+            received_at=now,
+            protector=self._protector,
+        )
+        try:
+            writes.publish(event, subject=person_key(event.blind_keys, report_id))
+        except EventTooLargeError:
+            return _rejected(
+                s,
+                "event_too_large",
+                "The report this record makes is larger than intake can publish.",
+            )
+        reports.put(key, s.partner.partner_id, "ems", event, digest)
+        writes.inbound.append(
+            InboundRecord(
+                id=self._new_id(),
+                channel=Channel.HTTP_EMS.value,
+                partner_id=s.partner.partner_id,
+                status=InboundStatus.ACCEPTED.value,
+                report_id=report_id,
+                revision=revision,
+            )
+        )
+        return _outcome(s, decision, "revised" if current else "accepted", report_id, revision)

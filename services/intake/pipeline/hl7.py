@@ -1,0 +1,537 @@
+"""The HL7 pipeline: screen, classify, decide, store through the port — then acknowledge.
+
+A batch of messages is stored by at most two commits running side by side: the routine
+messages (valid, not overdoses) as :class:`~services.intake.store.RoutineWrites`, and
+everything else as one :class:`~services.intake.store.BatchWrites` after one lookup, where the
+inbound records, the report revisions and the outbox rows commit together. A message's ACK
+is released only after the commit that stored it, and a routine message does not wait for an
+overdose's commit. A message that was already received (same partner, MSH-3, MSH-4 and
+MSH-10) gets its original ACK back and creates nothing. A message that can never succeed is
+rejected (AR) and kept sealed so that it can be fixed and replayed; a database failure
+answers AE so that the sender retries.
+
+Only messages that themselves meet the program's definition create or revise a report. An A08
+update without the overdose codes does not withdraw a report: updates often carry a partial
+picture of the visit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import uuid
+from collections import Counter
+from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
+from datetime import datetime, tzinfo
+from typing import Literal
+from zoneinfo import ZoneInfo
+
+from services.intake.classify import Decision, Definition, classify_ed
+from services.intake.hl7 import (
+    HL7Error,
+    MissingFieldError,
+    ParseError,
+    Screened,
+    build_ack,
+    check_supported,
+    normalize,
+    read_header,
+    screen,
+    split_messages,
+)
+from services.intake.metrics import BATCH_SIZE, INTAKE_MESSAGES
+from services.intake.models import Channel, InboundStatus
+from services.intake.parse_pool import parse_inline
+from services.intake.partners import PartnerContext, PartnerDirectory, facility_key
+from services.intake.pipeline.book import ReportBook
+from services.intake.records import AdtMessage, HL7Header
+from services.intake.reports import Protector, content_hash, ed_report, person_key
+from services.intake.store import (
+    BatchWrites,
+    InboundRecord,
+    IntakeStore,
+    RejectedAgain,
+    RoutineWrites,
+    StoreConflict,
+)
+from shared.clock import Clock
+from shared.events import InboundRejected
+from shared.ids import new_uuid
+from shared.inbox import is_transient
+from shared.outbox_rows import EventTooLargeError
+
+__all__ = [
+    "EventTooLarge",
+    "HL7Intake",
+    "HL7Submission",
+    "PreparedSubmission",
+    "UnknownFacilityError",
+    "source_key",
+]
+
+log = logging.getLogger(__name__)
+
+AckCode = Literal["AA", "AE", "AR"]
+FullParse = Callable[[str, Screened, tzinfo], Awaitable[AdtMessage]]
+
+
+@dataclass(frozen=True, slots=True)
+class HL7Submission:
+    """One MLLP frame or HTTP body. `partner` is set when the edge authenticated one (HTTP)."""
+
+    raw: bytes
+    channel: Channel
+    partner: PartnerContext | None = None
+    replay_of: uuid.UUID | None = None
+    """The rejected inbound record this is a replay of: a replay that fails again updates
+    that record instead of adding another."""
+
+
+class UnknownFacilityError(HL7Error):
+    """MSH-4 names a facility that is not on this partner's (or this listener's) allow-list."""
+
+    code = "unknown_sending_facility"
+    default_hl7_error_code = "103"  # table value not found: MSH-4 is not on the allow-list
+
+
+class EventTooLarge(HL7Error):
+    """The report this message makes would be larger than the broker accepts."""
+
+    code = "event_too_large"
+    default_hl7_error_code = "102"  # data type error: a field's content is too long
+
+
+@dataclass(slots=True)
+class _Prepared:
+    raw: str
+    header: HL7Header | None
+    channel: Channel
+    partner: PartnerContext | None = None
+    error: HL7Error | None = None
+    transient: bool = False
+    dedupe_key: str | None = None
+    decision: Decision | None = None
+    screened: Screened | None = None
+    adt: AdtMessage | None = None
+    overdose: bool = False
+    ack: str | None = None
+    replay_of: uuid.UUID | None = None
+    submitter: PartnerContext | None = None
+    settled: bool = False
+    """The commit that stored this message (or failed to) is over: its ACK may leave."""
+
+
+PreparedSubmission = list[_Prepared]
+"""One submission's messages, screened and classified by :meth:`HL7Intake.prepare`."""
+
+
+def _header_or_none(message: str) -> HL7Header | None:
+    try:
+        return read_header(message)
+    except HL7Error:
+        return None
+
+
+def _hash(*parts: str) -> str:
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()
+
+
+def _dedupe_key(header: HL7Header) -> str:
+    return _hash(header.sending_application, header.sending_facility, header.control_id)
+
+
+def source_key(*parts: str) -> str:
+    """A report's or record's key: a hash of its source's parts (never raw partner input)."""
+    return _hash(*parts)
+
+
+class HL7Intake:
+    """Receives HL7 v2 ADT from MLLP and HTTP and answers every message with an ACK."""
+
+    def __init__(
+        self,
+        *,
+        store: IntakeStore,
+        directory: PartnerDirectory,
+        protector: Protector,
+        clock: Clock,
+        source: str = "/portline/intake",
+        new_id: Callable[[], uuid.UUID] = new_uuid,
+        full_parse: FullParse = parse_inline,
+        max_event_bytes: int | None = None,
+    ) -> None:
+        self._store = store
+        self._full_parse = full_parse
+        self._directory = directory
+        self._protector = protector
+        self._clock = clock
+        self._source = source
+        self._new_id = new_id
+        self._max_event_bytes = max_event_bytes
+
+    async def receive(
+        self,
+        submissions: Sequence[HL7Submission],
+        *,
+        reply: Callable[[int, str], None] | None = None,
+    ) -> list[str]:
+        """The ACK text for each submission (several ACKs, one per message, for a batch):
+        :meth:`prepare` each, then :meth:`commit` them together."""
+        return await self.commit([await self.prepare(s) for s in submissions], reply=reply)
+
+    async def commit(
+        self,
+        prepared: Sequence[PreparedSubmission],
+        *,
+        reply: Callable[[int, str], None] | None = None,
+    ) -> list[str]:
+        """Store prepared submissions in one group commit; the ACK text for each.
+
+        Routine messages (valid, not overdoses) and the rest are stored by two independent
+        commits running side by side, and `reply(index, ack)` answers each submission as
+        soon as the commits holding its messages are done: an overdose's full parse and
+        its larger transaction never hold up the ordinary visits that arrived with it.
+        """
+        flat = [p for group in prepared for p in group]
+        now = self._clock.now()
+        BATCH_SIZE.observe(len(flat))
+        answered = [False] * len(prepared)
+
+        def release() -> None:
+            for index, group in enumerate(prepared):
+                if not answered[index] and all(p.settled for p in group):
+                    answered[index] = True
+                    if reply is not None:
+                        reply(index, _joined(group))
+
+        routine, general = _partition(flat)
+        if routine and general:
+            await asyncio.gather(
+                self._commit(routine, now, self._store_routine, release),
+                self._commit(general, now, self._store_general, release),
+            )
+        elif routine:  # the common case: no task to spawn
+            await self._commit(routine, now, self._store_routine, release)
+        else:
+            await self._commit(general, now, self._store_general, release)
+        for label, count in Counter(_status_label(p) for p in flat).items():
+            INTAKE_MESSAGES.labels("hl7", label).inc(count)
+        return [_joined(group) for group in prepared]
+
+    async def _commit(
+        self,
+        items: list[_Prepared],
+        now: datetime,
+        store: Callable[[list[_Prepared], datetime], Awaitable[None]],
+        settled: Callable[[], None],
+    ) -> None:
+        """Store the items and set their ACKs (AE for all of them when that failed), then
+        mark them settled: only now may their ACKs leave."""
+        try:
+            try:
+                await store(items, now)
+            except StoreConflict:
+                # Another replica stored one of these messages meanwhile: the retry finds it.
+                await store(items, now)
+        except Exception as exc:
+            if not is_transient(exc):
+                log.exception("intake batch failed", extra={"messages": len(items)})
+            else:
+                log.warning("database unavailable; answering AE", extra={"messages": len(items)})
+            for p in items:
+                p.ack = self._ack(p, "AE", now, text="Temporarily unable to store; resend.")
+        for p in items:
+            p.settled = True
+        settled()
+
+    async def prepare(self, submission: HL7Submission) -> PreparedSubmission:
+        """Split, screen and classify a submission's messages, ready for :meth:`commit`.
+
+        The service runs this as each frame or request arrives, outside the group commit:
+        the next batch is prepared while the database commits the one before (the event
+        loop would otherwise sit idle for that round trip, ADR 0012)."""
+        text = normalize(submission.raw)
+        try:
+            messages = split_messages(text)
+        except HL7Error as exc:
+            prepared = [_Prepared(raw=text, header=None, channel=submission.channel, error=exc)]
+        else:
+            prepared = [await self._prepare_one(m, submission) for m in messages]
+        for p in prepared:
+            p.replay_of = submission.replay_of
+        return prepared
+
+    async def _prepare_one(self, message: str, submission: HL7Submission) -> _Prepared:
+        """Screen and classify one message. Overdose candidates are fully parsed later, by
+        the general commit, so that the routine messages beside them do not wait for it."""
+        channel = submission.channel
+        try:
+            screened = screen(message)  # reads the header too: the one pass most messages get
+        except HL7Error as exc:
+            return _Prepared(
+                raw=message, header=_header_or_none(message), channel=channel, error=exc
+            )
+        header = screened.header
+        p = _Prepared(raw=message, header=header, channel=channel, screened=screened)
+        try:
+            p.partner = await self._partner_for(header, submission)
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            p.transient = True
+            return p
+        if p.partner is None:
+            p.submitter = submission.partner  # who sent it over HTTP, for the record
+            p.error = UnknownFacilityError(
+                "The sending facility (MSH-4) is not allowed to send to this program.",
+                location=("MSH", 1, 4),
+            )
+            return p
+        try:
+            check_supported(header)
+            if not header.control_id:
+                raise MissingFieldError.for_field("MSH", 10)
+        except HL7Error as exc:
+            p.error = exc
+            return p
+        p.dedupe_key = _dedupe_key(header)
+        p.decision = classify_ed(codes=screened.codes, texts=screened.texts)
+        p.overdose = p.decision.is_overdose(Definition(p.partner.definition))
+        return p
+
+    async def _parse_candidate(self, p: _Prepared) -> None:
+        """The full hl7apy parse of an overdose candidate; its failure becomes the message's
+        answer (AR, or AE when the parse worker died)."""
+        assert p.screened is not None
+        assert p.partner is not None
+        try:
+            p.adt = await self._full_parse(p.raw, p.screened, ZoneInfo(p.partner.timezone))
+        except HL7Error as exc:
+            p.error = exc
+        except BrokenProcessPool:
+            p.transient = True  # the parse worker died; a fresh one takes the resend
+        except Exception:
+            # A parser bug, not the partner's: refuse (AR) and keep the message sealed, so
+            # that it is replayed once the bug is fixed. Nothing is lost.
+            log.exception("full parse failed", extra={"messages": 1})
+            p.error = ParseError("The message could not be parsed; it is kept for replay.")
+
+    async def _partner_for(
+        self, header: HL7Header, submission: HL7Submission
+    ) -> PartnerContext | None:
+        if submission.partner is None:
+            return await self._directory.by_facility(header.sending_facility)
+        allowed = await self._directory.facilities_of(submission.partner.partner_id)
+        return submission.partner if facility_key(header.sending_facility) in allowed else None
+
+    async def _store_routine(self, items: list[_Prepared], now: datetime) -> None:
+        """Routine messages: the first copy of each is stored, a resend gets its ACK back."""
+        rows: dict[str, InboundRecord] = {}
+        for p in items:
+            assert p.dedupe_key is not None
+            assert p.partner is not None
+            if p.dedupe_key not in rows:
+                inbound_id = self._new_id()
+                rows[p.dedupe_key] = InboundRecord(
+                    id=inbound_id,
+                    channel=p.channel.value,
+                    partner_id=p.partner.partner_id,
+                    status=InboundStatus.NOT_OVERDOSE.value,
+                    dedupe_key=p.dedupe_key,
+                    ack=self._ack(p, "AA", now, control_id=inbound_id.hex[:20]),
+                )
+        result = await self._store.write_routine(RoutineWrites(list(rows.values()), now))
+        for p in items:
+            assert p.dedupe_key is not None
+            p.ack = result.acks[p.dedupe_key]
+
+    async def _store_general(self, items: list[_Prepared], now: datetime) -> None:
+        """One lookup, then one commit: inbound records, reports, rejections, outbox rows."""
+        for p in items:
+            if p.overdose and p.error is None and p.adt is None and not p.transient:
+                await self._parse_candidate(p)  # only candidates pay for the full parse
+        if any(p.transient for p in items):
+            raise ConnectionError("partner directory or parse worker unavailable")
+        known = await self._store.lookup(
+            dedupe_keys=[p.dedupe_key for p in items if p.dedupe_key and p.error is None],
+            source_keys=[self._source_key(p) for p in items if p.overdose and p.error is None],
+        )
+        acks = dict(known.acks)
+        reports = ReportBook(known.reports)
+        writes = BatchWrites(source=self._source, now=now, max_event_bytes=self._max_event_bytes)
+        for p in items:
+            if p.error is None and p.dedupe_key in acks:
+                p.ack = acks[p.dedupe_key]  # a resend: its first copy's answer
+            elif p.error is None:
+                self._accept(writes, reports, p, now)
+            if p.error is not None:
+                self._refuse(writes, p, now)
+            else:
+                assert p.dedupe_key is not None
+                assert p.ack is not None
+                acks[p.dedupe_key] = p.ack
+                if p.replay_of is not None and "|AA|" in p.ack:
+                    writes.replayed.append(p.replay_of)
+        writes.new_reports, writes.revised_reports = reports.pending()
+        await self._store.write(writes)
+
+    def _accept(
+        self, writes: BatchWrites, reports: ReportBook, p: _Prepared, now: datetime
+    ) -> None:
+        """A valid message received for the first time: its record, and its report if it is
+        an overdose. A report too large to publish turns the message into a rejection."""
+        assert p.dedupe_key is not None
+        assert p.partner is not None
+        record = InboundRecord(
+            id=self._new_id(),
+            channel=p.channel.value,
+            partner_id=p.partner.partner_id,
+            status=InboundStatus.NOT_OVERDOSE.value,
+            dedupe_key=p.dedupe_key,
+        )
+        if p.overdose:
+            try:
+                record.report_id, record.revision = self._report(writes, reports, p, now)
+            except EventTooLargeError:
+                p.error = EventTooLarge(
+                    "The report this message makes is larger than intake can publish."
+                )
+                return
+            record.status = InboundStatus.ACCEPTED.value
+        p.ack = record.ack = self._ack(p, "AA", now)
+        writes.inbound.append(record)
+
+    def _refuse(self, writes: BatchWrites, p: _Prepared, now: datetime) -> None:
+        """AR, and the message kept sealed for replay (or its earlier record updated)."""
+        assert p.error is not None
+        p.ack = self._ack(p, "AR", now, error=p.error)
+        if p.replay_of is not None:
+            writes.rejected_again.append(
+                RejectedAgain(p.replay_of, p.error.code, p.error.message, p.ack)
+            )
+            return
+        inbound_id = self._new_id()
+        known = p.partner or p.submitter
+        partner_id = known.partner_id if known else None
+        source_org = partner_id or (facility_key(p.header.sending_facility) if p.header else "")
+        writes.publish(
+            InboundRejected(
+                inbound_id=inbound_id,
+                source_kind="ed",
+                source_org=source_org or "unknown",
+                reason_code=p.error.code,
+                reason=p.error.message,
+                received_at=now,
+            ),
+            subject=source_org or "unknown",
+        )
+        writes.inbound.append(
+            InboundRecord(
+                id=inbound_id,
+                channel=p.channel.value,
+                partner_id=partner_id,
+                status=InboundStatus.REJECTED.value,
+                ack=p.ack,
+                reason_code=p.error.code,
+                reason=p.error.message,
+                raw_sealed=self._protector.sealer.seal(p.raw, context="inbound"),
+            )
+        )
+
+    def _source_key(self, p: _Prepared) -> str:
+        assert p.header is not None
+        assert p.partner is not None
+        assert p.adt is not None
+        visit = p.adt.visit_number or f"msh10:{p.header.control_id}"
+        return source_key(
+            "ed", p.partner.partner_id, facility_key(p.header.sending_facility), visit
+        )
+
+    def _report(
+        self, writes: BatchWrites, reports: ReportBook, p: _Prepared, now: datetime
+    ) -> tuple[uuid.UUID, int]:
+        """The report this overdose creates or revises, published; (report id, revision)."""
+        assert p.partner is not None
+        assert p.decision is not None
+        assert p.adt is not None
+        adt = p.adt
+        key = self._source_key(p)
+        current = reports.get(key)
+        report_id = current.report_id if current else self._new_id()
+        digest = content_hash(
+            report_id,
+            adt.identity,
+            adt.admit_at,
+            adt.diagnosis_codes,
+            adt.chief_complaints,
+            adt.discharge_disposition,
+            p.decision,
+        )
+        if current and current.content_hash == digest:
+            return report_id, current.revision
+        revision = current.revision + 1 if current else 1
+        event = ed_report(
+            adt,
+            p.decision,
+            program_id=p.partner.program_id,
+            partner_id=p.partner.partner_id,
+            report_id=report_id,
+            revision=revision,
+            received_at=now,
+            protector=self._protector,
+        )
+        writes.publish(event, subject=person_key(event.blind_keys, report_id))  # may refuse
+        reports.put(key, p.partner.partner_id, "ed", event, digest)
+        return report_id, revision
+
+    def _ack(
+        self,
+        p: _Prepared,
+        code: AckCode,
+        now: datetime,
+        *,
+        error: HL7Error | None = None,
+        text: str | None = None,
+        control_id: str | None = None,
+    ) -> str:
+        return build_ack(
+            p.header,
+            code,
+            now=now,
+            control_id=control_id or self._new_id().hex[:20],
+            error=error,
+            text=text,
+        )
+
+
+def _partition(items: list[_Prepared]) -> tuple[list[_Prepared], list[_Prepared]]:
+    """(routine, general); a routine message sharing its dedupe key with a general one goes
+    with it, so that one commit decides both copies."""
+    general = [p for p in items if not _routine(p)]
+    taken = {p.dedupe_key for p in general if p.dedupe_key is not None}
+    routine: list[_Prepared] = []
+    for p in items:
+        if _routine(p):
+            (general if p.dedupe_key in taken else routine).append(p)
+    return routine, general
+
+
+def _joined(group: Sequence[_Prepared]) -> str:
+    """One submission's answer: an ACK per message it held."""
+    return "\r".join(p.ack or "" for p in group)
+
+
+def _routine(p: _Prepared) -> bool:
+    """A valid message that is not an overdose and not a replay: the fast path's case."""
+    return p.error is None and not p.overdose and p.replay_of is None and not p.transient
+
+
+def _status_label(p: _Prepared) -> str:
+    if p.ack and "|AE|" in p.ack:
+        return "error"
+    if p.error is not None:
+        return "rejected"
+    return "overdose" if p.overdose else "not_overdose"
