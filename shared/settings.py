@@ -113,6 +113,32 @@ class Settings(BaseSettings):
     )
     intake_mllp_tls_cert: Path | None = None
     intake_mllp_tls_key: Path | None = None
+    intake_mllp_tls_client_ca: Path | None = Field(
+        default=None,
+        description="PEM bundle of the CAs that issue partners' client certificates: with it, "
+        "the MLLP listener (over TLS) asks every client for a certificate (mutual TLS).",
+    )
+    intake_mllp_start_unauthenticated: bool = Field(
+        default=False,
+        description="Production only: start the MLLP listener even though no hospital can be "
+        "authenticated on it yet (every message is refused until one can). Logged as an error.",
+    )
+    intake_mllp_max_connections: int = Field(default=256, ge=1)
+    intake_mllp_max_connections_per_partner: int = Field(default=32, ge=1)
+    intake_mllp_frame_timeout_seconds: float = Field(default=30.0, gt=0)
+    intake_mllp_idle_timeout_seconds: float = Field(default=600.0, gt=0)
+    intake_queue_max: int = Field(
+        default=4096,
+        ge=1,
+        description="Submissions waiting for a group commit, per feed; beyond it MLLP answers "
+        "AE and HTTP 503 with Retry-After, so memory stays flat under a flood.",
+    )
+    intake_idempotency_lease_seconds: float = Field(
+        default=120.0,
+        gt=0,
+        description="How long an Idempotency-Key reservation holds before another request "
+        "with that key may take it over (its first request crashed or was cut off).",
+    )
 
     # scheduler
     scheduler_policy_dir: Path | None = Field(

@@ -13,6 +13,7 @@ import logging
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
@@ -20,7 +21,7 @@ import sqlalchemy as sa
 from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, Field, ValidationError
 
-from services.intake.batching import MicroBatcher
+from services.intake.batching import MicroBatcher, Overloaded
 from services.intake.ems_json import EmsRunReportBatch, EmsRunReportIn, to_record
 from services.intake.models import IDEMPOTENCY, Channel
 from services.intake.nemsis import EmsInputError, parse_ems_dataset
@@ -52,6 +53,7 @@ class IntakeState:
     max_ems_bytes: int
     consent_element: str
     leave_behind_element: str
+    idempotency_lease_seconds: float = 120.0
 
 
 # The two partner routes read their headers themselves instead of through FastAPI
@@ -188,7 +190,8 @@ async def post_hl7(request: Request) -> Response:
             415, "unsupported_media_type", f"Send HL7 as one of: {', '.join(HL7_MEDIA_TYPES)}."
         )
     body = await _body(request, state.max_message_bytes)
-    ack = await state.submit_hl7(HL7Submission(body, Channel.HTTP_HL7, partner))
+    sender = frozenset({partner.partner_id})
+    ack = await state.submit_hl7(HL7Submission(body, Channel.HTTP_HL7, sender))
     code = _worst_code(ack)
     headers = {"Retry-After": "5"} if code == "AE" else {}
     return Response(
@@ -384,13 +387,28 @@ async def post_run_reports(request: Request) -> Response:
             await _release(state, partner, idempotency_key)
         raise
     response = _run_reports_response(outcomes)
-    await _complete(state, partner, idempotency_key, bytes(response.body).decode())
+    try:
+        await _complete(state, partner, idempotency_key, bytes(response.body).decode())
+    except Exception as exc:
+        # The records are stored: answer them. The reservation's lease lets a retry with this
+        # key in, which finds them stored (duplicate) and stores nothing twice.
+        log.warning(
+            "idempotency answer not saved; the lease frees the key",
+            extra={"error": type(exc).__name__},
+        )
     return response
 
 
 async def _store_ems(state: IntakeState, submissions: list[EmsSubmission]) -> list[EmsOutcome]:
     try:
         return await state.ems.submit(submissions)
+    except Overloaded:
+        raise ApiError(
+            503,
+            "intake_busy",
+            "Intake has too many run reports waiting to be stored; nothing was kept. Resend later.",
+            headers={"Retry-After": "2"},
+        ) from None
     except Exception as exc:
         raise _unavailable(exc) from None
 
@@ -426,13 +444,35 @@ async def _reserve(
     """Claim the key for this request, or answer with what its first use answered.
 
     The claim is a row committed before any work, so concurrent requests with one key (on
-    any replica) see it: they get the stored answer, or 409 while the first is in flight.
+    any replica) see it: they get the stored answer, or 409 while the first is in flight. A
+    claim is a lease: one older than ``idempotency_lease_seconds`` that never completed (its
+    request crashed or was cut off) is taken over, so a crash never refuses a key for ever.
     """
     for _ in range(2):
         async with state.uow() as uow:
             row = (
                 await uow.session.execute(IDEMPOTENCY.select().where(_key_filter(partner, key)))
             ).first()
+            now = state.clock.now()
+            lapsed = (
+                row is not None
+                and row.status_code == _IN_PROGRESS
+                and (now - row.created_at) >= timedelta(seconds=state.idempotency_lease_seconds)
+            )
+            if lapsed:
+                taken = await uow.session.execute(
+                    IDEMPOTENCY.update()
+                    .where(
+                        _key_filter(partner, key),
+                        IDEMPOTENCY.c.status_code == _IN_PROGRESS,
+                        IDEMPOTENCY.c.created_at == row.created_at,
+                    )
+                    .values(request_hash=request_hash, created_at=now)
+                )
+                await uow.commit()
+                if taken.rowcount == 1:
+                    return None
+                continue  # another request took it over first: read what it holds
             if row is None:
                 try:
                     await uow.session.execute(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import ssl
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -11,9 +12,9 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from services.intake.api import PARTNER_SECURITY_SCHEMES, IntakeState, router
-from services.intake.batching import MicroBatcher, Reply
+from services.intake.batching import MicroBatcher, Overloaded, Reply
 from services.intake.ems_json import EmsRunReportBatch, EmsRunReportIn
-from services.intake.mllp_listener import MllpListener
+from services.intake.mllp_listener import MllpListener, MllpPeer
 from services.intake.models import Channel
 from services.intake.parse_pool import ParsePool, parse_inline
 from services.intake.partners import PartnerDirectory
@@ -41,8 +42,12 @@ DESCRIPTION = (
     "program's overdose definition with machine-readable reasons, and, when it is an "
     "overdose, published as `OverdoseReported` with identity sealed. Nothing is "
     "acknowledged before it is durably stored. Partners authenticate with an API key "
-    "(`Authorization: Bearer <key>`); MLLP senders by their allowed sending facility (MSH-4)."
+    "(`Authorization: Bearer <key>`); MLLP connections by a TLS client certificate and/or "
+    "their source network, before any message is read. MSH-4 must then be one of that "
+    "partner's facilities."
 )
+
+log = logging.getLogger(__name__)
 
 
 # The partner routes read the raw request themselves: served past FastAPI's routing.
@@ -50,11 +55,51 @@ DIRECT_ROUTES = (("POST", "/v1/ems/run-reports"), ("POST", "/v1/hl7"))
 
 
 def _tls(settings: Settings) -> ssl.SSLContext | None:
+    """TLS 1.2 or later for MLLP; with a client CA, mutual TLS (a client certificate is asked
+    for and verified; a partner that must show one is authenticated by its fingerprint)."""
     if settings.intake_mllp_tls_cert is None:
         return None
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.load_cert_chain(settings.intake_mllp_tls_cert, settings.intake_mllp_tls_key)
+    if settings.intake_mllp_tls_client_ca is not None:
+        context.load_verify_locations(cafile=settings.intake_mllp_tls_client_ca)
+        context.verify_mode = ssl.CERT_OPTIONAL  # network-only partners show none
     return context
+
+
+async def _check_mllp_can_authenticate(
+    settings: Settings, directory: PartnerDirectory, tls: ssl.SSLContext | None
+) -> None:
+    """Production refuses to start an MLLP listener that can authenticate nobody, unless an
+    explicit setting says so (and then it says so loudly)."""
+    if settings.env != "production":
+        return
+    try:
+        rules = await directory.mllp_rules()
+    except Exception as exc:
+        log.warning(
+            "cannot read the MLLP partner rules at start; every connection is refused until "
+            "they can be read",
+            extra={"error": type(exc).__name__},
+        )
+        return
+    client_certificates = tls is not None and settings.intake_mllp_tls_client_ca is not None
+    if rules.authenticates_anyone(client_certificates=client_certificates):
+        return
+    if settings.intake_mllp_start_unauthenticated:
+        log.error(
+            "MLLP listener started although no hospital can be authenticated on it "
+            "(PORTLINE_INTAKE_MLLP_START_UNAUTHENTICATED=true): every message is refused until "
+            "a partner has a network or client certificate"
+        )
+        return
+    raise RuntimeError(
+        "no hospital can be authenticated on the MLLP listener: register a source network "
+        "(portline partners add-network) or a client certificate (add-certificate, with "
+        "PORTLINE_INTAKE_MLLP_TLS_CLIENT_CA set), or set "
+        "PORTLINE_INTAKE_MLLP_START_UNAUTHENTICATED=true to start anyway"
+    )
 
 
 async def _mllp_accepting(host: str, port: int, timeout: float = 1.0) -> str:
@@ -123,20 +168,36 @@ def create_app(settings: Settings) -> FastAPI:
             hl7_batch,
             max_batch=settings.intake_batch_max,
             max_concurrent=settings.intake_batch_concurrency,
+            max_pending=settings.intake_queue_max,
         )
         ems_batcher: MicroBatcher[list[EmsSubmission], list[EmsOutcome]] = MicroBatcher(
-            ems_batch, max_batch=64, max_concurrent=settings.intake_batch_concurrency
+            ems_batch,
+            max_batch=64,
+            max_concurrent=settings.intake_batch_concurrency,
+            max_pending=settings.intake_queue_max,
         )
         hl7_batcher.start()
         ems_batcher.start()
 
         async def submit_hl7(submission: HL7Submission) -> str:
             # Prepared as it arrives, so that it overlaps the commit in flight; committed
-            # with whatever else is waiting (services.intake.batching).
-            return await hl7_batcher.submit(await hl7.prepare(submission))
+            # with whatever else is waiting (services.intake.batching). Refusals need no
+            # commit, and a full queue answers "busy" at once.
+            prepared = await hl7.prepare(submission)
+            answer = hl7.answered(prepared)
+            if answer is not None:
+                return answer
+            try:
+                return await hl7_batcher.submit(prepared)
+            except Overloaded:
+                return hl7.busy(prepared)
 
-        async def on_frame(payload: bytes) -> str:
-            return await submit_hl7(HL7Submission(payload, Channel.MLLP))
+        async def on_frame(payload: bytes, partners: frozenset[str]) -> str:
+            return await submit_hl7(HL7Submission(payload, Channel.MLLP, partners))
+
+        async def authenticate(peer: MllpPeer) -> frozenset[str]:
+            rules = await directory.mllp_rules()
+            return rules.partners_for(peer.address, peer.fingerprint)
 
         listener: MllpListener | None = None
         if not settings.runs_mllp:
@@ -146,13 +207,20 @@ def create_app(settings: Settings) -> FastAPI:
                 "mllp", lambda: _mllp_accepting(settings.host, settings.mllp_port)
             )
         else:
+            tls = _tls(settings)
+            await _check_mllp_can_authenticate(settings, directory, tls)
             listener = MllpListener(
                 on_frame,
+                authenticate=authenticate,
                 host=settings.host,
                 port=settings.mllp_port,
                 now=runtime.clock.now,
                 max_message_bytes=settings.intake_max_message_bytes,
-                ssl_context=_tls(settings),
+                ssl_context=tls,
+                idle_timeout=settings.intake_mllp_idle_timeout_seconds,
+                frame_timeout=settings.intake_mllp_frame_timeout_seconds,
+                max_connections=settings.intake_mllp_max_connections,
+                max_connections_per_partner=settings.intake_mllp_max_connections_per_partner,
             )
             await listener.start()
         app.state.intake = IntakeState(
@@ -165,6 +233,7 @@ def create_app(settings: Settings) -> FastAPI:
             max_ems_bytes=settings.intake_max_ems_bytes,
             consent_element=settings.intake_consent_element,
             leave_behind_element=settings.intake_leave_behind_element,
+            idempotency_lease_seconds=settings.intake_idempotency_lease_seconds,
         )
         app.state.mllp = listener
         try:

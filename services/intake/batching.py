@@ -9,6 +9,10 @@ is being prepared; each caller still gets its results only after its own batch c
 `process` may also answer some callers before it returns, through the `reply(index, result)`
 callback it is given: a batch whose parts commit separately releases each part as soon as it
 is durable.
+
+The queue is bounded (`max_pending`): when it is full, `submit` raises :class:`Overloaded` at
+once instead of queueing, and the edge answers "busy, resend" (MLLP AE, HTTP 503 with
+Retry-After). Memory stays flat however fast partners send.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
 
-__all__ = ["MicroBatcher", "Reply"]
+__all__ = ["MicroBatcher", "Overloaded", "Reply"]
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -28,6 +32,10 @@ Reply = Callable[[int, R], None]
 """Answers the caller of the batch's item at `index` now, before `process` returns."""
 
 log = logging.getLogger(__name__)
+
+
+class Overloaded(Exception):
+    """Too many submissions are already waiting: the caller should resend later."""
 
 
 class MicroBatcher(Generic[T, R]):
@@ -39,11 +47,12 @@ class MicroBatcher(Generic[T, R]):
         *,
         max_batch: int = 256,
         max_concurrent: int = 1,
+        max_pending: int = 0,
     ) -> None:
         self._process = process
         self._max_batch = max_batch
         self._slots = asyncio.Semaphore(max_concurrent)
-        self._queue: asyncio.Queue[tuple[T, asyncio.Future[R]]] = asyncio.Queue()
+        self._queue: asyncio.Queue[tuple[T, asyncio.Future[R]]] = asyncio.Queue(max_pending)
         self._worker: asyncio.Task[None] | None = None
         self._inflight: set[asyncio.Task[None]] = set()
 
@@ -68,7 +77,10 @@ class MicroBatcher(Generic[T, R]):
         if self._worker is None:
             raise RuntimeError("batcher is not running")
         future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
-        await self._queue.put((item, future))
+        try:
+            self._queue.put_nowait((item, future))
+        except asyncio.QueueFull:
+            raise Overloaded("too many submissions are waiting") from None
         return await future
 
     async def _run(self) -> None:

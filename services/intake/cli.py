@@ -124,6 +124,13 @@ def _cmd_partners(args: argparse.Namespace) -> int:
 
     settings = get_settings()
     now = SystemClock().now()
+    pem = b""
+    if args.partners_command == "add-certificate":
+        try:
+            pem = Path(args.certificate).read_bytes()
+        except OSError as exc:
+            print(f"portline partners: cannot read {args.certificate}: {exc}", file=sys.stderr)
+            return 2
 
     async def work(sessions: Any) -> int:
         async with sessions() as session, session.begin():
@@ -160,6 +167,32 @@ def _cmd_partners(args: argparse.Namespace) -> int:
                     print(f"{args.id} was not allowed to send as {args.facility}", file=sys.stderr)
                     return 1
                 print(f"{args.id} may no longer send as {args.facility}")
+            elif args.partners_command == "add-network":
+                cidr = await partners.add_network(session, partner_id=args.id, network=args.network)
+                print(f"{args.id} may connect over MLLP from {cidr}")
+            elif args.partners_command == "remove-network":
+                if not await partners.remove_network(
+                    session, partner_id=args.id, network=args.network
+                ):
+                    print(f"{args.id} had no network {args.network}", file=sys.stderr)
+                    return 1
+                print(f"{args.id} may no longer connect from {args.network}")
+            elif args.partners_command == "add-certificate":
+                fingerprint = await partners.add_certificate(
+                    session, partner_id=args.id, pem=pem, now=now
+                )
+                print(f"{args.id} is recognised by the certificate sha256:{fingerprint}")
+            elif args.partners_command == "remove-certificate":
+                if not await partners.remove_certificate(
+                    session, partner_id=args.id, fingerprint=args.fingerprint
+                ):
+                    print(f"{args.id} had no certificate {args.fingerprint}", file=sys.stderr)
+                    return 1
+                print(f"{args.id} is no longer recognised by that certificate")
+            elif args.partners_command == "set-mllp-auth":
+                require = None if args.require == "auto" else args.require
+                await partners.set_mllp_auth(session, partner_id=args.id, require=require)
+                print(f"{args.id}'s MLLP connections must show: {args.require}")
             elif args.partners_command in ("disable", "enable"):
                 disabled = args.partners_command == "disable"
                 if not await partners.set_disabled(
@@ -212,32 +245,60 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     seed = intake_sub.add_parser("seed-demo", help="create the demo program and partners")
     seed.set_defaults(func=_cmd_seed)
 
-    p = sub.add_parser("partners", help="programs, partners, facilities and API keys")
+    p = sub.add_parser(
+        "partners", help="programs, partners, facilities, MLLP credentials and API keys"
+    )
     psub = p.add_subparsers(dest="partners_command", required=True)
-    prog = psub.add_parser("add-program")
+    prog = psub.add_parser("add-program", help="create or update a program")
     prog.add_argument("--id", required=True)
     prog.add_argument("--name", required=True)
     prog.add_argument("--timezone", default="America/New_York")
     prog.add_argument("--definition", choices=[d.value for d in Definition], default="opioid")
-    add = psub.add_parser("add")
+    add = psub.add_parser("add", help="create a partner (EMS agency or hospital) of a program")
     add.add_argument("--id", required=True)
     add.add_argument("--program", required=True)
     add.add_argument("--name", required=True)
     add.add_argument("--kind", choices=["ems", "hospital"], required=True)
     add.add_argument("--facility", action="append", default=[], help="MSH-4 (hospitals)")
-    fac = psub.add_parser("add-facility")
+    fac = psub.add_parser("add-facility", help="let a hospital send as this MSH-4")
     fac.add_argument("--id", required=True)
     fac.add_argument("--facility", required=True)
-    unfac = psub.add_parser("remove-facility")
+    unfac = psub.add_parser("remove-facility", help="stop a hospital sending as this MSH-4")
     unfac.add_argument("--id", required=True)
     unfac.add_argument("--facility", required=True)
+    net = psub.add_parser(
+        "add-network", help="let a hospital's MLLP connections come from this network (CIDR)"
+    )
+    net.add_argument("--id", required=True)
+    net.add_argument("--network", required=True, metavar="CIDR")
+    unnet = psub.add_parser(
+        "remove-network", help="stop accepting a hospital's MLLP connections from a network"
+    )
+    unnet.add_argument("--id", required=True)
+    unnet.add_argument("--network", required=True, metavar="CIDR")
+    cert = psub.add_parser(
+        "add-certificate",
+        help="recognise a hospital's MLLP connections by this TLS client certificate",
+    )
+    cert.add_argument("--id", required=True)
+    cert.add_argument("--certificate", required=True, metavar="FILE.pem")
+    uncert = psub.add_parser(
+        "remove-certificate", help="stop recognising a client certificate (by fingerprint)"
+    )
+    uncert.add_argument("--id", required=True)
+    uncert.add_argument("--fingerprint", required=True, metavar="SHA256")
+    auth = psub.add_parser("set-mllp-auth", help="what a hospital's MLLP connections must show")
+    auth.add_argument("--id", required=True)
+    auth.add_argument(
+        "--require", required=True, choices=["certificate", "network", "both", "auto"]
+    )
     for verb in ("disable", "enable"):
         toggle = psub.add_parser(verb, help=f"{verb} a partner (all its keys and facilities)")
         toggle.add_argument("id")
-    issue = psub.add_parser("issue-key")
+    issue = psub.add_parser("issue-key", help="issue an API key (shown once)")
     issue.add_argument("id")
     issue.add_argument("--label", default="")
-    revoke = psub.add_parser("revoke-key")
+    revoke = psub.add_parser("revoke-key", help="revoke an API key by its key id")
     revoke.add_argument("key_id")
-    psub.add_parser("list")
+    psub.add_parser("list", help="every partner with its facilities, credentials and keys")
     p.set_defaults(func=_cmd_partners)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Histogram
 
-__all__ = ["BATCH_SIZE", "INTAKE_MESSAGES", "MLLP_CONNECTIONS"]
+__all__ = ["BATCH_SIZE", "INTAKE_MESSAGES", "INTAKE_REFUSED", "MLLP_CONNECTIONS"]
 
 INTAKE_MESSAGES = Counter(
     "portline_intake_messages_total",
@@ -18,4 +18,10 @@ BATCH_SIZE = Histogram(
 )
 MLLP_CONNECTIONS = Counter(
     "portline_intake_mllp_connections_total", "MLLP connections accepted or refused", ["outcome"]
+)
+INTAKE_REFUSED = Counter(
+    "portline_intake_refused_total",
+    "Messages refused because their sender may not speak for the facility they name (or is "
+    "not authenticated at all); nothing of them is stored",
+    ["channel", "reason"],
 )

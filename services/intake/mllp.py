@@ -84,6 +84,11 @@ class MllpDecoder:
         """Bytes buffered of an incomplete frame."""
         return len(self._buffer)
 
+    @property
+    def in_frame(self) -> bool:
+        """Whether a frame has started and not ended (the listener's frame deadline runs)."""
+        return self._in_frame
+
     def feed(self, data: bytes | bytearray | memoryview) -> list[bytes | FramingError]:
         """Complete payloads and framing errors found so far, in stream order."""
         out: list[bytes | FramingError] = []

@@ -1,27 +1,43 @@
-"""The MLLP listener: long-lived partner connections, one durable ACK per message.
+"""The MLLP listener: authenticated, bounded partner connections, one durable ACK per message.
 
-Connections stay open across messages. Framing problems (bytes outside a frame, an oversized
-message) are answered with an AR on the same connection instead of closing it; a frame cut
-off by the peer closing is logged and dropped, since nobody is left to acknowledge it.
+Connections stay open across messages. Each is authenticated when it opens, before any of its
+messages is processed, by its TLS client certificate (mutual TLS) and its source address
+(``authenticate`` says which partners it may speak for; an empty set, nobody). Who it may
+speak for is looked at again for every frame, so a removed network or certificate takes
+effect within the partner cache's time.
+
+Bounded: at most ``max_connections`` in total and ``max_connections_per_partner`` per partner
+(unauthenticated connections share one such allowance); a connection over either is closed
+at once. A frame must arrive whole within ``frame_timeout`` of its first byte (a sender
+feeding one byte a minute is cut off), and a connection idle for ``idle_timeout`` is closed.
+
+Framing problems (bytes outside a frame, an oversized message) are answered with an AR on the
+same connection instead of closing it; a frame cut off by the peer closing is logged and
+dropped, since nobody is left to acknowledge it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import ssl
 import uuid
+from collections import Counter
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import datetime
 
 from services.intake.hl7 import HL7Error, build_ack
 from services.intake.metrics import MLLP_CONNECTIONS
 from services.intake.mllp import FramingError, MllpDecoder, frame
 
-__all__ = ["FramingRejected", "MllpListener"]
+__all__ = ["FramingRejected", "MllpListener", "MllpPeer"]
 
 log = logging.getLogger(__name__)
+
+_NOBODY = "(unauthenticated)"
 
 
 class FramingRejected(HL7Error):
@@ -31,29 +47,65 @@ class FramingRejected(HL7Error):
     default_hl7_error_code = "100"
 
 
+@dataclass(frozen=True, slots=True)
+class MllpPeer:
+    """What a connection showed: its source address and client certificate's fingerprint."""
+
+    address: str | None
+    fingerprint: str | None
+
+
+Authenticate = Callable[[MllpPeer], Awaitable[frozenset[str]]]
+"""The partners a peer may speak for (empty: nobody)."""
+Handle = Callable[[bytes, frozenset[str]], Awaitable[str]]
+"""A frame's payload and the partners its connection may speak for -> the ACK."""
+
+
+def _peer(writer: asyncio.StreamWriter) -> MllpPeer:
+    peername = writer.get_extra_info("peername")
+    address = str(peername[0]) if isinstance(peername, tuple) and peername else None
+    fingerprint = None
+    tls = writer.get_extra_info("ssl_object")
+    if isinstance(tls, ssl.SSLObject):
+        der = tls.getpeercert(binary_form=True)
+        if der:
+            fingerprint = hashlib.sha256(der).hexdigest()
+    return MllpPeer(address, fingerprint)
+
+
 class MllpListener:
     """Accepts MLLP connections and answers each framed message with `handle`'s ACK."""
 
     def __init__(
         self,
-        handle: Callable[[bytes], Awaitable[str]],
+        handle: Handle,
         *,
+        authenticate: Authenticate,
         host: str,
         port: int,
         now: Callable[[], datetime],
         max_message_bytes: int = 1_048_576,
         ssl_context: ssl.SSLContext | None = None,
         idle_timeout: float = 600.0,
+        frame_timeout: float = 30.0,
+        max_connections: int = 256,
+        max_connections_per_partner: int = 32,
     ) -> None:
         self._handle = handle
+        self._authenticate = authenticate
         self._host = host
         self._port = port
         self._now = now
         self._max = max_message_bytes
         self._ssl = ssl_context
         self._idle = idle_timeout
+        self._frame_timeout = frame_timeout
+        self._max_connections = max_connections
+        self._per_partner = max_connections_per_partner
         self._server: asyncio.Server | None = None
         self._connections: set[asyncio.Task[None]] = set()
+        self._open: Counter[str] = Counter()
+        """Open connections per partner id (or per unauthenticated peers, together)."""
 
     @property
     def port(self) -> int:
@@ -69,6 +121,7 @@ class MllpListener:
             self._port,
             ssl=self._ssl,
             limit=2**20,
+            ssl_handshake_timeout=self._frame_timeout if self._ssl else None,
         )
 
     async def stop(self) -> None:
@@ -87,31 +140,64 @@ class MllpListener:
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
-        self._connections.add(task)
-        MLLP_CONNECTIONS.labels("accepted").inc()
+        buckets: tuple[str, ...] = ()
         try:
-            await self._serve(reader, writer)
+            if len(self._connections) >= self._max_connections:
+                MLLP_CONNECTIONS.labels("refused_total_limit").inc()
+                return
+            peer = _peer(writer)
+            try:
+                partners = await self._authenticate(peer)
+            except Exception:
+                # The partner directory is unavailable: the sender reconnects later.
+                log.warning("cannot authenticate an MLLP connection now; closing it")
+                MLLP_CONNECTIONS.labels("refused_unavailable").inc()
+                return
+            buckets = tuple(sorted(partners)) or (_NOBODY,)
+            if any(self._open[b] >= self._per_partner for b in buckets):
+                MLLP_CONNECTIONS.labels("refused_partner_limit").inc()
+                buckets = ()
+                return
+            self._open.update(buckets)
+            self._connections.add(task)
+            MLLP_CONNECTIONS.labels("accepted" if partners else "unauthenticated").inc()
+            if not partners:
+                log.warning("MLLP connection from a peer no partner is registered for")
+            await self._serve(reader, writer, peer)
         except (ConnectionError, TimeoutError, asyncio.IncompleteReadError):
             pass
         finally:
             self._connections.discard(task)
+            self._open.subtract(buckets)
             writer.close()
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _serve(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: MllpPeer
+    ) -> None:
         decoder = MllpDecoder(self._max)
         loop = asyncio.get_running_loop()
         last_activity = loop.time()
+        frame_started: float | None = None
         handle: asyncio.TimerHandle
 
         def watchdog() -> None:
-            # One timer per connection, not one per read: idle connections are closed.
+            # One timer per connection, not one per read: idle connections, and frames that
+            # take too long to arrive, are cut off.
             nonlocal handle
-            if loop.time() - last_activity >= self._idle:
+            now = loop.time()
+            if frame_started is not None and now - frame_started >= self._frame_timeout:
+                MLLP_CONNECTIONS.labels("cut_slow_frame").inc()
                 writer.transport.abort()
                 return
-            handle = loop.call_at(last_activity + self._idle, watchdog)
+            if now - last_activity >= self._idle:
+                writer.transport.abort()
+                return
+            deadline = last_activity + self._idle
+            if frame_started is not None:
+                deadline = min(deadline, frame_started + self._frame_timeout)
+            handle = loop.call_at(deadline, watchdog)
 
         handle = loop.call_at(last_activity + self._idle, watchdog)
         try:
@@ -123,21 +209,31 @@ class MllpListener:
                     if truncated is not None:
                         log.warning("connection closed mid-frame", extra={"code": truncated.code})
                     return
+                started = decoder.in_frame
                 for item in decoder.feed(data):
                     ack = (
                         self._framing_ack(item)
                         if isinstance(item, FramingError)
-                        else await self._answer(item)
+                        else await self._answer(item, peer)
                     )
                     writer.write(frame(ack.encode()))
                     await writer.drain()
                     last_activity = loop.time()
+                    started = False
+                if decoder.in_frame and not started:
+                    # a frame began in this chunk: its deadline starts now
+                    frame_started = loop.time()
+                    handle.cancel()
+                    watchdog()
+                elif not decoder.in_frame:
+                    frame_started = None
         finally:
             handle.cancel()
 
-    async def _answer(self, payload: bytes) -> str:
+    async def _answer(self, payload: bytes, peer: MllpPeer) -> str:
         try:
-            return await self._handle(payload)
+            partners = await self._authenticate(peer)  # cached: a removal takes effect soon
+            return await self._handle(payload, partners)
         except Exception:
             log.exception("message handling failed; answering AE")
             return build_ack(

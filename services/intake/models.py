@@ -22,7 +22,9 @@ __all__ = [
     "IDEMPOTENCY",
     "INBOUND",
     "PARTNER",
+    "PARTNER_CERTIFICATE",
     "PARTNER_FACILITY",
+    "PARTNER_NETWORK",
     "PROGRAM",
     "REPORT",
     "ApiKey",
@@ -31,7 +33,9 @@ __all__ = [
     "InboundMessage",
     "InboundStatus",
     "Partner",
+    "PartnerCertificate",
     "PartnerFacility",
+    "PartnerNetwork",
     "Program",
     "Report",
 ]
@@ -80,6 +84,9 @@ class Partner(SQLModel, table=True):
     kind: str = Field(sa_column=sa.Column(sa.String(16), nullable=False))
     created_at: datetime = Field(sa_column=_ts())
     disabled_at: datetime | None = Field(default=None, sa_column=_ts(True))
+    mllp_auth: str | None = Field(default=None, sa_column=sa.Column(sa.String(16)))
+    """What an MLLP connection must show to speak for this hospital: "certificate",
+    "network" or "both"; None derives it from what is registered (partners.mllp_rule)."""
 
 
 class PartnerFacility(SQLModel, table=True):
@@ -89,6 +96,29 @@ class PartnerFacility(SQLModel, table=True):
 
     facility: str = Field(sa_column=sa.Column(sa.String(200), primary_key=True))
     partner_id: str = Field(sa_column=sa.Column(sa.String(64), nullable=False))
+
+
+class PartnerNetwork(SQLModel, table=True):
+    """A source network (CIDR) a hospital's MLLP connections may come from (a site-to-site VPN,
+    an interface engine's addresses)."""
+
+    __tablename__ = "partner_network"
+
+    partner_id: str = Field(sa_column=sa.Column(sa.String(64), primary_key=True))
+    network: str = Field(sa_column=sa.Column(sa.String(64), primary_key=True))
+
+
+class PartnerCertificate(SQLModel, table=True):
+    """A TLS client certificate that authenticates one hospital's MLLP connections, by the
+    SHA-256 fingerprint of its DER encoding."""
+
+    __tablename__ = "partner_certificate"
+
+    fingerprint: str = Field(sa_column=sa.Column(sa.String(64), primary_key=True))
+    partner_id: str = Field(sa_column=sa.Column(sa.String(64), nullable=False, index=True))
+    subject: str = Field(sa_column=sa.Column(sa.String(200), nullable=False))
+    not_after: datetime | None = Field(default=None, sa_column=_ts(True))
+    added_at: datetime = Field(sa_column=_ts())
 
 
 class ApiKey(SQLModel, table=True):
@@ -159,6 +189,8 @@ class IdempotencyRecord(SQLModel, table=True):
 PROGRAM: sa.Table = Program.__table__  # type: ignore[attr-defined]
 PARTNER: sa.Table = Partner.__table__  # type: ignore[attr-defined]
 PARTNER_FACILITY: sa.Table = PartnerFacility.__table__  # type: ignore[attr-defined]
+PARTNER_NETWORK: sa.Table = PartnerNetwork.__table__  # type: ignore[attr-defined]
+PARTNER_CERTIFICATE: sa.Table = PartnerCertificate.__table__  # type: ignore[attr-defined]
 API_KEY: sa.Table = ApiKey.__table__  # type: ignore[attr-defined]
 INBOUND: sa.Table = InboundMessage.__table__  # type: ignore[attr-defined]
 REPORT: sa.Table = Report.__table__  # type: ignore[attr-defined]

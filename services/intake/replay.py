@@ -14,8 +14,7 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from services.intake.models import INBOUND, PARTNER, PROGRAM, Channel, InboundStatus
-from services.intake.partners import PartnerContext
+from services.intake.models import INBOUND, Channel, InboundStatus
 from services.intake.pipeline import HL7Intake, HL7Submission
 from shared.sealing import Sealer
 
@@ -27,27 +26,6 @@ class ReplayResult:
     inbound_id: uuid.UUID
     ack_code: str
     hl7_error_code: str | None
-
-
-async def _partner(session: AsyncSession, partner_id: str | None) -> PartnerContext | None:
-    if partner_id is None:
-        return None
-    row = (
-        await session.execute(
-            sa.select(
-                PARTNER.c.id,
-                PARTNER.c.program_id,
-                PARTNER.c.kind,
-                PROGRAM.c.definition,
-                PROGRAM.c.timezone,
-            )
-            .select_from(PARTNER.join(PROGRAM, PROGRAM.c.id == PARTNER.c.program_id))
-            .where(PARTNER.c.id == partner_id)
-        )
-    ).first()
-    if row is None:
-        return None
-    return PartnerContext(row.id, row.program_id, row.kind, row.definition, row.timezone)
 
 
 def _ack_code(ack: str) -> str:
@@ -74,14 +52,14 @@ async def replay_rejected(
         query = query.where(INBOUND.c.id.in_(list(ids)))
     async with sessions() as session:
         rows = (await session.execute(query.order_by(INBOUND.c.received_at))).all()
-        partners = {r.partner_id: await _partner(session, r.partner_id) for r in rows}
     results: list[ReplayResult] = []
     for row in rows:
         raw = sealer.open(row.raw_sealed, context="inbound")
-        channel = Channel(row.channel)
-        partner = partners[row.partner_id] if channel is Channel.HTTP_HL7 else None
+        # Replayed as sent by the partner it was recorded under (a refusal of a sender who
+        # may not speak for a facility is never recorded, so it cannot be replayed).
+        sender = frozenset({row.partner_id}) if row.partner_id else frozenset()
         (ack,) = await intake.receive(
-            [HL7Submission(raw.encode(), channel, partner, replay_of=row.id)]
+            [HL7Submission(raw.encode(), Channel(row.channel), sender, replay_of=row.id)]
         )
         code = _ack_code(ack)
         reason = None

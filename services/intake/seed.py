@@ -1,7 +1,8 @@
 """The development seed: program `demo`, an EMS agency and a hospital (MSH-4 DEMO_HOSPITAL).
 
 Their API keys are issued once and kept in var/demo-keys.json (development only), so every
-`make run` prints the same working keys.
+`make run` prints the same working keys. The demo hospital may send over MLLP from loopback
+(127.0.0.0/8 and ::1): on this machine, and nowhere else.
 """
 
 from __future__ import annotations
@@ -18,13 +19,16 @@ from services.intake.models import PARTNER, PARTNER_FACILITY
 from services.intake.partners import (
     PartnerDirectory,
     add_facility,
+    add_network,
     create_partner,
     create_program,
     issue_key,
 )
 from shared.clock import Clock
 
-__all__ = ["DEMO_FACILITY", "DEMO_PROGRAM", "DemoPartners", "seed_demo"]
+__all__ = ["DEMO_FACILITY", "DEMO_NETWORKS", "DEMO_PROGRAM", "DemoPartners", "seed_demo"]
+
+DEMO_NETWORKS = ("127.0.0.0/8", "::1/128")
 
 DEMO_PROGRAM = "demo"
 DEMO_EMS = "demo-ems"
@@ -94,6 +98,8 @@ async def seed_demo(
         )
         if facility.first() is None:
             await add_facility(session, partner_id=DEMO_HOSPITAL, facility=DEMO_FACILITY)
+        for network in DEMO_NETWORKS:
+            await add_network(session, partner_id=DEMO_HOSPITAL, network=network)
 
     stored = _read_keys(keys_file)
     directory = PartnerDirectory(sessions, ttl_seconds=0)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import hashlib
 import json
 import socket
 from collections.abc import AsyncIterator, Callable
@@ -24,6 +25,7 @@ from fastapi import FastAPI
 
 from services.intake.app import create_app
 from services.intake.ems_json import MAX_BATCH, EmsRunReportIn
+from services.intake.models import IDEMPOTENCY
 from services.intake.nemsis import DEFAULT_MAX_RECORDS
 from services.intake.partners import create_partner, issue_key
 from services.intake.seed import DEMO_EMS, DEMO_HOSPITAL, seed_demo
@@ -1069,3 +1071,75 @@ async def test_a_worker_without_the_mllp_listener_is_ready_only_once_mllp_accept
 async def test_the_worker_with_the_listener_has_no_mllp_check(intake: Intake) -> None:
     assert intake.app.state.mllp is not None
     assert "mllp" not in (await intake.client.get("/readyz")).json()["checks"]
+
+
+async def test_a_reservation_left_by_a_crash_is_taken_over_once_its_lease_lapses(
+    tmp_path: Path,
+) -> None:
+    """A crash between reserving a key and completing it never refuses that key for ever."""
+    async with running_intake(tmp_path, intake_idempotency_lease_seconds=0.5) as intake:
+        body = json.dumps(overdose_example()).encode()
+        same_request = hashlib.sha256(JSON.encode() + b"\0" + body).hexdigest()
+        async with intake.app.state.runtime.sessions() as session, session.begin():
+            partner = await intake.app.state.intake.directory.by_api_key(intake.ems_key)
+            await session.execute(
+                IDEMPOTENCY.insert().values(
+                    partner_id=partner.partner_id,
+                    key="crashed",
+                    request_hash=same_request,
+                    status_code=0,
+                    response="",
+                    created_at=SystemClock().now(),
+                )
+            )
+        headers = {"Idempotency-Key": "crashed"}
+        assert_error(
+            await intake.post_ems(body, headers=headers), 409, "idempotency_request_in_progress"
+        )
+        await asyncio.sleep(0.6)
+        taken = await intake.post_ems(body, headers=headers)
+        assert taken.status_code == 200, taken.text
+        assert taken.json()["results"][0]["status"] == "accepted"
+        again = await intake.post_ems(body, headers=headers)
+        assert again.headers["idempotent-replayed"] == "true"
+
+
+async def test_a_failure_after_the_records_were_stored_answers_them_not_500(
+    intake: Intake, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import services.intake.api as api
+
+    async def broken(*_args: Any) -> None:
+        raise sa.exc.OperationalError("UPDATE", {}, ConnectionRefusedError("db gone"))
+
+    monkeypatch.setattr(api, "_complete", broken)
+    response = await intake.post_ems(overdose_example(), headers={"Idempotency-Key": "late"})
+    assert response.status_code == 200, response.text
+    assert response.json()["results"][0]["status"] == "accepted"
+
+
+async def test_a_full_queue_answers_busy_503_and_ae_at_once(tmp_path: Path) -> None:
+    """Backpressure: with the group commit held, a second submission finds the queue full."""
+    async with running_intake(tmp_path, intake_queue_max=1, intake_batch_concurrency=1) as intake:
+        state = intake.app.state.intake
+        held = asyncio.Event()
+        original = state.ems._process
+
+        async def slow(items: Any, reply: Any) -> Any:
+            await held.wait()
+            return await original(items, reply)
+
+        state.ems._process = slow
+        waiting = []
+        # the first is in its batch, held; the second waits for a commit slot; the third
+        # fills the queue
+        for _ in range(3):
+            waiting.append(asyncio.create_task(intake.post_ems(overdose_example())))
+            await asyncio.sleep(0.2)
+        try:
+            busy = await asyncio.wait_for(intake.post_ems(overdose_example()), 10)
+        finally:
+            held.set()
+        assert_error(busy, 503, "intake_busy")
+        assert busy.headers["retry-after"]
+        assert [(await w).status_code for w in waiting] == [200, 200, 200]

@@ -13,7 +13,12 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.intake.models import INBOUND, Channel
-from services.intake.partners import PartnerDirectory, add_facility
+from services.intake.partners import (
+    PartnerDirectory,
+    add_facility,
+    create_partner,
+    remove_facility,
+)
 from services.intake.pipeline import EmsIntake, EmsSubmission, HL7Intake, HL7Submission
 from services.intake.records import EmsMedication, EmsRunReport, Identity
 from services.intake.replay import replay_rejected
@@ -31,6 +36,8 @@ from shared.sealing import BlindIndexer, Keyring, Sealer
 from tests.hl7_builder import ack_fields, adt, routine
 
 T0 = datetime(2026, 11, 21, 9, 0, tzinfo=UTC)
+HOSPITAL = frozenset({"demo-hospital"})
+"""An MLLP connection authenticated for the demo hospital (as from loopback in development)."""
 
 
 @pytest.fixture
@@ -68,7 +75,7 @@ async def intake(
 
 
 def mllp(message: str) -> HL7Submission:
-    return HL7Submission(message.encode(), Channel.MLLP)
+    return HL7Submission(message.encode(), Channel.MLLP, HOSPITAL)
 
 
 async def events(sessions: async_sessionmaker[AsyncSession]) -> list[Envelope]:
@@ -198,7 +205,6 @@ async def test_a_different_visit_is_a_different_report(
 @pytest.mark.parametrize(
     ("message", "reason", "err3", "msa2"),
     [
-        (adt("MSG-10", facility="ELSEWHERE"), "unknown_sending_facility", "103", "MSG-10"),
         (adt("MSG-11", trigger="A31"), "unsupported_message_type", "201", "MSG-11"),
         ("PID|1||not a message", "not_hl7", "100", ""),
         (adt("MSG-12", version="3.0"), "unsupported_message_type", "203", "MSG-12"),
@@ -233,10 +239,11 @@ async def test_http_partner_may_only_send_as_its_own_facilities(
         key = json.loads((Path(str(s.bind.url.database)).parent / "demo-keys.json").read_text())
     hospital = await directory.by_api_key(key["demo-hospital"])
     assert hospital is not None
+    sender = frozenset({hospital.partner_id})
     ok, foreign = await intake.receive(
         [
-            HL7Submission(adt("MSG-13").encode(), Channel.HTTP_HL7, hospital),
-            HL7Submission(adt("MSG-14", facility="OTHER").encode(), Channel.HTTP_HL7, hospital),
+            HL7Submission(adt("MSG-13").encode(), Channel.HTTP_HL7, sender),
+            HL7Submission(adt("MSG-14", facility="OTHER").encode(), Channel.HTTP_HL7, sender),
         ]
     )
     assert ack_fields(ok)[0] == "AA"
@@ -281,19 +288,35 @@ async def test_database_failure_answers_ae_and_loses_nothing_once_it_is_back(
 
 
 async def test_rejected_message_is_replayed_once_its_cause_is_fixed(
-    intake: HL7Intake,
     sessions: async_sessionmaker[AsyncSession],
     protector: Protector,
     clock: ManualClock,
+    tmp_path: Path,
 ) -> None:
-    (ack,) = await intake.receive([mllp(adt("MSG-16", facility="NEW_SITE"))])
-    assert ack_fields(ack)[0] == "AR"
+    await seed_demo(sessions, clock=clock, var_dir=tmp_path)
+    fixed = False
+
+    async def parse(message: str, screened: object, tz: object) -> object:
+        if not fixed:
+            raise RuntimeError("a parser bug")
+        from services.intake.parse_pool import parse_inline
+
+        return await parse_inline(message, screened, tz)  # type: ignore[arg-type]
+
+    intake = HL7Intake(
+        store=SqliteStore(sessions),
+        directory=PartnerDirectory(sessions, ttl_seconds=0),
+        protector=protector,
+        clock=clock,
+        full_parse=parse,  # type: ignore[arg-type]
+    )
+    (ack,) = await intake.receive([mllp(adt("MSG-16"))])
+    assert ack_fields(ack)[:3] == ("AR", "MSG-16", "100")
     results = await replay_rejected(sessions, intake, protector.sealer)
-    assert [(r.ack_code, r.hl7_error_code) for r in results] == [("AR", "103")]
+    assert [(r.ack_code, r.hl7_error_code) for r in results] == [("AR", "100")]
     assert len(await inbound(sessions)) == 1  # a failed replay adds no second record
 
-    async with sessions() as s, s.begin():
-        await add_facility(s, partner_id="demo-hospital", facility="NEW_SITE")
+    fixed = True
     results = await replay_rejected(sessions, intake, protector.sealer)
     assert [r.ack_code for r in results] == ["AA"]
     statuses = sorted(r.status for r in await inbound(sessions))
@@ -301,6 +324,90 @@ async def test_rejected_message_is_replayed_once_its_cause_is_fixed(
     kinds = [e.type for e in await events(sessions)]
     assert kinds == ["InboundRejected", "OverdoseReported"]
     assert await replay_rejected(sessions, intake, protector.sealer) == []
+
+
+async def test_a_sender_not_allowed_for_a_facility_is_refused_like_an_unknown_one_unkept(
+    intake: HL7Intake, sessions: async_sessionmaker[AsyncSession], clock: ManualClock
+) -> None:
+    """No enumeration: another hospital's facility, a facility nobody registered and a sender
+    nobody authenticated all get the same answer, and none of them leaves a trace."""
+    async with sessions() as s, s.begin():
+        await create_partner(
+            s, partner_id="other-hospital", program_id="demo", name="O", kind="hospital", now=T0
+        )
+        await add_facility(s, partner_id="other-hospital", facility="OTHER_HOSP")
+    before = _refused("mllp", "facility_not_allowed")
+    theirs, nobodys = await intake.receive(
+        [mllp(adt("MSG-A", facility="OTHER_HOSP")), mllp(adt("MSG-B", facility="ELSEWHERE"))]
+    )
+    (stranger,) = await intake.receive(
+        [HL7Submission(adt("MSG-C").encode(), Channel.MLLP, frozenset())]
+    )
+    answers = [theirs, nobodys, stranger]
+    assert [ack_fields(a) for a in answers] == [
+        ("AR", "MSG-A", "103"),
+        ("AR", "MSG-B", "103"),
+        ("AR", "MSG-C", "103"),
+    ]
+
+    def shape(ack: str) -> list[str]:
+        """All but the echoed MSH-4 and MSH-10 and the ACK's own time and control id."""
+        segments = ack.split("\r")
+        msh = segments[0].split("|")
+        msa = segments[1].split("|")
+        return ["|".join(msh[:5] + msh[7:9] + msh[10:]), msa[0], msa[1], *msa[3:], *segments[2:]]
+
+    assert shape(theirs) == shape(nobodys) == shape(stranger)
+    assert await inbound(sessions) == []
+    assert await events(sessions) == []
+    assert _refused("mllp", "facility_not_allowed") == before + 2
+    (other,) = await intake.receive(
+        [
+            HL7Submission(
+                adt("MSG-D", facility="OTHER_HOSP").encode(),
+                Channel.MLLP,
+                frozenset({"other-hospital"}),
+            )
+        ]
+    )
+    assert ack_fields(other)[0] == "AA"  # its own hospital's connection may
+
+
+async def test_a_resend_is_matched_within_its_partner_only(
+    intake: HL7Intake, sessions: async_sessionmaker[AsyncSession]
+) -> None:
+    """A message id is a partner's own: once a facility passes to another partner, that
+    partner's message with the same MSH-3/4/10 is new, not the first partner's resend."""
+    (first,) = await intake.receive([mllp(adt("SAME-1", facility="MOVING"))])
+    assert ack_fields(first)[0] == "AR"  # nobody has MOVING yet
+    async with sessions() as s, s.begin():
+        await add_facility(s, partner_id="demo-hospital", facility="MOVING")
+    (mine,) = await intake.receive([mllp(adt("SAME-1", facility="MOVING"))])
+    async with sessions() as s, s.begin():
+        await remove_facility(s, partner_id="demo-hospital", facility="MOVING")
+        await create_partner(
+            s, partner_id="other-hospital", program_id="demo", name="O", kind="hospital", now=T0
+        )
+        await add_facility(s, partner_id="other-hospital", facility="MOVING")
+    theirs = HL7Submission(
+        adt("SAME-1", facility="MOVING").encode(), Channel.MLLP, frozenset({"other-hospital"})
+    )
+    (second,) = await intake.receive([theirs])
+    assert ack_fields(mine)[0] == ack_fields(second)[0] == "AA"
+    assert mine != second  # a new message of its own partner, not the other's resend
+    async with sessions() as s:
+        keys = list((await s.execute(sa.select(INBOUND.c.dedupe_key))).scalars())
+    assert len(keys) == 2
+    assert all("MOVING" not in (k or "") for k in keys)  # hashed, never raw partner input
+
+
+def _refused(channel: str, reason: str) -> float:
+    from prometheus_client import REGISTRY
+
+    value = REGISTRY.get_sample_value(
+        "portline_intake_refused_total", {"channel": channel, "reason": reason}
+    )
+    return value or 0.0
 
 
 # --- EMS --------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from services.intake.hl7 import build_ack, normalize, read_header
-from services.intake.mllp_listener import MllpListener
+from services.intake.mllp_listener import MllpListener, MllpPeer
 from tests.hl7_builder import CR, FS, VT, ack_fields, adt, framed, routine
 from tests.unit.test_intake_api import Intake, running_intake
 
@@ -123,12 +123,19 @@ async def echo(payload: bytes) -> str:
     return ack_for(payload)
 
 
+async def trust_everyone(_peer: MllpPeer) -> frozenset[str]:
+    """Framing tests: every connection speaks for the demo hospital (authentication is
+    tests/unit/test_mllp_auth.py's)."""
+    return frozenset({"demo-hospital"})
+
+
 @asynccontextmanager
 async def listening(
     handle: Handle, *, max_message_bytes: int = 1_048_576, idle_timeout: float = 600.0
 ) -> AsyncIterator[MllpListener]:
     listener = MllpListener(
-        handle,
+        lambda payload, _partners: handle(payload),
+        authenticate=trust_everyone,
         host="127.0.0.1",
         port=0,
         now=lambda: NOW,
@@ -373,7 +380,13 @@ async def test_idle_connection_is_closed_after_the_idle_timeout(
 
 
 async def test_stop_closes_open_connections(clients: list[MllpClient]) -> None:
-    listener = MllpListener(echo, host="127.0.0.1", port=0, now=lambda: NOW)
+    listener = MllpListener(
+        lambda payload, _partners: echo(payload),
+        authenticate=trust_everyone,
+        host="127.0.0.1",
+        port=0,
+        now=lambda: NOW,
+    )
     await listener.start()
     client = await connect(listener.port, clients)
     assert ack_fields(await client.request(routine("BEFORE-STOP")))[0] == "AA"

@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from services.intake.mllp_listener import MllpListener
+from services.intake.mllp_listener import MllpListener, MllpPeer
 from tests.hl7_builder import ack_fields, framed, routine
 
 NOW = dt.datetime.now(dt.UTC)  # certificates are checked against the real clock
@@ -53,8 +53,16 @@ async def test_mllp_over_tls_answers_and_refuses_plaintext(tmp_path: Path) -> No
         control = payload.split(b"\r", 1)[0].split(b"|")[9].decode()
         return f"MSH|^~\\&|PORTLINE|||||ACK|A1|P|2.5.1\rMSA|AA|{control}"
 
+    async def anyone(_peer: MllpPeer) -> frozenset[str]:
+        return frozenset({"h"})
+
     listener = MllpListener(
-        handle, host="127.0.0.1", port=0, now=lambda: NOW, ssl_context=server_ctx
+        lambda payload, _partners: handle(payload),
+        authenticate=anyone,
+        host="127.0.0.1",
+        port=0,
+        now=lambda: NOW,
+        ssl_context=server_ctx,
     )
     await listener.start()
     try:

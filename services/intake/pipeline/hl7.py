@@ -10,6 +10,13 @@ MSH-10) gets its original ACK back and creates nothing. A message that can never
 rejected (AR) and kept sealed so that it can be fixed and replayed; a database failure
 answers AE so that the sender retries.
 
+The edge authenticates every submission before it gets here (an MLLP connection by its client
+certificate or source network, an HTTP request by its API key): ``HL7Submission.sender`` names
+the partners it may speak for. A message whose MSH-4 is not one of those partners' facilities,
+or that comes from a sender nobody authenticated, gets the same answer as a facility nobody
+registered (AR, ``unknown_sending_facility``), so the answer reveals nothing; and nothing of it
+is stored: a counter is enough (``portline_intake_refused_total``).
+
 Only messages that themselves meet the program's definition create or revise a report. An A08
 update without the overdose codes does not withdraw a report: updates often carry a partial
 picture of the visit.
@@ -42,7 +49,7 @@ from services.intake.hl7 import (
     screen,
     split_messages,
 )
-from services.intake.metrics import BATCH_SIZE, INTAKE_MESSAGES
+from services.intake.metrics import BATCH_SIZE, INTAKE_MESSAGES, INTAKE_REFUSED
 from services.intake.models import Channel, InboundStatus
 from services.intake.parse_pool import parse_inline
 from services.intake.partners import PartnerContext, PartnerDirectory, facility_key
@@ -80,18 +87,20 @@ FullParse = Callable[[str, Screened, tzinfo], Awaitable[AdtMessage]]
 
 @dataclass(frozen=True, slots=True)
 class HL7Submission:
-    """One MLLP frame or HTTP body. `partner` is set when the edge authenticated one (HTTP)."""
+    """One MLLP frame or HTTP body, and the partners its sender was authenticated for (an
+    empty set: nobody; every message is then refused)."""
 
     raw: bytes
     channel: Channel
-    partner: PartnerContext | None = None
+    sender: frozenset[str]
     replay_of: uuid.UUID | None = None
     """The rejected inbound record this is a replay of: a replay that fails again updates
     that record instead of adding another."""
 
 
 class UnknownFacilityError(HL7Error):
-    """MSH-4 names a facility that is not on this partner's (or this listener's) allow-list."""
+    """MSH-4 names a facility the sender may not speak for (or nobody registered, or the
+    sender is not authenticated): one answer for all three, so it reveals nothing."""
 
     code = "unknown_sending_facility"
     default_hl7_error_code = "103"  # table value not found: MSH-4 is not on the allow-list
@@ -119,13 +128,17 @@ class _Prepared:
     overdose: bool = False
     ack: str | None = None
     replay_of: uuid.UUID | None = None
-    submitter: PartnerContext | None = None
+    recorded_for: str | None = None
+    """The partner a rejection is recorded under; None: the message is refused, not kept."""
     settled: bool = False
     """The commit that stored this message (or failed to) is over: its ACK may leave."""
 
 
 PreparedSubmission = list[_Prepared]
 """One submission's messages, screened and classified by :meth:`HL7Intake.prepare`."""
+
+
+_REFUSAL = "The sending facility (MSH-4) is not allowed to send to this program."
 
 
 def _header_or_none(message: str) -> HL7Header | None:
@@ -139,8 +152,9 @@ def _hash(*parts: str) -> str:
     return hashlib.sha256("|".join(parts).encode()).hexdigest()
 
 
-def _dedupe_key(header: HL7Header) -> str:
-    return _hash(header.sending_application, header.sending_facility, header.control_id)
+def _dedupe_key(partner_id: str, header: HL7Header) -> str:
+    """Resends are matched within one partner: no partner can shadow another's messages."""
+    return _hash(partner_id, header.sending_application, header.sending_facility, header.control_id)
 
 
 def source_key(*parts: str) -> str:
@@ -207,7 +221,7 @@ class HL7Intake:
                     if reply is not None:
                         reply(index, _joined(group))
 
-        routine, general = _partition(flat)
+        routine, general = _partition([p for p in flat if not p.settled])
         if routine and general:
             await asyncio.gather(
                 self._commit(routine, now, self._store_routine, release),
@@ -215,8 +229,10 @@ class HL7Intake:
             )
         elif routine:  # the common case: no task to spawn
             await self._commit(routine, now, self._store_routine, release)
-        else:
+        elif general:
             await self._commit(general, now, self._store_general, release)
+        else:
+            release()
         for label, count in Counter(_status_label(p) for p in flat).items():
             INTAKE_MESSAGES.labels("hl7", label).inc(count)
         return [_joined(group) for group in prepared]
@@ -254,25 +270,72 @@ class HL7Intake:
         the next batch is prepared while the database commits the one before (the event
         loop would otherwise sit idle for that round trip, ADR 0012)."""
         text = normalize(submission.raw)
+        sole = next(iter(submission.sender)) if len(submission.sender) == 1 else None
         try:
             messages = split_messages(text)
         except HL7Error as exc:
-            prepared = [_Prepared(raw=text, header=None, channel=submission.channel, error=exc)]
+            prepared = [
+                _Prepared(
+                    raw=text, header=None, channel=submission.channel, error=exc, recorded_for=sole
+                )
+            ]
         else:
-            prepared = [await self._prepare_one(m, submission) for m in messages]
+            if not submission.sender:  # nobody authenticated: refused unread, nothing kept
+                prepared = [
+                    _Prepared(raw=m, header=_header_or_none(m), channel=submission.channel)
+                    for m in messages
+                ]
+            else:
+                prepared = [await self._prepare_one(m, submission, sole) for m in messages]
+        now = self._clock.now()
         for p in prepared:
             p.replay_of = submission.replay_of
+            if p.recorded_for is None and not p.transient:
+                self._refuse_unkept(p, now, unauthenticated=not submission.sender)
         return prepared
 
-    async def _prepare_one(self, message: str, submission: HL7Submission) -> _Prepared:
-        """Screen and classify one message. Overdose candidates are fully parsed later, by
-        the general commit, so that the routine messages beside them do not wait for it."""
+    @staticmethod
+    def answered(prepared: PreparedSubmission) -> str | None:
+        """The submission's answer when none of its messages needs storing (every one was
+        refused): the edge answers at once, without a commit."""
+        if all(p.settled for p in prepared):
+            return _joined(prepared)
+        return None
+
+    def busy(self, prepared: PreparedSubmission) -> str:
+        """The answer when the submission could not even be queued: AE, resend later."""
+        now = self._clock.now()
+        for p in prepared:
+            if not p.settled:
+                p.ack = self._ack(p, "AE", now, text="Intake is busy; resend.")
+        INTAKE_MESSAGES.labels("hl7", "busy").inc(len(prepared))
+        return _joined(prepared)
+
+    def _refuse_unkept(self, p: _Prepared, now: datetime, *, unauthenticated: bool) -> None:
+        """AR for a message nobody may send as it is; nothing of it is stored."""
+        p.error = UnknownFacilityError(_REFUSAL, location=("MSH", 1, 4))
+        p.ack = self._ack(p, "AR", now, error=p.error)
+        p.settled = True
+        reason = "unauthenticated" if unauthenticated else "facility_not_allowed"
+        INTAKE_REFUSED.labels(p.channel.value, reason).inc()
+
+    async def _prepare_one(
+        self, message: str, submission: HL7Submission, sole: str | None
+    ) -> _Prepared:
+        """Screen and classify one message from an authenticated sender. Overdose candidates
+        are fully parsed later, by the general commit, so that the routine messages beside
+        them do not wait for it. A message that cannot be screened is recorded under its
+        sender when that is one partner (else refused, unkept)."""
         channel = submission.channel
         try:
             screened = screen(message)  # reads the header too: the one pass most messages get
         except HL7Error as exc:
             return _Prepared(
-                raw=message, header=_header_or_none(message), channel=channel, error=exc
+                raw=message,
+                header=_header_or_none(message),
+                channel=channel,
+                error=exc,
+                recorded_for=sole,
             )
         header = screened.header
         p = _Prepared(raw=message, header=header, channel=channel, screened=screened)
@@ -284,12 +347,8 @@ class HL7Intake:
             p.transient = True
             return p
         if p.partner is None:
-            p.submitter = submission.partner  # who sent it over HTTP, for the record
-            p.error = UnknownFacilityError(
-                "The sending facility (MSH-4) is not allowed to send to this program.",
-                location=("MSH", 1, 4),
-            )
-            return p
+            return p  # refused by prepare(), unkept
+        p.recorded_for = p.partner.partner_id
         try:
             check_supported(header)
             if not header.control_id:
@@ -297,7 +356,7 @@ class HL7Intake:
         except HL7Error as exc:
             p.error = exc
             return p
-        p.dedupe_key = _dedupe_key(header)
+        p.dedupe_key = _dedupe_key(p.partner.partner_id, header)
         p.decision = classify_ed(codes=screened.codes, texts=screened.texts)
         p.overdose = p.decision.is_overdose(Definition(p.partner.definition))
         return p
@@ -322,10 +381,9 @@ class HL7Intake:
     async def _partner_for(
         self, header: HL7Header, submission: HL7Submission
     ) -> PartnerContext | None:
-        if submission.partner is None:
-            return await self._directory.by_facility(header.sending_facility)
-        allowed = await self._directory.facilities_of(submission.partner.partner_id)
-        return submission.partner if facility_key(header.sending_facility) in allowed else None
+        """The partner whose facility MSH-4 names, if the sender may speak for it."""
+        owner = await self._directory.by_facility(header.sending_facility)
+        return owner if owner is not None and owner.partner_id in submission.sender else None
 
     async def _store_routine(self, items: list[_Prepared], now: datetime) -> None:
         """Routine messages: the first copy of each is stored, a resend gets its ACK back."""
@@ -413,20 +471,19 @@ class HL7Intake:
                 RejectedAgain(p.replay_of, p.error.code, p.error.message, p.ack)
             )
             return
+        partner_id = p.recorded_for
+        assert partner_id is not None  # unrecorded refusals are answered in prepare()
         inbound_id = self._new_id()
-        known = p.partner or p.submitter
-        partner_id = known.partner_id if known else None
-        source_org = partner_id or (facility_key(p.header.sending_facility) if p.header else "")
         writes.publish(
             InboundRejected(
                 inbound_id=inbound_id,
                 source_kind="ed",
-                source_org=source_org or "unknown",
+                source_org=partner_id,
                 reason_code=p.error.code,
                 reason=p.error.message,
                 received_at=now,
             ),
-            subject=source_org or "unknown",
+            subject=partner_id,
         )
         writes.inbound.append(
             InboundRecord(

@@ -28,9 +28,4 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("task") as batch:
-        batch.drop_column("late")
-    with op.batch_alter_table("episode") as batch:
-        batch.drop_column("late")
-        batch.drop_column("windows_from")
-        batch.drop_column("received_at")
+    raise NotImplementedError("PORTline migrations are forward-only")

@@ -1,0 +1,362 @@
+"""MLLP authentication: who a connection may speak for (networks, client certificates, both),
+mutual TLS end to end with certificates the test makes, connection limits and slow senders."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import ssl
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from services.intake.mllp_listener import MllpListener, MllpPeer
+from services.intake.models import PARTNER_NETWORK
+from services.intake.partners import (
+    MllpRule,
+    MllpRules,
+    PartnerDirectory,
+    add_certificate,
+    add_facility,
+    add_network,
+    create_partner,
+    create_program,
+    list_partners,
+    remove_certificate,
+    remove_network,
+    set_mllp_auth,
+)
+from shared.db import create_engine, session_factory
+from shared.migrations import upgrade
+from tests.certs import CertificateAuthority
+from tests.hl7_builder import ack_fields, framed, routine
+
+NOW = datetime.now(UTC)
+TIMEOUT = 10.0
+FP_A, FP_B = "a" * 64, "b" * 64
+
+
+def rules(*items: MllpRule | None) -> MllpRules:
+    return MllpRules(tuple(r for r in items if r is not None))
+
+
+@pytest.mark.parametrize(
+    ("mode", "networks", "prints", "peer", "fingerprint", "admitted"),
+    [
+        (None, ["10.1.0.0/16"], [], "10.1.2.3", None, True),
+        (None, ["10.1.0.0/16"], [], "10.2.0.1", None, False),
+        (None, ["10.1.0.0/16"], [], "::ffff:10.1.2.3", None, True),  # dual-stack socket
+        (None, [], [FP_A], "192.0.2.9", FP_A, True),
+        (None, [], [FP_A], "192.0.2.9", FP_B, False),
+        (None, [], [FP_A], "192.0.2.9", None, False),
+        (None, ["10.1.0.0/16"], [FP_A], "10.1.2.3", None, False),  # both registered: both due
+        (None, ["10.1.0.0/16"], [FP_A], "10.9.9.9", FP_A, False),
+        (None, ["10.1.0.0/16"], [FP_A], "10.1.2.3", FP_A, True),
+        ("network", ["10.1.0.0/16"], [FP_A], "10.1.2.3", None, True),
+        ("certificate", ["10.1.0.0/16"], [FP_A], "198.51.100.1", FP_A, True),
+        (None, ["2001:db8::/64"], [], "2001:db8::7", None, True),
+        (None, ["2001:db8::/64"], [], "not an address", None, False),
+    ],
+)
+def test_a_connection_speaks_for_a_hospital_only_when_it_shows_what_the_rule_requires(
+    mode: str | None,
+    networks: list[str],
+    prints: list[str],
+    peer: str,
+    fingerprint: str | None,
+    admitted: bool,
+) -> None:
+    found = rules(MllpRule.of("h1", mode, networks, prints)).partners_for(peer, fingerprint)
+    assert found == ({"h1"} if admitted else set())
+
+
+def test_a_hospital_without_what_its_rule_requires_cannot_be_authenticated() -> None:
+    assert MllpRule.of("h1", None, [], []) is None
+    assert MllpRule.of("h1", "certificate", ["10.0.0.0/8"], []) is None
+    assert MllpRule.of("h1", "both", ["10.0.0.0/8"], []) is None
+    assert rules().authenticates_anyone(client_certificates=True) is False
+    certificate_only = rules(MllpRule.of("h1", None, [], [FP_A]))
+    assert certificate_only.authenticates_anyone(client_certificates=False) is False
+    assert certificate_only.authenticates_anyone(client_certificates=True) is True
+
+
+def test_a_shared_network_speaks_for_each_hospital_registered_on_it() -> None:
+    hie = rules(
+        MllpRule.of("h1", None, ["10.0.0.0/24"], []), MllpRule.of("h2", None, ["10.0.0.0/24"], [])
+    )
+    assert hie.partners_for("10.0.0.5", None) == {"h1", "h2"}
+
+
+@pytest.fixture
+async def sessions(tmp_path: Path) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
+    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path}/intake.db", service="intake")
+    await upgrade(engine, service="intake")
+    factory = session_factory(engine)
+    async with factory() as s, s.begin():
+        await create_program(s, program_id="p", name="P", timezone="UTC", definition="opioid")
+        for partner, kind in (("h1", "hospital"), ("h2", "hospital"), ("e1", "ems")):
+            await create_partner(
+                s, partner_id=partner, program_id="p", name=partner, kind=kind, now=NOW
+            )
+        await add_facility(s, partner_id="h1", facility="H1")
+    yield factory
+    await engine.dispose()
+
+
+async def test_networks_and_certificates_are_managed_per_hospital(
+    sessions: async_sessionmaker[AsyncSession], tmp_path: Path
+) -> None:
+    ca = CertificateAuthority(tmp_path)
+    client = ca.issue("h1-engine")
+    async with sessions() as s, s.begin():
+        assert await add_network(s, partner_id="h1", network="10.20.30.7/24") == "10.20.30.0/24"
+        assert await add_network(s, partner_id="h1", network="10.20.30.0/24") == "10.20.30.0/24"
+        fingerprint = await add_certificate(
+            s, partner_id="h1", pem=client.cert.read_bytes(), now=NOW
+        )
+        with pytest.raises(ValueError, match="already belongs to partner 'h1'"):
+            await add_certificate(s, partner_id="h2", pem=client.cert.read_bytes(), now=NOW)
+        with pytest.raises(ValueError, match="only hospital partners"):
+            await add_network(s, partner_id="e1", network="10.0.0.0/8")
+        with pytest.raises(ValueError, match="not a network"):
+            await add_network(s, partner_id="h1", network="10.0.0.300/8")
+        with pytest.raises(ValueError, match="PEM"):
+            await add_certificate(s, partner_id="h1", pem=b"garbage", now=NOW)
+        with pytest.raises(LookupError):
+            await add_network(s, partner_id="nobody", network="10.0.0.0/8")
+        with pytest.raises(ValueError, match="require must be one of"):
+            await set_mllp_auth(s, partner_id="h1", require="anything")
+    assert fingerprint == hashlib.sha256(client.der).hexdigest()
+    directory = PartnerDirectory(sessions, ttl_seconds=0)
+    both = await directory.mllp_rules()
+    assert both.partners_for("10.20.30.9", fingerprint) == {"h1"}
+    assert both.partners_for("10.20.30.9", None) == set()  # both registered: both required
+    async with sessions() as s, s.begin():
+        await set_mllp_auth(s, partner_id="h1", require="network")
+    assert (await directory.mllp_rules()).partners_for("10.20.30.9", None) == {"h1"}
+    async with sessions() as s, s.begin():
+        listed = {p["id"]: p for p in await list_partners(s)}
+        assert listed["h1"]["networks"] == ["10.20.30.0/24"]
+        assert listed["h1"]["mllp_auth"] == "network"
+        assert listed["h2"]["mllp_auth"] == "none (cannot send over MLLP)"
+        assert "mllp_auth" not in listed["e1"]
+        assert await remove_network(s, partner_id="h1", network="10.20.30.0/24")
+        assert not await remove_network(s, partner_id="h1", network="10.20.30.0/24")
+        assert await remove_certificate(
+            s,
+            partner_id="h1",
+            fingerprint=":".join(fingerprint[i : i + 2] for i in range(0, 64, 2)),
+        )
+        assert (
+            await s.execute(sa.select(sa.func.count()).select_from(PARTNER_NETWORK))
+        ).scalar_one() == 0
+    assert (await directory.mllp_rules()).rules == ()
+
+
+async def test_the_directory_never_looks_up_or_caches_what_cannot_exist(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    directory = PartnerDirectory(sessions, ttl_seconds=30, max_entries=8)
+    assert await directory.by_api_key("plk_" + "z" * 5000 + "_secret") is None
+    assert await directory.by_facility("X" * 5000) is None
+    for i in range(100):  # a flood of distinct facility names stays within the bound
+        await directory.by_facility(f"NOPE{i}")
+    assert len(directory._facilities) <= 8
+    assert len(directory._keys) == 0
+
+
+# --------------------------------------------------------------------------- the listener
+
+
+class Seen:
+    def __init__(self) -> None:
+        self.partners: list[frozenset[str]] = []
+
+    async def handle(self, payload: bytes, partners: frozenset[str]) -> str:
+        self.partners.append(partners)
+        control = payload.split(b"\r", 1)[0].split(b"|")[9].decode()
+        code = "AA" if partners else "AR"
+        return f"MSH|^~\\&|PORTLINE|||||ACK|A1|P|2.5.1\rMSA|{code}|{control}"
+
+
+@asynccontextmanager
+async def listening(
+    authenticate: Callable[[MllpPeer], Any], seen: Seen, **kw: Any
+) -> AsyncIterator[MllpListener]:
+    listener = MllpListener(
+        seen.handle, authenticate=authenticate, host="127.0.0.1", port=0, now=lambda: NOW, **kw
+    )
+    await listener.start()
+    try:
+        yield listener
+    finally:
+        await asyncio.wait_for(listener.stop(), TIMEOUT)
+
+
+async def _request(port: int, control: str, ssl_context: ssl.SSLContext | None = None) -> str:
+    reader, writer = await asyncio.wait_for(
+        asyncio.open_connection(
+            "127.0.0.1", port, ssl=ssl_context, server_hostname="localhost" if ssl_context else None
+        ),
+        TIMEOUT,
+    )
+    try:
+        writer.write(framed(routine(control)))
+        await writer.drain()
+        ack = await asyncio.wait_for(reader.readuntil(b"\x1c\r"), TIMEOUT)
+        return ack.strip(b"\x0b\x1c\r").decode()
+    finally:
+        writer.close()
+
+
+async def test_a_connection_from_outside_every_registered_network_speaks_for_nobody() -> None:
+    seen = Seen()
+    by_network = rules(MllpRule.of("h1", None, ["10.99.0.0/16"], []))
+    loopback = rules(MllpRule.of("h1", None, ["127.0.0.0/8"], []))
+    current = {"rules": by_network}
+
+    async def authenticate(peer: MllpPeer) -> frozenset[str]:
+        return current["rules"].partners_for(peer.address, peer.fingerprint)
+
+    async with listening(authenticate, seen) as listener:
+        assert ack_fields(await _request(listener.port, "OUT-1"))[0] == "AR"
+        current["rules"] = loopback
+        assert ack_fields(await _request(listener.port, "IN-1"))[0] == "AA"
+    assert seen.partners == [frozenset(), frozenset({"h1"})]
+
+
+async def test_mutual_tls_recognises_a_hospital_by_its_client_certificate(tmp_path: Path) -> None:
+    ca = CertificateAuthority(tmp_path)
+    server = ca.issue("intake", server=True)
+    ours, theirs = ca.issue("h1-engine"), ca.issue("h2-engine")
+    (tmp_path / "other").mkdir()
+    stranger = CertificateAuthority(tmp_path / "other", "Stranger CA").issue("intruder")
+
+    registered = rules(
+        MllpRule.of("h1", None, [], [hashlib.sha256(ours.der).hexdigest()]),
+        MllpRule.of("h2", None, ["10.0.0.0/8"], [hashlib.sha256(theirs.der).hexdigest()]),
+    )
+
+    async def authenticate(peer: MllpPeer) -> frozenset[str]:
+        return registered.partners_for(peer.address, peer.fingerprint)
+
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    server_ctx.load_cert_chain(server.cert, server.key)
+    server_ctx.load_verify_locations(cafile=str(ca.cert))
+    server_ctx.verify_mode = ssl.CERT_OPTIONAL
+
+    def client(issued: Any = None, *, trust: Path = ca.cert) -> ssl.SSLContext:
+        ctx = ssl.create_default_context(cafile=str(trust))
+        if issued is not None:
+            ctx.load_cert_chain(issued.cert, issued.key)
+        return ctx
+
+    seen = Seen()
+    async with listening(authenticate, seen, ssl_context=server_ctx) as listener:
+        assert ack_fields(await _request(listener.port, "TLS-1", client(ours)))[0] == "AA"
+        # h2 registered a certificate and a network: its certificate from loopback is not enough
+        assert ack_fields(await _request(listener.port, "TLS-2", client(theirs)))[0] == "AR"
+        assert ack_fields(await _request(listener.port, "TLS-3", client()))[0] == "AR"
+        with pytest.raises((ssl.SSLError, ConnectionError, asyncio.IncompleteReadError)):
+            await _request(listener.port, "TLS-4", client(stranger))
+    assert seen.partners == [frozenset({"h1"}), frozenset(), frozenset()]
+
+
+async def test_connections_over_a_partner_s_limit_are_closed_and_others_still_served() -> None:
+    seen = Seen()
+
+    async def authenticate(peer: MllpPeer) -> frozenset[str]:
+        return frozenset({"h1"})
+
+    async with listening(
+        authenticate, seen, max_connections_per_partner=2, max_connections=3
+    ) as listener:
+        held = [await asyncio.open_connection("127.0.0.1", listener.port) for _ in range(2)]
+        for reader, writer in held:  # both served
+            writer.write(framed(routine("HOLD")))
+            await writer.drain()
+            await asyncio.wait_for(reader.readuntil(b"\x1c\r"), TIMEOUT)
+        reader, writer = await asyncio.open_connection("127.0.0.1", listener.port)
+        writer.write(framed(routine("OVER")))
+        await writer.drain()
+        # closed at once, unanswered (a reset, since our frame was never read)
+        with contextlib.suppress(ConnectionResetError):
+            assert await asyncio.wait_for(reader.read(), TIMEOUT) == b""
+        writer.close()
+        held[0][1].close()
+        await asyncio.sleep(0.1)
+        assert ack_fields(await _request(listener.port, "AFTER"))[0] == "AA"
+        for _r, w in held[1:]:
+            w.close()
+
+
+async def test_a_sender_trickling_a_frame_is_cut_off_and_a_new_client_is_still_served() -> None:
+    seen = Seen()
+
+    async def authenticate(peer: MllpPeer) -> frozenset[str]:
+        return frozenset({"h1"})
+
+    async with listening(authenticate, seen, frame_timeout=0.3) as listener:
+        reader, writer = await asyncio.open_connection("127.0.0.1", listener.port)
+        message = framed(routine("SLOW"))
+        started = asyncio.get_running_loop().time()
+        closed = False
+        for byte in message[:-2]:  # one byte every 50 ms: the whole frame would take seconds
+            try:
+                writer.write(bytes([byte]))
+                await writer.drain()
+            except ConnectionError:
+                closed = True
+                break
+            if reader.at_eof():
+                closed = True
+                break
+            await asyncio.sleep(0.05)
+            if asyncio.get_running_loop().time() - started > 3:
+                break
+        try:
+            closed = closed or await asyncio.wait_for(reader.read(), TIMEOUT) == b""
+        except ConnectionError:
+            closed = True  # reset: the server cut the connection with our bytes unread
+        assert closed
+        assert asyncio.get_running_loop().time() - started < 3
+        writer.close()
+        assert ack_fields(await _request(listener.port, "FAST"))[0] == "AA"
+    assert len(seen.partners) == 1  # only the fast client's message was handled
+
+
+class _Rules:
+    def __init__(self, found: MllpRules) -> None:
+        self.found = found
+
+    async def mllp_rules(self) -> MllpRules:
+        return self.found
+
+
+async def test_production_refuses_a_listener_that_can_authenticate_nobody(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from services.intake.app import _check_mllp_can_authenticate
+    from shared.settings import Settings
+
+    nobody, somebody = rules(), rules(MllpRule.of("h1", None, ["10.0.0.0/8"], []))
+    # (keys and the rest of production's checks are not this test's: built unvalidated)
+    production = Settings.model_construct(env="production")
+    with pytest.raises(RuntimeError, match="no hospital can be authenticated"):
+        await _check_mllp_can_authenticate(production, _Rules(nobody), None)  # type: ignore[arg-type]
+    await _check_mllp_can_authenticate(production, _Rules(somebody), None)  # type: ignore[arg-type]
+    await _check_mllp_can_authenticate(Settings(env="development"), _Rules(nobody), None)  # type: ignore[arg-type]
+    loud = Settings.model_construct(env="production", intake_mllp_start_unauthenticated=True)
+    await _check_mllp_can_authenticate(loud, _Rules(nobody), None)  # type: ignore[arg-type]
+    assert any(
+        r.levelname == "ERROR" and "no hospital can be authenticated" in r.getMessage()
+        for r in caplog.records
+    )
