@@ -17,7 +17,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from shared.db import UTCDateTime, bigint_pk, ensure_schema
 
-__all__ = ["create_plumbing_tables_v1", "current_revision", "run_env", "upgrade"]
+__all__ = [
+    "add_outbox_parking_v2",
+    "create_plumbing_tables_v1",
+    "current_revision",
+    "run_env",
+    "upgrade",
+]
 
 _SERVICES_DIR = Path(__file__).resolve().parent.parent / "services"
 
@@ -111,4 +117,21 @@ def create_plumbing_tables_v1() -> None:
         sa.Column("created_at", UTCDateTime(), nullable=False),
         sa.Column("resolved_at", UTCDateTime(), nullable=True),
         sa.UniqueConstraint("consumer", "topic", "partition", "offset"),
+    )
+
+
+def add_outbox_parking_v2() -> None:
+    """Outbox parking (frozen, like v1): `parked_at` and `park_reason` on rows the relay can
+    never publish as they are, and a partial index on the parked rows' keys, which the relay
+    reads to hold back the later rows of a key with a parked row. Both columns are nullable,
+    so writers that do not know them (intake's asyncpg path) keep working."""
+    with op.batch_alter_table("outbox") as batch:
+        batch.add_column(sa.Column("parked_at", UTCDateTime(), nullable=True))
+        batch.add_column(sa.Column("park_reason", sa.String(64), nullable=True))
+    op.create_index(
+        "ix_outbox_parked_key",
+        "outbox",
+        ["key", "id"],
+        postgresql_where=sa.text("parked_at IS NOT NULL"),
+        sqlite_where=sa.text("parked_at IS NOT NULL"),
     )

@@ -38,11 +38,24 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+PARK_REASON_LENGTH = 64
+
 
 class OutboxRecord(SQLModel, table=True):
-    """One event waiting to be (or already) published."""
+    """One event waiting to be (or already) published, or parked."""
 
     __tablename__ = "outbox"
+    __table_args__ = (
+        # The relay holds back the later rows of a key with a parked row: this index answers
+        # "has this key a parked row before this one?" from the (usually empty) parked set.
+        sa.Index(
+            "ix_outbox_parked_key",
+            "key",
+            "id",
+            postgresql_where=sa.text("parked_at IS NOT NULL"),
+            sqlite_where=sa.text("parked_at IS NOT NULL"),
+        ),
+    )
 
     id: int | None = Field(default=None, sa_column=bigint_pk())
     event_id: str = Field(sa_column=sa.Column(sa.String(64), nullable=False, unique=True))
@@ -52,6 +65,12 @@ class OutboxRecord(SQLModel, table=True):
     created_at: datetime = Field(sa_column=sa.Column(UTCDateTime(), nullable=False))
     published_at: datetime | None = Field(
         default=None, sa_column=sa.Column(UTCDateTime(), nullable=True)
+    )
+    parked_at: datetime | None = Field(
+        default=None, sa_column=sa.Column(UTCDateTime(), nullable=True)
+    )
+    park_reason: str | None = Field(
+        default=None, sa_column=sa.Column(sa.String(PARK_REASON_LENGTH), nullable=True)
     )
 
 
