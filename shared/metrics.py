@@ -11,6 +11,7 @@ __all__ = [
     "HTTP_SECONDS",
     "OUTBOX_OLDEST_UNPUBLISHED",
     "OUTBOX_PARKED",
+    "OUTBOX_PARKED_ROWS",
 ]
 
 EVENTS_PUBLISHED = Counter(
@@ -20,6 +21,12 @@ OUTBOX_PARKED = Counter(
     "portline_outbox_parked_total",
     "Outbox rows the relay parked because they can never be published as they are",
     ["service"],
+)
+OUTBOX_PARKED_ROWS = Gauge(
+    "portline_outbox_parked_rows",
+    "Outbox rows parked now, waiting for an operator to fix their cause and retry them",
+    ["service"],
+    multiprocess_mode="livemax",  # as below
 )
 OUTBOX_OLDEST_UNPUBLISHED = Gauge(
     "portline_outbox_oldest_unpublished_seconds",

@@ -36,7 +36,12 @@ from sqlmodel import Field, SQLModel
 
 from shared.clock import Clock
 from shared.db import UTCDateTime, bigint_pk
-from shared.metrics import EVENTS_PUBLISHED, OUTBOX_OLDEST_UNPUBLISHED, OUTBOX_PARKED
+from shared.metrics import (
+    EVENTS_PUBLISHED,
+    OUTBOX_OLDEST_UNPUBLISHED,
+    OUTBOX_PARKED,
+    OUTBOX_PARKED_ROWS,
+)
 
 __all__ = [
     "OUTBOX",
@@ -233,8 +238,9 @@ class OutboxRelay:
         """The last pass found another replica publishing (PostgreSQL's advisory lock)."""
         self._waiting_since: datetime | None = None
         """created_at of the oldest row this relay knows to be waiting, None if none."""
-        # Both series exist from the start, so /metrics shows them (at 0) before any event.
+        # The series exist from the start, so /metrics shows them (at 0) before any event.
         OUTBOX_PARKED.labels(service)
+        OUTBOX_PARKED_ROWS.labels(service).set(0)
         self.report_age()
 
     def wake(self) -> None:
@@ -259,9 +265,10 @@ class OutboxRelay:
         async with self._sessions() as session, session.begin():
             if not await self._lock(session):
                 self._busy = True
-                # The replica holding the lock reports the age; this one stands down.
+                # The replica holding the lock reports; this one stands down.
                 self._waiting_since = None
                 self.report_age()
+                OUTBOX_PARKED_ROWS.labels(self._service).set(0)
                 return 0
             rows = await self._read(session)
             if rows:
@@ -274,10 +281,9 @@ class OutboxRelay:
                 if done.published:
                     self._on_stage("sent")
                 await self._mark(session, done)
-            self._waiting_since = await session.scalar(
-                sa.select(sa.func.min(OUTBOX.c.created_at)).where(_waiting())
-            )
+            self._waiting_since, parked = await self._look(session)
         self.report_age()
+        OUTBOX_PARKED_ROWS.labels(self._service).set(parked)
         for row in done.published:
             EVENTS_PUBLISHED.labels(self._service, row.topic).inc()
         for row, reason in done.parked:
@@ -307,6 +313,17 @@ class OutboxRelay:
             sa.text("select pg_try_advisory_xact_lock(:id)"), {"id": self._lock_id}
         )
         return bool(got.scalar_one())
+
+    async def _look(self, session: AsyncSession) -> tuple[datetime | None, int]:
+        """When the oldest waiting row was created (None if none), and how many are parked."""
+        oldest = sa.select(sa.func.min(OUTBOX.c.created_at)).where(_waiting())
+        parked = (
+            sa.select(sa.func.count()).select_from(OUTBOX).where(OUTBOX.c.parked_at.is_not(None))
+        )
+        row = (
+            await session.execute(sa.select(oldest.scalar_subquery(), parked.scalar_subquery()))
+        ).one()
+        return row[0], int(row[1])
 
     async def _read(self, session: AsyncSession) -> list[_Row]:
         """The next rows to publish in id order, without those held behind a parked row."""

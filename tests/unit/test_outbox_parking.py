@@ -123,6 +123,10 @@ def parked_total(service: str) -> float:
     return REGISTRY.get_sample_value("portline_outbox_parked_total", {"service": service}) or 0
 
 
+def parked_now(service: str) -> float | None:
+    return REGISTRY.get_sample_value("portline_outbox_parked_rows", {"service": service})
+
+
 def oldest_age(service: str) -> float | None:
     return REGISTRY.get_sample_value(
         "portline_outbox_oldest_unpublished_seconds", {"service": service}
@@ -284,12 +288,12 @@ async def test_a_row_that_cannot_be_encoded_is_parked_as_unserialisable(
     assert (await states(sessions))["cannot encode"] == "parked:unserialisable"
 
 
-async def test_the_oldest_waiting_row_s_age_is_reported_each_pass(
+async def test_the_oldest_waiting_row_s_age_and_the_parked_rows_are_reported_each_pass(
     sessions: async_sessionmaker[AsyncSession], clock: ManualClock, service: str
 ) -> None:
     broker = Broker()
     relay = OutboxRelay(sessions, broker, clock=clock, service=service)
-    assert oldest_age(service) == 0  # on /metrics from the start
+    assert (oldest_age(service), parked_now(service)) == (0, 0)  # on /metrics from the start
 
     await commit(sessions, clock, ("p1", HUGE))
     clock.advance(timedelta(minutes=1))
@@ -298,6 +302,7 @@ async def test_the_oldest_waiting_row_s_age_is_reported_each_pass(
     await relay.run_once()
     # The parked row does not count; the row held behind it does.
     assert oldest_age(service) == 300
+    assert parked_now(service) == 1
     clock.advance(timedelta(seconds=30))
     assert relay.report_age() == 330
 
@@ -305,7 +310,7 @@ async def test_the_oldest_waiting_row_s_age_is_reported_each_pass(
     broker.limit = 10 * LIMIT
     await unpark(sessions, parked.id)
     await relay.run_once()
-    assert oldest_age(service) == 0
+    assert (oldest_age(service), parked_now(service)) == (0, 0)
 
 
 async def test_a_stuck_pass_keeps_the_age_rising(

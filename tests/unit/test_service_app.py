@@ -46,6 +46,7 @@ async def test_service_serves_operations_endpoints_and_reports_kafka_not_ready(
             # The outbox's alerting series exist from the start, before anything was parked.
             service = app.state.runtime.service
             assert f'portline_outbox_parked_total{{service="{service}"}}' in metrics.text
+            assert f'portline_outbox_parked_rows{{service="{service}"}} 0.0' in metrics.text
             assert (
                 f'portline_outbox_oldest_unpublished_seconds{{service="{service}"}} 0.0'
                 in metrics.text
