@@ -121,7 +121,12 @@ class KafkaPublisher:
     async def _renew(self) -> None:
         await self.stop()
         self._producer = self._new_producer()
-        await self.start()  # raises while the broker is unreachable: the relay retries
+        try:
+            await self.start()
+        except BaseException:
+            # The broker is unreachable: the relay retries later, and this renews again.
+            await self._producer.stop()  # closes what the failed start opened
+            raise
         self._stale = False
 
     async def publish(self, messages: Sequence[OutgoingMessage]) -> None:

@@ -16,7 +16,7 @@ from prometheus_client import REGISTRY
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 import shared.outbox
-from shared.bus import InMemoryPublisher, kafka_park_reason
+from shared.bus import InMemoryPublisher, KafkaPublisher, kafka_park_reason
 from shared.clock import ManualClock
 from shared.db import create_engine, session_factory
 from shared.envelope import Envelope
@@ -27,6 +27,7 @@ from shared.outbox import (
     OutgoingMessage,
     PublishFailed,
     Unpublishable,
+    park_reason,
     parked_rows,
     unpark,
 )
@@ -376,3 +377,76 @@ def test_kafka_failures_are_final_only_when_no_retry_can_mend_them(
     error: BaseException, reason: str | None
 ) -> None:
     assert kafka_park_reason(error) == reason
+
+
+class FakeProducer:
+    """Stands for aiokafka's producer: the broker fails `rejected` values' deliveries, and
+    `refused` values are refused before sending (the producer's own size check)."""
+
+    def __init__(self, *, rejected: set[bytes], refused: set[bytes]) -> None:
+        self.rejected = rejected
+        self.refused = refused
+        self.started = self.stopped = False
+        self.delivered: list[bytes] = []
+
+    async def start(self) -> None:
+        self.started = True
+
+    async def stop(self) -> None:
+        self.stopped = True
+
+    async def send(
+        self, topic: str, *, value: bytes, key: bytes, headers: object
+    ) -> asyncio.Future[None]:
+        if value in self.refused:
+            raise kafka.MessageSizeTooLargeError("larger than max_request_size")
+        delivery: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if value in self.rejected:
+            delivery.set_exception(kafka.MessageSizeTooLargeError())
+        else:
+            self.delivered.append(value)
+            delivery.set_result(None)
+        return delivery
+
+
+class FakeKafka(KafkaPublisher):
+    def __init__(self, **outcomes: set[bytes]) -> None:
+        self.producers: list[FakeProducer] = []
+        self._outcomes = outcomes
+        super().__init__("127.0.0.1:9", client_id="test")
+
+    def _new_producer(self) -> FakeProducer:
+        self.producers.append(FakeProducer(**self._outcomes))
+        return self.producers[-1]
+
+
+def messages(*values: bytes) -> list[OutgoingMessage]:
+    return [OutgoingMessage("t", b"k", v) for v in values]
+
+
+async def test_the_publisher_tells_what_was_acknowledged_and_renews_after_a_rejection() -> None:
+    publisher = FakeKafka(rejected={b"big"}, refused=set())
+    await publisher.start()
+    with pytest.raises(PublishFailed) as failed:
+        await publisher.publish(messages(b"a", b"big", b"c"))
+    assert failed.value.acked == {0, 2}
+    assert [(i, park_reason(e)) for i, e in failed.value.failures.items()] == [(1, "too_large")]
+    assert len(publisher.producers) == 1  # renewed at the next publish, not before
+
+    await publisher.publish(messages(b"d"))
+    first, second = publisher.producers
+    assert (first.stopped, second.started, second.delivered) == (True, True, [b"d"])
+    await publisher.stop()
+
+
+async def test_a_message_refused_before_sending_stops_the_batch_there() -> None:
+    publisher = FakeKafka(rejected=set(), refused={b"huge"})
+    await publisher.start()
+    with pytest.raises(PublishFailed) as failed:
+        await publisher.publish(messages(b"a", b"huge", b"c"))
+    assert failed.value.acked == {0}
+    assert list(failed.value.failures) == [1]  # "c" was not sent at all
+    assert publisher.producers[0].delivered == [b"a"]
+    await publisher.publish(messages(b"c"))
+    assert len(publisher.producers) == 1  # nothing was delivered out of sequence: no renewal
+    await publisher.stop()
