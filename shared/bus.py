@@ -5,6 +5,10 @@ handler's database transaction, so a crash anywhere redelivers instead of losing
 The records of one fetch are applied in batches (one unit of work each), every partition's
 records in their order; a batch may hold several partitions' records, since records of
 different partitions have no order between them.
+
+The publisher tells the outbox relay which messages the broker acknowledged and which it
+refused for good (`Unpublishable`: too large, an invalid or forbidden topic), so that the relay
+can park those and carry on; every other failure is transient and retried.
 """
 
 from __future__ import annotations
@@ -17,10 +21,20 @@ from collections.abc import Sequence
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.errors import (
+    CorruptRecordException,
+    InvalidTimestampError,
+    InvalidTopicError,
+    MessageSizeTooLargeError,
+    RecordListTooLargeError,
+    RecordTooLargeError,
+    TopicAlreadyExistsError,
+    TopicAuthorizationFailedError,
+    UnsupportedForMessageFormatError,
+)
 
 from shared.inbox import InboxProcessor, IncomingMessage, is_transient
-from shared.outbox import OutgoingMessage
+from shared.outbox import OutgoingMessage, PublishFailed, Unpublishable
 from shared.topics import ALL_TOPICS, TopicSpec
 
 __all__ = [
@@ -28,25 +42,68 @@ __all__ = [
     "InMemoryPublisher",
     "KafkaPublisher",
     "create_topics",
+    "kafka_park_reason",
     "make_consumer",
 ]
 
 log = logging.getLogger(__name__)
 
 
+_TOO_LARGE = (MessageSizeTooLargeError, RecordListTooLargeError, RecordTooLargeError)
+_REFUSED = (
+    InvalidTopicError,
+    TopicAuthorizationFailedError,
+    CorruptRecordException,
+    InvalidTimestampError,
+    UnsupportedForMessageFormatError,
+)
+
+
+def kafka_park_reason(exc: BaseException) -> str | None:
+    """Why no retry can publish a message that failed with `exc` (a park reason), or None for
+    a failure a retry may mend: not connected, no leader, a timeout, not enough replicas, a
+    topic that does not exist yet (it can be created), or anything not known to be final."""
+    if isinstance(exc, _TOO_LARGE):
+        return "too_large"
+    if isinstance(exc, _REFUSED):
+        return f"refused:{type(exc).__name__}"
+    return None
+
+
+def _verdict(exc: BaseException) -> BaseException:
+    """A Kafka failure as the relay reads it: Unpublishable when it is final."""
+    reason = kafka_park_reason(exc)
+    if reason is None:
+        return exc
+    unpublishable = Unpublishable(reason)
+    unpublishable.__cause__ = exc
+    return unpublishable
+
+
 class KafkaPublisher:
-    """An idempotent, acks=all producer; publish() returns once every message is acked."""
+    """An idempotent, acks=all producer; publish() returns once every message is acked.
+
+    When the broker fails a batch for good (a record too large, say), the producer's sequence
+    numbers for that partition run ahead of the broker's, and every later send to it would fail
+    with OutOfOrderSequenceNumber. So after any failed delivery the producer is replaced (a
+    new producer id, fresh sequences) before the next publish."""
 
     def __init__(self, bootstrap_servers: str, *, client_id: str) -> None:
-        self._producer = AIOKafkaProducer(
-            bootstrap_servers=bootstrap_servers,
-            client_id=client_id,
+        self._bootstrap_servers = bootstrap_servers
+        self._client_id = client_id
+        self._producer = self._new_producer()
+        self._started = False
+        self._stale = False
+
+    def _new_producer(self) -> AIOKafkaProducer:
+        return AIOKafkaProducer(
+            bootstrap_servers=self._bootstrap_servers,
+            client_id=self._client_id,
             acks="all",
             enable_idempotence=True,
             linger_ms=5,
             request_timeout_ms=15000,
         )
-        self._started = False
 
     async def start(self) -> None:
         await self._producer.start()
@@ -61,13 +118,43 @@ class KafkaPublisher:
     def started(self) -> bool:
         return self._started
 
+    async def _renew(self) -> None:
+        await self.stop()
+        self._producer = self._new_producer()
+        try:
+            await self.start()
+        except BaseException:
+            # The broker is unreachable: the relay retries later, and this renews again.
+            await self._producer.stop()  # closes what the failed start opened
+            raise
+        self._stale = False
+
     async def publish(self, messages: Sequence[OutgoingMessage]) -> None:
+        if self._stale:
+            await self._renew()
         # Enqueue in order first (keeps per-partition order), then wait for every ack.
-        futures = [
-            await self._producer.send(m.topic, value=m.value, key=m.key, headers=list(m.headers))
-            for m in messages
-        ]
-        await asyncio.gather(*futures)
+        futures: list[asyncio.Future[object]] = []
+        refused: BaseException | None = None
+        for m in messages:
+            try:
+                futures.append(
+                    await self._producer.send(
+                        m.topic, value=m.value, key=m.key, headers=list(m.headers)
+                    )
+                )
+            except Exception as exc:  # refused before sending (too large, no metadata)
+                refused = exc
+                break
+        # Wait for all of them, failed or not, to know which the broker holds.
+        results = await asyncio.gather(*futures, return_exceptions=True)
+        failures = {i: _verdict(r) for i, r in enumerate(results) if isinstance(r, BaseException)}
+        if failures:
+            self._stale = True
+        if refused is not None:
+            failures[len(futures)] = _verdict(refused)
+        if failures:
+            acked = (i for i, r in enumerate(results) if not isinstance(r, BaseException))
+            raise PublishFailed(acked=acked, failures=failures)
 
 
 class InMemoryPublisher:

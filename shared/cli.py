@@ -1,4 +1,5 @@
-"""The `portline` command: run services, migrate their databases, create Kafka topics."""
+"""The `portline` command: run services, migrate their databases, create Kafka topics, and
+see and retry the outbox rows the relay parked."""
 
 from __future__ import annotations
 
@@ -6,11 +7,18 @@ import argparse
 import asyncio
 import importlib
 import sys
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar
 
-from shared.settings import SERVICES, ServiceName, get_settings
+from shared.settings import SERVICES, ServiceName, Settings, get_settings
+
+if TYPE_CHECKING:  # the CLI imports the database plumbing only for the commands that use it
+    from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 __all__ = ["main"]
+
+T = TypeVar("T")
 
 
 def _services(names: Sequence[str]) -> tuple[ServiceName, ...]:
@@ -99,6 +107,107 @@ def _cmd_dev_token(args: argparse.Namespace) -> int:
     return 0
 
 
+class _NoDatabase(Exception):
+    """A service's SQLite file does not exist (opening it would create an empty one)."""
+
+
+def _missing_sqlite_file(settings: Settings, service: str) -> str | None:
+    """The service's SQLite file if it does not exist yet; None if it does (or on PostgreSQL)."""
+    from shared.db import resolve_url
+
+    url = resolve_url(settings.db_url, service)
+    if not url.startswith("sqlite") or ":///" not in url:
+        return None
+    path = url.split(":///", 1)[1]
+    return None if path == ":memory:" or Path(path).exists() else path
+
+
+async def _on_database(
+    settings: Settings,
+    service: str,
+    work: Callable[[async_sessionmaker[AsyncSession]], Awaitable[T]],
+) -> T:
+    """Run `work` on one service's database: its schema on PostgreSQL, its file on SQLite."""
+    from shared.db import create_engine, session_factory
+
+    missing = _missing_sqlite_file(settings, service)
+    if missing is not None:
+        raise _NoDatabase(missing)
+    engine = create_engine(settings.db_url, service=service, schema=settings.schema_for(service))
+    try:
+        return await work(session_factory(engine))
+    finally:
+        await engine.dispose()
+
+
+def _cannot_read(service: str, exc: Exception) -> str:
+    if isinstance(exc, _NoDatabase):
+        return f"{service}: no database at {exc} (run `portline migrate`)"
+    # The error's type only: its text could quote rows.
+    return f"{service}: cannot read its outbox ({type(exc).__name__}; run `portline migrate`?)"
+
+
+def _cmd_outbox_parked(args: argparse.Namespace) -> int:
+    from shared.outbox import ParkedRow, parked_rows
+
+    settings = get_settings()
+    services = _services([args.service] if args.service else [])
+
+    async def go() -> tuple[list[tuple[str, ParkedRow]], list[str]]:
+        found: list[tuple[str, ParkedRow]] = []
+        problems: list[str] = []
+        for service in services:
+            try:
+                rows = await _on_database(settings, service, parked_rows)
+            except Exception as exc:
+                problems.append(_cannot_read(service, exc))
+                continue
+            found.extend((service, row) for row in rows)
+        return found, problems
+
+    found, problems = asyncio.run(go())
+    for problem in problems:
+        print(f"portline outbox parked: {problem}", file=sys.stderr)
+    if not found:
+        print("no parked outbox rows")
+        return 1 if problems else 0
+    # Never the payload: it is the event, and it may carry sealed PHI.
+    table = [("SERVICE", "ID", "TOPIC", "KEY", "REASON", "PARKED AT")] + [
+        (service, str(r.id), r.topic, r.key, r.reason, r.parked_at.isoformat(timespec="seconds"))
+        for service, r in found
+    ]
+    widths = [max(len(line[i]) for line in table) for i in range(len(table[0]) - 1)]
+    for *cells, last in table:
+        print("  ".join([*(c.ljust(w) for c, w in zip(cells, widths, strict=True)), last]))
+    return 1 if problems else 0
+
+
+def _cmd_outbox_retry(args: argparse.Namespace) -> int:
+    from shared.outbox import unpark
+
+    settings = get_settings()
+    service: str = args.service
+
+    async def retry(sessions: async_sessionmaker[AsyncSession]) -> bool:
+        return await unpark(sessions, args.id)
+
+    try:
+        retried = asyncio.run(_on_database(settings, service, retry))
+    except Exception as exc:
+        print(f"portline outbox retry: {_cannot_read(service, exc)}", file=sys.stderr)
+        return 1
+    if not retried:
+        print(
+            f"portline outbox retry: {service} has no parked outbox row {args.id}", file=sys.stderr
+        )
+        return 1
+    print(
+        f"{service}: outbox row {args.id} unparked; its relay tries it again at its next pass "
+        "(and parks it again, with its reason, if it still fails)"
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="portline", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -115,6 +224,20 @@ def build_parser() -> argparse.ArgumentParser:
     topics_sub = topics.add_subparsers(dest="topics_command", required=True)
     create = topics_sub.add_parser("create", help="create the topics that do not exist yet")
     create.set_defaults(func=_cmd_topics)
+
+    outbox = sub.add_parser("outbox", help="outbox rows the relay parked")
+    outbox_sub = outbox.add_subparsers(dest="outbox_command", required=True)
+    parked = outbox_sub.add_parser(
+        "parked", help="list parked outbox rows (never their payload) of one service or all"
+    )
+    parked.add_argument("--service", choices=SERVICES, help="only this service")
+    parked.set_defaults(func=_cmd_outbox_parked)
+    retry = outbox_sub.add_parser(
+        "retry", help="unpark one outbox row so that the relay tries it again"
+    )
+    retry.add_argument("id", type=int, help="the row's id, as `portline outbox parked` shows it")
+    retry.add_argument("--service", required=True, choices=SERVICES, help="the row's service")
+    retry.set_defaults(func=_cmd_outbox_retry)
 
     keys = sub.add_parser("keys", help="secrets")
     keys_sub = keys.add_subparsers(dest="keys_command", required=True)

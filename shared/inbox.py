@@ -7,6 +7,12 @@ keys this service does not hold) is dead-lettered at once.
 Transient infrastructure failures (the database is down) are not the message's fault: they
 are raised to the consumer loop, which backs off and redelivers without counting attempts.
 
+Dead-lettering itself must not fail on what the message holds, or the partition would be
+redelivered for ever: a tombstone (no value) is dead-lettered as such, an event id longer than
+the column is cut, NUL characters (PostgreSQL text refuses them) are dropped from the error,
+and a dead letter that still cannot be stored whole is stored without its payload, as a
+pointer to the message's topic, partition and offset (Kafka keeps it for its retention).
+
 A consumer may also give a batch handler, which applies several events in one call (with
 set-based reads and writes) exactly as the handler would apply them one after another; a
 batch of one goes through the batch handler too, so there is one way to apply an event.
@@ -20,7 +26,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 import sqlalchemy as sa
 from sqlmodel import Field, SQLModel
@@ -38,6 +44,7 @@ __all__ = [
     "InboxRecord",
     "IncomingMessage",
     "Outcome",
+    "dead_letter_row",
     "is_transient",
 ]
 
@@ -91,7 +98,8 @@ class IncomingMessage:
     partition: int
     offset: int
     key: bytes | None
-    value: bytes
+    value: bytes | None
+    """None for a tombstone: no PORTline producer sends one, so it is dead-lettered."""
 
 
 class Outcome(StrEnum):
@@ -110,9 +118,36 @@ def is_transient(exc: BaseException) -> bool:
     return isinstance(exc, _TRANSIENT) or (isinstance(exc, OSError) and exc.errno is not None)
 
 
+EVENT_ID_LENGTH = 64
+ERROR_LENGTH = 2000
+
+
 def _describe(exc: BaseException) -> str:
     # Exception text from handlers is ours, not the partner's; still keep it short.
-    return f"{type(exc).__name__}: {exc}"[:2000]
+    return f"{type(exc).__name__}: {exc}"[:ERROR_LENGTH]
+
+
+def dead_letter_row(
+    message: IncomingMessage,
+    *,
+    consumer: str,
+    event_id: str | None,
+    error: str,
+    attempts: int,
+) -> dict[str, Any]:
+    """The dead_letter row for a message (but its created_at), cut to fit its columns whatever
+    the message holds."""
+    return {
+        "consumer": consumer,
+        "topic": message.topic,
+        "partition": message.partition,
+        "offset": message.offset,
+        "key": message.key,
+        "event_id": event_id[:EVENT_ID_LENGTH] if event_id is not None else None,
+        "payload": message.value if message.value is not None else b"",
+        "error": error.replace("\x00", "")[:ERROR_LENGTH],
+        "attempts": attempts,
+    }
 
 
 class InboxProcessor(Generic[U]):
@@ -140,6 +175,9 @@ class InboxProcessor(Generic[U]):
         self._sleep = sleep
 
     async def process(self, message: IncomingMessage) -> Outcome:
+        if message.value is None:
+            error = "not a PORTline envelope (a tombstone: no value)"
+            return await self._dead_letter(message, None, error, attempts=1)
         try:
             envelope = Envelope.from_bytes(message.value)
         except EnvelopeError as exc:
@@ -183,7 +221,7 @@ class InboxProcessor(Generic[U]):
         decoded: list[Envelope | None] = []
         for m in messages:
             try:
-                decoded.append(Envelope.from_bytes(m.value))
+                decoded.append(None if m.value is None else Envelope.from_bytes(m.value))
             except EnvelopeError:
                 decoded.append(None)
         if any(e is None for e in decoded):
@@ -269,32 +307,30 @@ class InboxProcessor(Generic[U]):
     async def _dead_letter(
         self, message: IncomingMessage, event_id: str | None, error: str, attempts: int
     ) -> Outcome:
-        async with self._uow_factory() as uow:
-            table = DEAD_LETTER
-            exists = await uow.session.execute(
-                sa.select(table.c.id).where(
-                    table.c.consumer == self.consumer,
-                    table.c.topic == message.topic,
-                    table.c.partition == message.partition,
-                    table.c.offset == message.offset,
-                )
+        row = dead_letter_row(
+            message, consumer=self.consumer, event_id=event_id, error=error, attempts=attempts
+        )
+        try:
+            await self._store_dead_letter(row)
+        except Exception as exc:
+            if is_transient(exc):
+                raise
+            # Something in the message still does not fit: store where it is instead, so the
+            # partition moves on and the message can be fetched from Kafka.
+            log.error(
+                "dead letter could not be stored whole; storing where the message is",
+                extra={"consumer": self.consumer, "error": type(exc).__name__},
             )
-            if exists.first() is None:
-                uow.session.add(
-                    DeadLetter(
-                        consumer=self.consumer,
-                        topic=message.topic,
-                        partition=message.partition,
-                        offset=message.offset,
-                        key=message.key,
-                        event_id=event_id,
-                        payload=message.value,
-                        error=error,
-                        attempts=attempts,
-                        created_at=uow.clock.now(),
-                    )
-                )
-                await uow.commit()
+            pointer = {
+                **row,
+                "key": None,
+                "event_id": None,
+                "payload": b"",
+                "error": f"stored without its payload ({type(exc).__name__}); "
+                f"the message is at {message.topic}/{message.partition}/{message.offset}. "
+                f"{row['error']}"[:ERROR_LENGTH],
+            }
+            await self._store_dead_letter(pointer)
         log.error(
             "message dead-lettered",
             extra={
@@ -302,7 +338,23 @@ class InboxProcessor(Generic[U]):
                 "topic": message.topic,
                 "partition": message.partition,
                 "offset": message.offset,
-                "event_id": event_id,
+                "event_id": row["event_id"],
             },
         )
         return Outcome.DEAD_LETTERED
+
+    async def _store_dead_letter(self, row: dict[str, Any]) -> None:
+        """Insert the row unless this consumer already dead-lettered that message."""
+        async with self._uow_factory() as uow:
+            table = DEAD_LETTER
+            exists = await uow.session.execute(
+                sa.select(table.c.id).where(
+                    table.c.consumer == row["consumer"],
+                    table.c.topic == row["topic"],
+                    table.c.partition == row["partition"],
+                    table.c.offset == row["offset"],
+                )
+            )
+            if exists.first() is None:
+                await uow.session.execute(table.insert(), {**row, "created_at": uow.clock.now()})
+                await uow.commit()

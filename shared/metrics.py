@@ -2,12 +2,40 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
-__all__ = ["EVENTS_CONSUMED", "EVENTS_PUBLISHED", "HTTP_REQUESTS", "HTTP_SECONDS"]
+__all__ = [
+    "EVENTS_CONSUMED",
+    "EVENTS_PUBLISHED",
+    "HTTP_REQUESTS",
+    "HTTP_SECONDS",
+    "OUTBOX_OLDEST_UNPUBLISHED",
+    "OUTBOX_PARKED",
+    "OUTBOX_PARKED_ROWS",
+]
 
 EVENTS_PUBLISHED = Counter(
     "portline_outbox_published_total", "Events the outbox relay published", ["service", "topic"]
+)
+OUTBOX_PARKED = Counter(
+    "portline_outbox_parked_total",
+    "Outbox rows the relay parked because they can never be published as they are",
+    ["service"],
+)
+OUTBOX_PARKED_ROWS = Gauge(
+    "portline_outbox_parked_rows",
+    "Outbox rows parked now, waiting for an operator to fix their cause and retry them",
+    ["service"],
+    multiprocess_mode="livemax",  # as below
+)
+OUTBOX_OLDEST_UNPUBLISHED = Gauge(
+    "portline_outbox_oldest_unpublished_seconds",
+    "Age of the oldest outbox row still to be published (parked rows excluded, rows held "
+    "behind them included); 0 when none",
+    ["service"],
+    # With worker processes, only the one holding the publishing lock knows; the others
+    # report 0, so the largest value of the live workers is the answer.
+    multiprocess_mode="livemax",
 )
 EVENTS_CONSUMED = Counter(
     "portline_inbox_events_total",

@@ -50,13 +50,23 @@ async def create_widget(uow: UnitOfWork, name: str, *, subject: str) -> Envelope
     return uow.publish(WidgetCreated(widget_id=widget_id, name=name), subject=subject)
 
 
-async def ensure_topic(bootstrap: str, name: str, partitions: int = 1) -> str:
+async def ensure_topic(
+    bootstrap: str, name: str, partitions: int = 1, *, configs: dict[str, str] | None = None
+) -> str:
+    """Create the topic unless it exists (`configs`, e.g. max.message.bytes, apply to a new one)."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
         if name not in await admin.list_topics():
             await admin.create_topics(
-                [NewTopic(name=name, num_partitions=partitions, replication_factor=1)]
+                [
+                    NewTopic(
+                        name=name,
+                        num_partitions=partitions,
+                        replication_factor=1,
+                        topic_configs=configs or {},
+                    )
+                ]
             )
     finally:
         await admin.close()

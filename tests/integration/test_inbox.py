@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 
 import pytest
 import sqlalchemy as sa
+from aiokafka import AIOKafkaProducer
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from shared.bus import ConsumerLoop, KafkaPublisher, make_consumer
@@ -100,3 +101,82 @@ async def test_poison_message_is_retried_then_dead_lettered_and_the_rest_flow(
     # Offsets were committed past everything: a restarted consumer in the group sees nothing new.
     await run_consumer(lambda: True, linger=3.0)
     assert calls == {"good-0": 1, "poison": 3, "good-1": 1, "good-2": 1}
+
+
+async def test_messages_that_do_not_fit_the_dead_letter_table_still_let_the_partition_move_on(
+    uow_factory: Callable[[], UnitOfWork],
+    sessions: async_sessionmaker[AsyncSession],
+    kafka_bootstrap: str,
+    test_topic: str,
+) -> None:
+    """A tombstone (NOT NULL payload), an event id longer than the columns and a NUL in the
+    error text (PostgreSQL refuses both) each made the dead letter's own insert fail, so the
+    consumer was restarted and handed the same record for ever."""
+    subject = f"person-{uuid.uuid4()}"
+    long_id = envelope("long id", subject).model_copy(update={"id": "e" * 100})
+    nul = envelope("nul in its error", subject)
+    good = [envelope(f"good-{i}", subject) for i in range(3)]
+
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, enable_idempotence=True)
+    await producer.start()
+    try:
+        key = subject.encode()
+        for value in (
+            good[0].to_bytes(),
+            None,  # a tombstone
+            long_id.to_bytes(),
+            good[1].to_bytes(),
+            nul.to_bytes(),
+            good[2].to_bytes(),
+        ):
+            await producer.send_and_wait(test_topic, value=value, key=key)
+    finally:
+        await producer.stop()
+
+    async def handle(uow: UnitOfWork, env: Envelope) -> None:
+        if env.subject != subject:
+            return
+        if env.id == nul.id:
+            raise ValueError("cannot apply \x00 this")
+        await uow.session.execute(applied.insert().values(event_id=env.id, name=env.data["name"]))
+
+    processor = InboxProcessor("test.unfit", uow_factory, handle, max_attempts=2, backoff_seconds=0)
+
+    async def dead_letters() -> list[DeadLetter]:
+        async with sessions() as s:
+            rows = await s.execute(
+                sa.select(DeadLetter)
+                .where(DeadLetter.key == subject.encode())
+                .order_by(DeadLetter.offset)
+            )
+            return list(rows.scalars())
+
+    async def applied_names() -> list[str]:
+        async with sessions() as s:
+            rows = await s.execute(
+                sa.select(applied.c.name)
+                .where(applied.c.name.like("good-%"))
+                .order_by(applied.c.id)
+            )
+            return list(rows.scalars())
+
+    async def settled() -> bool:
+        return len(await applied_names()) == 3 and len(await dead_letters()) == 3
+
+    stop = asyncio.Event()
+    consumer = make_consumer(kafka_bootstrap, group_id=f"g-{uuid.uuid4()}", topics=[test_topic])
+    await consumer.start()
+    task = asyncio.create_task(ConsumerLoop(consumer, processor).run(stop))
+    try:
+        await wait_for(settled, timeout=30)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
+        await consumer.stop()
+
+    assert await applied_names() == ["good-0", "good-1", "good-2"]
+    letters = await dead_letters()
+    assert [d.payload for d in letters] == [b"", long_id.to_bytes(), nul.to_bytes()]
+    assert "tombstone" in letters[0].error
+    assert letters[1].event_id == "e" * 64
+    assert letters[2].error == "ValueError: cannot apply  this"

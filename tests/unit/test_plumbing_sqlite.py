@@ -426,3 +426,75 @@ async def test_published_events_reach_the_outbox_only_with_the_commit(
         payloads = (await s.execute(sa.select(OUTBOX.c.payload).order_by(OUTBOX.c.id))).scalars()
         names = [Envelope.from_bytes(p).data["name"] for p in payloads]
     assert names == ["kept"]
+
+
+async def test_a_tombstone_is_dead_lettered_and_the_batch_goes_on(
+    uow_factory: Callable[[], UnitOfWork], sessions: async_sessionmaker[AsyncSession]
+) -> None:
+    """A record without a value used to fail its own dead-lettering (payload is NOT NULL), so
+    the partition was redelivered for ever."""
+    async with uow_factory() as uow:
+        before = await create_widget(uow, "before", subject="p")
+        after = await create_widget(uow, "after", subject="p")
+
+    async def handle(uow: UnitOfWork, e: Envelope) -> None:
+        await uow.session.execute(applied.insert().values(event_id=e.id, name=e.data["name"]))
+
+    tombstone = IncomingMessage(topic=TEST_TOPIC, partition=0, offset=1, key=b"p", value=None)
+    processor = InboxProcessor("t", uow_factory, handle)
+    outcomes = await processor.process_batch([message(before, 0), tombstone, message(after, 2)])
+    assert outcomes == [Outcome.APPLIED, Outcome.DEAD_LETTERED, Outcome.APPLIED]
+    assert await processor.process(tombstone) is Outcome.DEAD_LETTERED  # redelivered: one row
+    async with sessions() as s:
+        letters = (await s.execute(sa.select(DEAD_LETTER.c.payload, DEAD_LETTER.c.error))).all()
+        names = sorted((await s.execute(sa.select(applied.c.name))).scalars())
+    assert [(payload, "tombstone" in error) for payload, error in letters] == [(b"", True)]
+    assert names == ["after", "before"]
+
+
+async def test_a_dead_letter_is_cut_to_fit_whatever_the_message_holds(
+    uow_factory: Callable[[], UnitOfWork], sessions: async_sessionmaker[AsyncSession]
+) -> None:
+    """On PostgreSQL an event id over 64 characters or a NUL in the error text would make the
+    dead letter's own insert fail, and the partition would be redelivered for ever."""
+    async with uow_factory() as uow:
+        await create_widget(uow, "w", subject="p")
+        env = uow.published[0].model_copy(update={"id": "e" * 100})
+
+    async def fail(uow: UnitOfWork, e: Envelope) -> None:
+        raise ValueError("cannot apply \x00 this")
+
+    processor = InboxProcessor("t", uow_factory, fail, max_attempts=1)
+    assert await processor.process(message(env, 5)) is Outcome.DEAD_LETTERED
+    async with sessions() as s:
+        [(event_id, error)] = (
+            await s.execute(sa.select(DEAD_LETTER.c.event_id, DEAD_LETTER.c.error))
+        ).all()
+    assert event_id == "e" * 64
+    assert error == "ValueError: cannot apply  this"
+
+
+async def test_a_dead_letter_that_cannot_be_stored_whole_is_stored_as_a_pointer(
+    uow_factory: Callable[[], UnitOfWork], sessions: async_sessionmaker[AsyncSession]
+) -> None:
+    async with sessions() as s, s.begin():
+        # Stands for a value the database refuses, whatever it may be.
+        await s.execute(
+            sa.text(
+                "CREATE TRIGGER refuse_payloads BEFORE INSERT ON dead_letter "
+                "WHEN length(NEW.payload) > 0 BEGIN SELECT RAISE(ABORT, 'refused'); END"
+            )
+        )
+
+    async def never(uow: UnitOfWork, e: Envelope) -> None:
+        raise AssertionError("must not be called")
+
+    processor = InboxProcessor("t", uow_factory, never)
+    assert await processor.process(message(b"not an envelope", 7)) is Outcome.DEAD_LETTERED
+    async with sessions() as s:
+        [(payload, error)] = (
+            await s.execute(sa.select(DEAD_LETTER.c.payload, DEAD_LETTER.c.error))
+        ).all()
+    assert payload == b""
+    assert error.startswith("stored without its payload (IntegrityError)")
+    assert f"{TEST_TOPIC}/0/7" in error

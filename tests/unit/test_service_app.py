@@ -43,6 +43,14 @@ async def test_service_serves_operations_endpoints_and_reports_kafka_not_ready(
             metrics = await client.get("/metrics")
             assert metrics.status_code == 200
             assert "portline_http_requests_total" in metrics.text
+            # The outbox's alerting series exist from the start, before anything was parked.
+            service = app.state.runtime.service
+            assert f'portline_outbox_parked_total{{service="{service}"}}' in metrics.text
+            assert f'portline_outbox_parked_rows{{service="{service}"}} 0.0' in metrics.text
+            assert (
+                f'portline_outbox_oldest_unpublished_seconds{{service="{service}"}} 0.0'
+                in metrics.text
+            )
 
             assert (await client.get("/docs")).status_code == 200
             spec = (await client.get("/openapi.json")).json()
