@@ -29,15 +29,17 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 
-from services.intake.hl7 import HL7Error, build_ack
+from services.intake.hl7 import HL7Error, build_ack, normalize, read_header
 from services.intake.metrics import MLLP_CONNECTIONS
 from services.intake.mllp import FramingError, MllpDecoder, frame
+from shared.inbox import is_transient
 
 __all__ = ["FramingRejected", "MllpListener", "MllpPeer"]
 
 log = logging.getLogger(__name__)
 
 _NOBODY = "(unauthenticated)"
+_UNVERIFIED = "(not verified yet)"
 
 
 class FramingRejected(HL7Error):
@@ -146,22 +148,24 @@ class MllpListener:
                 MLLP_CONNECTIONS.labels("refused_total_limit").inc()
                 return
             peer = _peer(writer)
+            partners: frozenset[str] | None
             try:
                 partners = await self._authenticate(peer)
             except Exception:
-                # The partner directory is unavailable: the sender reconnects later.
-                log.warning("cannot authenticate an MLLP connection now; closing it")
-                MLLP_CONNECTIONS.labels("refused_unavailable").inc()
-                return
-            buckets = tuple(sorted(partners)) or (_NOBODY,)
+                # The partner registry cannot be read (the database is down): every frame
+                # asks again, and is answered AE until it can be, so nothing is lost.
+                log.warning("cannot authenticate an MLLP connection yet; answering AE meanwhile")
+                partners = None
+            buckets = (_UNVERIFIED,) if partners is None else tuple(sorted(partners)) or (_NOBODY,)
             if any(self._open[b] >= self._per_partner for b in buckets):
                 MLLP_CONNECTIONS.labels("refused_partner_limit").inc()
                 buckets = ()
                 return
             self._open.update(buckets)
             self._connections.add(task)
-            MLLP_CONNECTIONS.labels("accepted" if partners else "unauthenticated").inc()
-            if not partners:
+            outcome = "unverified" if partners is None else "accepted" if partners else None
+            MLLP_CONNECTIONS.labels(outcome or "unauthenticated").inc()
+            if partners is not None and not partners:
                 log.warning("MLLP connection from a peer no partner is registered for")
             await self._serve(reader, writer, peer)
         except (ConnectionError, TimeoutError, asyncio.IncompleteReadError):
@@ -234,10 +238,17 @@ class MllpListener:
         try:
             partners = await self._authenticate(peer)  # cached: a removal takes effect soon
             return await self._handle(payload, partners)
-        except Exception:
-            log.exception("message handling failed; answering AE")
+        except Exception as exc:
+            if is_transient(exc):
+                log.warning("partner registry unavailable; answering AE")
+            else:
+                log.exception("message handling failed; answering AE")
+            try:  # echo MSH-10 when the header can be read, so the sender can match the AE
+                header = read_header(normalize(payload))
+            except HL7Error:
+                header = None
             return build_ack(
-                None,
+                header,
                 "AE",
                 now=self._now(),
                 control_id=uuid.uuid4().hex[:20],

@@ -37,6 +37,7 @@ from tests.unit.test_intake_handlers import run
 
 pytestmark = pytest.mark.integration
 
+HOSPITAL = frozenset({"demo-hospital"})
 PROTECTOR = Protector(Sealer(Keyring({"it": b"i" * 32}, "it")), BlindIndexer(b"j" * 32))
 
 
@@ -88,7 +89,7 @@ async def test_overdose_reaches_kafka_keyed_by_person_with_identity_sealed(
     family = f"Zq{uuid.uuid4().hex[:8]}"
     try:
         (ack,) = await intake.receive(
-            [HL7Submission(adt(control, family=family).encode(), Channel.MLLP)]
+            [HL7Submission(adt(control, family=family).encode(), Channel.MLLP, HOSPITAL)]
         )
     finally:
         await store.close()
@@ -128,7 +129,7 @@ async def test_two_replicas_receiving_the_same_message_at_once_store_it_once(
     try:
         rounds = await asyncio.gather(
             *[
-                replica.receive([HL7Submission(message, Channel.MLLP)])
+                replica.receive([HL7Submission(message, Channel.MLLP, HOSPITAL)])
                 for replica in (first, second, first, second)
             ]
         )
@@ -155,17 +156,17 @@ async def test_routine_messages_are_one_statement_and_resends_get_the_original_a
     try:
         a, b = f"FP-{uuid.uuid4().hex[:8]}", f"FP-{uuid.uuid4().hex[:8]}"
         first = await intake.receive(
-            [HL7Submission(routine(c).encode(), Channel.MLLP) for c in (a, b, a)]
+            [HL7Submission(routine(c).encode(), Channel.MLLP, HOSPITAL) for c in (a, b, a)]
         )
         assert [ack_fields(x)[:2] for x in first] == [("AA", a), ("AA", b), ("AA", a)]
         assert first[0] == first[2]
-        again = await intake.receive([HL7Submission(routine(a).encode(), Channel.MLLP)])
+        again = await intake.receive([HL7Submission(routine(a).encode(), Channel.MLLP, HOSPITAL)])
         assert again == [first[0]]
         # beside an overdose (the general write), a routine resend still gets its first ACK
         both = await intake.receive(
             [
-                HL7Submission(routine(b).encode(), Channel.MLLP),
-                HL7Submission(adt(f"FPO-{a}").encode(), Channel.MLLP),
+                HL7Submission(routine(b).encode(), Channel.MLLP, HOSPITAL),
+                HL7Submission(adt(f"FPO-{a}").encode(), Channel.MLLP, HOSPITAL),
             ]
         )
         assert both[0] == first[1]
@@ -207,9 +208,9 @@ async def test_routine_messages_are_answered_while_an_overdose_beside_them_is_st
         batch = asyncio.create_task(
             intake.receive(
                 [
-                    HL7Submission(routine(a).encode(), Channel.MLLP),
-                    HL7Submission(adt(od).encode(), Channel.MLLP),
-                    HL7Submission(routine(b).encode(), Channel.MLLP),
+                    HL7Submission(routine(a).encode(), Channel.MLLP, HOSPITAL),
+                    HL7Submission(adt(od).encode(), Channel.MLLP, HOSPITAL),
+                    HL7Submission(routine(b).encode(), Channel.MLLP, HOSPITAL),
                 ],
                 reply=reply,
             )
@@ -461,7 +462,7 @@ async def test_two_replicas_with_the_first_report_of_one_pcr_at_once_store_it_on
 
 
 def _mllp(message: str) -> HL7Submission:
-    return HL7Submission(message.encode(), Channel.MLLP)
+    return HL7Submission(message.encode(), Channel.MLLP, HOSPITAL)
 
 
 async def test_hl7_overdoses_are_one_lookup_and_one_statement_past_sqlalchemy(
