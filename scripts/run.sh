@@ -25,9 +25,13 @@ if [[ -z "${KAFKA_BOOTSTRAP_SERVERS:-}" ]]; then
   export KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:${KAFKA_PORT:-9092}
 fi
 
+# Development comes only from here (or an explicit PORTLINE_ENV): everything else defaults to
+# production, which refuses to start without its keys and never generates them.
+export PORTLINE_ENV="${PORTLINE_ENV:-development}"
+
 "$BIN/portline" topics create
 "$BIN/portline" migrate
-if [[ "${PORTLINE_ENV:-development}" == "development" ]]; then
+if [[ "$PORTLINE_ENV" == "development" ]]; then
   "$BIN/portline" intake seed-demo
 fi
 "$BIN/portline" run all

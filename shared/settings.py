@@ -1,7 +1,9 @@
 """One typed settings object for every service, read once at start-up.
 
-Secrets are refused when they look like placeholders outside development, and a production
-service with a missing key stops at start instead of running unsealed.
+The default environment is production: development comes only from `make run` or an explicit
+PORTLINE_ENV. Secrets are refused when they look like placeholders outside development, and a
+production service with a missing key stops at start instead of running unsealed (keys are
+generated only in development).
 """
 
 from __future__ import annotations
@@ -38,7 +40,12 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="PORTLINE_", extra="ignore", frozen=True)
 
-    env: Literal["development", "test", "production"] = "development"
+    env: Literal["development", "test", "production"] = Field(
+        default="production",
+        description="Production unless said otherwise: a bare `portline run` and the "
+        "container image refuse to start without their keys and never generate them. "
+        "`make run` sets development.",
+    )
     database_url: str | None = Field(
         default=None,
         validation_alias="DATABASE_URL",

@@ -28,6 +28,7 @@ def var_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     monkeypatch.delenv("DATABASE_URL", raising=False)
     monkeypatch.delenv("PORTLINE_DB_SCHEMA_PREFIX", raising=False)
     monkeypatch.setenv("PORTLINE_VAR_DIR", str(tmp_path))
+    monkeypatch.setenv("PORTLINE_ENV", "development")
     get_settings.cache_clear()
     yield tmp_path
     get_settings.cache_clear()

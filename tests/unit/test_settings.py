@@ -52,6 +52,7 @@ def test_environment_is_read_once_with_unprefixed_infrastructure_urls(
     monkeypatch.setenv("DATABASE_URL", "postgresql://u:p@db:5432/portline")
     monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "kafka:9092")
     monkeypatch.setenv("PORTLINE_OUTREACH_PORT", "9003")
+    monkeypatch.setenv("PORTLINE_ENV", "development")
     settings = Settings()
     assert settings.database_url == "postgresql://u:p@db:5432/portline"
     assert settings.kafka_bootstrap_servers == "kafka:9092"
@@ -59,6 +60,30 @@ def test_environment_is_read_once_with_unprefixed_infrastructure_urls(
 
 
 def test_mllp_runs_in_a_single_process_or_the_first_worker_only() -> None:
-    assert Settings(worker="").runs_mllp
-    assert Settings(worker="intake-0").runs_mllp
-    assert not Settings(worker="intake-1").runs_mllp
+    assert Settings(env="development", worker="").runs_mllp
+    assert Settings(env="development", worker="intake-0").runs_mllp
+    assert not Settings(env="development", worker="intake-1").runs_mllp
+
+
+def test_without_a_setting_it_is_production_which_refuses_to_start_without_keys() -> None:
+    with pytest.raises(ValidationError, match="PORTLINE_SEAL_KEYS is required"):
+        Settings()
+    key = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="
+    ready = Settings(seal_keys=f"k1:{key}", blind_index_key=key, jwt_secret="q7Jd0sXw3Lr9Vt2N")
+    assert ready.env == "production"
+    assert not ready.is_development
+
+
+def test_a_bare_portline_run_refuses_to_start_without_keys(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from shared.cli import main
+    from shared.settings import get_settings
+
+    get_settings.cache_clear()
+    try:
+        assert main(["run", "intake"]) == 2
+    finally:
+        get_settings.cache_clear()
+    err = capsys.readouterr().err
+    assert "PORTLINE_SEAL_KEYS is required when PORTLINE_ENV=production" in err
