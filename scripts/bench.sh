@@ -54,6 +54,16 @@ echo "== benchmark"
 started_at=$SECONDS
 as_bench "$BIN/python" -m tests.bench.intake_bench --var-dir "$bench_var" "$@"
 
+# The same MLLP feed over mutual TLS (client certificate and network), on a fresh schema.
+# BENCH_NO_TLS=1 skips it.
+if [[ "${BENCH_NO_TLS:-}" != 1 ]]; then
+  echo "== intake benchmark over mutual TLS (fresh schema)"
+  as_bench "$BIN/python" -m tests.bench.prepare drop-schema
+  as_bench "$BIN/portline" migrate intake
+  as_bench "$BIN/portline" intake seed-demo >/dev/null
+  as_bench "$BIN/python" -m tests.bench.intake_bench --var-dir "$bench_var" --tls --no-ems "$@"
+fi
+
 # Scheduler: timers/s with 3 replicas vs 1 runner, and OverdoseReported -> TaskScheduled latency
 # (tests/bench/scheduler_bench.py; drops and re-creates schemas bench_scheduler_timers and
 # bench_scheduler). BENCH_NO_SCHEDULER=1 skips it.

@@ -33,13 +33,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import hashlib
 import json
 import os
 import pstats
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -59,6 +59,7 @@ from services.intake.classify import Definition, classify_ed
 from services.intake.ems_json import EmsRunReportIn, to_record
 from services.intake.hl7 import read_header, screen
 from services.intake.pipeline import classify_run
+from services.intake.pipeline.hl7 import dedupe_key as partner_dedupe_key
 from shared.db import create_engine
 from shared.topics import INTAKE_OVERDOSES, INTAKE_REJECTED
 from tests.bench.messages import EmsCase, HL7Case, ems_reports, hl7_messages
@@ -109,10 +110,8 @@ def fmt_rate(value: float) -> str:
 
 
 def dedupe_key(message: str) -> str:
-    """What intake stores as inbound_message.dedupe_key: SHA-256 of MSH-3|MSH-4|MSH-10."""
-    h = read_header(message)
-    triple = f"{h.sending_application}|{h.sending_facility}|{h.control_id}"
-    return hashlib.sha256(triple.encode()).hexdigest()
+    """What intake stores as inbound_message.dedupe_key for the demo hospital's message."""
+    return partner_dedupe_key("demo-hospital", read_header(message))
 
 
 def chunks(items: Sequence[str], size: int) -> Iterable[Sequence[str]]:
@@ -292,6 +291,34 @@ class Server:
         return ""
 
 
+def mutual_tls(env: dict[str, str], server_env: dict[str, str], var_dir: Path) -> ssl.SSLContext:
+    """Certificates for this run (a CA, the listener's, the demo hospital's client one): the
+    listener asks for client certificates and the hospital is registered by its own; the
+    client context the driver connects with."""
+    from tests.certs import CertificateAuthority
+
+    directory = var_dir / "tls"
+    directory.mkdir(exist_ok=True)
+    ca = CertificateAuthority(directory)
+    server, client = ca.issue("intake", server=True), ca.issue("demo-hospital-engine")
+    server_env.update(
+        PORTLINE_INTAKE_MLLP_TLS_CERT=str(server.cert),
+        PORTLINE_INTAKE_MLLP_TLS_KEY=str(server.key),
+        PORTLINE_INTAKE_MLLP_TLS_CLIENT_CA=str(ca.cert),
+    )
+    register = ["partners", "add-certificate", "--id", "demo-hospital"]
+    subprocess.run(
+        [portline(), *register, "--certificate", str(client.cert)],
+        env=env,
+        check=True,
+        timeout=120,
+        capture_output=True,
+    )
+    context = ssl.create_default_context(cafile=str(ca.cert))
+    context.load_cert_chain(client.cert, client.key)
+    return context
+
+
 def start_server(env: dict[str, str], var_dir: Path, *, wrapper: bool) -> Server:
     http_port, mllp_port = free_port(), free_port()
     env = {
@@ -381,8 +408,11 @@ async def _connection(
     result: DriveResult,
     ready: asyncio.Event,
     opened: Callable[[], None],
+    tls: ssl.SSLContext | None = None,
 ) -> None:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    reader, writer = await asyncio.open_connection(
+        "127.0.0.1", port, ssl=tls, server_hostname="localhost" if tls else None
+    )
     opened()
     await ready.wait()
     clock = time.perf_counter
@@ -430,6 +460,7 @@ async def drive_mllp(
     timeout: float,
     on_start: Callable[[], None] = lambda: None,
     on_end: Callable[[], None] = lambda: None,
+    tls: ssl.SSLContext | None = None,
 ) -> DriveResult:
     """Send every case over `connections` connections; the clock runs from the moment all are
     open until the last ACK arrived."""
@@ -447,7 +478,7 @@ async def drive_mllp(
             all_open.set()
 
     tasks = [
-        asyncio.create_task(_connection(port, share, window, result, ready, opened))
+        asyncio.create_task(_connection(port, share, window, result, ready, opened, tls))
         for share in shares
     ]
     try:
@@ -719,6 +750,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "$PORTLINE_INTAKE_WORKERS, else one per CPU, as docs/intake.md advises. "
         "Always 1 with --sqlite, --profile, --count-sql and --experiment",
     )
+    p.add_argument(
+        "--tls",
+        action="store_true",
+        help="MLLP over mutual TLS (certificates made for the run; the demo hospital is then "
+        "recognised by its client certificate and its loopback network)",
+    )
     p.add_argument("--var-dir", type=Path, help="default: $PORTLINE_VAR_DIR or a temp dir")
     args = p.parse_args(argv)
     if args.messages < 1 or args.connections < 1 or args.window < 1 or args.workers < 1:
@@ -777,6 +814,7 @@ async def run(args: argparse.Namespace, var_dir: Path) -> int:
         "BENCH_EXPERIMENTS": ",".join(args.experiment),
         "PORTLINE_INTAKE_WORKERS": str(args.workers),
     }
+    tls = mutual_tls(env, server_env, var_dir) if args.tls else None
     print("starting intake ...")
     server = start_server(server_env, var_dir, wrapper=wrapper)
     print(
@@ -793,6 +831,7 @@ async def run(args: argparse.Namespace, var_dir: Path) -> int:
             connections=args.connections,
             window=args.window,
             timeout=conn_timeout,
+            tls=tls,
         )
         batches_before = scrape_batches(server.base_url)
         samples: dict[str, CpuSample] = {}
@@ -819,6 +858,7 @@ async def run(args: argparse.Namespace, var_dir: Path) -> int:
             timeout=conn_timeout,
             on_start=phase_start,
             on_end=phase_end,
+            tls=tls,
         )
         batches_after = scrape_batches(server.base_url)
         report.problems += warm.errors + mllp.errors
@@ -941,6 +981,7 @@ async def run(args: argparse.Namespace, var_dir: Path) -> int:
         f"feed: {len(cases):,} ADT A01/A03/A04/A08 messages, {sum(c.overdose for c in cases)} "
         f"overdoses ({od_share:.2f} %), + {len(warm_cases)} warm-up; "
         f"{args.connections} MLLP connections, window {args.window}"
+        + (", mutual TLS (client certificate and loopback network)" if args.tls else "")
     )
     report.head("parse-only baselines (this process, one core, same messages)")
     for r in rates:

@@ -76,6 +76,7 @@ __all__ = [
     "HL7Submission",
     "PreparedSubmission",
     "UnknownFacilityError",
+    "dedupe_key",
     "source_key",
 ]
 
@@ -152,7 +153,7 @@ def _hash(*parts: str) -> str:
     return hashlib.sha256("|".join(parts).encode()).hexdigest()
 
 
-def _dedupe_key(partner_id: str, header: HL7Header) -> str:
+def dedupe_key(partner_id: str, header: HL7Header) -> str:
     """Resends are matched within one partner: no partner can shadow another's messages."""
     return _hash(partner_id, header.sending_application, header.sending_facility, header.control_id)
 
@@ -356,7 +357,7 @@ class HL7Intake:
         except HL7Error as exc:
             p.error = exc
             return p
-        p.dedupe_key = _dedupe_key(p.partner.partner_id, header)
+        p.dedupe_key = dedupe_key(p.partner.partner_id, header)
         p.decision = classify_ed(codes=screened.codes, texts=screened.texts)
         p.overdose = p.decision.is_overdose(Definition(p.partner.definition))
         return p
