@@ -23,6 +23,7 @@ moment before or after a report just the same.
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -43,7 +44,8 @@ from services.scheduler.models import (
     REPORT_LINK,
     TASK,
 )
-from shared.events import BlindKeys, OverdoseReported
+from services.scheduler.reports import Report
+from shared.events import BlindKeys
 from shared.events.scheduler import TaskKind
 
 __all__ = ["KEY_KINDS", "KnownCase", "KnownPerson", "ReportBatch", "Writes", "blind_pairs"]
@@ -124,6 +126,7 @@ class KnownPerson:
     program_id: str
     identity_sealed: str | None
     do_not_contact: bool
+    deceased: bool = False
     keys: set[tuple[str, str]] = field(default_factory=set)
 
 
@@ -156,7 +159,7 @@ class ReportBatch:
 
     @classmethod
     async def load(
-        cls, session: AsyncSession, reports: Sequence[OverdoseReported], open_identity: OpenIdentity
+        cls, session: AsyncSession, reports: Sequence[Report], open_identity: OpenIdentity
     ) -> ReportBatch:
         """Read the batch's working set: one query per kind of row, none when there is none."""
         batch = cls(open_identity)
@@ -184,6 +187,7 @@ class ReportBatch:
                 PERSON.c.program_id,
                 PERSON.c.identity_sealed,
                 PERSON.c.do_not_contact,
+                PERSON.c.deceased_at,
                 PERSON_KEY.c.kind,
                 PERSON_KEY.c.value,
             )
@@ -191,10 +195,12 @@ class ReportBatch:
             .where(PERSON.c.id.in_(holders))
             .order_by(PERSON.c.created_at, PERSON.c.id)
         )
-        for pid, program_id, sealed, do_not_contact, kind, value in people.all():
+        for pid, program_id, sealed, do_not_contact, deceased_at, kind, value in people.all():
             person = batch._people.get(pid)
             if person is None:
-                person = KnownPerson(pid, program_id, sealed, do_not_contact)
+                person = KnownPerson(
+                    pid, program_id, sealed, do_not_contact, deceased_at is not None
+                )
                 batch._people[pid] = person
             person.keys.add((kind, value))
         if not batch._people:
@@ -210,16 +216,23 @@ class ReportBatch:
                 batch._cases[person_id] = by_id[case_id] = KnownCase(case_id, priority)
         if by_id:
             episodes = await session.execute(
-                sa.select(EPISODE.c.id, EPISODE.c.case_id, EPISODE.c.incident_at, EPISODE.c.sources)
+                sa.select(
+                    EPISODE.c.id,
+                    EPISODE.c.case_id,
+                    EPISODE.c.incident_at,
+                    EPISODE.c.sources,
+                    EPISODE.c.fatal,
+                )
                 .where(EPISODE.c.case_id.in_(list(by_id)))
                 .order_by(EPISODE.c.created_at, EPISODE.c.id)
             )
-            for episode_id, case_id, incident_at, sources in episodes.all():
+            for episode_id, case_id, incident_at, sources, fatal in episodes.all():
                 by_id[case_id].episodes.append(
                     EpisodeRef(
                         episode_id=episode_id,
                         incident_at=incident_at,
                         sources=frozenset(sources.split(",")),
+                        fatal=fatal,
                     )
                 )
         return batch
@@ -278,9 +291,13 @@ class ReportBatch:
     def person(self, person_id: uuid.UUID) -> KnownPerson:
         return self._people[person_id]
 
+    def known_person(self, person_id: uuid.UUID) -> KnownPerson | None:
+        """The person, if this batch read or created them."""
+        return self._people.get(person_id)
+
     def add_person(self, row: dict[str, Any]) -> KnownPerson:
         person = KnownPerson(
-            row["id"], row["program_id"], row["identity_sealed"], row["do_not_contact"]
+            row["id"], row["program_id"], row["identity_sealed"], row["do_not_contact"], False
         )
         self._people[person.id] = person
         self.writes.insert(PERSON, row)
@@ -322,19 +339,27 @@ class ReportBatch:
                     episode_id=row["id"],
                     incident_at=row["incident_at"],
                     sources=frozenset(row["sources"].split(",")),
+                    fatal=row["fatal"],
                 )
             )
         self.writes.insert(EPISODE, row)
+
+    async def mark_fatal(self, session: AsyncSession, case: KnownCase, episode_id: Any) -> None:
+        """The episode's overdose was fatal (a later report said so)."""
+        for i, episode in enumerate(case.episodes):
+            if episode.episode_id == episode_id:
+                case.episodes[i] = dataclasses.replace(episode, fatal=True)
+        await self.writes.update(session, EPISODE, episode_id, fatal=True)
+
+    async def mark_deceased(self, session: AsyncSession, person: KnownPerson, at: datetime) -> None:
+        person.deceased = True
+        await self.writes.update(session, PERSON, person.id, deceased_at=at)
 
     async def merge_source(
         self, session: AsyncSession, case: KnownCase, episode: EpisodeRef, source_kind: str
     ) -> None:
         """The report joins the episode: its source kind joins the episode's sources."""
-        merged = EpisodeRef(
-            episode_id=episode.episode_id,
-            incident_at=episode.incident_at,
-            sources=episode.sources | {source_kind},
-        )
+        merged = dataclasses.replace(episode, sources=episode.sources | {source_kind})
         case.episodes[case.episodes.index(episode)] = merged
         await self.writes.update(
             session, EPISODE, episode.episode_id, sources=",".join(sorted(merged.sources))
@@ -344,11 +369,15 @@ class ReportBatch:
         """Whether the case was opened in this batch (so the database holds none of its rows)."""
         return self.writes.is_new(CASE, case.id)
 
-    def new_tasks(self, case_id: uuid.UUID, kinds: Sequence[TaskKind]) -> list[dict[str, Any]]:
-        """The case's open tasks of these kinds created in this batch, oldest first."""
-        wanted = {k.value for k in kinds}
+    def new_tasks(
+        self, case_id: uuid.UUID, kinds: Sequence[TaskKind] | None = None
+    ) -> list[dict[str, Any]]:
+        """The case's open tasks (of these kinds) created in this batch, oldest first."""
+        wanted = {k.value for k in kinds} if kinds else None
         return [
             t
             for t in self.writes.new(TASK)
-            if t["case_id"] == case_id and t["status"] == "open" and t["kind"] in wanted
+            if t["case_id"] == case_id
+            and t["status"] == "open"
+            and (wanted is None or t["kind"] in wanted)
         ]

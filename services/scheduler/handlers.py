@@ -8,7 +8,12 @@ a batch at a time against a working set read once, and new rows are written once
 (`batch`); a single report is a batch of one.
 
 Revisions of a report (intake's A08 updates, resubmitted PCRs) update the report's link; they
-do not plan again. Times come from events and the unit of work's clock, never from the system.
+do not plan again, unless one says the person died. A death, whenever it is reported (a fatal
+first report, a fatal report of the same overdose, an A03 "expired" revising an ED report),
+cancels every open task of the case (``person_deceased``), marks the person deceased so
+nothing is planned to reach them again, publishes ``DeathRecorded`` and, where the program
+offers it, opens a family support task. Times come from events and the unit of work's clock,
+never from the system.
 """
 
 from __future__ import annotations
@@ -27,28 +32,30 @@ import sqlalchemy as sa
 from services.scheduler import timers
 from services.scheduler.batch import ReportBatch, Writes
 from services.scheduler.linking import ReportIdentity, episode_for, link
-from services.scheduler.models import CASE, EPISODE, PERSON, POSSIBLE_MATCH, TASK
+from services.scheduler.models import CASE, EPISODE, PERSON, POSSIBLE_MATCH, REPORT_LINK, TASK
 from services.scheduler.policy import (
     PlannedTask,
     Policy,
     default_policy,
     effective_incident,
     escalation_due,
+    family_support,
     follow_ups,
     is_late,
     plan_episode,
 )
+from services.scheduler.reports import Report, report_of
 from shared.envelope import Envelope, Event
 from shared.events import (
     AttemptLogged,
     CaseClosed,
     CaseOpened,
     ContactMade,
+    DeathRecorded,
     DoNotContactRequested,
     EpisodeOpened,
     OutreachConcluded,
     OutreachDeclined,
-    OverdoseReported,
     ReportLinked,
     TaskCancelled,
     TaskCompleted,
@@ -125,27 +132,31 @@ class Scheduler:
 
     async def on_overdoses(self, uow: UnitOfWork, envelopes: Sequence[Envelope]) -> None:
         """Apply reports in their order, reading and writing the batch's rows once (batch.py)."""
-        reports = [e for e in (env.event() for env in envelopes) if isinstance(e, OverdoseReported)]
+        reports = [r for r in (report_of(env.event()) for env in envelopes) if r is not None]
+        await self.apply_reports(uow, reports)
+
+    async def apply_reports(self, uow: UnitOfWork, reports: Sequence[Report]) -> None:
+        """Reports from any source (scheduler.reports), in order, as one batch."""
         if not reports:
             return
         batch = await ReportBatch.load(uow.session, reports, self._open_identity)
-        for event in reports:
-            await self._apply_report(uow, batch, event)
+        for report in reports:
+            await self._apply_report(uow, batch, report)
         await batch.writes.flush(uow.session)
 
     def _open_identity(self, sealed: str) -> dict[str, Any]:
         identity: dict[str, Any] = self._sealer.open_json(sealed, context="identity")
         return identity
 
-    async def _apply_report(
-        self, uow: UnitOfWork, batch: ReportBatch, event: OverdoseReported
-    ) -> None:
+    async def _apply_report(self, uow: UnitOfWork, batch: ReportBatch, event: Report) -> None:
         s = uow.session
         now = uow.clock.now()
         known = batch.revision(event.report_id)
         if known is not None:
             if event.revision > known:
                 await batch.revise(s, event.report_id, event.revision)
+                if event.fatal:  # e.g. an A03 "expired" for the visit
+                    await self._death_of_linked(uow, batch, event, now)
             return
         if event.deidentified:
             self._count_deidentified(batch, event, now)
@@ -222,6 +233,9 @@ class Scheduler:
         if same is not None:
             await batch.merge_source(s, case, same, event.source_kind)
             self._link(uow, batch, event, same.episode_id, case.id, match, now, policy)
+            if event.fatal and not same.fatal:
+                await batch.mark_fatal(s, case, same.episode_id)
+                await self._record_death(uow, batch, event, case.id, person.id, same.episode_id)
             return
 
         episode_id = self._new_id()
@@ -236,6 +250,8 @@ class Scheduler:
             deidentified=False,
             repeat=repeat,
             current_priority=case.priority,
+            fatal=event.fatal,
+            deceased=person.deceased,
         )
         batch.add_episode(
             case,
@@ -248,6 +264,8 @@ class Scheduler:
                 "received_at": plan.received_at,
                 "windows_from": plan.windows_from,
                 "late": plan.late,
+                "fatal": event.fatal,
+                "overdose": event.overdose,
                 "sources": event.source_kind,
                 "consent": event.consent.value,
                 "deidentified": False,
@@ -268,10 +286,16 @@ class Scheduler:
                 windows_from=plan.windows_from,
                 late=plan.late,
                 reasons=[str(r) for r in plan.reason],
+                source_kind=event.source_kind,
+                fatal=event.fatal,
+                overdose=event.overdose,
             ),
             subject=str(case.id),
         )
         self._link(uow, batch, event, episode_id, case.id, match, now, policy)
+        if event.fatal:
+            await self._record_death(uow, batch, event, case.id, person.id, episode_id)
+            return
         if plan.priority is not None and plan.priority != case.priority:
             await batch.reprioritize(s, case, plan.priority)
         if repeat and plan.tasks:
@@ -298,9 +322,7 @@ class Scheduler:
                 now,
             )
 
-    def _count_deidentified(
-        self, batch: ReportBatch, event: OverdoseReported, now: datetime
-    ) -> None:
+    def _count_deidentified(self, batch: ReportBatch, event: Report, now: datetime) -> None:
         """Counted, never assignable: an episode with no person and no case."""
         episode_id = self._new_id()
         incident_at, _ = effective_incident(event.incident_at, event.received_at)
@@ -320,6 +342,8 @@ class Scheduler:
                 "received_at": event.received_at,
                 "windows_from": None,
                 "late": late,
+                "fatal": event.fatal,
+                "overdose": event.overdose,
                 "sources": event.source_kind,
                 "consent": event.consent.value,
                 "deidentified": True,
@@ -343,7 +367,7 @@ class Scheduler:
         self,
         uow: UnitOfWork,
         batch: ReportBatch,
-        event: OverdoseReported,
+        event: Report,
         episode_id: uuid.UUID,
         case_id: uuid.UUID,
         match: str,
@@ -367,11 +391,91 @@ class Scheduler:
                 report_id=event.report_id,
                 episode_id=episode_id,
                 match=match,
+                source_kind=event.source_kind,
                 received_at=event.received_at,
                 late=is_late(policy, incident_at=event.incident_at, received_at=event.received_at),
             ),
             subject=str(case_id),
         )
+
+    # --- deaths ----------------------------------------------------------------------------
+
+    async def _death_of_linked(
+        self, uow: UnitOfWork, batch: ReportBatch, event: Report, now: datetime
+    ) -> None:
+        """A revision says the person of an already linked report died."""
+        s = uow.session
+        found = (
+            await s.execute(
+                sa.select(EPISODE.c.id, EPISODE.c.case_id, EPISODE.c.person_id, EPISODE.c.fatal)
+                .join(REPORT_LINK, REPORT_LINK.c.episode_id == EPISODE.c.id)
+                .where(REPORT_LINK.c.report_id == event.report_id)
+            )
+        ).first()
+        row: tuple[Any, ...] | None = tuple(found) if found is not None else None
+        if row is None and batch.writes.is_new(REPORT_LINK, event.report_id):
+            # linked earlier in this very batch: its rows are not in the database yet
+            link = next(
+                r for r in batch.writes.new(REPORT_LINK) if r["report_id"] == event.report_id
+            )
+            episode = next(e for e in batch.writes.new(EPISODE) if e["id"] == link["episode_id"])
+            row = (episode["id"], episode["case_id"], episode["person_id"], episode["fatal"])
+        if row is None:
+            return
+        episode_id, case_id, person_id, fatal = row
+        if fatal:
+            return
+        known = batch.open_case(person_id) if person_id is not None else None
+        if known is not None and known.id == case_id:
+            await batch.mark_fatal(s, known, episode_id)
+        else:
+            await batch.writes.update(s, EPISODE, episode_id, fatal=True)
+        if case_id is not None and person_id is not None:
+            await self._record_death(uow, batch, event, case_id, person_id, episode_id)
+
+    async def _record_death(
+        self,
+        uow: UnitOfWork,
+        batch: ReportBatch,
+        event: Report,
+        case_id: uuid.UUID,
+        person_id: uuid.UUID,
+        episode_id: uuid.UUID,
+    ) -> None:
+        """The person died: every open task of the case is cancelled, nothing is planned to
+        reach them again, and the family is offered support where the program chooses it."""
+        s = uow.session
+        now = uow.clock.now()
+        person = batch.known_person(person_id)
+        if person is not None:
+            await batch.mark_deceased(s, person, now)
+        else:
+            await batch.writes.update(s, PERSON, person_id, deceased_at=now)
+        older = [] if batch.writes.is_new(CASE, case_id) else await self._open_tasks(uow, case_id)
+        tasks = [*older, *(_task(t) for t in batch.new_tasks(case_id))]
+        supported = False
+        for task in tasks:
+            if task.kind == TaskKind.FAMILY_SUPPORT.value:
+                supported = True
+                continue
+            await self._close(uow, batch.writes, task, status="cancelled", reason="person_deceased")
+        uow.publish(
+            DeathRecorded(
+                case_id=case_id,
+                program_id=event.program_id,
+                person_id=person_id,
+                episode_id=episode_id,
+                died_at=event.died_at,
+                recorded_at=now,
+                source_kind=event.source_kind,
+            ),
+            subject=str(case_id),
+        )
+        planned = family_support(self._policies.for_program(event.program_id), recorded_at=now)
+        if planned is not None and not supported:
+            self._schedule_task(
+                uow, batch.writes, planned, event.program_id, case_id, episode_id, now, now
+            )
 
     # --- tasks and timers ---------------------------------------------------------------
 
@@ -573,8 +677,13 @@ class Scheduler:
     # --- outreach activity ----------------------------------------------------------------
 
     async def on_activity(self, uow: UnitOfWork, envelope: Envelope) -> None:
+        event = envelope.event()
+        report = report_of(event)  # a community referral the team entered: a report like any
+        if report is not None:
+            await self.apply_reports(uow, [report])
+            return
         writes = Writes()
-        await self._on_activity(uow, writes, envelope.event())
+        await self._on_activity(uow, writes, event)
         await writes.flush(uow.session)
 
     async def _on_activity(self, uow: UnitOfWork, writes: Writes, event: Event) -> None:

@@ -331,6 +331,8 @@ class EpisodeRef:
     incident_at: datetime
     sources: frozenset[str]
     """Source kinds of the reports merged into it, e.g. ``{"ems", "ed"}``."""
+    fatal: bool = False
+    """A report of it says the person died."""
 
     def __post_init__(self) -> None:
         _utc("incident_at", self.incident_at)

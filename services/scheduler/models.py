@@ -41,6 +41,8 @@ class Person(SQLModel, table=True):
     program_id: str = Field(sa_column=sa.Column(sa.String(64), nullable=False))
     identity_sealed: str | None = Field(default=None, sa_column=sa.Column(sa.Text()))
     do_not_contact: bool = Field(default=False, sa_column=sa.Column(sa.Boolean(), nullable=False))
+    deceased_at: datetime | None = Field(default=None, sa_column=_ts(True))
+    """When a report said the person died: nothing is ever planned to reach them again."""
     created_at: datetime = Field(sa_column=_ts())
 
 
@@ -100,6 +102,8 @@ class Episode(SQLModel, table=True):
         default=None, sa_column=_ts(True)
     )  # incident, or receipt of a late report
     late: bool = Field(default=False, sa_column=sa.Column(sa.Boolean(), nullable=False))
+    fatal: bool = Field(default=False, sa_column=sa.Column(sa.Boolean(), nullable=False))
+    overdose: bool = Field(default=True, sa_column=sa.Column(sa.Boolean(), nullable=False))
     sources: str = Field(sa_column=sa.Column(sa.String(32), nullable=False))
     consent: str = Field(sa_column=sa.Column(sa.String(16), nullable=False))
     deidentified: bool = Field(sa_column=sa.Column(sa.Boolean(), nullable=False))

@@ -58,6 +58,14 @@ Episodes (:func:`plan_episode`)
       plan holds no tasks but still carries the raised priority for the open ones.
       ``current_priority`` is ignored for a first episode, which takes the default priority.
 
+Deaths (:func:`family_support`)
+    * A fatal overdose, and any report of a person known to have died, plans no task to reach
+      the person (``fatal_overdose_no_outreach`` / ``person_deceased``).
+    * ``[fatal] family_support`` (off by default) plans one *family support* task when a death
+      is recorded: its window opens then, it is due ``family_support_due_hours`` later and closes
+      ``family_support_window_close_hours`` later; the phone and text quiet hours apply. It is
+      for the family or household and never names the person who died as someone to contact.
+
 Quiet hours (:func:`shift_out_of_quiet_hours`)
     * Quiet hours run from ``start`` (inclusive) to ``end`` (exclusive) on the program's wall
       clock and may cross midnight. They move a *due time* to the next end of quiet hours;
@@ -140,6 +148,7 @@ __all__ = [
     "Escalation",
     "EscalationRules",
     "EscalationTrigger",
+    "FatalRules",
     "FollowUpRules",
     "LateReportRules",
     "PlanReason",
@@ -155,6 +164,7 @@ __all__ = [
     "default_policy",
     "effective_incident",
     "escalation_due",
+    "family_support",
     "follow_ups",
     "is_late",
     "load_policies",
@@ -304,6 +314,15 @@ class LateReportRules(_Rules):
     max_age_days: Annotated[StrictInt, Field(gt=0, le=MAX_LATE_REPORT_DAYS)] = 30
 
 
+class FatalRules(_Rules):
+    """After a fatal overdose: no outreach to the person, ever; support for the family only
+    where the program chooses it."""
+
+    family_support: StrictBool = False
+    family_support_due_hours: _Hours = 72
+    family_support_window_close_hours: _Hours = 168
+
+
 class PriorityRules(_Rules):
     """Queue priorities: a higher number is more urgent."""
 
@@ -340,6 +359,7 @@ class Policy(BaseModel):
     repeat_overdose: RepeatOverdoseRules = RepeatOverdoseRules()
     priorities: PriorityRules = PriorityRules()
     late_reports: LateReportRules = LateReportRules()
+    fatal: FatalRules = FatalRules()
     version: StrictStr = Field(default_factory=_content_version)
 
     @field_validator("program_id")
@@ -442,6 +462,13 @@ def _incoherences(policy: Policy) -> Iterable[str]:
             f"late_reports.max_age_days ({late.max_age_days}, so {late.max_age_days * 24} h) "
             f"must not be shorter than remote_contact.window_close_hours "
             f"({remote.window_close_hours}): a report still inside its window is never too old"
+        )
+    fatal = policy.fatal
+    if fatal.family_support_window_close_hours <= fatal.family_support_due_hours:
+        yield (
+            f"fatal.family_support_window_close_hours ({fatal.family_support_window_close_hours})"
+            f" must be greater than fatal.family_support_due_hours "
+            f"({fatal.family_support_due_hours})"
         )
     if policy.priorities.default > policy.priorities.max:
         yield (
@@ -561,6 +588,9 @@ class PlanReason(StrEnum):
     APPLIED_LATE = "windows_from_when_applied"
     TOO_OLD = "too_old_for_outreach"
     INCIDENT_AFTER_RECEIPT = "incident_time_after_receipt"
+    FATAL = "fatal_overdose_no_outreach"
+    PERSON_DECEASED = "person_deceased"
+    FAMILY_SUPPORT = "family_support_offered"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -744,8 +774,13 @@ def plan_episode(
     deidentified: bool,
     repeat: bool,
     current_priority: int | None,
+    fatal: bool = False,
+    deceased: bool = False,
 ) -> EpisodePlan:
     """The tasks a new overdose episode gets under the policy, with the reasons why.
+
+    ``fatal``: the report says the person died of this overdose; ``deceased``: a death was
+    recorded for the person before. Either way nothing is planned to reach the person.
 
     ``received_at`` is when intake received the report; ``now`` is when the scheduler applies
     it (from the injected clock). See the module docs for late and future-dated reports.
@@ -779,6 +814,10 @@ def plan_episode(
         )
 
     blocked: list[PlanReason] = []
+    if fatal:
+        blocked.append(PlanReason.FATAL)
+    elif deceased:
+        blocked.append(PlanReason.PERSON_DECEASED)
     if do_not_contact:
         blocked.append(PlanReason.DO_NOT_CONTACT)
     if consent == "declined":
@@ -823,6 +862,26 @@ def plan_episode(
     )
     reasons += [*timing, PlanReason.REMOTE_CONTACT_SCHEDULED, *shifts]
     return done((task,), reasons, priority)
+
+
+def family_support(
+    policy: Policy, *, recorded_at: datetime, priority: int | None = None
+) -> PlannedTask | None:
+    """The family support task a recorded death opens, if the program offers it (module docs)."""
+    rules = policy.fatal
+    if not rules.family_support:
+        return None
+    opens = _utc("recorded_at", recorded_at)
+    task, _ = _task(
+        policy,
+        kind=TaskKind.FAMILY_SUPPORT,
+        priority=policy.priorities.default if priority is None else priority,
+        opens=opens,
+        due=opens + timedelta(hours=rules.family_support_due_hours),
+        expires=opens + timedelta(hours=rules.family_support_window_close_hours),
+        channels=policy.remote_contact.channels,
+    )
+    return task
 
 
 def escalation_due(

@@ -1,15 +1,23 @@
 """Versioned event models for every PORTline topic; importing this registers them all."""
 
 from shared.events.common import BlindKeys, Consent, DecisionReason, SealedToken
-from shared.events.intake import InboundRejected, Location, OverdoseReported
+from shared.events.intake import (
+    InboundRejected,
+    Location,
+    OverdoseReported,
+    OverdoseReportedV1,
+    SourceKind,
+)
 from shared.events.outreach import (
     AttemptLogged,
+    CommunityReferralReceived,
     ContactMade,
     DoNotContactRequested,
     OutreachConcluded,
     OutreachDeclined,
     ReferralMade,
     ReferralStatusChanged,
+    Referrer,
     ServiceItem,
     ServicesProvided,
     TaskAssigned,
@@ -19,6 +27,7 @@ from shared.events.outreach import (
 from shared.events.scheduler import (
     CaseClosed,
     CaseOpened,
+    DeathRecorded,
     EpisodeOpened,
     EpisodeOpenedV1,
     ReportLinked,
@@ -38,8 +47,10 @@ __all__ = [
     "BlindKeys",
     "CaseClosed",
     "CaseOpened",
+    "CommunityReferralReceived",
     "Consent",
     "ContactMade",
+    "DeathRecorded",
     "DecisionReason",
     "DoNotContactRequested",
     "EpisodeOpened",
@@ -49,13 +60,16 @@ __all__ = [
     "OutreachConcluded",
     "OutreachDeclined",
     "OverdoseReported",
+    "OverdoseReportedV1",
     "ReferralMade",
     "ReferralStatusChanged",
+    "Referrer",
     "ReportLinked",
     "ReportLinkedV1",
     "SealedToken",
     "ServiceItem",
     "ServicesProvided",
+    "SourceKind",
     "TaskAssigned",
     "TaskCancelled",
     "TaskCompleted",

@@ -1,4 +1,8 @@
-"""Events intake publishes: reported overdoses (with revisions) and rejected inbound messages."""
+"""Events intake publishes: reported overdoses (with revisions) and rejected inbound messages.
+
+A type's newer version extends its older one (``XV1``) with defaulted fields, or widens a
+choice; readers get the newest (see ``shared.envelope``).
+"""
 
 from __future__ import annotations
 
@@ -11,7 +15,10 @@ from shared.envelope import Event
 from shared.events.common import BlindKeys, Consent, DecisionReason, SealedToken
 from shared.topics import INTAKE_OVERDOSES, INTAKE_REJECTED
 
-__all__ = ["InboundRejected", "Location", "OverdoseReported"]
+__all__ = ["InboundRejected", "Location", "OverdoseReported", "OverdoseReportedV1", "SourceKind"]
+
+SourceKind = Literal["ems", "ed", "law_enforcement"]
+"""Who reported an overdose to intake: an EMS agency, a hospital ED, a law-enforcement agency."""
 
 
 class Location(BaseModel):
@@ -24,7 +31,7 @@ class Location(BaseModel):
     address: SealedToken | None = None
 
 
-class OverdoseReported(Event):
+class OverdoseReportedV1(Event):
     """An EMS run or ED visit that meets an overdose definition (or a revision of one)."""
 
     event_type = "OverdoseReported"
@@ -53,6 +60,27 @@ class OverdoseReported(Event):
     disposition: str | None = None
     consent: Consent = Consent.UNKNOWN
     leave_behind: list[str] = Field(default_factory=list)
+
+
+class OverdoseReported(OverdoseReportedV1):
+    """v2: law-enforcement reports, and whether the person died."""
+
+    event_type = "OverdoseReported"
+    version = 2
+
+    source_kind: SourceKind  # type: ignore[assignment]  # v2 widens v1's choice
+    fatal: bool = Field(
+        default=False,
+        description="The source says the person died (dead at the scene, expired in the ED, a "
+        "fatal law-enforcement report). No outreach to the person ever follows.",
+    )
+    died_at: AwareDatetime | None = Field(default=None, description="When, if the source says.")
+    naloxone_doses: int | None = Field(
+        default=None, ge=0, le=50, description="Naloxone doses given, where the source counts them."
+    )
+    suspected_drugs: list[str] = Field(
+        default_factory=list, description="Codes of the drugs suspected (law enforcement)."
+    )
 
 
 class InboundRejected(Event):

@@ -11,16 +11,20 @@ from typing import Literal
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from shared.envelope import Event
+from shared.events.common import BlindKeys, Consent, SealedToken
+from shared.events.intake import Location
 from shared.topics import OUTREACH_ACTIVITY
 
 __all__ = [
     "AttemptLogged",
+    "CommunityReferralReceived",
     "ContactMade",
     "DoNotContactRequested",
     "OutreachConcluded",
     "OutreachDeclined",
     "ReferralMade",
     "ReferralStatusChanged",
+    "Referrer",
     "ServiceItem",
     "ServicesProvided",
     "TaskAssigned",
@@ -44,6 +48,10 @@ ReferralKind = Literal[
     "healthcare",
     "disease_testing",
 ]
+Referrer = Literal[
+    "self", "family_friend", "syringe_services", "jail_release", "community_partner", "other"
+]
+"""Who referred someone the team entered by hand (not EMS, an ED or law enforcement)."""
 ReferralStatus = Literal["offered", "accepted", "appointment", "care_started", "declined", "lost"]
 ConclusionReason = Literal[
     "engaged",
@@ -146,3 +154,33 @@ class OutreachConcluded(_ActivityEvent):
     event_type = "OutreachConcluded"
 
     reason: ConclusionReason
+
+
+class CommunityReferralReceived(Event):
+    """A team member entered a referral from the community: the person themself, family or a
+    friend, a syringe services program, a jail at release, another community partner.
+
+    It reaches the scheduler like any report (linking, windows, do-not-contact, repeat
+    overdoses) and reporting counts it by its referrer. Keyed by the person's first blind key,
+    as intake keys ``OverdoseReported``; it belongs to no case yet.
+    """
+
+    event_type = "CommunityReferralReceived"
+    topic = OUTREACH_ACTIVITY.name
+
+    referral_id: uuid.UUID = Field(description="Also the report id the scheduler links.")
+    program_id: str
+    referrer: Referrer
+    identity: SealedToken | None = Field(
+        default=None, description="Sealed JSON: names, date of birth, phones, address."
+    )
+    blind_keys: BlindKeys = BlindKeys()
+    deidentified: bool = Field(description="No name and no phone: counted, never assigned.")
+    location: Location = Location()
+    consent: Consent
+    overdose: bool = Field(description="Whether the referral is about an overdose.")
+    incident_at: AwareDatetime | None = Field(
+        default=None, description="When the overdose happened, if there was one and it is known."
+    )
+    received_at: AwareDatetime
+    entered_by: str = Field(description="The team member who entered it.")

@@ -18,6 +18,7 @@ from shared.topics import SCHEDULER_CASES
 __all__ = [
     "CaseClosed",
     "CaseOpened",
+    "DeathRecorded",
     "EpisodeOpened",
     "EpisodeOpenedV1",
     "ReportLinked",
@@ -37,6 +38,9 @@ class TaskKind(StrEnum):
     REMOTE_CONTACT = "remote_contact"
     IN_PERSON_VISIT = "in_person_visit"
     FOLLOW_UP = "follow_up"
+    FAMILY_SUPPORT = "family_support"
+    """After a fatal overdose, where the program offers it: support for the family or household.
+    It never names the person who died as someone to contact."""
 
 
 class _CaseEvent(Event):
@@ -82,6 +86,17 @@ class EpisodeOpened(EpisodeOpenedV1):
         "its receipt.",
     )
     reasons: list[str] = Field(default_factory=list, description="The plan's reason codes.")
+    source_kind: str | None = Field(
+        default=None,
+        description="Who reported the report that opened the episode: ems, ed, "
+        "law_enforcement or community.",
+    )
+    fatal: bool = Field(default=False, description="The person died of this overdose.")
+    overdose: bool = Field(
+        default=True,
+        description="False for a community referral that reported no overdose (a jail release, "
+        "say): counted as a referral, not as an overdose.",
+    )
 
 
 class ReportLinkedV1(_CaseEvent):
@@ -93,11 +108,15 @@ class ReportLinkedV1(_CaseEvent):
 
 
 class ReportLinked(ReportLinkedV1):
-    """v2: when the report arrived, and whether that was after its remote window closed."""
+    """v2: who reported, when the report arrived, and whether that was after its remote window
+    closed."""
 
     event_type = "ReportLinked"
     version = 2
 
+    source_kind: str | None = Field(
+        default=None, description="ems, ed, law_enforcement or community."
+    )
     received_at: AwareDatetime | None = None
     late: bool = Field(
         default=False,
@@ -169,6 +188,20 @@ class TaskCancelled(_CaseEvent):
     task_id: uuid.UUID
     reason: str
     cancelled_at: AwareDatetime
+
+
+class DeathRecorded(_CaseEvent):
+    """A report says the person died. Every open task of the case was cancelled
+    (``person_deceased``) in the same commit; no task to reach the person is ever planned
+    again. Outreach shows the case as deceased and tells the peers who held its tasks."""
+
+    event_type = "DeathRecorded"
+
+    person_id: uuid.UUID
+    episode_id: uuid.UUID
+    died_at: AwareDatetime | None = None
+    recorded_at: AwareDatetime
+    source_kind: str = Field(description="Who said so: ems, ed or law_enforcement.")
 
 
 class CaseClosed(_CaseEvent):

@@ -3,6 +3,7 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime
 from itertools import pairwise
+from typing import Literal, get_args, get_origin
 
 import pytest
 
@@ -109,7 +110,11 @@ def test_a_newer_version_only_adds_fields_each_with_a_default(
         old, new = older.model_fields, newer.model_fields
         assert set(old) <= set(new), f"{name} v{version} drops {set(old) - set(new)}"
         for field in old:
-            assert new[field].annotation == old[field].annotation, f"{name}.{field} changed type"
+            before, after = old[field].annotation, new[field].annotation
+            if get_origin(before) is Literal and get_origin(after) is Literal:
+                assert set(get_args(before)) <= set(get_args(after)), f"{name}.{field} narrowed"
+            else:
+                assert after == before, f"{name}.{field} changed type"
         added = [f for f in set(new) - set(old) if new[f].is_required()]
         assert not added, f"{name} v{version} adds required fields {added}"
         assert newer.topic == older.topic

@@ -526,3 +526,106 @@ async def test_a_late_repeat_overdose_restarts_from_its_receipt(world: World) ->
     assert task.late
     assert task.window_opens_at == received
     assert task.expires_at > world.clock.now()
+
+
+# --- deaths and community referrals ----------------------------------------------------
+
+
+def _with(event: OverdoseReported, **changes: Any) -> OverdoseReported:
+    return event.model_copy(update=changes)
+
+
+async def test_a_fatal_overdose_never_creates_a_task_to_reach_the_person(world: World) -> None:
+    await world.deliver(world.scheduler.on_overdose, _with(world.build(kind="ems"), fatal=True))
+    assert await world.tasks() == []
+    (death,) = await world.events("DeathRecorded")
+    (opened,) = await world.events("EpisodeOpened")
+    assert opened["fatal"] is True
+    assert "fatal_overdose_no_outreach" in opened["reasons"]
+    assert death["source_kind"] == "ems"
+    # Any later report of that person plans nothing either.
+    world.clock.advance(timedelta(days=3))
+    await world.report(incident_at=world.clock.now() - timedelta(hours=1))
+    assert await world.tasks() == []
+    async with world.sessions() as s:
+        person = (await s.execute(sa.select(PERSON))).one()
+        reasons = [json.loads(e.plan_reasons) for e in await s.execute(sa.select(EPISODE))]
+    assert person.deceased_at is not None
+    assert ["person_deceased"] in reasons
+
+
+async def test_a_later_record_of_death_cancels_every_open_task_of_the_case(world: World) -> None:
+    ed = await world.report(kind="ed")
+    (task,) = await world.tasks()
+    assert task.status == "open"
+    world.clock.advance(timedelta(hours=20))
+    # the ED's A03 for the same visit: the patient expired (a revision of the same report)
+    await world.deliver(world.scheduler.on_overdose, _with(ed, revision=2, fatal=True))
+    (task,) = await world.tasks()
+    assert (task.status, task.outcome) == ("cancelled", "person_deceased")
+    (death,) = await world.events("DeathRecorded")
+    assert death["episode_id"] == (await world.events("EpisodeOpened"))[0]["episode_id"]
+    cancelled = await world.events("TaskCancelled")
+    assert [c["reason"] for c in cancelled] == ["person_deceased"]
+    # the same news again changes nothing
+    await world.deliver(world.scheduler.on_overdose, _with(ed, revision=3, fatal=True))
+    assert len(await world.events("DeathRecorded")) == 1
+
+
+async def test_a_fatal_report_of_the_same_overdose_from_another_source_cancels_too(
+    world: World,
+) -> None:
+    await world.report(kind="ed")
+    ems = world.build(kind="ems", incident_at=INCIDENT + timedelta(minutes=20))
+    await world.deliver(world.scheduler.on_overdose, _with(ems, fatal=True))
+    (task,) = await world.tasks()
+    assert task.outcome == "person_deceased"
+    assert len(await world.events("EpisodeOpened")) == 1  # one overdose, one episode
+
+
+async def test_family_support_is_opened_only_where_the_program_chooses_it(
+    sessions: async_sessionmaker[AsyncSession], clock: ManualClock
+) -> None:
+    from services.scheduler.policy import Policy
+
+    policy = Policy.model_validate(
+        {"program_id": "demo", "timezone": "America/New_York", "fatal": {"family_support": True}}
+    )
+    world = World(sessions, clock)
+    world.scheduler = Scheduler(sealer=PROTECTOR.sealer, policies=PolicyBook({"demo": policy}))
+    await world.deliver(world.scheduler.on_overdose, _with(world.build(), fatal=True))
+    (task,) = await world.tasks()
+    assert task.kind == "family_support"
+    assert task.expires_at - task.window_opens_at == timedelta(hours=168)
+    (scheduled,) = await world.events("TaskScheduled")
+    assert scheduled["kind"] == "family_support"
+
+
+async def test_a_community_referral_is_a_report_like_any_other(world: World) -> None:
+    from shared.events import CommunityReferralReceived
+
+    template = world.build()
+    referral = CommunityReferralReceived(
+        referral_id=uuid.uuid4(),
+        program_id="demo",
+        referrer="syringe_services",
+        identity=template.identity,
+        blind_keys=template.blind_keys,
+        deidentified=False,
+        consent=Consent.ACCEPTED,
+        overdose=True,
+        incident_at=world.clock.now() - timedelta(hours=3),
+        received_at=world.clock.now(),
+        entered_by="peer-sam",
+    )
+    await world.activity(referral)
+    (task,) = await world.tasks()
+    assert task.kind == "remote_contact"
+    (linked,) = await world.events("ReportLinked")
+    assert linked["source_kind"] == "community"
+    assert linked["report_id"] == str(referral.referral_id)
+    # the same person reported by EMS an hour later is the same case, not a second person
+    await world.report(incident_at=world.clock.now() - timedelta(hours=2))
+    async with world.sessions() as s:
+        people = (await s.execute(sa.select(sa.func.count()).select_from(PERSON))).scalar_one()
+    assert people == 1

@@ -1,0 +1,72 @@
+"""What the scheduler takes a report to be, whoever sent it.
+
+Reports come from intake (``OverdoseReported``: EMS, EDs, law enforcement) and from outreach
+(``CommunityReferralReceived``: the team entering a referral from the community). Both become
+one :class:`Report`, so linking, windows, repeat overdoses, do-not-contact and death are
+decided the same way for every source.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+
+from shared.envelope import Event
+from shared.events import BlindKeys, CommunityReferralReceived, Consent, OverdoseReported
+
+__all__ = ["Report", "report_of"]
+
+
+@dataclass(frozen=True, slots=True)
+class Report:
+    report_id: uuid.UUID
+    revision: int
+    program_id: str
+    source_kind: str
+    """ems, ed, law_enforcement or community."""
+    incident_at: datetime
+    """When the overdose happened (a community referral without one: when it was received)."""
+    received_at: datetime
+    identity: str | None
+    blind_keys: BlindKeys
+    deidentified: bool
+    consent: Consent
+    fatal: bool = False
+    died_at: datetime | None = None
+    overdose: bool = True
+    """False for a community referral that reported no overdose."""
+
+
+def report_of(event: Event) -> Report | None:
+    """The report an event carries; None for any other event."""
+    if isinstance(event, OverdoseReported):
+        return Report(
+            report_id=event.report_id,
+            revision=event.revision,
+            program_id=event.program_id,
+            source_kind=event.source_kind,
+            incident_at=event.incident_at,
+            received_at=event.received_at,
+            identity=event.identity,
+            blind_keys=event.blind_keys,
+            deidentified=event.deidentified,
+            consent=event.consent,
+            fatal=event.fatal,
+            died_at=event.died_at,
+        )
+    if isinstance(event, CommunityReferralReceived):
+        return Report(
+            report_id=event.referral_id,
+            revision=1,
+            program_id=event.program_id,
+            source_kind="community",
+            incident_at=event.incident_at or event.received_at,
+            received_at=event.received_at,
+            identity=event.identity,
+            blind_keys=event.blind_keys,
+            deidentified=event.deidentified,
+            consent=event.consent,
+            overdose=event.overdose,
+        )
+    return None
