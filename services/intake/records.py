@@ -8,7 +8,9 @@ is kept (minimum necessary).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import datetime
+
+from shared.identity import Address, Identity
 
 __all__ = [
     "Address",
@@ -18,37 +20,6 @@ __all__ = [
     "HL7Header",
     "Identity",
 ]
-
-
-@dataclass(frozen=True, slots=True)
-class Address:
-    street: str | None = None
-    city: str | None = None
-    state: str | None = None
-    postal_code: str | None = None
-    county: str | None = None
-    """County name or FIPS code as the partner sent it."""
-
-
-@dataclass(frozen=True, slots=True)
-class Identity:
-    """Who the report is about. Every field here is PHI."""
-
-    family: str | None = None
-    given: str | None = None
-    middle: str | None = None
-    dob: date | None = None
-    sex: str | None = None
-    phones: tuple[str, ...] = ()
-    address: Address | None = None
-    mrn: str | None = None
-    mrn_authority: str | None = None
-    language: str | None = None
-
-    @property
-    def deidentified(self) -> bool:
-        """No name and no phone: the report can be counted but nobody can be reached."""
-        return not (self.family or self.given) and not self.phones
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,72 +10,14 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
-from dataclasses import asdict, dataclass
 from datetime import datetime
-from typing import Any
 
 from services.intake.classify import NALOXONE_RXNORM, Decision, ReasonCode
-from services.intake.records import Address, AdtMessage, EmsRunReport, Identity
-from shared.events import BlindKeys, Consent, DecisionReason, Location, OverdoseReported
-from shared.sealing import BlindIndexer, Sealer
+from services.intake.records import AdtMessage, EmsRunReport
+from shared.events import Consent, DecisionReason, OverdoseReported
+from shared.identity import Protector, person_key
 
 __all__ = ["Protector", "content_hash", "ed_report", "ems_report", "person_key", "reasons_of"]
-
-
-@dataclass(frozen=True, slots=True)
-class Protector:
-    """Seals identity and computes blind indexes: the only way PHI leaves intake."""
-
-    sealer: Sealer
-    indexer: BlindIndexer
-
-    def seal_identity(self, identity: Identity) -> str | None:
-        if identity.deidentified and identity.mrn is None and identity.dob is None:
-            return None
-        return self.sealer.seal_json(_identity_dict(identity), context="identity")
-
-    def blind_keys(self, identity: Identity, *, facility: str | None) -> BlindKeys:
-        name_dob = None
-        if identity.family and identity.given and identity.dob:
-            name_dob = self.indexer.name_dob(identity.family, identity.given, identity.dob)
-        phone = next(
-            (k for k in (self.indexer.phone(p) for p in identity.phones) if k is not None), None
-        )
-        mrn = None
-        if identity.mrn and facility:
-            mrn = self.indexer.mrn(facility, identity.mrn)
-        dob = self.indexer.dob(identity.dob) if identity.dob else None
-        return BlindKeys(name_dob=name_dob, phone=phone, mrn=mrn, dob=dob)
-
-    def location(self, address: Address | None) -> Location:
-        if address is None:
-            return Location()
-        sealed = None
-        if address.street:
-            sealed = self.sealer.seal_json(
-                {
-                    "street": address.street,
-                    "city": address.city,
-                    "postal_code": address.postal_code,
-                },
-                context="address",
-            )
-        return Location(county=address.county, state=address.state, address=sealed)
-
-
-def _identity_dict(identity: Identity) -> dict[str, Any]:
-    data = asdict(identity)
-    data["dob"] = identity.dob.isoformat() if identity.dob else None
-    data["phones"] = list(identity.phones)
-    return data
-
-
-def person_key(blind: BlindKeys, report_id: uuid.UUID) -> str:
-    """The Kafka key: one person's reports stay in order on one partition."""
-    for value in (blind.name_dob, blind.phone, blind.mrn):
-        if value:
-            return value
-    return f"report:{report_id}"
 
 
 def reasons_of(decision: Decision) -> list[DecisionReason]:

@@ -14,8 +14,6 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from services.intake.records import Identity
-from services.intake.reports import Protector
 from services.scheduler.handlers import PolicyBook, Scheduler
 from services.scheduler.models import (
     CASE,
@@ -38,6 +36,7 @@ from shared.events import (
     OutreachConcluded,
     OverdoseReported,
 )
+from shared.identity import Identity, Protector
 from shared.migrations import upgrade
 from shared.outbox import OUTBOX
 from shared.sealing import BlindIndexer, Keyring, Sealer
