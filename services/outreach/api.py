@@ -34,6 +34,7 @@ from services.outreach.models import (
     CASE,
     CASE_NOTE,
     CONTACT,
+    NOTICE,
     REFERRAL,
     SERVICE,
     TASK,
@@ -56,12 +57,14 @@ from services.outreach.schemas import (
     ContactBody,
     ContactView,
     NoteBody,
-    Page,
+    NoticeView,
+    QueuePage,
     ReferralBody,
     ReferralUpdate,
     ReferralView,
     ServicesBody,
     ServicesView,
+    TaskKind,
     TaskView,
 )
 from services.outreach.views import (
@@ -144,7 +147,7 @@ async def list_tasks(
     principal: Worker,
     request: Request,
     status: Literal["open", "completed", "cancelled", "expired"] = "open",
-    kind: Literal["remote_contact", "in_person_visit", "follow_up"] | None = None,
+    kind: TaskKind | None = None,
     stage: Literal["scheduled", "due", "overdue"] | None = None,
     assignee: Annotated[
         str | None, Query(description="'me', 'unassigned', or a team member id.")
@@ -152,7 +155,7 @@ async def list_tasks(
     due_before: AwareDatetime | None = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     cursor: str | None = None,
-) -> Page[TaskView]:
+) -> QueuePage:
     access = Access.of(request, principal, "work the queue")
     query = sa.select(TASK).where(TASK.c.program_id == access.program, TASK.c.status == status)
     if kind:
@@ -181,9 +184,67 @@ async def list_tasks(
         rows = list(await uow.session.execute(query))
         page, more = rows[:limit], len(rows) > limit
         items = await task_views(access, uow.session, page)
+        notices = await _notices(access, uow.session)
         await access.audit(uow.session, "read", "task", [(t.id, t.case_id) for t in page])
         await uow.commit()
-    return Page[TaskView](items=items, next_cursor=_encode_cursor(page[-1]) if more else None)
+    return QueuePage(
+        items=items, next_cursor=_encode_cursor(page[-1]) if more else None, notices=notices
+    )
+
+
+_NOTICE_MESSAGES = {
+    "person_deceased": "A task you held was cancelled: a report says the person has died. "
+    "No one will be asked to reach them. Open the case for what the team does next.",
+}
+
+
+async def _notices(access: Access, session: Any) -> list[NoticeView]:
+    rows = await session.execute(
+        sa.select(NOTICE)
+        .where(
+            NOTICE.c.program_id == access.program,
+            NOTICE.c.member_id == access.actor,
+            NOTICE.c.dismissed_at.is_(None),
+        )
+        .order_by(NOTICE.c.created_at.desc())
+        .limit(50)
+    )
+    return [
+        NoticeView(
+            id=n.id,
+            kind=n.kind,
+            case_id=n.case_id,
+            task_id=n.task_id,
+            created_at=n.created_at,
+            message=_NOTICE_MESSAGES[n.kind],
+        )
+        for n in rows
+    ]
+
+
+@router.post(
+    "/notices/{notice_id}/dismiss",
+    summary="Dismiss one of your queue's notices",
+    status_code=204,
+    responses=ERRORS,
+)
+async def dismiss_notice(notice_id: uuid.UUID, principal: Worker, request: Request) -> Response:
+    access = Access.of(request, principal, "read a notice")
+    async with access.runtime.uow() as uow:
+        updated = await uow.session.execute(
+            NOTICE.update()
+            .where(
+                NOTICE.c.id == notice_id,
+                NOTICE.c.program_id == access.program,
+                NOTICE.c.member_id == access.actor,
+                NOTICE.c.dismissed_at.is_(None),
+            )
+            .values(dismissed_at=access.runtime.clock.now())
+        )
+        if rowcount(updated) != 1:
+            raise ApiError(404, "not_found", "No such notice of yours.")
+        await uow.commit()
+    return Response(status_code=204)
 
 
 @router.get("/tasks/{task_id}", summary="One task, with its ETag", responses=ERRORS)

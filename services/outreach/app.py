@@ -10,10 +10,11 @@ import httpx
 from fastapi import FastAPI, Request, Response
 from sqlalchemy.exc import DBAPIError
 
-from services.outreach import admin, api, texts, visits
+from services.outreach import admin, api, community, texts, visits
 from services.outreach.projection import on_case_event, on_overdose
 from services.outreach.sms import SmsConfig, TemplateBook, TwilioStyleProvider
 from shared.http import error_response
+from shared.identity import Protector
 from shared.runtime import ConsumerSpec, Runtime, create_service_app
 from shared.sealing import load_keys
 from shared.settings import Settings
@@ -59,6 +60,7 @@ def create_app(
     async def extension(app: FastAPI, runtime: Runtime) -> AsyncIterator[None]:
         sealer, indexer = load_keys(settings)
         app.state.sealer = sealer
+        app.state.protector = Protector(sealer, indexer)
         token = settings.outreach_sms_auth_token
         async with httpx.AsyncClient(transport=sms_transport) as client:
             provider = None
@@ -94,6 +96,7 @@ def create_app(
             texts.router,
             texts.webhook_router,
             admin.router,
+            community.router,
         ],
         consumers=consumers,
         extension=extension,

@@ -22,9 +22,11 @@ __all__ = [
     "AUDIT",
     "CASE",
     "CASE_NOTE",
+    "COMMUNITY_REFERRAL",
     "CONTACT",
     "EPISODE",
     "METADATA",
+    "NOTICE",
     "REFERRAL",
     "REPORT",
     "REPORT_LINK",
@@ -68,6 +70,7 @@ CASE = sa.Table(
     sa.Column("close_reason", sa.String(32)),
     sa.Column("do_not_contact", sa.Boolean(), nullable=False, default=False),
     sa.Column("declined", sa.Boolean(), nullable=False, default=False),
+    _ts("deceased_at", True),  # from DeathRecorded: no outreach to the person, ever
     sa.Column("version", sa.Integer(), nullable=False, default=1),
 )
 
@@ -81,6 +84,8 @@ EPISODE = sa.Table(
     sa.Column("repeat", sa.Boolean(), nullable=False),
     _ts("received_at", True),
     sa.Column("late", sa.Boolean(), nullable=False, default=False),
+    sa.Column("fatal", sa.Boolean(), nullable=False, default=False),
+    sa.Column("source_kind", sa.String(16)),
 )
 
 REPORT = sa.Table(
@@ -89,7 +94,7 @@ REPORT = sa.Table(
     _id(),
     _program(),
     sa.Column("revision", sa.Integer(), nullable=False),
-    sa.Column("source_kind", sa.String(8)),
+    sa.Column("source_kind", sa.String(16)),
     _ts("incident_at", True),
     _ts("received_at", True),
     sa.Column("identity_sealed", sa.Text()),
@@ -288,3 +293,33 @@ AUDIT = sa.Table(
     sa.Column("purpose", sa.String(200), nullable=False),
     sa.Column("request_id", sa.String(64)),
 )
+
+NOTICE = sa.Table(
+    "notice",
+    METADATA,
+    _id(),
+    _program(),
+    sa.Column("member_id", sa.String(128), nullable=False),
+    sa.Column("case_id", sa.Uuid(), nullable=False),
+    sa.Column("task_id", sa.Uuid()),
+    sa.Column("kind", sa.String(32), nullable=False),  # person_deceased
+    _ts("created_at"),
+    _ts("dismissed_at", True),
+    sa.Index("ix_notice_member", "program_id", "member_id", "dismissed_at"),
+)
+"""What a team member must be told in their queue, not by a knock on a door: the person of a
+task they held has died."""
+
+COMMUNITY_REFERRAL = sa.Table(
+    "community_referral",
+    METADATA,
+    _id(),  # also the report id the scheduler links
+    _program(),
+    sa.Column("referrer", sa.String(32), nullable=False),
+    sa.Column("consent", sa.String(16), nullable=False),
+    sa.Column("overdose", sa.Boolean(), nullable=False),
+    sa.Column("notes_sealed", sa.Text()),
+    _actor(),
+    _ts("created_at"),
+)
+"""A referral from the community the team entered; its identity is kept as a report row."""

@@ -8,15 +8,17 @@ re-read before it edits.
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 import sqlalchemy as sa
 
-from services.outreach.models import CASE, EPISODE, REPORT, REPORT_LINK, TASK, VISIT
+from services.outreach.models import CASE, EPISODE, NOTICE, REPORT, REPORT_LINK, TASK, VISIT
 from shared.envelope import Envelope
 from shared.events import (
     CaseClosed,
     CaseOpened,
+    DeathRecorded,
     EpisodeOpened,
     OverdoseReported,
     ReportLinked,
@@ -90,6 +92,8 @@ async def on_case_event(uow: UnitOfWork, envelope: Envelope) -> None:
                     repeat=event.repeat,
                     received_at=event.received_at,
                     late=event.late,
+                    fatal=event.fatal,
+                    source_kind=event.source_kind,
                 )
             )
         if event.repeat:  # a repeat overdose reopens a case the person had declined
@@ -146,6 +150,8 @@ async def on_case_event(uow: UnitOfWork, envelope: Envelope) -> None:
             closed_at=event.completed_at,
         )
     elif isinstance(event, TaskCancelled):
+        if event.reason == "person_deceased":
+            await _tell_holder(uow, event)
         await _update_task(
             uow,
             event.task_id,
@@ -153,6 +159,8 @@ async def on_case_event(uow: UnitOfWork, envelope: Envelope) -> None:
             outcome=event.reason,
             closed_at=event.cancelled_at,
         )
+    elif isinstance(event, DeathRecorded):
+        await _record_death(uow, event)
     elif isinstance(event, CaseClosed):
         await s.execute(
             CASE.update()
@@ -165,6 +173,42 @@ async def on_case_event(uow: UnitOfWork, envelope: Envelope) -> None:
             )
         )
         await cancel_scheduled_visits(s, event.case_id, now)
+
+
+async def _record_death(uow: UnitOfWork, event: DeathRecorded) -> None:
+    """The person died: the case shows it and no visit stays on the calendar. (The scheduler
+    cancels the tasks in events of their own; their holders are told then.)"""
+    s = uow.session
+    await s.execute(
+        CASE.update()
+        .where(CASE.c.id == event.case_id, CASE.c.deceased_at.is_(None))
+        .values(deceased_at=event.recorded_at, version=CASE.c.version + 1)
+    )
+    await s.execute(EPISODE.update().where(EPISODE.c.id == event.episode_id).values(fatal=True))
+    await cancel_scheduled_visits(s, event.case_id, uow.clock.now())
+
+
+async def _tell_holder(uow: UnitOfWork, event: TaskCancelled) -> None:
+    """Whoever held a task whose person died is told in their queue, not at a door."""
+    holder = (
+        await uow.session.execute(
+            sa.select(TASK.c.assignee_id).where(TASK.c.id == event.task_id, TASK.c.status == "open")
+        )
+    ).scalar_one_or_none()
+    if holder is None:
+        return
+    await uow.session.execute(
+        NOTICE.insert().values(
+            id=uuid.uuid4(),
+            program_id=event.program_id,
+            member_id=holder,
+            case_id=event.case_id,
+            task_id=event.task_id,
+            kind=event.reason,
+            created_at=uow.clock.now(),
+            dismissed_at=None,
+        )
+    )
 
 
 async def cancel_scheduled_visits(session: Any, case_id: Any, now: Any) -> None:

@@ -7,7 +7,7 @@ place and the peer's contact, so nothing clinical can reach a deputy by accident
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
+from datetime import date, datetime
 from typing import Generic, Literal, TypeVar
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
@@ -18,6 +18,7 @@ from shared.events.outreach import (
     ConclusionReason,
     ReferralKind,
     ReferralStatus,
+    Referrer,
     ServiceItem,
 )
 
@@ -27,6 +28,9 @@ __all__ = [
     "AttemptView",
     "AuditEntry",
     "CaseView",
+    "CommunityPerson",
+    "CommunityReferralBody",
+    "CommunityReferralView",
     "ConclusionBody",
     "ContactBody",
     "ContactView",
@@ -36,14 +40,17 @@ __all__ = [
     "EpisodeView",
     "NoteBody",
     "NoteView",
+    "NoticeView",
     "OverdoseView",
     "Page",
     "PersonView",
+    "QueuePage",
     "ReferralBody",
     "ReferralUpdate",
     "ReferralView",
     "ServicesBody",
     "ServicesView",
+    "TaskKind",
     "TaskView",
     "TeamMemberBody",
     "TeamMemberView",
@@ -56,6 +63,13 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+
+TaskKind = Literal["remote_contact", "in_person_visit", "follow_up", "family_support"]
+SourceKind = Literal["ems", "ed", "law_enforcement", "community"]
+FAMILY_SUPPORT_GUIDANCE = (
+    "Support for the family or household after a death: grief support, naloxone for the home. "
+    "Do not ask for, or address anything to, the person who died."
+)
 
 _NOTES = Field(
     default=None,
@@ -89,7 +103,7 @@ class OverdoseView(BaseModel):
     address: str | None = Field(description="Where it happened (street, city), if known.")
     county: str | None
     state: str | None
-    source_kind: Literal["ems", "ed"] | None
+    source_kind: SourceKind | None
     received_at: datetime | None = Field(
         default=None, description="When the first report of this overdose reached PORTline."
     )
@@ -114,7 +128,10 @@ class NoteView(BaseModel):
 class TaskView(BaseModel):
     id: uuid.UUID
     case_id: uuid.UUID
-    kind: Literal["remote_contact", "in_person_visit", "follow_up"]
+    kind: TaskKind = Field(
+        description="family_support (a program's option after a death) is for the family or "
+        "household: its person shows no name or phone, only the household's address."
+    )
     status: Literal["open", "completed", "cancelled", "expired"]
     stage: Literal["scheduled", "due", "overdue"] = Field(
         description="scheduled: the window is not open yet; due: act now; overdue: past due_at."
@@ -130,6 +147,9 @@ class TaskView(BaseModel):
         "closed; its times count from the report's receipt, not the overdose.",
     )
     assignee_id: str | None
+    guidance: str | None = Field(
+        default=None, description="What the team must keep in mind for this kind of task."
+    )
     version: int = Field(description="Send as If-Match (the ETag) when you change this task.")
     person: PersonView
     overdose: OverdoseView
@@ -284,6 +304,8 @@ class EpisodeView(BaseModel):
     id: uuid.UUID
     incident_at: datetime
     repeat: bool
+    fatal: bool = Field(default=False, description="The person died of this overdose.")
+    source_kind: SourceKind | None = None
     received_at: datetime | None = None
     late: bool = Field(
         default=False, description="Reported after its remote window would have closed."
@@ -342,6 +364,11 @@ class CaseView(BaseModel):
     close_reason: str | None
     do_not_contact: bool
     declined: bool
+    deceased: bool = Field(
+        default=False,
+        description="A report said the person died: every task to reach them was cancelled and "
+        "none will be planned again. Conclude the case as `deceased` when the team is done.",
+    )
     version: int
     person: PersonView
     episodes: list[EpisodeView]
@@ -415,3 +442,87 @@ class AuditEntry(BaseModel):
     resource_id: str | None
     case_id: uuid.UUID | None
     purpose: str
+
+
+class NoticeView(BaseModel):
+    """Something a team member must be told in their queue: the person of a task they held
+    has died (``person_deceased``). Nothing about the person is in it; open the case to see."""
+
+    id: uuid.UUID
+    kind: Literal["person_deceased"]
+    case_id: uuid.UUID
+    task_id: uuid.UUID | None
+    created_at: datetime
+    message: str
+
+
+class QueuePage(Page[TaskView]):
+    notices: list[NoticeView] = Field(
+        default_factory=list,
+        description="Your notices not yet dismissed (POST /v1/notices/{id}/dismiss), newest "
+        "first: a task you held was cancelled because its person died.",
+    )
+
+
+class CommunityPerson(_Body):
+    """Who was referred: only what the person or the referrer gave. Stored sealed."""
+
+    family_name: str | None = Field(default=None, min_length=1, max_length=100)
+    given_name: str | None = Field(default=None, min_length=1, max_length=100)
+    date_of_birth: date | None = None
+    phones: list[str] = Field(default_factory=list, max_length=4)
+    street: str | None = Field(default=None, max_length=200)
+    city: str | None = Field(default=None, max_length=100)
+    postal_code: str | None = Field(default=None, max_length=16)
+    county: str | None = Field(default=None, max_length=64)
+    state: str | None = Field(default=None, max_length=8)
+    language: str | None = Field(default=None, max_length=16)
+
+
+class CommunityReferralBody(_Body):
+    referrer: Referrer = Field(
+        description="Who referred: the person themself, family or a friend, a syringe services "
+        "program, a jail at release, another community partner, or other."
+    )
+    person: CommunityPerson
+    consent: Literal["accepted", "declined", "unknown"] = Field(
+        description="The person's answer to a peer following up, as they gave it. `declined` "
+        "is recorded and counted, and plans no outreach."
+    )
+    overdose: bool = Field(description="Whether the referral is about an overdose.")
+    overdose_at: AwareDatetime | None = Field(
+        default=None,
+        description="When the overdose happened, if there was one and it is known. Windows "
+        "count from it as for any report; without it, from now.",
+    )
+    notes: str | None = _NOTES
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "referrer": "syringe_services",
+                    "person": {
+                        "family_name": "Rivera",
+                        "given_name": "Jordan",
+                        "phones": ["336-555-0188"],
+                        "county": "Guilford",
+                        "state": "NC",
+                    },
+                    "consent": "accepted",
+                    "overdose": True,
+                    "notes": "Met at the Tuesday outreach van; prefers texts.",
+                }
+            ]
+        },
+    )
+
+
+class CommunityReferralView(BaseModel):
+    id: uuid.UUID = Field(description="The referral; the scheduler links it as a report.")
+    referrer: Referrer
+    consent: Literal["accepted", "declined", "unknown"]
+    overdose: bool
+    created_at: datetime
+    created_by: str

@@ -27,6 +27,7 @@ from services.outreach.models import (
 )
 from services.outreach.rules import person_card
 from services.outreach.schemas import (
+    FAMILY_SUPPORT_GUIDANCE,
     AttemptView,
     CaseView,
     ContactView,
@@ -156,6 +157,10 @@ async def task_views(access: Access, session: AsyncSession, tasks: Sequence[Any]
         if text:
             notes_of[row.case_id].append(NoteView(at=row.created_at, by=row.created_by, text=text))
     persons = {cid: _person(access, reports.get(cid, [])) for cid in case_ids}
+    households = {  # family support: the household's address, nobody named to contact
+        cid: PersonView(name=None, phones=[], address=person.address, language=person.language)
+        for cid, person in persons.items()
+    }
     views = []
     for t in tasks:
         case_reports = reports.get(t.case_id, [])
@@ -180,8 +185,9 @@ async def task_views(access: Access, session: AsyncSession, tasks: Sequence[Any]
                 deputy=t.deputy,
                 late=t.late,
                 assignee_id=t.assignee_id,
+                guidance=FAMILY_SUPPORT_GUIDANCE if t.kind == "family_support" else None,
                 version=t.version,
-                person=persons[t.case_id],
+                person=(households if t.kind == "family_support" else persons)[t.case_id],
                 overdose=_overdose(access, episode_reports or case_reports),
                 attempts=case_attempts,
                 notes=notes,
@@ -258,6 +264,7 @@ async def case_view(access: Access, session: AsyncSession, case: Any) -> CaseVie
         close_reason=case.close_reason,
         do_not_contact=case.do_not_contact,
         declined=case.declined,
+        deceased=case.deceased_at is not None,
         version=case.version,
         person=_person(access, reports.get(cid, [])),
         episodes=[
@@ -267,6 +274,8 @@ async def case_view(access: Access, session: AsyncSession, case: Any) -> CaseVie
                 repeat=e.repeat,
                 received_at=e.received_at,
                 late=e.late,
+                fatal=e.fatal,
+                source_kind=e.source_kind,
             )
             for e in episodes
         ],

@@ -104,7 +104,7 @@ class Episode(SQLModel, table=True):
     late: bool = Field(default=False, sa_column=sa.Column(sa.Boolean(), nullable=False))
     fatal: bool = Field(default=False, sa_column=sa.Column(sa.Boolean(), nullable=False))
     overdose: bool = Field(default=True, sa_column=sa.Column(sa.Boolean(), nullable=False))
-    sources: str = Field(sa_column=sa.Column(sa.String(32), nullable=False))
+    sources: str = Field(sa_column=sa.Column(sa.String(64), nullable=False))
     consent: str = Field(sa_column=sa.Column(sa.String(16), nullable=False))
     deidentified: bool = Field(sa_column=sa.Column(sa.Boolean(), nullable=False))
     repeat: bool = Field(sa_column=sa.Column(sa.Boolean(), nullable=False))
@@ -119,7 +119,7 @@ class ReportLink(SQLModel, table=True):
 
     report_id: uuid.UUID = Field(sa_column=sa.Column(sa.Uuid(), primary_key=True))
     episode_id: uuid.UUID = Field(sa_column=sa.Column(sa.Uuid(), nullable=False))
-    source_kind: str = Field(sa_column=sa.Column(sa.String(8), nullable=False))
+    source_kind: str = Field(sa_column=sa.Column(sa.String(16), nullable=False))
     revision: int = Field(sa_column=sa.Column(sa.Integer(), nullable=False))
     match: str = Field(sa_column=sa.Column(sa.String(16), nullable=False))
     linked_at: datetime = Field(sa_column=_ts())

@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
+from services.outreach.models import NOTICE
 from shared.auth import ROLES
 from shared.events.scheduler import TaskKind
 from tests.outreach_world import SECRET_WORDS, World, outreach_world
@@ -46,6 +47,8 @@ EXPECTED: dict[tuple[str, str], set[str]] = {
     ("GET", "/v1/team/members"): {"peer", "team_lead", "admin"},
     ("PUT", "/v1/team/members/{member_id}"): {"team_lead", "admin"},
     ("GET", "/v1/audit"): {"admin"},
+    ("POST", "/v1/notices/{notice_id}/dismiss"): WORK,
+    ("POST", "/v1/community-referrals"): WORK,
 }
 PUBLIC = {
     ("GET", "/healthz"),
@@ -150,7 +153,21 @@ async def _records(world: World, program: str) -> dict[str, str]:
         headers=peer,
     )
     assert visit.status_code == 201, visit.text
+    notice_id = uuid.uuid4()
+    async with world.app.state.runtime.sessions() as session, session.begin():
+        await session.execute(
+            NOTICE.insert().values(
+                id=notice_id,
+                program_id=program,
+                member_id="peer-1",
+                case_id=remote.case_id,
+                task_id=remote.task_id,
+                kind="person_deceased",
+                created_at=datetime.now(UTC),
+            )
+        )
     return {
+        "notice_id": str(notice_id),
         "task_id": str(remote.task_id),
         "case_id": str(remote.case_id),
         "referral_id": referral.json()["id"],
@@ -229,6 +246,7 @@ async def test_requests_without_a_valid_token_are_refused(world: World) -> None:
             case_id=uuid.uuid4(),
             visit_id=uuid.uuid4(),
             referral_id=uuid.uuid4(),
+            notice_id=uuid.uuid4(),
             member_id="x",
         )
         r = await world.client.request(method, path)
