@@ -1,4 +1,4 @@
-"""Faults under MLLP load: intake killed.
+"""Faults under MLLP load: intake killed, PostgreSQL restarted.
 
 Each test runs its own intake process (two workers) on real PostgreSQL and Kafka and drives a
 steady load at it over four MLLP connections, sent as an interface engine sends (resending
@@ -9,13 +9,22 @@ each message until AA: tests/e2e/mllp_load.py). Whatever the fault, afterwards:
   message was resent and stored);
 * every overdose has exactly one outbox row, and its event id, and no other, is on Kafka
   (copies of that id are allowed on the wire).
+
+A PostgreSQL restart uses a private cluster started by this file, on its own port and
+state: the shared one other tests use is never disturbed.
 """
 
 from __future__ import annotations
 
+import asyncio
+import os
+import re
+import shutil
+import subprocess
 import time
 from collections import defaultdict
-from collections.abc import Collection
+from collections.abc import AsyncIterator, Collection
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -25,12 +34,14 @@ from aiokafka import AIOKafkaConsumer
 from shared.db import create_engine
 from shared.envelope import Envelope
 from shared.topics import INTAKE_OVERDOSES
-from tests.e2e.conftest import intake_deployment
+from tests.e2e.conftest import free_port, intake_deployment
 from tests.e2e.mllp_load import Message, MllpLoad, adt_messages
 from tests.hl7_builder import ack_fields
 from tests.support import wait_for
 
 pytestmark = pytest.mark.e2e
+
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy" / "local"
 
 
 # --- what was stored and published ----------------------------------------------------
@@ -117,6 +128,61 @@ async def assert_published_once(
     return published
 
 
+# --- private infrastructure -------------------------------------------------------------
+
+
+async def _script(name: str, command: str, env: dict[str, str], *, check: bool = True) -> str:
+    done = await asyncio.to_thread(
+        subprocess.run,
+        [str(DEPLOY / name), command],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert done.returncode == 0 or not check, f"{name} {command}:\n{done.stdout}\n{done.stderr}"
+    return done.stdout
+
+
+@dataclass
+class PrivateService:
+    """A cluster of this test's own, run by its deploy/local script."""
+
+    script: str
+    env: dict[str, str]
+
+    async def start(self) -> str:
+        return await _script(self.script, "start", self.env)
+
+    async def stop(self) -> str:
+        return await _script(self.script, "stop", self.env)
+
+
+def _private_env(tmp: Path, drop: str, **settings: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != drop}  # or the script uses that one
+    return {**env, "PORTLINE_VAR_DIR": str(tmp), **settings}
+
+
+@pytest.fixture
+async def private_postgres(tmp_path: Path) -> AsyncIterator[tuple[PrivateService, str]]:
+    """A PostgreSQL cluster of this test's own (run as the postgres user), and its URL."""
+    cluster = PrivateService(
+        "postgres.sh", _private_env(tmp_path / "db", "DATABASE_URL", PG_PORT=str(free_port()))
+    )
+    try:
+        url = (await cluster.start()).strip().splitlines()[-1]
+        yield cluster, url.rsplit("/", 1)[0] + "/portline_test"
+    finally:
+        await cluster.stop()
+        # The postgres user cannot enter pytest's private tmp dir, so the script keeps the
+        # cluster in a /tmp directory of its own instead: remove it with the cluster.
+        status = await _script("postgres.sh", "status", cluster.env, check=False)
+        found = re.search(r"\(data (\S+)/data\)", status)
+        if found and not Path(found.group(1)).is_relative_to(tmp_path):
+            shutil.rmtree(found.group(1), ignore_errors=True)
+
+
 # --- the faults ---------------------------------------------------------------------------
 
 
@@ -161,3 +227,30 @@ async def test_intake_killed_mid_load_loses_nothing_and_stores_nothing_twice(
             await assert_published_once(postgres_url, intake.schema, kafka_bootstrap, load.messages)
             == published
         )
+
+
+async def test_postgres_restarted_mid_load_answers_ae_meanwhile_and_loses_nothing(
+    private_postgres: tuple[PrivateService, str], kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    cluster, database_url = private_postgres
+    async with intake_deployment(database_url, kafka_bootstrap, tmp_path / "intake") as intake:
+        load = MllpLoad(intake.mllp_port, adt_messages(1000), rate=200).start()
+        await wait_for(lambda: len(load.accepted()) >= 150, timeout=60)
+        await cluster.stop()
+        down_at = time.monotonic()
+
+        def answered_while_down() -> list[str]:
+            return [a.code for _, a in load.answers() if a.sent_at > down_at]
+
+        await wait_for(lambda: len(answered_while_down()) >= 40, timeout=30)
+        during = answered_while_down()
+        await cluster.start()
+        await load.finished()
+
+        assert set(during) == {"AE"}, during
+        assert not load.failures
+        assert intake.process is not None
+        assert intake.process.poll() is None, "intake exited"
+        assert len(load.accepted()) == len(load.messages)
+        await assert_stored_once(database_url, intake.schema, load.messages)
+        await assert_published_once(database_url, intake.schema, kafka_bootstrap, load.messages)
