@@ -1,4 +1,4 @@
-"""Faults under MLLP load: intake killed, PostgreSQL restarted.
+"""Faults under MLLP load: intake killed, PostgreSQL restarted, the Kafka broker restarted.
 
 Each test runs its own intake process (two workers) on real PostgreSQL and Kafka and drives a
 steady load at it over four MLLP connections, sent as an interface engine sends (resending
@@ -10,8 +10,8 @@ each message until AA: tests/e2e/mllp_load.py). Whatever the fault, afterwards:
 * every overdose has exactly one outbox row, and its event id, and no other, is on Kafka
   (copies of that id are allowed on the wire).
 
-A PostgreSQL restart uses a private cluster started by this file, on its own port and
-state: the shared one other tests use is never disturbed.
+PostgreSQL and Kafka restarts use a private cluster or broker started by this file, on its
+own ports and state: the shared ones other tests use are never disturbed.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from collections.abc import AsyncIterator, Collection
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import pytest
 import sqlalchemy as sa
 from aiokafka import AIOKafkaConsumer
@@ -108,6 +109,15 @@ async def published_ids(
         await consumer.stop()
 
 
+async def oldest_unpublished(base: str, *, above: float) -> bool:
+    """Whether intake's oldest unpublished event is older than `above` seconds (/metrics)."""
+    async with httpx.AsyncClient(base_url=base) as client:
+        text = (await client.get("/metrics")).text
+    name = "portline_outbox_oldest_unpublished_seconds{"
+    ages = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name)]
+    return max(ages, default=0.0) > above
+
+
 async def assert_stored_once(database_url: str, schema: str, messages: list[Message]) -> None:
     """Every message stored once, with the AA its sender got first; nothing else stored."""
     assert all(m.accepted is not None for m in messages)
@@ -147,7 +157,7 @@ async def _script(name: str, command: str, env: dict[str, str], *, check: bool =
 
 @dataclass
 class PrivateService:
-    """A cluster of this test's own, run by its deploy/local script."""
+    """A broker or cluster of this test's own, run by its deploy/local script."""
 
     script: str
     env: dict[str, str]
@@ -162,6 +172,27 @@ class PrivateService:
 def _private_env(tmp: Path, drop: str, **settings: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k != drop}  # or the script uses that one
     return {**env, "PORTLINE_VAR_DIR": str(tmp), **settings}
+
+
+@pytest.fixture
+async def private_kafka(tmp_path: Path) -> AsyncIterator[tuple[PrivateService, str]]:
+    """A single-node KRaft broker of this test's own, and its bootstrap address."""
+    port = free_port()
+    broker = PrivateService(
+        "kafka.sh",
+        _private_env(
+            tmp_path / "broker",
+            "KAFKA_BOOTSTRAP_SERVERS",
+            KAFKA_PORT=str(port),
+            KAFKA_CONTROLLER_PORT=str(free_port()),
+            KAFKA_HEAP_OPTS="-Xms128m -Xmx512m",
+        ),
+    )
+    try:
+        await broker.start()
+        yield broker, f"127.0.0.1:{port}"
+    finally:
+        await broker.stop()
 
 
 @pytest.fixture
@@ -254,3 +285,31 @@ async def test_postgres_restarted_mid_load_answers_ae_meanwhile_and_loses_nothin
         assert len(load.accepted()) == len(load.messages)
         await assert_stored_once(database_url, intake.schema, load.messages)
         await assert_published_once(database_url, intake.schema, kafka_bootstrap, load.messages)
+
+
+async def test_kafka_restarted_mid_load_keeps_acking_and_publishes_everything_after(
+    private_kafka: tuple[PrivateService, str], postgres_url: str, tmp_path: Path
+) -> None:
+    broker, bootstrap = private_kafka
+    async with intake_deployment(postgres_url, bootstrap, tmp_path / "intake") as intake:
+        load = MllpLoad(intake.mllp_port, adt_messages(1800), rate=60).start()
+        await wait_for(lambda: len(load.accepted()) >= 100, timeout=60)
+        await broker.stop()
+        down_at = time.monotonic()
+
+        def acked_while_down() -> list[Message]:
+            return [m for m in load.messages if m.answers and m.answers[0].sent_at > down_at]
+
+        await wait_for(lambda: len(acked_while_down()) >= 100, timeout=30)
+        # Down for longer than the producer waits for one request (15 s, shared/bus.py).
+        await wait_for(lambda: oldest_unpublished(intake.http, above=20.0), timeout=60)
+        during = acked_while_down()
+        await broker.start()
+        await load.finished()
+
+        # The database alone decides the ACK: the broker being away changes nothing.
+        assert {a.code for m in during for a in m.answers} == {"AA"}
+        assert any(m.overdose for m in during)
+        assert not load.failures
+        await assert_stored_once(postgres_url, intake.schema, load.messages)
+        await assert_published_once(postgres_url, intake.schema, bootstrap, load.messages)
