@@ -158,6 +158,7 @@ async def intake_deployment(
     env = {
         **os.environ,
         "PORTLINE_ENV": "development",
+        "PORTLINE_HOST": "127.0.0.1",  # loopback only, whatever the caller's environment
         "DATABASE_URL": urlunsplit(target._replace(netloc=netloc)),
         "PORTLINE_DB_SCHEMA_PREFIX": prefix,
         "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
