@@ -12,6 +12,7 @@ import sys
 import time
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -42,6 +43,31 @@ class IntakeProcess:
     env: dict[str, str]
     proxy: TcpProxy
     log: Path
+    process: subprocess.Popen[bytes] | None = None
+    """The running `portline run intake`: the supervisor of its workers."""
+    own_process_group: bool = False
+    """Whether intake runs in a process group of its own, which `kill` can take down."""
+
+    @property
+    def schema(self) -> str:
+        """Intake's database schema in this deployment."""
+        return self.env["PORTLINE_DB_SCHEMA_PREFIX"] + "intake"
+
+    async def kill(self) -> None:
+        """Kill intake at once, supervisor and workers together, as a crash or the OOM killer
+        would: SIGKILL to its process group, so that no shutdown code runs anywhere."""
+        assert self.own_process_group, "intake shares the tests' process group"
+        assert self.process is not None
+        os.killpg(self.process.pid, signal.SIGKILL)
+        await asyncio.to_thread(self.process.wait, 30)
+
+    async def start(self) -> None:
+        """Start intake (again, after `kill`) and wait until it is ready."""
+        assert self.process is None or self.process.poll() is not None, "intake is running"
+        self.process = await asyncio.to_thread(
+            _start, self.env, self.log, own_process_group=self.own_process_group
+        )
+        await _wait_ready(self.process, self.http, self.log)
 
     async def mllp(self, *payloads: bytes, timeout: float = 15.0) -> list[str]:
         """Send framed payloads on one connection, one at a time; return the ACK texts."""
@@ -71,10 +97,16 @@ class IntakeProcess:
         )
 
 
-def _start(env: dict[str, str], log: Path, service: str = "intake") -> subprocess.Popen[bytes]:
-    with log.open("w") as out:
+def _start(
+    env: dict[str, str], log: Path, service: str = "intake", *, own_process_group: bool = False
+) -> subprocess.Popen[bytes]:
+    with log.open("a") as out:  # a restarted service's log follows the first run's
         return subprocess.Popen(
-            [PORTLINE, "run", service], env=env, stdout=out, stderr=subprocess.STDOUT
+            [PORTLINE, "run", service],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=own_process_group,
         )
 
 
@@ -104,7 +136,19 @@ async def _stop(proc: subprocess.Popen[bytes]) -> None:
 async def intake_process(
     postgres_url: str, kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[IntakeProcess]:
-    var = tmp_path_factory.mktemp("intake-e2e")
+    async with intake_deployment(
+        postgres_url, kafka_bootstrap, tmp_path_factory.mktemp("intake-e2e")
+    ) as intake:
+        yield intake
+
+
+@asynccontextmanager
+async def intake_deployment(
+    postgres_url: str, kafka_bootstrap: str, var: Path, *, own_process_group: bool = False
+) -> AsyncIterator[IntakeProcess]:
+    """Intake as a process of its own, on its own schemas (dropped afterwards), behind a
+    database proxy the tests can cut. `own_process_group` lets a test SIGKILL it."""
+    var.mkdir(parents=True, exist_ok=True)
     target = urlsplit(postgres_url)
     proxy = TcpProxy(target.hostname or "127.0.0.1", target.port or 5432)
     await proxy.up()
@@ -114,6 +158,7 @@ async def intake_process(
     env = {
         **os.environ,
         "PORTLINE_ENV": "development",
+        "PORTLINE_HOST": "127.0.0.1",  # loopback only, whatever the caller's environment
         "DATABASE_URL": urlunsplit(target._replace(netloc=netloc)),
         "PORTLINE_DB_SCHEMA_PREFIX": prefix,
         "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
@@ -135,16 +180,22 @@ async def intake_process(
     await asyncio.to_thread(run, "migrate", "intake")
     await asyncio.to_thread(run, "intake", "seed-demo")
     keys = json.loads((var / "demo-keys.json").read_text())
-    log = var / "intake.log"
-    proc = await asyncio.to_thread(_start, env, log)
-    base = f"http://127.0.0.1:{http_port}"
+    intake = IntakeProcess(
+        f"http://127.0.0.1:{http_port}",
+        mllp_port,
+        keys["demo-hospital"],
+        keys["demo-ems"],
+        env,
+        proxy,
+        var / "intake.log",
+        own_process_group=own_process_group,
+    )
     try:
-        await _wait_ready(proc, base, log)
-        yield IntakeProcess(
-            base, mllp_port, keys["demo-hospital"], keys["demo-ems"], env, proxy, log
-        )
+        await intake.start()
+        yield intake
     finally:
-        await _stop(proc)
+        if intake.process is not None:
+            await _stop(intake.process)
         await proxy.up() if proxy._server is None else None
         engine = create_engine(postgres_url, service="admin", schema="public")
         async with engine.begin() as conn:
