@@ -111,9 +111,32 @@ class Outcome(StrEnum):
 _TRANSIENT = (sa.exc.OperationalError, sa.exc.InterfaceError, ConnectionError, TimeoutError)
 
 
+# SQLSTATE classes and codes of a database that is down, starting or stopping, not of a
+# message: connection exceptions (08), operator intervention (57: admin or crash shutdown,
+# "the database system is starting up / shutting down"), insufficient resources (53, e.g.
+# too many connections) and a cancelled or timed-out statement during failover (57014).
+_TRANSIENT_SQLSTATE_CLASSES = ("08", "53", "57")
+
+
+def _sqlstate(exc: BaseException) -> str | None:
+    for candidate in (exc, getattr(exc, "orig", None), getattr(exc, "__cause__", None)):
+        code = getattr(candidate, "sqlstate", None) or getattr(candidate, "pgcode", None)
+        if isinstance(code, str):
+            return code
+    return None
+
+
 def is_transient(exc: BaseException) -> bool:
-    """Whether a failure is the infrastructure's (retry forever) rather than the message's."""
+    """Whether a failure is the infrastructure's (retry forever) rather than the message's.
+
+    A PostgreSQL restart answers with errors SQLAlchemy reports as a plain ``DBAPIError``
+    ("the database system is shutting down" / "starting up"); their SQLSTATE says they are
+    the database's, not the message's.
+    """
     if isinstance(exc, sa.exc.DBAPIError) and exc.connection_invalidated:
+        return True
+    code = _sqlstate(exc)
+    if code is not None and code[:2] in _TRANSIENT_SQLSTATE_CLASSES:
         return True
     return isinstance(exc, _TRANSIENT) or (isinstance(exc, OSError) and exc.errno is not None)
 
