@@ -23,20 +23,14 @@ from services.intake.classify import Medication as ClassifyMedication
 from services.intake.metrics import INTAKE_MESSAGES
 from services.intake.models import Channel, InboundStatus
 from services.intake.partners import PartnerContext
-from services.intake.pipeline.book import ReportBook
+from services.intake.pipeline.agency import AgencyRecord, AgencyReports
 from services.intake.pipeline.hl7 import source_key
 from services.intake.records import EmsRunReport
-from services.intake.reports import Protector, content_hash, ems_report, person_key
-from services.intake.store import (
-    BatchWrites,
-    InboundRecord,
-    IntakeStore,
-    RoutineWrites,
-    StoreConflict,
-)
+from services.intake.reports import Protector, ems_report
+from services.intake.store import InboundRecord, IntakeStore, RoutineWrites
 from shared.clock import Clock
+from shared.events import OverdoseReported
 from shared.ids import new_uuid
-from shared.outbox_rows import EventTooLargeError
 
 __all__ = ["EmsIntake", "EmsOutcome", "EmsStatus", "EmsSubmission", "classify_run"]
 
@@ -124,9 +118,15 @@ class EmsIntake:
         self._store = store
         self._protector = protector
         self._clock = clock
-        self._source = source
         self._new_id = new_id
-        self._max_event_bytes = max_event_bytes
+        self._agency = AgencyReports(
+            store,
+            source_kind="ems",
+            channel=Channel.HTTP_EMS.value,
+            source=source,
+            new_id=new_id,
+            max_event_bytes=max_event_bytes,
+        )
 
     async def receive(self, submissions: Sequence[EmsSubmission]) -> list[EmsOutcome]:
         now = self._clock.now()
@@ -215,75 +215,34 @@ class EmsIntake:
         outcomes: list[EmsOutcome | None],
         now: datetime,
     ) -> None:
-        """Overdoses: one lookup of their reports, one commit of every write."""
-        try:
-            await self._decide_and_write(submissions, decisions, indices, outcomes, now)
-        except StoreConflict:
-            # Another replica stored the first report of one of these PCRs meanwhile.
-            await self._decide_and_write(submissions, decisions, indices, outcomes, now)
+        """Overdoses: numbered agency records (pipeline.agency), one lookup and one commit."""
 
-    async def _decide_and_write(
-        self,
-        submissions: Sequence[EmsSubmission],
-        decisions: dict[int, Decision],
-        indices: list[int],
-        outcomes: list[EmsOutcome | None],
-        now: datetime,
-    ) -> None:
-        keys = {i: _report_key(submissions[i]) for i in indices}
-        known = await self._store.lookup(dedupe_keys=(), source_keys=list(keys.values()))
-        reports = ReportBook(known.reports)
-        writes = BatchWrites(source=self._source, now=now, max_event_bytes=self._max_event_bytes)
-        for i in indices:
-            outcomes[i] = self._one(writes, reports, submissions[i], decisions[i], keys[i], now)
-        writes.new_reports, writes.revised_reports = reports.pending()
-        await self._store.write(writes)
+        def record(s: EmsSubmission, decision: Decision) -> AgencyRecord:
+            run = s.report
+            assert run is not None
 
-    def _one(
-        self,
-        writes: BatchWrites,
-        reports: ReportBook,
-        s: EmsSubmission,
-        decision: Decision,
-        key: str,
-        now: datetime,
-    ) -> EmsOutcome:
-        """One overdose record: a new report, a revision, or a duplicate."""
-        run = s.report
-        assert run is not None
-        current = reports.get(key)
-        report_id = current.report_id if current else self._new_id()
-        digest = content_hash(report_id, run, decision)
-        if current and current.content_hash == digest:
-            return _outcome(s, decision, "duplicate", report_id, current.revision)
-        revision = current.revision + 1 if current else 1
-        event = ems_report(
-            run,
-            decision,
-            program_id=s.partner.program_id,
-            partner_id=s.partner.partner_id,
-            report_id=report_id,
-            revision=revision,
-            received_at=now,
-            protector=self._protector,
+            def build(report_id: uuid.UUID, revision: int) -> OverdoseReported:
+                return ems_report(
+                    run,
+                    decision,
+                    program_id=s.partner.program_id,
+                    partner_id=s.partner.partner_id,
+                    report_id=report_id,
+                    revision=revision,
+                    received_at=now,
+                    protector=self._protector,
+                )
+
+            return AgencyRecord(s.partner.partner_id, _report_key(s), (run, decision), build)
+
+        stored = await self._agency.store(
+            [record(submissions[i], decisions[i]) for i in indices], now
         )
-        try:
-            writes.publish(event, subject=person_key(event.blind_keys, report_id))
-        except EventTooLargeError:
-            return _rejected(
-                s,
-                "event_too_large",
-                "The report this record makes is larger than intake can publish.",
-            )
-        reports.put(key, s.partner.partner_id, "ems", event, digest)
-        writes.inbound.append(
-            InboundRecord(
-                id=self._new_id(),
-                channel=Channel.HTTP_EMS.value,
-                partner_id=s.partner.partner_id,
-                status=InboundStatus.ACCEPTED.value,
-                report_id=report_id,
-                revision=revision,
-            )
-        )
-        return _outcome(s, decision, "revised" if current else "accepted", report_id, revision)
+        for i, outcome in zip(indices, stored, strict=True):
+            s = submissions[i]
+            if outcome.status == "rejected":
+                outcomes[i] = _rejected(s, outcome.error_code or "", outcome.error_message or "")
+            else:
+                outcomes[i] = _outcome(
+                    s, decisions[i], outcome.status, outcome.report_id, outcome.revision
+                )
