@@ -34,6 +34,9 @@ class Needle:
 
     label: str
     pattern: re.Pattern[bytes]
+    probes: tuple[bytes, ...]
+    """Lower-case literals, one of which every match contains: data holding none of them is
+    not searched with the (slower) pattern."""
 
 
 @dataclass(frozen=True)
@@ -101,14 +104,17 @@ class Planted:
 
     def needles(self) -> list[Needle]:
         def words(label: str, value: str) -> Needle:
-            return Needle(label, re.compile(re.escape(value.encode()), re.IGNORECASE))
+            probe = value.lower().encode()
+            return Needle(label, re.compile(re.escape(value.encode()), re.IGNORECASE), (probe,))
 
-        def digits(label: str, pattern: str) -> Needle:
-            # Not glued to other digits (nor, for the short forms, to letters): a longer number
-            # that happens to contain the digits is not the identifier.
-            return Needle(label, re.compile(rf"(?<![0-9A-Za-z]){pattern}(?![0-9A-Za-z])".encode()))
+        def digits(label: str, pattern: str, *probes: str) -> Needle:
+            # Not glued to other digits or letters: a longer number or code that happens to
+            # contain the digits is not the identifier.
+            regex = re.compile(rf"(?<![0-9A-Za-z]){pattern}(?![0-9A-Za-z])".encode())
+            return Needle(label, regex, tuple(probe.encode() for probe in probes))
 
         area, exchange, line = self.phone[:3], self.phone[3:6], self.phone[6:]
+        local = [f"{exchange}{sep}{line}" for sep in ("", " ", ".", "-")]
         number, _, suffix = self.street.split()
         y, m, d = self.dob.strftime("%Y"), self.dob.strftime("%m"), self.dob.strftime("%d")
         return [
@@ -120,18 +126,20 @@ class Planted:
                     rf"(?:{number}\s+)?{re.escape(self.street_word)}(?:\s+{suffix})?".encode(),
                     re.IGNORECASE,
                 ),
+                (self.street_word.lower().encode(),),
             ),
             words("city", self.city),
             words("MRN", self.mrn),
             words("free-text note", self.note_word),
             words("date of birth (YYYY-MM-DD)", self.dob.isoformat()),
-            digits("date of birth (YYYYMMDD)", f"{y}{m}{d}"),
-            digits("date of birth (MM/DD/YYYY)", f"{m}/{d}/{y}"),
+            digits("date of birth (YYYYMMDD)", f"{y}{m}{d}", f"{y}{m}{d}"),
+            digits("date of birth (MM/DD/YYYY)", f"{m}/{d}/{y}", f"{m}/{d}/{y}"),
             digits(
                 "phone number",
                 rf"(?:\+?1[ .-]?)?\(?{area}\)?[ .-]{{0,2}}{exchange}[ .-]?{line}",
+                *local,
             ),
-            digits("phone number (local part)", rf"{exchange}[ .-]?{line}"),
+            digits("phone number (local part)", rf"{exchange}[ .-]?{line}", *local),
         ]
 
 
@@ -157,9 +165,11 @@ def _masked(data: bytes, lo: int, hi: int, spans: Sequence[tuple[int, int, str]]
 
 def scan_bytes(data: bytes, where: str, needles: Iterable[Needle]) -> list[Hit]:
     """Every occurrence of a needle in ``data``; ``where`` names the data in the report."""
+    lowered = data.lower()
     spans = sorted(
         (m.start(), m.end(), needle.label)
         for needle in needles
+        if any(probe in lowered for probe in needle.probes)
         for m in needle.pattern.finditer(data)
     )
     hits: list[Hit] = []
