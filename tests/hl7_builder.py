@@ -22,13 +22,17 @@ def adt(
     dob: str = "19900101",
     phone: str = "^PRN^PH^^^336^5550100",
     admit: str = "202611201415-0500",
+    mrn: str | None = None,
+    street: str = "12 Elm St",
+    city: str = "Greensboro",
 ) -> str:
-    """An ED ADT message; with the defaults, an opioid overdose."""
+    """An ED ADT message; with the defaults, an opioid overdose. The MRN (PID-3.1) defaults to
+    ``MRN<visit>``; the home address (PID-11) is in Greensboro, NC 27401, Guilford County."""
     segments = [
         f"MSH|^~\\&|{app}|{facility}|PORTLINE|PORT|{admit}||ADT^{trigger}^ADT_A01|{control_id}|P|{version}",
         f"EVN|{trigger}|{admit}",
-        f"PID|1||MRN{visit}^^^{facility}^MR||{family}^{given}^Q||{dob}|F|||"
-        f"12 Elm St^^Greensboro^NC^27401^^H^^37081||{phone}|||||",
+        f"PID|1||{mrn or f'MRN{visit}'}^^^{facility}^MR||{family}^{given}^Q||{dob}|F|||"
+        f"{street}^^{city}^NC^27401^^H^^37081||{phone}|||||",
         f"PV1|1|E|ED^^^{facility}||||||||||||||||{visit}|||||||||||||||||||||||||{admit}",
     ]
     if complaint is not None:

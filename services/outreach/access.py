@@ -24,6 +24,7 @@ from shared.runtime import Runtime
 from shared.sealing import Sealer
 
 __all__ = [
+    "PURPOSE",
     "Access",
     "apply_rule",
     "case_state",
@@ -36,6 +37,9 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+PURPOSE = "outreach.purpose"
+"""Sealing context of the purpose a caller states (X-Purpose): free text, so it may name
+the person."""
 AuditAction = Literal["read", "create", "update"]
 
 
@@ -67,16 +71,20 @@ class Access:
     runtime: Runtime
     sealer: Sealer
     purpose: str
+    """The operation's own purpose ("log an attempt"): fixed text, stored in the clear."""
+    stated_purpose: str | None
+    """What the caller said (X-Purpose): free text, stored sealed."""
     request_id: str | None
 
     @classmethod
     def of(cls, request: Request, principal: Principal, default_purpose: str) -> Access:
-        purpose = (request.headers.get("x-purpose") or default_purpose).strip()[:200]
+        stated = (request.headers.get("x-purpose") or "").strip()[:200]
         return cls(
             principal=principal,
             runtime=request.app.state.runtime,
             sealer=request.app.state.sealer,
-            purpose=purpose or default_purpose,
+            purpose=default_purpose,
+            stated_purpose=stated or None,
             request_id=request.headers.get("x-request-id", "")[:64] or None,
         )
 
@@ -103,6 +111,7 @@ class Access:
         if not targets:
             return
         now = self.runtime.clock.now()
+        stated = self.seal(self.stated_purpose, PURPOSE)
         await session.execute(
             AUDIT.insert(),
             [
@@ -116,6 +125,7 @@ class Access:
                     "resource_id": None if rid is None else str(rid),
                     "case_id": case_id,
                     "purpose": self.purpose,
+                    "purpose_sealed": stated,
                     "request_id": self.request_id,
                 }
                 for rid, case_id in targets

@@ -7,13 +7,20 @@ DELETE and TRUNCATE on it (triggers installed by migration outreach_0002).
 from __future__ import annotations
 
 import uuid
-from typing import Annotated
+from typing import Annotated, Any
 
 import sqlalchemy as sa
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from pydantic import AwareDatetime
 
-from services.outreach.access import Access, etag, not_found, require_match, set_etag
+from services.outreach.access import (
+    PURPOSE,
+    Access,
+    etag,
+    not_found,
+    require_match,
+    set_etag,
+)
 from services.outreach.api import ERRORS
 from services.outreach.models import AUDIT, TEAM_MEMBER
 from services.outreach.schemas import AuditEntry, Page, TeamMemberBody, TeamMemberView
@@ -94,6 +101,13 @@ async def put_member(
     return _member_view(fresh)
 
 
+def _audit_entry(access: Access, row: Any) -> AuditEntry:
+    """An entry's purpose is what the caller stated, else the operation's own."""
+    entry = AuditEntry.model_validate(row, from_attributes=True)
+    stated = access.open(row.purpose_sealed, PURPOSE)
+    return entry if stated is None else entry.model_copy(update={"purpose": stated})
+
+
 @router.get(
     "/audit",
     summary="Who read or changed whose record, when and why (admins; newest first)",
@@ -132,6 +146,6 @@ async def read_audit(
         rows = list(await s.execute(query))
     page = rows[:limit]
     return Page[AuditEntry](
-        items=[AuditEntry.model_validate(r, from_attributes=True) for r in page],
+        items=[_audit_entry(access, r) for r in page],
         next_cursor=str(page[-1].id) if len(rows) > limit else None,
     )

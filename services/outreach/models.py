@@ -290,7 +290,8 @@ AUDIT = sa.Table(
     sa.Column("resource", sa.String(32), nullable=False),
     sa.Column("resource_id", sa.String(64)),
     sa.Column("case_id", sa.Uuid(), index=True),
-    sa.Column("purpose", sa.String(200), nullable=False),
+    sa.Column("purpose", sa.String(200), nullable=False),  # the operation's, fixed text
+    sa.Column("purpose_sealed", sa.Text()),  # the caller's X-Purpose, free text
     sa.Column("request_id", sa.String(64)),
 )
 

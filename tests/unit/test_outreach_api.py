@@ -336,3 +336,28 @@ async def test_audit_records_reads_and_writes_and_cannot_be_edited(world: World)
     async with world.runtime.engine.begin() as conn:
         with pytest.raises(sa.exc.DBAPIError, match="append-only"):
             await conn.execute(AUDIT.delete())
+
+
+async def test_a_stated_purpose_is_free_text_and_is_stored_sealed(world: World) -> None:
+    """X-Purpose may name the person ("call back Jordan Lee"): the audit log keeps it sealed,
+    beside the operation's own purpose, and shows it to an admin in the clear."""
+    seeded = await world.seed_case()
+    peer = world.auth("peer", subject="peer-1")
+    why = {"X-Purpose": "call back Jordan Lee on 336-555-0142"}
+    await world.client.get(f"/v1/cases/{seeded.case_id}", headers=peer | why)
+    await world.client.get(f"/v1/cases/{seeded.case_id}", headers=peer)
+    async with world.runtime.sessions() as s:
+        rows = (await s.execute(sa.select(AUDIT).order_by(AUDIT.c.id))).all()
+    assert [(r.purpose, r.purpose_sealed is None) for r in rows] == [
+        ("review a case", False),
+        ("review a case", True),
+    ]
+    assert "Jordan" not in rows[0].purpose_sealed
+    assert "0142" not in rows[0].purpose_sealed
+    r = await world.client.get(
+        "/v1/audit", params={"case_id": str(seeded.case_id)}, headers=world.auth("admin")
+    )
+    assert [e["purpose"] for e in r.json()["items"]] == [
+        "review a case",
+        "call back Jordan Lee on 336-555-0142",
+    ]

@@ -1,0 +1,77 @@
+"""The PHI scan's own scanner finds planted identifiers in every spelling the e2e scan relies
+on, says where, and never echoes them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tests.phi_scan import Planted, scan_bytes, scan_files
+
+PERSON = Planted.random(seed=7)
+
+
+def _labels(data: bytes) -> set[str]:
+    return {hit.label for hit in scan_bytes(data, "sample", PERSON.needles())}
+
+
+def test_a_file_holding_an_identifier_is_reported_with_its_place_and_masked_context(
+    tmp_path: Path,
+) -> None:
+    log = tmp_path / "service.log"
+    log.write_text(
+        '{"level":"INFO","msg":"started"}\n'
+        f'{{"level":"INFO","msg":"attempt logged for {PERSON.family.upper()}, the rest of a '
+        'long line that must never be printed in full"}\n'
+    )
+    (hit,) = scan_files([log], PERSON.needles())
+    assert hit.label == "family name"
+    assert hit.where.startswith(f"{log} (line 2, byte ")
+    assert "<family name>" in hit.context
+    assert PERSON.family.lower() not in str(hit).lower()
+    assert "printed in full" not in str(hit)
+
+
+def test_every_spelling_is_found() -> None:
+    p = PERSON
+    y, m, d = p.dob.strftime("%Y %m %d").split()
+    samples = {
+        "family name": [p.family, p.family.lower(), p.family.upper()],
+        "given name": [p.given.lower()],
+        "street address": [p.street, p.street.upper()],
+        "city": [p.city.lower()],
+        "MRN": [p.mrn.lower()],
+        "free-text note": [p.note],
+        "date of birth (YYYY-MM-DD)": [f'"dob": "{p.dob.isoformat()}"'],
+        "date of birth (YYYYMMDD)": [f"|{p.dob_hl7}|F|"],
+        "date of birth (MM/DD/YYYY)": [f"born {m}/{d}/{y}."],
+        "phone number": [
+            p.phone,
+            f"+1{p.phone}",
+            p.phone_dashed,
+            p.phone_parens,
+            f"({p.phone[:3]}){p.phone[3:6]}-{p.phone[6:]}",
+            f"{p.phone[:3]}.{p.phone[3:6]}.{p.phone[6:]}",
+        ],
+        "phone number (local part)": [f"^^^{p.phone[:3]}^{p.phone[3:]}"],
+    }
+    for label, spellings in samples.items():
+        for spelling in spellings:
+            assert label in _labels(f"x {spelling} y".encode()), (label, spelling)
+
+
+def test_longer_numbers_and_other_people_are_not_hits() -> None:
+    p = PERSON
+    other = Planted.random(seed=8)
+    assert not _labels(f"9{p.phone}7 {p.dob_hl7}0 x{p.dob_hl7}".encode())
+    assert not _labels(f"{other.family} {other.street} {other.mrn} {other.note}".encode())
+
+
+def test_a_hit_masks_every_identifier_near_it() -> None:
+    data = f"...name {PERSON.given} {PERSON.family} phone {PERSON.phone_dashed}...".encode()
+    hits = scan_bytes(data, "sample", PERSON.needles())
+    assert {h.label for h in hits} >= {"given name", "family name", "phone number"}
+    for hit in hits:
+        text = str(hit)
+        assert PERSON.given not in text
+        assert PERSON.family not in text
+        assert PERSON.phone[6:] not in text
