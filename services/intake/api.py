@@ -23,10 +23,12 @@ from pydantic import BaseModel, Field, ValidationError
 
 from services.intake.batching import MicroBatcher, Overloaded
 from services.intake.ems_json import EmsRunReportBatch, EmsRunReportIn, to_record
+from services.intake.le_json import LeOverdoseReportIn, to_le_report
 from services.intake.models import IDEMPOTENCY, Channel
 from services.intake.nemsis import EmsInputError, parse_ems_dataset
 from services.intake.partners import PartnerContext, PartnerDirectory
 from services.intake.pipeline import EmsOutcome, EmsSubmission, HL7Submission
+from services.intake.pipeline.law_enforcement import LawEnforcementIntake
 from shared.clock import Clock
 from shared.http import ApiError, ErrorResponse
 
@@ -47,6 +49,7 @@ class IntakeState:
     submit_hl7: Callable[[HL7Submission], Awaitable[str]]
     """Prepares an HL7 submission and waits for its group commit: its ACK text."""
     ems: MicroBatcher[list[EmsSubmission], list[EmsOutcome]]
+    le: LawEnforcementIntake
     uow: Any
     clock: Clock
     max_message_bytes: int
@@ -529,3 +532,100 @@ async def _release(state: IntakeState, partner: PartnerContext, key: str) -> Non
             )
         )
         await uow.commit()
+
+
+# -- law enforcement ----------------------------------------------------------------------
+
+
+def _le_examples() -> list[Any]:
+    extra = LeOverdoseReportIn.model_config.get("json_schema_extra")
+    assert isinstance(extra, dict)
+    examples = extra["examples"]
+    assert isinstance(examples, list)
+    return examples
+
+
+LE_MAX_BYTES = 65_536
+"""The largest law-enforcement report body (one report is a few hundred bytes)."""
+
+
+class LeReceived(BaseModel):
+    """All a law-enforcement agency hears back: the report is stored. Nothing about the person,
+    the outreach or the outcome, ever."""
+
+    received: Literal[True] = True
+    incident_number: str
+
+
+@router.post(
+    "/le/overdose-reports",
+    summary="A law-enforcement agency reports an overdose (one way: nothing is read back)",
+    description=(
+        "ODMAP's data points as JSON (`LeOverdoseReportIn`): when, where, fatal or not, "
+        "naloxone and doses, suspected drugs, the agency's incident number, and the person's "
+        "identity and phone only when they agreed to be contacted (`consent` = `accepted`; "
+        "a person sent otherwise is refused with `identity_without_consent`). Idempotent per "
+        "agency and incident number: sending it again stores nothing new, and a changed report "
+        "revises it. The answer says only that it was stored: law enforcement receives no "
+        "status, outcome or lookup of any kind."
+    ),
+    status_code=202,
+    response_model=LeReceived,
+    responses={
+        401: {"model": ErrorResponse},
+        403: {"model": ErrorResponse, "description": "The key is not a law-enforcement agency's."},
+        413: {"model": ErrorResponse},
+        415: {"model": ErrorResponse},
+        422: {"model": ErrorResponse},
+        503: {"model": ErrorResponse, "description": "Not stored; resend (Retry-After)."},
+    },
+    openapi_extra={
+        "security": _PARTNER_SECURITY,
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {
+                    "schema": {"$ref": "#/components/schemas/LeOverdoseReportIn"},
+                    "examples": {f"example{i}": {"value": v} for i, v in enumerate(_le_examples())},
+                }
+            },
+        },
+    },
+)
+async def post_le_report(request: Request) -> Response:
+    state, partner = await _partner(request)
+    if partner.kind != "law_enforcement":
+        raise ApiError(
+            403, "wrong_partner_kind", "Only law-enforcement agencies send these reports."
+        )
+    if _media_type(request) != "application/json":
+        raise ApiError(415, "unsupported_media_type", "Send application/json.")
+    body = await _body(request, LE_MAX_BYTES)
+    try:
+        model = LeOverdoseReportIn.model_validate_json(body)
+    except ValidationError as exc:
+        errors = exc.errors(include_input=False, include_url=False)
+        if any("identity_without_consent" in str(e.get("msg")) for e in errors):
+            raise ApiError(
+                422,
+                "identity_without_consent",
+                "Send the person only when they agreed to be contacted (consent = accepted).",
+            ) from None
+        details = [
+            {"loc": list(e.get("loc", ())), "type": e.get("type"), "msg": e.get("msg")}
+            for e in errors
+        ]
+        code = "malformed_json" if any(e.get("type") == "json_invalid" for e in errors) else None
+        if code:
+            raise ApiError(400, code, "The body is not valid JSON.") from None
+        raise ApiError(
+            422, "validation_error", "The report does not match the schema.", details=details
+        ) from None
+    try:
+        outcome = await state.le.receive(partner, to_le_report(model))
+    except Exception as exc:
+        raise _unavailable(exc) from None
+    if outcome.status == "rejected":
+        raise ApiError(422, outcome.error_code or "rejected", outcome.error_message or "")
+    payload = LeReceived(incident_number=model.incident_number).model_dump_json()
+    return Response(payload, status_code=202, media_type="application/json")

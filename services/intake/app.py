@@ -14,6 +14,7 @@ from fastapi import FastAPI
 from services.intake.api import PARTNER_SECURITY_SCHEMES, IntakeState, router
 from services.intake.batching import MicroBatcher, Overloaded, Reply
 from services.intake.ems_json import EmsRunReportBatch, EmsRunReportIn
+from services.intake.le_json import LeOverdoseReportIn
 from services.intake.mllp_listener import MllpListener, MllpPeer
 from services.intake.models import Channel
 from services.intake.parse_pool import ParsePool, parse_inline
@@ -26,6 +27,7 @@ from services.intake.pipeline import (
     HL7Submission,
     PreparedSubmission,
 )
+from services.intake.pipeline.law_enforcement import LawEnforcementIntake
 from services.intake.reports import Protector
 from services.intake.store.factory import open_store
 from shared.http import add_openapi_schemas
@@ -38,7 +40,9 @@ __all__ = ["create_app"]
 DESCRIPTION = (
     "The partner-facing edge. Hospitals send HL7 v2 ADT (A01/A03/A04/A08) over MLLP "
     "(port 2575) or `POST /v1/hl7`; EMS agencies send NEMSIS v3.5 XML or JSON run reports "
-    "to `POST /v1/ems/run-reports`. Every message is screened, classified against the "
+    "to `POST /v1/ems/run-reports`; law-enforcement agencies send their overdose reports to "
+    "`POST /v1/le/overdose-reports` (one way: nothing is read back). Every message is "
+    "screened, classified against the "
     "program's overdose definition with machine-readable reasons, and, when it is an "
     "overdose, published as `OverdoseReported` with identity sealed. Nothing is "
     "acknowledged before it is durably stored. Partners authenticate with an API key "
@@ -227,6 +231,13 @@ def create_app(settings: Settings) -> FastAPI:
             directory=directory,
             submit_hl7=submit_hl7,
             ems=ems_batcher,
+            le=LawEnforcementIntake(
+                store=store,
+                protector=protector,
+                clock=runtime.clock,
+                source=runtime.source,
+                max_event_bytes=settings.kafka_max_event_bytes,
+            ),
             uow=runtime.uow,
             clock=runtime.clock,
             max_message_bytes=settings.intake_max_message_bytes,
@@ -258,6 +269,8 @@ def create_app(settings: Settings) -> FastAPI:
         direct=DIRECT_ROUTES,
     )
     add_openapi_schemas(
-        app, [EmsRunReportIn, EmsRunReportBatch], security_schemes=PARTNER_SECURITY_SCHEMES
+        app,
+        [EmsRunReportIn, EmsRunReportBatch, LeOverdoseReportIn],
+        security_schemes=PARTNER_SECURITY_SCHEMES,
     )
     return app

@@ -254,11 +254,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     prog.add_argument("--name", required=True)
     prog.add_argument("--timezone", default="America/New_York")
     prog.add_argument("--definition", choices=[d.value for d in Definition], default="opioid")
-    add = psub.add_parser("add", help="create a partner (EMS agency or hospital) of a program")
+    add = psub.add_parser(
+        "add", help="create a partner (EMS agency, hospital, law enforcement) of a program"
+    )
     add.add_argument("--id", required=True)
     add.add_argument("--program", required=True)
     add.add_argument("--name", required=True)
-    add.add_argument("--kind", choices=["ems", "hospital"], required=True)
+    add.add_argument("--kind", choices=["ems", "hospital", "law_enforcement"], required=True)
     add.add_argument("--facility", action="append", default=[], help="MSH-4 (hospitals)")
     fac = psub.add_parser("add-facility", help="let a hospital send as this MSH-4")
     fac.add_argument("--id", required=True)

@@ -45,6 +45,7 @@ class Channel(StrEnum):
     MLLP = "mllp"
     HTTP_HL7 = "http_hl7"
     HTTP_EMS = "http_ems"
+    HTTP_LE = "http_le"
 
 
 class InboundStatus(StrEnum):
@@ -164,7 +165,7 @@ class Report(SQLModel, table=True):
     id: uuid.UUID = Field(sa_column=sa.Column(sa.Uuid(), primary_key=True))
     source_key: str = Field(sa_column=sa.Column(sa.String(64), unique=True, nullable=False))
     partner_id: str = Field(sa_column=sa.Column(sa.String(64), nullable=False))
-    source_kind: str = Field(sa_column=sa.Column(sa.String(8), nullable=False))
+    source_kind: str = Field(sa_column=sa.Column(sa.String(16), nullable=False))
     revision: int = Field(sa_column=sa.Column(sa.Integer(), nullable=False))
     content_hash: str = Field(sa_column=sa.Column(sa.String(64), nullable=False))
     opioid: bool = Field(sa_column=sa.Column(sa.Boolean(), nullable=False))

@@ -46,6 +46,7 @@ from services.intake.models import (
 
 __all__ = [
     "MLLP_AUTH_MODES",
+    "PARTNER_KINDS",
     "IssuedKey",
     "MllpAuth",
     "MllpRule",
@@ -70,6 +71,7 @@ __all__ = [
 ]
 
 _PREFIX = "plk"
+PARTNER_KINDS = ("ems", "hospital", "law_enforcement")
 _KEY_ID = re.compile(r"[0-9a-f]{12}")
 MAX_FACILITY = 200
 """The longest facility the allow-list holds; a longer MSH-4 names nobody."""
@@ -129,9 +131,9 @@ async def create_program(
 async def create_partner(
     session: AsyncSession, *, partner_id: str, program_id: str, name: str, kind: str, now: datetime
 ) -> None:
-    """Create a partner (an EMS agency or a hospital) of a program."""
-    if kind not in ("ems", "hospital"):
-        raise ValueError("kind must be 'ems' or 'hospital'")
+    """Create a partner (an EMS agency, a hospital or a law-enforcement agency) of a program."""
+    if kind not in PARTNER_KINDS:
+        raise ValueError(f"kind must be one of {', '.join(PARTNER_KINDS)}")
     taken = await session.execute(sa.select(PARTNER.c.id).where(PARTNER.c.id == partner_id))
     if taken.first() is not None:
         raise ValueError(f"partner {partner_id!r} already exists")

@@ -19,6 +19,7 @@ __all__ = [
     "EmsRunReport",
     "HL7Header",
     "Identity",
+    "LeOverdoseReport",
 ]
 
 
@@ -100,3 +101,20 @@ class EmsRunReport:
     narrative: str | None = None
     leave_behind: tuple[str, ...] = field(default=())
     """What EMS left with the person: naloxone kit, resource information."""
+
+
+@dataclass(frozen=True, slots=True)
+class LeOverdoseReport:
+    """A law-enforcement agency's overdose report (services.intake.le_json)."""
+
+    incident_number: str
+    occurred_at: datetime
+    scene: Address | None
+    latitude: float | None
+    longitude: float | None
+    fatal: bool
+    naloxone_given: bool
+    naloxone_doses: int | None
+    suspected_drugs: tuple[str, ...]
+    consent: str
+    identity: Identity

@@ -13,11 +13,22 @@ import uuid
 from datetime import datetime
 
 from services.intake.classify import NALOXONE_RXNORM, Decision, ReasonCode
-from services.intake.records import AdtMessage, EmsRunReport
-from shared.events import Consent, DecisionReason, OverdoseReported
-from shared.identity import Protector, person_key
+from services.intake.records import AdtMessage, EmsRunReport, LeOverdoseReport
+from shared.events import Consent, DecisionReason, Location, OverdoseReported
+from shared.identity import Identity, Protector, person_key
 
-__all__ = ["Protector", "content_hash", "ed_report", "ems_report", "person_key", "reasons_of"]
+__all__ = [
+    "LE_OPIOIDS",
+    "Protector",
+    "content_hash",
+    "ed_report",
+    "ems_report",
+    "le_report",
+    "person_key",
+    "reasons_of",
+]
+
+LE_OPIOIDS = frozenset({"fentanyl", "heroin", "prescription_opioid", "other_opioid"})
 
 
 def reasons_of(decision: Decision) -> list[DecisionReason]:
@@ -100,4 +111,79 @@ def ems_report(
         disposition=run.transport_disposition or run.patient_evaluation_care,
         consent=Consent(run.consent),
         leave_behind=list(run.leave_behind),
+    )
+
+
+def le_report(
+    report: LeOverdoseReport,
+    *,
+    program_id: str,
+    partner_id: str,
+    report_id: uuid.UUID,
+    revision: int,
+    received_at: datetime,
+    protector: Protector,
+) -> OverdoseReported:
+    """A law-enforcement report of an overdose. The agency reports an overdose, so it is one
+    under either definition; ``opioid`` says whether an opioid is suspected. Identity travels
+    (sealed) only when the person agreed to be contacted."""
+    identity = report.identity if report.consent == "accepted" else Identity()
+    drugs = list(report.suspected_drugs)
+    reasons = [
+        DecisionReason(
+            code="le_reported_overdose",
+            source="law_enforcement",
+            detail="fatal" if report.fatal else "non_fatal",
+        ),
+        *(
+            DecisionReason(code="le_suspected_drug", source="suspected_drugs", detail=d)
+            for d in drugs
+        ),
+    ]
+    if report.naloxone_given:
+        reasons.append(DecisionReason(code="le_naloxone_given", source="naloxone", detail="given"))
+    return OverdoseReported(
+        report_id=report_id,
+        revision=revision,
+        program_id=program_id,
+        source_kind="law_enforcement",
+        source_org=partner_id,
+        source_ref=report.incident_number,
+        incident_at=report.occurred_at,
+        received_at=received_at,
+        identity=protector.seal_identity(identity),
+        blind_keys=protector.blind_keys(identity, facility=None),
+        deidentified=identity.deidentified,
+        location=_scene(report, protector),
+        opioid=bool(LE_OPIOIDS.intersection(drugs)),
+        any_drug=True,
+        reasons=reasons,
+        naloxone_given=report.naloxone_given,
+        naloxone_doses=report.naloxone_doses,
+        consent=Consent(report.consent),
+        fatal=report.fatal,
+        died_at=report.occurred_at if report.fatal else None,
+        suspected_drugs=drugs,
+    )
+
+
+def _scene(report: LeOverdoseReport, protector: Protector) -> Location:
+    """County and state in the clear; the street and coordinates sealed."""
+    scene = report.scene
+    place = {
+        k: v
+        for k, v in {
+            "street": scene.street if scene else None,
+            "city": scene.city if scene else None,
+            "postal_code": scene.postal_code if scene else None,
+            "latitude": report.latitude,
+            "longitude": report.longitude,
+        }.items()
+        if v is not None
+    }
+    sealed = protector.sealer.seal_json(place, context="address") if place else None
+    return Location(
+        county=scene.county if scene else None,
+        state=scene.state if scene else None,
+        address=sealed,
     )

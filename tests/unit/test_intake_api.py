@@ -12,9 +12,11 @@ import copy
 import hashlib
 import json
 import socket
+import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -1143,3 +1145,127 @@ async def test_a_full_queue_answers_busy_503_and_ae_at_once(tmp_path: Path) -> N
         assert_error(busy, 503, "intake_busy")
         assert busy.headers["retry-after"]
         assert [(await w).status_code for w in waiting] == [200, 200, 200]
+
+
+# --------------------------------------------------------------------------- law enforcement
+
+
+async def _le_key(intake: Intake, partner_id: str = "demo-police") -> str:
+    async with intake.app.state.runtime.sessions() as session, session.begin():
+        await create_partner(
+            session,
+            partner_id=partner_id,
+            program_id="demo",
+            name="Demo Police Department",
+            kind="law_enforcement",
+            now=SystemClock().now(),
+        )
+        return (await issue_key(session, partner_id=partner_id, now=SystemClock().now())).api_key
+
+
+def le_report(**changes: Any) -> dict[str, Any]:
+    report: dict[str, Any] = {
+        "incident_number": f"GPD-{uuid.uuid4().hex[:8]}",
+        "occurred_at": (datetime.now(UTC) - timedelta(hours=2)).isoformat(),
+        "location": {
+            "address": {"street": "400 Market St", "city": "Greensboro", "county": "Guilford"},
+            "latitude": 36.07,
+            "longitude": -79.79,
+        },
+        "fatal": False,
+        "naloxone": {"given": True, "doses": 2},
+        "suspected_drugs": ["fentanyl", "xylazine"],
+        "consent": "accepted",
+        "person": {"family_name": "Rivera", "given_name": "Jordan", "phones": ["336-555-0142"]},
+    }
+    report.update(changes)
+    return report
+
+
+async def post_le(intake: Intake, key: str, body: Any, **headers: str) -> httpx.Response:
+    content = body if isinstance(body, bytes) else json.dumps(body).encode()
+    return await intake.client.post(
+        "/v1/le/overdose-reports",
+        content=content,
+        headers={"Authorization": f"Bearer {key}", "Content-Type": JSON, **headers},
+    )
+
+
+async def test_a_law_enforcement_report_is_stored_and_answered_with_nothing_but_received(
+    intake: Intake,
+) -> None:
+    key = await _le_key(intake)
+    report = le_report()
+    response = await post_le(intake, key, report)
+    assert response.status_code == 202, response.text
+    assert response.json() == {"received": True, "incident_number": report["incident_number"]}
+    (envelope,) = await intake.events("OverdoseReported")
+    event = envelope.event()
+    assert isinstance(event, OverdoseReported)
+    assert (event.source_kind, event.source_org, event.source_ref) == (
+        "law_enforcement",
+        "demo-police",
+        report["incident_number"],
+    )
+    assert (event.opioid, event.fatal, event.naloxone_given, event.naloxone_doses) == (
+        True,
+        False,
+        True,
+        2,
+    )
+    assert event.suspected_drugs == ["fentanyl", "xylazine"]
+    assert event.location.county == "Guilford"
+    assert event.identity is not None
+    assert "Rivera" not in envelope.model_dump_json()  # sealed, with the street and place
+    assert "Market" not in envelope.model_dump_json()
+    assert "36.07" not in envelope.model_dump_json()
+    # the same report again: stored nothing new; the person died: a revision, fatal
+    assert (await post_le(intake, key, report)).status_code == 202
+    assert len(await intake.events("OverdoseReported")) == 1
+    assert (await post_le(intake, key, report | {"fatal": True})).status_code == 202
+    first, revised = (e.event() for e in await intake.events("OverdoseReported"))
+    assert isinstance(revised, OverdoseReported)
+    assert (revised.report_id, revised.revision, revised.fatal) == (first.report_id, 2, True)
+
+
+async def test_without_consent_a_law_enforcement_report_carries_no_identity(
+    intake: Intake,
+) -> None:
+    key = await _le_key(intake)
+    refused = await post_le(intake, key, le_report(consent="declined"))
+    assert_error(refused, 422, "identity_without_consent")
+    response = await post_le(intake, key, le_report(consent="unknown", person=None))
+    assert response.status_code == 202
+    (envelope,) = await intake.events("OverdoseReported")
+    event = envelope.event()
+    assert isinstance(event, OverdoseReported)
+    assert event.identity is None
+    assert event.deidentified
+
+
+async def test_law_enforcement_reports_refuse_bad_input_precisely(intake: Intake) -> None:
+    key = await _le_key(intake)
+    assert_error(await post_le(intake, key, b"{broken"), 400, "malformed_json")
+    assert_error(await post_le(intake, key, le_report(fatal="maybe")), 422, "validation_error")
+    assert_error(
+        await post_le(intake, key, le_report(occurred_at="2026-01-01T00:00:00")),
+        422,
+        "validation_error",
+    )
+    too_big = json.dumps(le_report(incident_number="X" * 70_000)).encode()
+    assert_error(await post_le(intake, key, too_big), 413, "payload_too_large")
+    wrong_type = await intake.client.post(
+        "/v1/le/overdose-reports",
+        content=b"<report/>",
+        headers={"Authorization": f"Bearer {key}", "Content-Type": XML},
+    )
+    assert_error(wrong_type, 415, "unsupported_media_type")
+    assert await intake.events("OverdoseReported") == []
+
+
+async def test_each_partner_kind_uses_only_its_own_endpoint(intake: Intake) -> None:
+    key = await _le_key(intake)
+    assert_error(await post_le(intake, intake.ems_key, le_report()), 403, "wrong_partner_kind")
+    assert_error(await post_le(intake, intake.hospital_key, le_report()), 403, "wrong_partner_kind")
+    assert_error(await intake.post_ems(overdose_example(), key=key), 403, "wrong_partner_kind")
+    assert_error(await intake.post_hl7("MSH|^~\\&|X", key=key), 403, "wrong_partner_kind")
