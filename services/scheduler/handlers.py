@@ -289,6 +289,9 @@ class Scheduler:
                 source_kind=event.source_kind,
                 fatal=event.fatal,
                 overdose=event.overdose,
+                source_org=event.source_org,
+                county=event.county,
+                state=event.state,
             ),
             subject=str(case.id),
         )
@@ -392,6 +395,8 @@ class Scheduler:
                 episode_id=episode_id,
                 match=match,
                 source_kind=event.source_kind,
+                source_org=event.source_org,
+                incident_at=event.incident_at,
                 received_at=event.received_at,
                 late=is_late(policy, incident_at=event.incident_at, received_at=event.received_at),
             ),

@@ -36,6 +36,10 @@ class Report:
     died_at: datetime | None = None
     overdose: bool = True
     """False for a community referral that reported no overdose."""
+    source_org: str | None = None
+    """The partner that sent it (for a community referral: the referrer kind)."""
+    county: str | None = None
+    state: str | None = None
 
 
 def report_of(event: Event) -> Report | None:
@@ -54,6 +58,9 @@ def report_of(event: Event) -> Report | None:
             consent=event.consent,
             fatal=event.fatal,
             died_at=event.died_at,
+            source_org=event.source_org,
+            county=event.location.county,
+            state=event.location.state,
         )
     if isinstance(event, CommunityReferralReceived):
         return Report(
@@ -68,5 +75,8 @@ def report_of(event: Event) -> Report | None:
             deidentified=event.deidentified,
             consent=event.consent,
             overdose=event.overdose,
+            source_org=event.referrer,
+            county=event.location.county,
+            state=event.location.state,
         )
     return None

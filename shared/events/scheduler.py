@@ -97,6 +97,13 @@ class EpisodeOpened(EpisodeOpenedV1):
         description="False for a community referral that reported no overdose (a jail release, "
         "say): counted as a referral, not as an overdose.",
     )
+    source_org: str | None = Field(
+        default=None,
+        description="The partner whose report opened the episode (a community referral: the "
+        "referrer kind).",
+    )
+    county: str | None = Field(default=None, description="Where, as the report gave it.")
+    state: str | None = None
 
 
 class ReportLinkedV1(_CaseEvent):
@@ -116,6 +123,10 @@ class ReportLinked(ReportLinkedV1):
 
     source_kind: str | None = Field(
         default=None, description="ems, ed, law_enforcement or community."
+    )
+    source_org: str | None = Field(default=None, description="The partner that sent it.")
+    incident_at: AwareDatetime | None = Field(
+        default=None, description="The overdose time this report gave."
     )
     received_at: AwareDatetime | None = None
     late: bool = Field(
