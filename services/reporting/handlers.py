@@ -1,0 +1,48 @@
+"""Applying events to the read models: facts first, then the outcomes they change.
+
+One path for every caller: the live consumer (the inbox's unit of work, a batch at a time),
+and `portline reporting rebuild`, which feeds the same handler from the start of each topic.
+Each batch is: the facts of its events (`facts.py`), merged into their tables (`store.py`),
+then the outcomes of the cases, people and reports they touched derived again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import timedelta
+
+from services.reporting.facts import FactContext, facts_of
+from services.reporting.programs import ProgramBook
+from services.reporting.store import (
+    derive_cases,
+    derive_deidentified,
+    derive_people,
+    lock_read_models,
+    write_facts,
+)
+from shared.envelope import Envelope
+from shared.uow import UnitOfWork
+
+__all__ = ["ReadModels"]
+
+
+class ReadModels:
+    """The handler (and batch handler) of reporting's consumer."""
+
+    def __init__(self, programs: ProgramBook, *, late_after: timedelta = timedelta(hours=72)):
+        self._context = FactContext(programs=programs, late_after=late_after)
+
+    async def apply(self, uow: UnitOfWork, envelope: Envelope) -> None:
+        await self.apply_all(uow, [envelope])
+
+    async def apply_all(self, uow: UnitOfWork, envelopes: Sequence[Envelope]) -> None:
+        """Apply events (any topics, any order) with one read and one write per table."""
+        batch = facts_of(list(envelopes), self._context)
+        if not batch.rows:
+            return
+        session = uow.session
+        await lock_read_models(session)
+        await write_facts(session, batch.rows)
+        await derive_deidentified(session, batch.reports)
+        await derive_cases(session, batch.cases)
+        await derive_people(session, batch.people)
