@@ -29,6 +29,7 @@ from datetime import UTC, datetime
 from typing import IO, Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.reporting.app import CONSUMER, read_models
@@ -190,10 +191,7 @@ class KafkaSource:
         )
         await consumer.start()
         self._consumer = consumer
-        partitions: list[TopicPartition] = []
-        for topic in ALL_TOPICS:
-            for number in sorted(consumer.partitions_for_topic(topic.name) or ()):
-                partitions.append(TopicPartition(topic.name, number))
+        partitions = await self._partitions(await consumer.topics())
         if not partitions:
             return
         consumer.assign(partitions)
@@ -203,6 +201,22 @@ class KafkaSource:
         self.total = sum(ends[tp] - starts[tp] for tp in self._ends)
         for tp in partitions:
             consumer.seek(tp, starts[tp])
+
+    async def _partitions(self, existing: set[str]) -> list[TopicPartition]:
+        names = [t.name for t in ALL_TOPICS if t.name in existing]
+        if not names:
+            return []
+        admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap)
+        await admin.start()
+        try:
+            described = await admin.describe_topics(names)
+        finally:
+            await admin.close()
+        return sorted(
+            TopicPartition(topic["topic"], p["partition"])
+            for topic in described
+            for p in topic["partitions"]
+        )
 
     async def close(self) -> None:
         if self._consumer is not None:

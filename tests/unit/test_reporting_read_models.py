@@ -28,8 +28,8 @@ NOW = datetime(2025, 6, 1, 12, tzinfo=UTC)
 RANGE = ("2025-01-01", "2025-05-31")
 
 
-def history() -> History:
-    h = History()
+def history(program: str = "demo") -> History:
+    h = History(program)
     base = datetime(2025, 1, 3, 14, tzinfo=UTC)
     people = [Person() for _ in range(6)]
     for i, person in enumerate(people):
