@@ -87,8 +87,7 @@ async def answer(
     as_of: datetime,
 ) -> Figures:
     scope = Scope(question.program_id, question.start, question.end, as_of)
-    async with sessions() as session:
-        levels = await measure(session, scope, question.dims)
+    levels = await measure(sessions, scope, question.dims, margins=question.view == "published")
     return build_figures(
         levels,
         program_id=question.program_id,

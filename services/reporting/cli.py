@@ -49,6 +49,6 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="carry on a rebuild that was stopped, instead of starting over",
     )
     rebuild.add_argument(
-        "--batch", type=int, default=500, help="events applied per transaction (default 500)"
+        "--batch", type=int, default=1000, help="events applied per transaction (default 1000)"
     )
     rebuild.set_defaults(func=_cmd_rebuild)

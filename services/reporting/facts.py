@@ -324,7 +324,6 @@ def _episode_opened(e: EpisodeOpened, env: Envelope, ctx: FactContext, b: FactBa
             "consent_declined": CONSENT_DECLINED_REASON in e.reasons,
         },
     )
-    b.add(CASE, _case_row(e.program_id, e.case_id, person_id=e.person_id))
     b.cases.add(e.case_id)
     b.people.add(e.person_id)
 

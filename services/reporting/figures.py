@@ -88,12 +88,15 @@ def group_label(dim: Dimension, value: Any) -> str:
     return str(value)
 
 
-def _values(dim: Dimension, levels: Levels, start: date, end: date) -> list[Any]:
+def _values(
+    dim: Dimension, dims: tuple[Dimension, ...], levels: Levels, start: date, end: date
+) -> list[Any]:
     if dim in TIME_DIMENSIONS:
         return periods_between(dim, start, end)
     if dim == "referral_kind":
         return list(REFERRAL_KINDS)
-    seen = {key[0] for key in levels.get((dim,), {})}
+    position = dims.index(dim)
+    seen = {key[position] for key in levels.get(dims, {})}
     return sorted(seen, key=lambda v: (v == UNKNOWN, str(v)))
 
 
@@ -158,61 +161,74 @@ class _Family:
         )
 
 
-def _display_number(metric: Metric, value: float | int | None) -> str:
+def _display_number(unit: str, value: float | int | None) -> str:
     if value is None:
         return "n/a"
-    if metric.unit == "count":
-        return f"{int(value):,}".replace(",", "")
-    if metric.unit == "rate":
+    if unit == "count":
+        return str(int(value))
+    if unit == "rate":
         return f"{value * 100:.1f}%"
     return f"{value:.1f}"
 
 
-def _row(
+def _rows(
     metric: Metric,
-    group: dict[str, str],
-    measures: dict[str, Any] | None,
-    *,
-    hidden: Literal["primary", "complementary"] | None,
+    keys: Sequence[Key],
+    groups: Sequence[dict[str, str]],
+    found: dict[Key, Any],
+    hidden: Hidden | None,
     rules: ProgramRules,
-) -> dict[str, Any]:
-    value: float | int | None
-    numerator: int | None = None
-    denominator: int | None = None
-    if metric.unit == "count":
-        value = _number(measures, metric.measure)
-    elif metric.unit == "rate":
-        numerator = _number(measures, metric.numerator)
-        denominator = _number(measures, metric.denominator)
-        value = round(numerator / denominator, 4) if denominator else None
-    else:
-        denominator = _number(measures, metric.denominator)
-        median = measures.get(metric.measure or "") if measures and denominator else None
-        value = round(float(median), 1) if median is not None else None
-    row: dict[str, Any] = {
-        "metric": metric.id,
-        "version": metric.version,
-        "group": group,
-        "value": value,
-        "numerator": numerator,
-        "denominator": denominator,
-        "suppressed": False,
-        "unstable": metric.unit == "rate"
-        and value is not None
-        and unstable(numerator, rules.unstable_max),
-        "display": _display_number(metric, value),
-    }
-    if hidden is not None:
-        small = hidden == "primary" and metric.unit == "count"
-        row.update(
-            value=None,
-            numerator=None,
-            denominator=None,
-            suppressed=True,
-            unstable=False,
-            display=f"<{rules.suppression_threshold}" if small else "*",
+) -> list[dict[str, Any]]:
+    """One metric's rows, one per group (made in one place: an answer has thousands)."""
+    unit, measure, top, bottom = metric.unit, metric.measure, metric.numerator, metric.denominator
+    small_display = f"<{rules.suppression_threshold}" if unit == "count" else "*"
+    limit = rules.unstable_max
+    rows: list[dict[str, Any]] = []
+    for key, group in zip(keys, groups, strict=True):
+        if hidden is not None and key in hidden:
+            primary = key in hidden.primary
+            rows.append(
+                {
+                    "metric": metric.id,
+                    "version": metric.version,
+                    "group": group,
+                    "value": None,
+                    "numerator": None,
+                    "denominator": None,
+                    "suppressed": True,
+                    "unstable": False,
+                    "display": small_display if primary else "*",
+                }
+            )
+            continue
+        measures = found.get(key) or {}
+        value: float | int | None
+        numerator: int | None = None
+        denominator: int | None = None
+        if unit == "count":
+            value = int(measures.get(measure) or 0)
+        elif unit == "rate":
+            numerator = int(measures.get(top) or 0)
+            denominator = int(measures.get(bottom) or 0)
+            value = round(numerator / denominator, 4) if denominator else None
+        else:
+            denominator = int(measures.get(bottom) or 0)
+            median = measures.get(measure) if denominator else None
+            value = round(float(median), 1) if median is not None else None
+        rows.append(
+            {
+                "metric": metric.id,
+                "version": metric.version,
+                "group": group,
+                "value": value,
+                "numerator": numerator,
+                "denominator": denominator,
+                "suppressed": False,
+                "unstable": unit == "rate" and value is not None and unstable(numerator, limit),
+                "display": _display_number(unit, value),
+            }
         )
-    return row
+    return rows
 
 
 def build_figures(
@@ -228,11 +244,14 @@ def build_figures(
     metrics: Sequence[Metric] = METRICS,
 ) -> Figures:
     dims = tuple(dims)
-    values = {d: _values(d, levels, start, end) for d in dims}
+    values = {d: _values(d, dims, levels, start, end) for d in dims}
+    labels = {d: {v: group_label(d, v) for v in values[d]} for d in dims}
+    measured = subsets(dims) if view == "published" else [dims]
     keys = {
         subset: [tuple(k) for k in itertools.product(*(values[d] for d in subset))]
-        for subset in subsets(dims)
+        for subset in measured
     }
+    groups = [{str(d): labels[d][v] for d, v in zip(dims, key, strict=True)} for key in keys[dims]]
     chosen = tuple(m for m in metrics if _applies(m, dims))
     found = levels.get(dims, {})
     rows: list[dict[str, Any]] = []
@@ -240,12 +259,7 @@ def build_figures(
         hidden = None
         if view == "published":
             hidden = _Family(metric, levels, keys).hidden(dims, rules.suppression_threshold)
-        for key in keys[dims]:
-            group = {str(d): group_label(d, v) for d, v in zip(dims, key, strict=True)}
-            how: Literal["primary", "complementary"] | None = None
-            if hidden is not None and key in hidden:
-                how = "primary" if key in hidden.primary else "complementary"
-            rows.append(_row(metric, group, found.get(key), hidden=how, rules=rules))
+        rows.extend(_rows(metric, keys[dims], groups, found, hidden, rules))
     return Figures(
         program_id=program_id,
         start=start,

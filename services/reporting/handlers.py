@@ -42,7 +42,7 @@ class ReadModels:
             return
         session = uow.session
         await lock_read_models(session)
-        await write_facts(session, batch.rows)
-        await derive_deidentified(session, batch.reports)
+        reports = await write_facts(session, batch.rows)
+        await derive_deidentified(session, reports)
         await derive_cases(session, batch.cases)
         await derive_people(session, batch.people)

@@ -14,6 +14,7 @@ the order in which events arrived.
 
 from __future__ import annotations
 
+import enum
 from datetime import datetime
 
 import sqlalchemy as sa
@@ -44,9 +45,16 @@ __all__ = [
     "SOURCE",
     "TASK",
     "VISIT",
+    "Flag",
 ]
 
 METADATA = sa.MetaData()
+
+
+def _key(length: int) -> sa.types.TypeEngine[str]:
+    """Text that facts are grouped by: compared as bytes on PostgreSQL (COLLATE "C"), which
+    sorts and hashes several times faster than a locale's rules; groups need no locale."""
+    return sa.String(length).with_variant(sa.String(length, collation="C"), "postgresql")
 
 
 def _ts(name: str, nullable: bool = True) -> sa.Column[datetime]:
@@ -63,11 +71,73 @@ def _periods(nullable: bool = False) -> list[sa.Column[object]]:
     ]
 
 
+class Flag(enum.IntFlag):
+    """What an episode counts towards, as one integer (`rpt_episode.flags`, kept by the
+    database from the episode's columns), so that a query groups by it instead of
+    evaluating every condition per row and figure. The last six depend on the moment of the
+    question, so queries add them (`query.py`)."""
+
+    OVERDOSE = 1 << 0  # a non-fatal overdose
+    DEATH = 1 << 1  # a fatal overdose
+    DECLINED_AT_SCENE = 1 << 2
+    TIMED_FIRST_ATTEMPT = 1 << 3  # a remote-contact task and a first attempt: in the median
+    NAMED = 1 << 4  # a person: counted among people
+    MULTI = 1 << 5  # the person has other episodes: people are counted apart (query.py)
+    ALIVE = 1 << 6  # not fatal: the person was referred
+    TASK = 1 << 7  # a remote-contact or in-person task
+    ATTEMPTED = 1 << 8
+    TASK_ATTEMPTED = 1 << 9
+    REACHED = 1 << 10
+    ENGAGED = 1 << 11
+    DECLINED_OUTREACH = 1 << 12
+    DO_NOT_CONTACT = 1 << 13
+    REMOTE = 1 << 14  # a remote-contact task
+    FIRST_24H = 1 << 15  # a remote-contact task first attempted within 24 h
+    FIRST_72H = 1 << 16
+    AGAIN_30D = 1 << 17  # another overdose of the person followed within 30 days
+    AGAIN_90D = 1 << 18
+    # added by queries, from the moment of the question
+    DUE_24H = 1 << 20  # a remote-contact task whose first 24 h passed, or attempted within
+    DUE_72H = 1 << 21
+    PASSED_30D = 1 << 22  # a non-fatal overdose at least 30 days ago
+    REPEAT_30D = 1 << 23  # ... followed by another within 30 days
+    PASSED_90D = 1 << 24
+    REPEAT_90D = 1 << 25
+
+
+_STORED_FLAGS = {
+    Flag.OVERDOSE: "overdose AND NOT fatal",
+    Flag.DEATH: "overdose AND fatal",
+    Flag.DECLINED_AT_SCENE: "consent_declined",
+    Flag.TIMED_FIRST_ATTEMPT: "remote_task AND first_attempt_hours IS NOT NULL",
+    Flag.NAMED: "person_id IS NOT NULL",
+    Flag.MULTI: "person_episodes > 1",
+    Flag.ALIVE: "NOT fatal",
+    Flag.TASK: "outreach_task",
+    Flag.ATTEMPTED: "first_attempt_at IS NOT NULL",
+    Flag.TASK_ATTEMPTED: "outreach_task AND first_attempt_at IS NOT NULL",
+    Flag.REACHED: "reached_at IS NOT NULL",
+    Flag.ENGAGED: "engaged",
+    Flag.DECLINED_OUTREACH: "declined_outreach",
+    Flag.DO_NOT_CONTACT: "do_not_contact",
+    Flag.REMOTE: "remote_task",
+    Flag.FIRST_24H: "remote_task AND first_attempt_hours <= 24",
+    Flag.FIRST_72H: "remote_task AND first_attempt_hours <= 72",
+    Flag.AGAIN_30D: "next_overdose_hours <= 720",
+    Flag.AGAIN_90D: "next_overdose_hours <= 2160",
+}
+FLAGS_SQL = " + ".join(
+    f"(CASE WHEN {condition} THEN {int(flag)} ELSE 0 END)"
+    for flag, condition in _STORED_FLAGS.items()
+)
+"""The expression the database keeps `rpt_episode.flags` by (a generated column)."""
+
+
 EPISODE = sa.Table(
     "rpt_episode",
     METADATA,
     sa.Column("episode_id", sa.Uuid(), primary_key=True),
-    sa.Column("program_id", sa.String(64), nullable=False),
+    sa.Column("program_id", _key(64), nullable=False),
     sa.Column("case_id", sa.Uuid(), nullable=True),
     sa.Column("person_id", sa.Uuid(), nullable=True),
     sa.Column("deidentified", sa.Boolean(), nullable=False),
@@ -75,10 +145,10 @@ EPISODE = sa.Table(
     *_periods(),
     _ts("windows_from"),
     _ts("received_at"),
-    sa.Column("county", sa.String(64), nullable=False),
+    sa.Column("county", _key(64), nullable=False),
     sa.Column("state", sa.String(16), nullable=True),
-    sa.Column("source_kind", sa.String(32), nullable=False),
-    sa.Column("source_org", sa.String(100), nullable=False),
+    sa.Column("source_kind", _key(32), nullable=False),
+    sa.Column("source_org", _key(100), nullable=False),
     sa.Column("overdose", sa.Boolean(), nullable=False),
     sa.Column("fatal_reported", sa.Boolean(), nullable=False),
     sa.Column("late", sa.Boolean(), nullable=False),
@@ -99,9 +169,33 @@ EPISODE = sa.Table(
     sa.Column("naloxone_kits", sa.Integer(), nullable=False, server_default="0"),
     sa.Column("test_strips", sa.Integer(), nullable=False, server_default="0"),
     sa.Column("next_overdose_hours", sa.Float(), nullable=True),
-    sa.Index("ix_rpt_episode_program_day", "program_id", "day"),
+    sa.Column("person_episodes", sa.Integer(), nullable=False, server_default="0"),
+    sa.Column("flags", sa.Integer(), sa.Computed(FLAGS_SQL, persisted=True)),
+    # covers the metrics' queries: they read the index alone (query.py)
+    sa.Index(
+        "ix_rpt_episode_program_day",
+        "program_id",
+        "day",
+        postgresql_include=[
+            "week",
+            "month",
+            "quarter",
+            "county",
+            "source_kind",
+            "source_org",
+            "flags",
+            "person_id",
+            "windows_from",
+            "incident_at",
+            "visits_completed",
+            "naloxone_kits",
+            "test_strips",
+            "first_attempt_hours",
+        ],
+    ),
     sa.Index("ix_rpt_episode_case", "case_id"),
     sa.Index("ix_rpt_episode_person", "person_id"),
+    postgresql_with={"fillfactor": 80},  # room for the outcome updates (HOT)
 )
 
 EPISODE_OUTCOMES = (
@@ -124,15 +218,15 @@ REPORT = sa.Table(
     "rpt_report",
     METADATA,
     sa.Column("report_id", sa.Uuid(), primary_key=True),
-    sa.Column("program_id", sa.String(64), nullable=False),
+    sa.Column("program_id", _key(64), nullable=False),
     sa.Column("revision", sa.Integer(), nullable=False),  # 0: only ReportLinked seen yet
-    sa.Column("source_kind", sa.String(32), nullable=False),
-    sa.Column("source_org", sa.String(100), nullable=False),
+    sa.Column("source_kind", _key(32), nullable=False),
+    sa.Column("source_org", _key(100), nullable=False),
     # The times (and so the periods) are null while only a ReportLinked v1 has been seen.
     _ts("incident_at"),
     _ts("received_at"),
     *_periods(nullable=True),
-    sa.Column("county", sa.String(64), nullable=False),
+    sa.Column("county", _key(64), nullable=False),
     sa.Column("state", sa.String(16), nullable=True),
     sa.Column("deidentified", sa.Boolean(), nullable=False),
     sa.Column("overdose", sa.Boolean(), nullable=False),
@@ -144,7 +238,22 @@ REPORT = sa.Table(
     sa.Column("episode_id", sa.Uuid(), nullable=True),
     sa.Column("match", sa.String(16), nullable=True),
     sa.Column("late_by_policy", sa.Boolean(), nullable=True),
-    sa.Index("ix_rpt_report_program_day", "program_id", "day"),
+    sa.Index(
+        "ix_rpt_report_program_day",
+        "program_id",
+        "day",
+        postgresql_include=[
+            "week",
+            "month",
+            "quarter",
+            "county",
+            "source_kind",
+            "source_org",
+            "late_by_policy",
+            "late_by_age",
+            "lag_hours",
+        ],
+    ),
     sa.Index("ix_rpt_report_partner", "source_org", "received_at"),
 )
 
@@ -231,7 +340,7 @@ REFERRAL = sa.Table(
     "rpt_referral",
     METADATA,
     sa.Column("referral_id", sa.Uuid(), primary_key=True),
-    sa.Column("program_id", sa.String(64), nullable=False),
+    sa.Column("program_id", _key(64), nullable=False),
     sa.Column("case_id", sa.Uuid(), nullable=False),
     sa.Column("kind", sa.String(32), nullable=False),
     sa.Column("warm_handoff", sa.Boolean(), nullable=False),
@@ -239,8 +348,29 @@ REFERRAL = sa.Table(
     # Derived (summary.py): the episode it is counted under, and whether care started.
     sa.Column("episode_id", sa.Uuid(), nullable=True),
     sa.Column("care_started", sa.Boolean(), nullable=False, server_default=sa.false()),
+    # ...and the groups of that episode, so referrals are counted without a join
+    *_periods(nullable=True),
+    sa.Column("county", _key(64), nullable=True),
+    sa.Column("source_kind", _key(32), nullable=True),
+    sa.Column("source_org", _key(100), nullable=True),
     sa.Index("ix_rpt_referral_case", "case_id"),
     sa.Index("ix_rpt_referral_episode", "episode_id"),
+    sa.Index(
+        "ix_rpt_referral_program_day",
+        "program_id",
+        "day",
+        postgresql_include=[
+            "week",
+            "month",
+            "quarter",
+            "county",
+            "source_kind",
+            "source_org",
+            "episode_id",
+            "warm_handoff",
+            "care_started",
+        ],
+    ),
 )
 
 REFERRAL_STATUS = sa.Table(

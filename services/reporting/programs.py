@@ -14,6 +14,7 @@ Exceptions:
 
 from __future__ import annotations
 
+import functools
 import tomllib
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
@@ -72,6 +73,7 @@ class ProgramRules:
         return periods_of(self.local_date(when))
 
 
+@functools.cache
 def _zone(name: str) -> ZoneInfo:
     try:
         return ZoneInfo(name)

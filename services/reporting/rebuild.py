@@ -32,7 +32,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from services.reporting.app import CONSUMER, read_models
+from services.reporting.app import BATCH, CONSUMER, read_models
 from services.reporting.models import READ_MODEL_TABLES, REBUILD
 from shared.clock import Clock, SystemClock
 from shared.inbox import INBOX, InboxProcessor, IncomingMessage
@@ -175,7 +175,7 @@ class KafkaSource:
     the rebuild began (records published since are the live consumer's)."""
 
     bootstrap: str
-    batch_size: int = 500
+    batch_size: int = BATCH
     total: int = 0
     oldest_ms: int | None = None
     _consumer: AIOKafkaConsumer | None = None
@@ -260,7 +260,7 @@ async def rebuild(
     settings: Settings,
     *,
     resume: bool = False,
-    batch_size: int = 500,
+    batch_size: int = BATCH,
     out: IO[str] = sys.stderr,
     clock: Clock | None = None,
     stop: asyncio.Event | None = None,

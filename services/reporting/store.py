@@ -13,12 +13,13 @@ before an earlier one; each table's merge gives the same row whatever the order.
 from __future__ import annotations
 
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from datetime import datetime
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.reporting.models import (
@@ -44,6 +45,7 @@ from services.reporting.models import (
 from services.reporting.summary import CaseFacts, next_overdose_hours, summarize_case
 
 __all__ = [
+    "among",
     "blank_row",
     "derive_cases",
     "derive_deidentified",
@@ -54,7 +56,6 @@ __all__ = [
 
 T = TypeVar("T")
 Row = dict[str, Any]
-Merge = Callable[[Row, Row], Row]
 
 _CHUNK = 500
 
@@ -74,6 +75,14 @@ def _insert(session: AsyncSession, table: sa.Table) -> Any:
     if _dialect(session) == "postgresql":
         return postgresql.insert(table)
     return sqlite.insert(table)
+
+
+def among(session: AsyncSession, column: sa.ColumnElement[Any], values: Sequence[Any]) -> Any:
+    """`column IN values`. On PostgreSQL as `= ANY(array)`: one parameter, so the statement's
+    text (and asyncpg's prepared statement) is the same however many values there are."""
+    if _dialect(session) == "postgresql":
+        return column == sa.any_(sa.bindparam(None, list(values), type_=ARRAY(column.type)))
+    return column.in_(values)
 
 
 async def lock_read_models(session: AsyncSession) -> None:
@@ -103,7 +112,7 @@ def _default(column: sa.Column[Any]) -> Any:
 
 def blank_row(table: sa.Table) -> Row:
     """A row of every column at its default, for rows merged into before they exist."""
-    return {column.name: _default(column) for column in table.columns}
+    return {c.name: _default(c) for c in table.columns if c.computed is None}
 
 
 def _coalesce(old: Row, new: Row) -> Row:
@@ -123,38 +132,130 @@ def _merge_report(old: Row, new: Row) -> Row:
     return merged
 
 
-def _later(a: datetime | None, b: datetime | None) -> datetime | None:
-    if a is None or b is None:
-        return a or b
-    return max(a, b)
+def _key(table: sa.Table, row: Row) -> tuple[Any, ...]:
+    return tuple(row[c.name] for c in table.primary_key)
 
 
-def _merge_partner(old: Row, new: Row) -> Row:
-    merged = _coalesce(old, new)
-    if old["first_message_at"] is not None:
-        merged["first_message_at"] = min(old["first_message_at"], new["first_message_at"])
-    for key in ("last_message_at", "last_report_at", "last_rejected_at"):
-        merged[key] = _later(old[key], new[key])
-    return merged
+def _pk(table: sa.Table) -> list[str]:
+    return [c.name for c in table.primary_key]
 
 
-def _merge_program(old: Row, new: Row) -> Row:
-    if old["first_seen_at"] is None:
-        return new
-    return {**old, "first_seen_at": min(old["first_seen_at"], new["first_seen_at"])}
+async def _upsert(
+    session: AsyncSession,
+    table: sa.Table,
+    rows: Sequence[Row],
+    set_: Callable[[Any], dict[str, Any]] | None = None,
+) -> None:
+    """Insert rows, or update the existing ones: by default every column the rows give."""
+    if not rows:
+        return
+    stmt = _insert(session, table)
+    keys = _pk(table)
+    given = [c for c in rows[0] if c not in keys]
+    values = set_(stmt) if set_ else {c: stmt.excluded[c] for c in given}
+    stmt = stmt.on_conflict_do_update(index_elements=keys, set_=values)
+    for chunk in _chunks(rows):
+        await session.execute(stmt, list(chunk))
 
 
-_MERGED: dict[sa.Table, Merge] = {
-    REPORT: _merge_report,
-    EPISODE: _coalesce,
-    CASE: _coalesce,
-    TASK: _coalesce,
-    VISIT: _coalesce,
-    REFERRAL: _coalesce,
-    PARTNER: _merge_partner,
-    PROGRAM: _merge_program,
-}
-"""Tables whose facts arrive in parts (or again, revised), with how the parts combine."""
+async def _insert_new(session: AsyncSession, table: sa.Table, rows: Sequence[Row]) -> None:
+    """Facts that arrive whole, once: a second arrival changes nothing."""
+    unique = list({_key(table, r): r for r in reversed(rows)}.values())  # the first wins
+    stmt = _insert(session, table).on_conflict_do_nothing()
+    for chunk in _chunks(unique):
+        await session.execute(stmt, list(chunk))
+
+
+async def _fill(session: AsyncSession, table: sa.Table, rows: Sequence[Row]) -> None:
+    """Facts that arrive in parts, each part setting its own columns (a task's scheduling,
+    its closing): each part is upserted setting only its columns, so the parts combine in
+    any order and nothing needs reading first. Columns no part sets keep their default."""
+    parts: dict[frozenset[str], dict[tuple[Any, ...], Row]] = {}
+    for row in rows:
+        given = {k: v for k, v in row.items() if v is not None}
+        same = parts.setdefault(frozenset(given), {})
+        key = _key(table, given)
+        same[key] = {**same.get(key, {}), **given}
+    for part in parts.values():
+        await _upsert(session, table, list(part.values()))
+
+
+def _earlier(table: sa.Table, stmt: Any, column: str) -> Any:
+    new, old = stmt.excluded[column], table.c[column]
+    return sa.case((new.is_(None), old), (old.is_(None), new), (new < old, new), else_=old)
+
+
+def _later(table: sa.Table, stmt: Any, column: str) -> Any:
+    new, old = stmt.excluded[column], table.c[column]
+    return sa.case((new.is_(None), old), (old.is_(None), new), (new > old, new), else_=old)
+
+
+async def _partners(session: AsyncSession, rows: Sequence[Row]) -> None:
+    """Each partner's first and last message, report and rejection: the earliest and the
+    latest whatever the order."""
+    merged: dict[tuple[Any, ...], Row] = {}
+    for row in rows:
+        key = _key(PARTNER, row)
+        old = merged.get(key)
+        if old is None:
+            merged[key] = dict(row)
+            continue
+        merged[key] = {
+            **_coalesce(old, row),
+            "first_message_at": min(old["first_message_at"], row["first_message_at"]),
+            **{
+                k: max((v for v in (old[k], row[k]) if v is not None), default=None)
+                for k in ("last_message_at", "last_report_at", "last_rejected_at")
+            },
+        }
+
+    def set_(stmt: Any) -> dict[str, Any]:
+        return {
+            "program_id": sa.func.coalesce(stmt.excluded.program_id, PARTNER.c.program_id),
+            "source_kind": stmt.excluded.source_kind,
+            "first_message_at": _earlier(PARTNER, stmt, "first_message_at"),
+            **{
+                k: _later(PARTNER, stmt, k)
+                for k in ("last_message_at", "last_report_at", "last_rejected_at")
+            },
+        }
+
+    await _upsert(session, PARTNER, list(merged.values()), set_)
+
+
+async def _programs(session: AsyncSession, rows: Sequence[Row]) -> None:
+    first: dict[str, Row] = {}
+    for row in rows:
+        old = first.get(row["program_id"])
+        if old is None or row["first_seen_at"] < old["first_seen_at"]:
+            first[row["program_id"]] = row
+    await _upsert(
+        session,
+        PROGRAM,
+        list(first.values()),
+        lambda stmt: {"first_seen_at": _earlier(PROGRAM, stmt, "first_seen_at")},
+    )
+
+
+async def _reports(session: AsyncSession, rows: Sequence[Row]) -> list[Row]:
+    """A report's revisions and its link, merged with what is stored (read first: which
+    revision wins depends on both). Returns the merged reports."""
+    (pk,) = REPORT.primary_key.columns
+    keys = list(dict.fromkeys(r["report_id"] for r in rows))
+    merged: dict[Any, Row] = {}
+    for chunk in _chunks(keys):
+        for found in await session.execute(sa.select(REPORT).where(among(session, pk, chunk))):
+            merged[found.report_id] = dict(found._mapping)
+    for row in rows:
+        key = row["report_id"]
+        merged[key] = _merge_report(merged.get(key) or row, row)
+    result = list(merged.values())
+    await _upsert(session, REPORT, result)
+    return result
+
+
+_FILLED = (EPISODE, CASE, TASK, VISIT, REFERRAL)
+"""Tables whose facts arrive in parts (see _fill)."""
 
 _INSERTED = (
     ATTEMPT,
@@ -167,57 +268,24 @@ _INSERTED = (
     COUNTY,
     DAY,
 )
-"""Tables whose facts arrive whole, once: a second arrival changes nothing."""
+"""Tables whose facts arrive whole, once."""
 
 
-def _key(table: sa.Table, row: Row) -> tuple[Any, ...]:
-    return tuple(row[c.name] for c in table.primary_key)
-
-
-async def _upsert(session: AsyncSession, table: sa.Table, rows: Sequence[Row]) -> None:
-    if not rows:
-        return
-    stmt = _insert(session, table)
-    keys = [c.name for c in table.primary_key]
-    stmt = stmt.on_conflict_do_update(
-        index_elements=keys,
-        set_={c.name: stmt.excluded[c.name] for c in table.columns if c.name not in keys},
-    )
-    for chunk in _chunks(rows):
-        await session.execute(stmt, list(chunk))
-
-
-async def _insert_new(session: AsyncSession, table: sa.Table, rows: Sequence[Row]) -> None:
-    unique = list({_key(table, r): r for r in reversed(rows)}.values())  # the first wins
-    stmt = _insert(session, table).on_conflict_do_nothing()
-    for chunk in _chunks(unique):
-        await session.execute(stmt, list(chunk))
-
-
-async def _merge_into(
-    session: AsyncSession, table: sa.Table, rows: Sequence[Row], merge: Merge
-) -> None:
-    (pk,) = table.primary_key.columns
-    keys = list(dict.fromkeys(r[pk.name] for r in rows))
-    merged: dict[Any, Row] = {}
-    for chunk in _chunks(keys):
-        for found in await session.execute(sa.select(table).where(pk.in_(chunk))):
-            merged[found._mapping[pk.name]] = dict(found._mapping)
-    blank = blank_row(table)
-    for row in rows:
-        key = row[pk.name]
-        merged[key] = merge(merged.get(key) or {**blank, **row}, row)
-    await _upsert(session, table, list(merged.values()))
-
-
-async def write_facts(session: AsyncSession, rows: dict[sa.Table, list[Row]]) -> None:
-    """Every table's new facts: one read and one write per table that has any."""
-    for table, merge in _MERGED.items():
+async def write_facts(session: AsyncSession, rows: dict[sa.Table, list[Row]]) -> list[Row]:
+    """Every table's new facts, one write per table (and one read, for reports); returns the
+    reports as merged."""
+    reports = await _reports(session, rows[REPORT]) if rows.get(REPORT) else []
+    for table in _FILLED:
         if rows.get(table):
-            await _merge_into(session, table, rows[table], merge)
+            await _fill(session, table, rows[table])
+    if rows.get(PARTNER):
+        await _partners(session, rows[PARTNER])
+    if rows.get(PROGRAM):
+        await _programs(session, rows[PROGRAM])
     for table in _INSERTED:
         if rows.get(table):
             await _insert_new(session, table, rows[table])
+    return reports
 
 
 # -- deriving outcomes -----------------------------------------------------------------------
@@ -229,7 +297,8 @@ async def _rows_of(
     selected = [table.c[c] for c in columns] if columns else [table]
     found: list[Any] = []
     for chunk in _chunks(ids):
-        found.extend(await session.execute(sa.select(*selected).where(table.c[column].in_(chunk))))
+        query = sa.select(*selected).where(among(session, table.c[column], chunk))
+        found.extend(await session.execute(query))
     return found
 
 
@@ -238,13 +307,20 @@ def _by_id(key: Any, values: Row) -> Row:
     return {"b_id": key, **{f"v_{k}": v for k, v in values.items()}}
 
 
+_REFERRAL_GROUPS = ("day", "week", "month", "quarter", "county", "source_kind", "source_org")
+"""The groups of a referral's episode, copied onto the referral."""
+
 _CASE_FACTS: tuple[tuple[str, sa.Table, tuple[str, ...]], ...] = (
     ("tasks", TASK, ("case_id", "task_id", "episode_id", "kind")),
     ("attempts", ATTEMPT, ("case_id", "task_id", "outcome", "occurred_at")),
     ("contacts", CONTACT, ("case_id", "task_id", "occurred_at")),
     ("visits", VISIT, ("case_id", "task_id", "completed_at", "reached")),
     ("services", SERVICE, ("case_id", "kind", "count", "occurred_at")),
-    ("referrals", REFERRAL, ("case_id", "referral_id", "made_at", "episode_id", "care_started")),
+    (
+        "referrals",
+        REFERRAL,
+        ("case_id", "referral_id", "made_at", "episode_id", "care_started", *_REFERRAL_GROUPS),
+    ),
     ("referral_statuses", REFERRAL_STATUS, ("case_id", "referral_id", "status")),
     ("decisions", CASE_DECISION, ("case_id", "decision", "reason", "occurred_at")),
     ("deaths", DEATH, ("case_id", "episode_id")),
@@ -256,6 +332,7 @@ _EPISODE_COLUMNS = (
     "incident_at",
     "windows_from",
     "fatal_reported",
+    *_REFERRAL_GROUPS,
     *EPISODE_OUTCOMES,
 )
 
@@ -280,15 +357,17 @@ async def derive_cases(session: AsyncSession, case_ids: Iterable[uuid.UUID]) -> 
             derived = outcomes[episode.episode_id].columns()
             if any(getattr(episode, k) != v for k, v in derived.items()):
                 episode_updates.append(_by_id(episode.episode_id, derived))
+        episodes = {e.episode_id: e for e in case.episodes}
         for referral in case.referrals:
             episode_id, care_started = referrals[referral.referral_id]
-            if (referral.episode_id, referral.care_started) != (episode_id, care_started):
-                referral_updates.append(
-                    _by_id(
-                        referral.referral_id,
-                        {"episode_id": episode_id, "care_started": care_started},
-                    )
-                )
+            episode = episodes.get(episode_id) if episode_id is not None else None
+            wanted = {
+                "episode_id": episode_id,
+                "care_started": care_started,
+                **{k: getattr(episode, k) if episode else None for k in _REFERRAL_GROUPS},
+            }
+            if any(getattr(referral, k) != v for k, v in wanted.items()):
+                referral_updates.append(_by_id(referral.referral_id, wanted))
     if episode_updates:
         await session.execute(
             EPISODE.update()
@@ -301,14 +380,18 @@ async def derive_cases(session: AsyncSession, case_ids: Iterable[uuid.UUID]) -> 
             REFERRAL.update()
             .where(REFERRAL.c.referral_id == sa.bindparam("b_id"))
             .values(
-                episode_id=sa.bindparam("v_episode_id"), care_started=sa.bindparam("v_care_started")
+                {
+                    k: sa.bindparam(f"v_{k}")
+                    for k in ("episode_id", "care_started", *_REFERRAL_GROUPS)
+                }
             ),
             referral_updates,
         )
 
 
 async def derive_people(session: AsyncSession, people: Iterable[uuid.UUID]) -> None:
-    """Each of these people's overdoses: the hours until their next one."""
+    """Each of these people's episodes: how many they have, and the hours from each overdose
+    to their next one."""
     ids = sorted(people, key=str)
     if not ids:
         return
@@ -322,63 +405,72 @@ async def derive_people(session: AsyncSession, people: Iterable[uuid.UUID]) -> N
         "incident_at",
         "overdose",
         "next_overdose_hours",
+        "person_episodes",
     )
     gaps = next_overdose_hours(episodes)
+    counts = Counter(e.person_id for e in episodes)
     changed = [
-        _by_id(e.episode_id, {"next_overdose_hours": gaps.get(e.episode_id)})
+        _by_id(e.episode_id, wanted)
         for e in episodes
-        if gaps.get(e.episode_id) != e.next_overdose_hours
+        if (
+            wanted := {
+                "next_overdose_hours": gaps.get(e.episode_id),
+                "person_episodes": counts[e.person_id],
+            }
+        )
+        != {"next_overdose_hours": e.next_overdose_hours, "person_episodes": e.person_episodes}
     ]
     if changed:
         await session.execute(
             EPISODE.update()
             .where(EPISODE.c.episode_id == sa.bindparam("b_id"))
-            .values(next_overdose_hours=sa.bindparam("v_next_overdose_hours")),
+            .values(
+                next_overdose_hours=sa.bindparam("v_next_overdose_hours"),
+                person_episodes=sa.bindparam("v_person_episodes"),
+            ),
             changed,
         )
 
 
-def _deidentified_episode(report: Any) -> Row:
-    late = report.late_by_policy if report.late_by_policy is not None else report.late_by_age
+def _deidentified_episode(report: Row) -> Row:
+    late = report["late_by_policy"]
+    if late is None:
+        late = report["late_by_age"]
     return {
         **blank_row(EPISODE),
-        "episode_id": report.report_id,
-        "program_id": report.program_id,
+        "episode_id": report["report_id"],
+        "program_id": report["program_id"],
         "deidentified": True,
-        "incident_at": report.incident_at,
-        "day": report.day,
-        "week": report.week,
-        "month": report.month,
-        "quarter": report.quarter,
-        "received_at": report.received_at,
-        "county": report.county,
-        "state": report.state,
-        "source_kind": report.source_kind,
-        "source_org": report.source_org,
-        "overdose": report.overdose,
-        "fatal_reported": report.fatal,
-        "fatal": report.fatal,
+        "incident_at": report["incident_at"],
+        **{k: report[k] for k in ("day", "week", "month", "quarter", "received_at")},
+        **{k: report[k] for k in ("county", "state", "source_kind", "source_org", "overdose")},
+        "fatal_reported": report["fatal"],
+        "fatal": report["fatal"],
         "late": bool(late),
         "repeat": False,
-        "consent_declined": report.consent == "declined",
+        "consent_declined": report["consent"] == "declined",
     }
 
 
-async def derive_deidentified(session: AsyncSession, report_ids: Iterable[uuid.UUID]) -> None:
+async def derive_deidentified(session: AsyncSession, reports: Iterable[Row]) -> None:
     """A report without a name or phone is an overdose the scheduler counts but never links:
-    it is an episode of its own here (keyed by the report id), until a link says otherwise."""
-    ids = sorted(report_ids, key=str)
-    if not ids:
-        return
+    it is an episode of its own here (keyed by the report id), until a link says otherwise.
+    `reports` are the merged reports a batch touched."""
     wanted: list[Row] = []
     unwanted: list[uuid.UUID] = []
-    for report in await _rows_of(session, REPORT, "report_id", ids):
-        if report.deidentified and report.episode_id is None and report.incident_at is not None:
+    for report in reports:
+        if (
+            report["deidentified"]
+            and report["episode_id"] is None
+            and report["incident_at"] is not None
+        ):
             wanted.append(_deidentified_episode(report))
         else:
-            unwanted.append(report.report_id)
+            unwanted.append(report["report_id"])
     await _upsert(session, EPISODE, wanted)
     for chunk in _chunks(unwanted):
         await session.execute(
-            EPISODE.delete().where(EPISODE.c.episode_id.in_(chunk), EPISODE.c.deidentified)
+            EPISODE.delete().where(
+                among(session, EPISODE.c.episode_id, chunk), EPISODE.c.deidentified
+            )
         )

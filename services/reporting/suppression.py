@@ -28,8 +28,7 @@ if hidden, its total must not be exactly one unknown.
 
 from __future__ import annotations
 
-import heapq
-from collections.abc import Callable, Hashable, Iterable, Mapping
+from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -101,41 +100,40 @@ def protect_line(cells: Mapping[K, Counts], *, total_hidden: bool, threshold: in
     return Hidden(frozenset(primary), frozenset(complementary))
 
 
-Node = tuple[str, object]
-Edge = tuple[Node, Node]
+Node = Hashable
 
 
-def bridges(edges: Mapping[object, Edge]) -> set[object]:
-    """The edges (by id) that lie on no cycle, in a multigraph: Tarjan's bridge-finding,
-    iteratively (tables can be long)."""
-    adjacency: dict[Node, list[tuple[Node, object]]] = {}
-    for edge_id, (u, v) in edges.items():
-        adjacency.setdefault(u, []).append((v, edge_id))
-        adjacency.setdefault(v, []).append((u, edge_id))
-    order: dict[Node, int] = {}
-    low: dict[Node, int] = {}
-    found: set[object] = set()
+def _bridge_indices(n_nodes: int, edges: Sequence[tuple[int, int]]) -> set[int]:
+    """The indices of the edges on no cycle, in a multigraph on nodes 0..n-1 (Tarjan's
+    bridge-finding, iteratively: tables can be long)."""
+    adjacency: list[list[tuple[int, int]]] = [[] for _ in range(n_nodes)]
+    for index, (u, v) in enumerate(edges):
+        adjacency[u].append((v, index))
+        adjacency[v].append((u, index))
+    order = [-1] * n_nodes
+    low = [0] * n_nodes
+    found: set[int] = set()
     counter = 0
-    for root in sorted(adjacency, key=_order):
-        if root in order:
+    for root in range(n_nodes):
+        if order[root] >= 0 or not adjacency[root]:
             continue
         order[root] = low[root] = counter
         counter += 1
-        stack: list[tuple[Node, object, int]] = [(root, None, 0)]
+        stack: list[tuple[int, int, int]] = [(root, -1, 0)]
         while stack:
-            node, via, index = stack[-1]
+            node, via, position = stack[-1]
             neighbours = adjacency[node]
-            if index < len(neighbours):
-                stack[-1] = (node, via, index + 1)
-                nxt, edge_id = neighbours[index]
-                if edge_id == via:
+            if position < len(neighbours):
+                stack[-1] = (node, via, position + 1)
+                nxt, edge = neighbours[position]
+                if edge == via:
                     continue
-                if nxt in order:
+                if order[nxt] >= 0:
                     low[node] = min(low[node], order[nxt])
                 else:
                     order[nxt] = low[nxt] = counter
                     counter += 1
-                    stack.append((nxt, edge_id, 0))
+                    stack.append((nxt, edge, 0))
             else:
                 stack.pop()
                 if stack:
@@ -144,6 +142,17 @@ def bridges(edges: Mapping[object, Edge]) -> set[object]:
                     if low[node] > order[parent]:
                         found.add(via)
     return found
+
+
+def bridges(edges: Mapping[object, tuple[Node, Node]]) -> set[object]:
+    """The edges (by id) that lie on no cycle, in a multigraph."""
+    ids = list(edges)
+    nodes: dict[Node, int] = {}
+    pairs = []
+    for edge_id in ids:
+        u, v = edges[edge_id]
+        pairs.append((nodes.setdefault(u, len(nodes)), nodes.setdefault(v, len(nodes))))
+    return {ids[i] for i in _bridge_indices(len(nodes), pairs)}
 
 
 def protect_cross(
@@ -160,86 +169,103 @@ def protect_cross(
     one-way tables (and the overall figure) decided them: only its own cells may be hidden
     further. Cells not in `cells` are zero."""
     row_keys, column_keys = list(rows), list(columns)
+    n_rows, n_columns = len(row_keys), len(column_keys)
+    row_index = {r: i for i, r in enumerate(row_keys)}
+    column_index = {c: j for j, c in enumerate(column_keys)}
     primary = {k for k, counts in cells.items() if is_primary(counts, threshold)}
-    hidden: set[tuple[R, C]] = set(primary)
-
-    def cell_edge(key: tuple[R, C]) -> Edge:
-        return (("row", key[0]), ("column", key[1]))
-
-    fixed: dict[object, Edge] = {}
-    for r in rows_hidden:
-        fixed[("row total", r)] = (("row", r), ("totals", "rows"))
-    for c in columns_hidden:
-        fixed[("column total", c)] = (("column", c), ("totals", "columns"))
+    # Nodes: rows 0..R-1, columns R..R+C-1, then the row totals' and the column totals' own
+    # equations (each adds up to the grand total).
+    totals_of_rows, totals_of_columns = n_rows + n_columns, n_rows + n_columns + 1
+    fixed = [(row_index[r], totals_of_rows) for r in rows_hidden]
+    fixed += [(n_rows + column_index[c], totals_of_columns) for c in columns_hidden]
     if total_hidden:
-        fixed[("grand total", None)] = (("totals", "rows"), ("totals", "columns"))
-
-    def cost(key: tuple[R, C]) -> int:
-        return _cost(cells.get(key, ()))
-
+        fixed.append((totals_of_rows, totals_of_columns))
+    if not primary and not fixed:
+        return Hidden(frozenset(), frozenset())
+    hidden = {(row_index[r], column_index[c]) for r, c in primary}
+    cost = [[_cost(cells.get((r, c), ())) for c in column_keys] for r in row_keys]
+    n_nodes = n_rows + n_columns + 2
     while True:
-        edges: dict[object, Edge] = dict(fixed)
-        edges.update({("cell", k): cell_edge(k) for k in hidden})
-        weak = sorted(bridges(edges), key=_order)
+        cell_edges = sorted(hidden)
+        edges = fixed + [(i, n_rows + j) for i, j in cell_edges]
+        weak = sorted(_bridge_indices(n_nodes, edges))
         if not weak:
             break
-        bridge = weak[0]
-        path = _cheapest_path(edges, bridge, row_keys, column_keys, hidden, cost)
-        if not path:  # cannot happen with totals decided by protect_line; stay safe anyway
-            hidden.update((r, c) for r in row_keys for c in column_keys)
+        adjacency: list[list[int]] = [[] for _ in range(n_nodes)]
+        for u, v in edges:
+            adjacency[u].append(v)
+            adjacency[v].append(u)
+        added = False
+        for index in weak:
+            u, v = edges[index]
+            path = _cheapest_path(u, v, adjacency, hidden, cost, n_rows, n_columns, skip=(u, v))
+            if path is None:  # cannot happen with totals decided by protect_line; stay safe
+                hidden = {(i, j) for i in range(n_rows) for j in range(n_columns)}
+                added = False
+                break
+            for i, j in path:
+                hidden.add((i, j))
+                adjacency[i].append(n_rows + j)
+                adjacency[n_rows + j].append(i)
+                added = True
+        if not added:
             break
-        hidden.update(path)
-    return Hidden(frozenset(primary), frozenset(hidden - primary))
+    chosen = {(row_keys[i], column_keys[j]) for i, j in hidden}
+    return Hidden(frozenset(primary), frozenset(chosen - primary))
 
 
 def _cheapest_path(
-    edges: Mapping[object, Edge],
-    bridge: object,
-    row_keys: list[R],
-    column_keys: list[C],
-    hidden: set[tuple[R, C]],
-    cost: Callable[[tuple[R, C]], int],
-) -> list[tuple[R, C]] | None:
-    """The published cells to hide so that the bridge closes a cycle: the cheapest path
-    between its ends over hidden figures (free) and published cells (their cost)."""
-    start, goal = edges[bridge]
-    free: dict[Node, list[Node]] = {}
-    for edge_id, (u, v) in edges.items():
-        if edge_id != bridge:
-            free.setdefault(u, []).append(v)
-            free.setdefault(v, []).append(u)
-    best: dict[Node, int] = {start: 0}
-    came: dict[Node, tuple[Node, tuple[R, C] | None]] = {}
-    queue: list[tuple[int, tuple[str, str], Node]] = [(0, _order(start), start)]
-    while queue:
-        distance, _, node = heapq.heappop(queue)
+    start: int,
+    goal: int,
+    adjacency: list[list[int]],
+    hidden: set[tuple[int, int]],
+    cost: list[list[int]],
+    n_rows: int,
+    n_columns: int,
+    *,
+    skip: tuple[int, int],
+) -> list[tuple[int, int]] | None:
+    """The published cells to hide so that the edge `skip` closes a cycle: the cheapest path
+    between its ends over hidden figures (free; `skip` itself once) and published cells
+    (their cost). Dense Dijkstra: a table has few rows and columns."""
+    n_nodes = len(adjacency)
+    infinity = float("inf")
+    distance: list[float] = [infinity] * n_nodes
+    came: list[tuple[int, tuple[int, int] | None]] = [(-1, None)] * n_nodes
+    done = [False] * n_nodes
+    distance[start] = 0
+    skip_left = {skip: 1, (skip[1], skip[0]): 1}
+    while True:
+        node, best = -1, infinity
+        for candidate in range(n_nodes):
+            if not done[candidate] and distance[candidate] < best:
+                node, best = candidate, distance[candidate]
+        if node < 0:
+            return None
         if node == goal:
-            path: list[tuple[R, C]] = []
+            path: list[tuple[int, int]] = []
             while node != start:
                 node, via = came[node]
                 if via is not None:
                     path.append(via)
             return path
-        if distance > best.get(node, distance):
-            continue
-        steps: list[tuple[Node, int, tuple[R, C] | None]] = [
-            (n, 0, None) for n in free.get(node, [])
-        ]
-        kind, key = node
-        if kind == "row":
-            for c in column_keys:
-                cell: tuple[R, C] = (key, c)  # type: ignore[assignment]
-                if cell not in hidden:
-                    steps.append((("column", c), cost(cell), cell))
-        elif kind == "column":
-            for r in row_keys:
-                cell = (r, key)  # type: ignore[assignment]
-                if cell not in hidden:
-                    steps.append((("row", r), cost(cell), cell))
-        for nxt, step, via in steps:
-            candidate = distance + step
-            if candidate < best.get(nxt, candidate + 1):
-                best[nxt] = candidate
-                came[nxt] = (node, via)
-                heapq.heappush(queue, (candidate, _order(nxt), nxt))
-    return None
+        done[node] = True
+        skipped = dict(skip_left)
+        for nxt in adjacency[node]:
+            if skipped.get((node, nxt), 0) > 0:
+                skipped[(node, nxt)] -= 1
+                continue
+            if best < distance[nxt]:
+                distance[nxt] = best
+                came[nxt] = (node, None)
+        if node < n_rows:
+            for j in range(n_columns):
+                if (node, j) not in hidden and best + cost[node][j] < distance[n_rows + j]:
+                    distance[n_rows + j] = best + cost[node][j]
+                    came[n_rows + j] = (node, (node, j))
+        elif node < n_rows + n_columns:
+            j = node - n_rows
+            for i in range(n_rows):
+                if (i, j) not in hidden and best + cost[i][j] < distance[i]:
+                    distance[i] = best + cost[i][j]
+                    came[i] = (node, (i, j))

@@ -46,19 +46,22 @@ async def test_postgres_and_sqlite_give_the_same_figures(postgres_url: str, tmp_
         ) as pg:
             await pg.deliver(h.envelopes, batch=37)
             assert await answers(pg) == expected
-            # the quarter by week and source, and by referral kind, agree too
+            # other breakdowns, published (with their margins) and internal, agree too
             for by in (["week", "source"], ["referral_kind"], ["quarter", "partner"]):
-                got = await pg.metrics(*RANGE, by=by, view="internal", role="admin")
-                want = await _metrics_on_sqlite(tmp_path / f"again-{'-'.join(by)}", h, by)
-                assert got["rows"] == want
+                for view in ("published", "internal"):
+                    got = await pg.metrics(*RANGE, by=by, view=view, role="admin")
+                    want = await _metrics_on_sqlite(
+                        tmp_path / f"{view}-{'-'.join(by)}", h, by, view
+                    )
+                    assert got["rows"] == want, (by, view)
     finally:
         await _drop(postgres_url, prefix)
 
 
-async def _metrics_on_sqlite(path: Path, h: Any, by: list[str]) -> Any:
+async def _metrics_on_sqlite(path: Path, h: Any, by: list[str], view: str) -> Any:
     async with reporting_world(path, now=NOW) as lite:
         await lite.deliver(h.envelopes)
-        return (await lite.metrics(*RANGE, by=by, view="internal", role="admin"))["rows"]
+        return (await lite.metrics(*RANGE, by=by, view=view, role="admin"))["rows"]
 
 
 async def test_the_live_consumer_and_a_rebuild_from_kafka(

@@ -96,7 +96,11 @@ def upgrade() -> None:
     op.create_table(
         "rpt_episode",
         sa.Column("episode_id", sa.Uuid(), primary_key=True),
-        sa.Column("program_id", sa.String(64), nullable=False),
+        sa.Column(
+            "program_id",
+            sa.String(64).with_variant(sa.String(64, collation="C"), "postgresql"),
+            nullable=False,
+        ),
         sa.Column("case_id", sa.Uuid(), nullable=True),
         sa.Column("person_id", sa.Uuid(), nullable=True),
         sa.Column("deidentified", sa.Boolean(), nullable=False),
@@ -107,10 +111,22 @@ def upgrade() -> None:
         sa.Column("quarter", sa.Date(), nullable=False),
         sa.Column("windows_from", UTCDateTime(), nullable=True),
         sa.Column("received_at", UTCDateTime(), nullable=True),
-        sa.Column("county", sa.String(64), nullable=False),
+        sa.Column(
+            "county",
+            sa.String(64).with_variant(sa.String(64, collation="C"), "postgresql"),
+            nullable=False,
+        ),
         sa.Column("state", sa.String(16), nullable=True),
-        sa.Column("source_kind", sa.String(32), nullable=False),
-        sa.Column("source_org", sa.String(100), nullable=False),
+        sa.Column(
+            "source_kind",
+            sa.String(32).with_variant(sa.String(32, collation="C"), "postgresql"),
+            nullable=False,
+        ),
+        sa.Column(
+            "source_org",
+            sa.String(100).with_variant(sa.String(100, collation="C"), "postgresql"),
+            nullable=False,
+        ),
         sa.Column("overdose", sa.Boolean(), nullable=False),
         sa.Column("fatal_reported", sa.Boolean(), nullable=False),
         sa.Column("late", sa.Boolean(), nullable=False),
@@ -129,10 +145,40 @@ def upgrade() -> None:
         sa.Column("naloxone_kits", sa.Integer(), nullable=False, server_default="0"),
         sa.Column("test_strips", sa.Integer(), nullable=False, server_default="0"),
         sa.Column("next_overdose_hours", sa.Float(), nullable=True),
+        sa.Column("person_episodes", sa.Integer(), nullable=False, server_default="0"),
+        sa.Column(
+            "flags",
+            sa.Integer(),
+            sa.Computed(
+                "(CASE WHEN overdose AND NOT fatal THEN 1 ELSE 0 END) + (CASE WHEN overdose AND fatal THEN 2 ELSE 0 END) + (CASE WHEN consent_declined THEN 4 ELSE 0 END) + (CASE WHEN remote_task AND first_attempt_hours IS NOT NULL THEN 8 ELSE 0 END) + (CASE WHEN person_id IS NOT NULL THEN 16 ELSE 0 END) + (CASE WHEN person_episodes > 1 THEN 32 ELSE 0 END) + (CASE WHEN NOT fatal THEN 64 ELSE 0 END) + (CASE WHEN outreach_task THEN 128 ELSE 0 END) + (CASE WHEN first_attempt_at IS NOT NULL THEN 256 ELSE 0 END) + (CASE WHEN outreach_task AND first_attempt_at IS NOT NULL THEN 512 ELSE 0 END) + (CASE WHEN reached_at IS NOT NULL THEN 1024 ELSE 0 END) + (CASE WHEN engaged THEN 2048 ELSE 0 END) + (CASE WHEN declined_outreach THEN 4096 ELSE 0 END) + (CASE WHEN do_not_contact THEN 8192 ELSE 0 END) + (CASE WHEN remote_task THEN 16384 ELSE 0 END) + (CASE WHEN remote_task AND first_attempt_hours <= 24 THEN 32768 ELSE 0 END) + (CASE WHEN remote_task AND first_attempt_hours <= 72 THEN 65536 ELSE 0 END) + (CASE WHEN next_overdose_hours <= 720 THEN 131072 ELSE 0 END) + (CASE WHEN next_overdose_hours <= 2160 THEN 262144 ELSE 0 END)",
+                persisted=True,
+            ),
+        ),
+        postgresql_with={"fillfactor": 80},
     )
     op.create_index("ix_rpt_episode_case", "rpt_episode", ["case_id"])
     op.create_index("ix_rpt_episode_person", "rpt_episode", ["person_id"])
-    op.create_index("ix_rpt_episode_program_day", "rpt_episode", ["program_id", "day"])
+    op.create_index(
+        "ix_rpt_episode_program_day",
+        "rpt_episode",
+        ["program_id", "day"],
+        postgresql_include=[
+            "week",
+            "month",
+            "quarter",
+            "county",
+            "source_kind",
+            "source_org",
+            "flags",
+            "person_id",
+            "windows_from",
+            "incident_at",
+            "visits_completed",
+            "naloxone_kits",
+            "test_strips",
+            "first_attempt_hours",
+        ],
+    )
     op.create_table(
         "rpt_partner",
         sa.Column("source_org", sa.String(100), primary_key=True),
@@ -159,16 +205,55 @@ def upgrade() -> None:
     op.create_table(
         "rpt_referral",
         sa.Column("referral_id", sa.Uuid(), primary_key=True),
-        sa.Column("program_id", sa.String(64), nullable=False),
+        sa.Column(
+            "program_id",
+            sa.String(64).with_variant(sa.String(64, collation="C"), "postgresql"),
+            nullable=False,
+        ),
         sa.Column("case_id", sa.Uuid(), nullable=False),
         sa.Column("kind", sa.String(32), nullable=False),
         sa.Column("warm_handoff", sa.Boolean(), nullable=False),
         sa.Column("made_at", UTCDateTime(), nullable=False),
         sa.Column("episode_id", sa.Uuid(), nullable=True),
         sa.Column("care_started", sa.Boolean(), nullable=False, server_default=sa.false()),
+        sa.Column("day", sa.Date(), nullable=True),
+        sa.Column("week", sa.Date(), nullable=True),
+        sa.Column("month", sa.Date(), nullable=True),
+        sa.Column("quarter", sa.Date(), nullable=True),
+        sa.Column(
+            "county",
+            sa.String(64).with_variant(sa.String(64, collation="C"), "postgresql"),
+            nullable=True,
+        ),
+        sa.Column(
+            "source_kind",
+            sa.String(32).with_variant(sa.String(32, collation="C"), "postgresql"),
+            nullable=True,
+        ),
+        sa.Column(
+            "source_org",
+            sa.String(100).with_variant(sa.String(100, collation="C"), "postgresql"),
+            nullable=True,
+        ),
     )
     op.create_index("ix_rpt_referral_case", "rpt_referral", ["case_id"])
     op.create_index("ix_rpt_referral_episode", "rpt_referral", ["episode_id"])
+    op.create_index(
+        "ix_rpt_referral_program_day",
+        "rpt_referral",
+        ["program_id", "day"],
+        postgresql_include=[
+            "week",
+            "month",
+            "quarter",
+            "county",
+            "source_kind",
+            "source_org",
+            "episode_id",
+            "warm_handoff",
+            "care_started",
+        ],
+    )
     op.create_table(
         "rpt_referral_status",
         sa.Column("event_id", sa.String(64), primary_key=True),
@@ -191,17 +276,33 @@ def upgrade() -> None:
     op.create_table(
         "rpt_report",
         sa.Column("report_id", sa.Uuid(), primary_key=True),
-        sa.Column("program_id", sa.String(64), nullable=False),
+        sa.Column(
+            "program_id",
+            sa.String(64).with_variant(sa.String(64, collation="C"), "postgresql"),
+            nullable=False,
+        ),
         sa.Column("revision", sa.Integer(), nullable=False),
-        sa.Column("source_kind", sa.String(32), nullable=False),
-        sa.Column("source_org", sa.String(100), nullable=False),
+        sa.Column(
+            "source_kind",
+            sa.String(32).with_variant(sa.String(32, collation="C"), "postgresql"),
+            nullable=False,
+        ),
+        sa.Column(
+            "source_org",
+            sa.String(100).with_variant(sa.String(100, collation="C"), "postgresql"),
+            nullable=False,
+        ),
         sa.Column("incident_at", UTCDateTime(), nullable=True),
         sa.Column("received_at", UTCDateTime(), nullable=True),
         sa.Column("day", sa.Date(), nullable=True),
         sa.Column("week", sa.Date(), nullable=True),
         sa.Column("month", sa.Date(), nullable=True),
         sa.Column("quarter", sa.Date(), nullable=True),
-        sa.Column("county", sa.String(64), nullable=False),
+        sa.Column(
+            "county",
+            sa.String(64).with_variant(sa.String(64, collation="C"), "postgresql"),
+            nullable=False,
+        ),
         sa.Column("state", sa.String(16), nullable=True),
         sa.Column("deidentified", sa.Boolean(), nullable=False),
         sa.Column("overdose", sa.Boolean(), nullable=False),
@@ -214,7 +315,22 @@ def upgrade() -> None:
         sa.Column("late_by_policy", sa.Boolean(), nullable=True),
     )
     op.create_index("ix_rpt_report_partner", "rpt_report", ["source_org", "received_at"])
-    op.create_index("ix_rpt_report_program_day", "rpt_report", ["program_id", "day"])
+    op.create_index(
+        "ix_rpt_report_program_day",
+        "rpt_report",
+        ["program_id", "day"],
+        postgresql_include=[
+            "week",
+            "month",
+            "quarter",
+            "county",
+            "source_kind",
+            "source_org",
+            "late_by_policy",
+            "late_by_age",
+            "lag_hours",
+        ],
+    )
     op.create_table(
         "rpt_service",
         sa.Column("item_id", sa.String(80), primary_key=True),
