@@ -289,7 +289,6 @@ def _case_row(program_id: str, case_id: uuid.UUID, **values: Any) -> dict[str, A
 
 def _case_opened(e: CaseOpened, env: Envelope, ctx: FactContext, b: FactBatch) -> None:
     b.add(CASE, _case_row(e.program_id, e.case_id, person_id=e.person_id, opened_at=e.opened_at))
-    b.cases.add(e.case_id)
 
 
 def _case_closed(e: CaseClosed, env: Envelope, ctx: FactContext, b: FactBatch) -> None:
@@ -322,6 +321,9 @@ def _episode_opened(e: EpisodeOpened, env: Envelope, ctx: FactContext, b: FactBa
             "late": e.late,
             "repeat": e.repeat,
             "consent_declined": CONSENT_DECLINED_REASON in e.reasons,
+            # what the person's other episodes make it is derived (store.derive_people);
+            # most people have one, so it starts there and is rarely written again
+            "person_episodes": 1,
         },
     )
     b.cases.add(e.case_id)
