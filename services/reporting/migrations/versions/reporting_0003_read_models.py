@@ -158,27 +158,7 @@ def upgrade() -> None:
     )
     op.create_index("ix_rpt_episode_case", "rpt_episode", ["case_id"])
     op.create_index("ix_rpt_episode_person", "rpt_episode", ["person_id"])
-    op.create_index(
-        "ix_rpt_episode_program_day",
-        "rpt_episode",
-        ["program_id", "day"],
-        postgresql_include=[
-            "week",
-            "month",
-            "quarter",
-            "county",
-            "source_kind",
-            "source_org",
-            "flags",
-            "person_id",
-            "windows_from",
-            "incident_at",
-            "visits_completed",
-            "naloxone_kits",
-            "test_strips",
-            "first_attempt_hours",
-        ],
-    )
+    op.create_index("ix_rpt_episode_program_day", "rpt_episode", ["program_id", "day"])
     op.create_table(
         "rpt_partner",
         sa.Column("source_org", sa.String(100), primary_key=True),
