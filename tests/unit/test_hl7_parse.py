@@ -292,6 +292,41 @@ def test_hl7apy_gaps_are_filled_by_position(caplog: pytest.LogCaptureFixture) ->
     assert not any("SECRET" in repr(record.__dict__) for record in caplog.records)
 
 
+def _spy_on_hl7apy(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    given: list[str] = []
+    real = parse_module._segments_hl7apy
+
+    def spy(message: str, *args: object) -> object:
+        given.append(message)
+        return real(message, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(parse_module, "_segments_hl7apy", spy)
+    return given
+
+
+def test_hl7apy_is_given_only_the_segments_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    given = _spy_on_hl7apy(monkeypatch)
+    obx = "OBX|1|ST|8661-1^CC^LN||OD"
+    message = _adt(evn="EVN|A04|20240302", extra=("DG1|1||T40.1X1A", obx, "PID|2||OTHER"))
+    adt = _parse(message)
+    assert [segment[:3] for segment in given[0].split("\r")] == ["MSH", "EVN", "PID", "PV1"]
+    assert (adt.identity.family, adt.identity.mrn) == ("DOE", "123")
+
+
+def test_a_candidate_too_large_for_hl7apy_is_read_by_position(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Found by fuzzing: hl7apy took close to a minute over a 1 MiB candidate."""
+    given = _spy_on_hl7apy(monkeypatch)
+    phones = "~".join(f"^PRN^PH^^^336^{n:07d}" for n in range(200))
+    message = _adt(pid=f"PID|1||123^^^HOSP^MR||DOE^JANE||19800202|F|||||{phones}")
+    adt = _parse(message)
+    assert given == []
+    assert (adt.identity.family, adt.identity.mrn) == ("DOE", "123")
+    assert len(adt.identity.phones) == 200
+    assert adt.identity.phones[:2] == ("3360000000", "3360000001")
+
+
 def test_missing_pid_is_a_parse_error(reader: str) -> None:
     message = "MSH|^~\\&|A|B|||2024||ADT^A04|C1|P|2.5.1\rEVN||2024\rPV1|1|E"
     with pytest.raises(ParseError) as info:

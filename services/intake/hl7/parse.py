@@ -5,6 +5,11 @@ TOLERANT, ``force_validation=False``). It gives the segments, their fields by po
 the field repetitions; each repetition's ER7 text is then split into components and
 subcomponents with the message's own separators and unescaped.
 
+hl7apy is handed only MSH and the first EVN, PID and PV1, the segments read here. When they
+hold more than :data:`HL7APY_MAX_DELIMITERS` delimiters, hl7apy is not used at all and the
+fields are read by position: hl7apy's cost grows with every element, the plain splitter's
+with the length.
+
 Before hl7apy sees the message, only the copy handed to it is adjusted for what it chokes on
 (values read from it are the same either way):
 
@@ -53,6 +58,7 @@ from services.intake.records import Address, AdtMessage, HL7Header, Identity
 
 __all__ = [
     "DEFAULT_TZ",
+    "HL7APY_MAX_DELIMITERS",
     "parse_adt",
     "parse_hl7_date",
     "parse_hl7_datetime",
@@ -73,6 +79,14 @@ _STANDARD_STRUCTURE = {"A01": "ADT_A01", "A04": "ADT_A01", "A08": "ADT_A01", "A0
 _MRN_TYPES = frozenset({"MR", "MRN"})
 _HOME_ADDRESS_TYPES = frozenset({"H", "HOME"})
 _MIN_DOB = "18500101"  # earlier birth dates are data-entry errors (e.g. 10131113)
+
+HL7APY_MAX_DELIMITERS = 1_000
+"""The most delimiters (field, component, repetition, subcomponent) hl7apy is given.
+
+hl7apy builds an object per element: about 0.3 ms and 5 KB each on a slow 2-core machine,
+so a 1 MiB candidate took it close to a minute. The segments it reads (MSH, EVN, PID, PV1)
+have 115-200 delimiters in the fixtures; above this, the positional reading is used alone.
+"""
 
 # Segment id -> field number -> repetitions (ER7 text, still escaped).
 _Fields = dict[int, list[str]]
@@ -193,6 +207,19 @@ def _hl7apy_version(version: str) -> str:
     return short if short in SUPPORTED_LIBRARIES else version
 
 
+def _wanted_segments(message: str, fs: str) -> str:
+    """MSH and the first segment of each kind read here: hl7apy need not build the rest
+    (a candidate with 10,000 OBX segments took it 10 s)."""
+    kept = [message.split("\r", 1)[0]]
+    seen: set[str] = set()
+    for segment in message.split("\r")[1:]:
+        name = segment[:3]
+        if name in _WANTED and name not in seen and segment[3:4] in (fs, ""):
+            seen.add(name)
+            kept.append(segment)
+    return "\r".join(kept)
+
+
 def _prepare_for_hl7apy(message: str, header: HL7Header, seps: Separators) -> str:
     end = message.find("\r")
     msh, rest = (message, "") if end == -1 else (message[:end], message[end:])
@@ -273,11 +300,24 @@ def _segments_positional(message: str, seps: Separators) -> _Segments:
     return found
 
 
+def _delimiters(text: str, seps: Separators) -> int:
+    return sum(
+        text.count(c) for c in (seps.field, seps.component, seps.repetition, seps.subcomponent)
+    )
+
+
 def _read_segments(message: str, header: HL7Header, seps: Separators) -> _Segments:
-    """hl7apy's reading, with any field it dropped or misplaced read by position."""
+    """hl7apy's reading, with any field it dropped or misplaced read by position.
+
+    Segments with more than :data:`HL7APY_MAX_DELIMITERS` delimiters are read by position
+    alone: the same record, in linear time."""
     positional = _segments_positional(message, seps)
+    wanted = _wanted_segments(message, seps.field)
+    if _delimiters(wanted, seps) > HL7APY_MAX_DELIMITERS:
+        logger.debug("a candidate too large for hl7apy; reading fields by position")
+        return positional
     try:
-        found, misplaced = _segments_hl7apy(message, header, seps)
+        found, misplaced = _segments_hl7apy(wanted, header, seps)
     except Exception as exc:  # hl7apy raises many unrelated types; fall back on any
         # The exception text may quote the message: log the type only.
         logger.debug(
@@ -373,12 +413,11 @@ def _phone(pid: _Reader, rep: str) -> str | None:
 
 
 def _phones(pid: _Reader) -> tuple[str, ...]:
-    phones: list[str] = []
+    phones: dict[str, None] = {}  # ordered, without searching a list per repetition
     for number in (13, 14):
         for rep in pid.reps(number):
-            phone = _phone(pid, rep)
-            if phone and phone not in phones:
-                phones.append(phone)
+            if phone := _phone(pid, rep):
+                phones[phone] = None
     return tuple(phones)
 
 
