@@ -55,7 +55,8 @@ Reading rules (tests pin each one)
       .06 (arrived on scene), .07 (arrived at patient). Times are ``xs:dateTime``
       (``2023-03-01T15:20:00-05:00``, ``Z``, fractional seconds allowed); a time without
       an offset is read in ``default_tz`` (America/New_York unless given). All returned
-      datetimes are timezone-aware. A value that is not a valid dateTime is absent.
+      datetimes are timezone-aware. A value that is not a valid dateTime, or that has no UTC
+      equivalent (year 1 east of UTC, year 9999 west of it), is absent.
     * ``scene`` (eScene): street .15, city .17 (GNIS code), state .18, ZIP .19, county .21
       (FIPS); ``None`` when all are absent. The apartment (.16) and cross street (.20) are
       not kept.
@@ -95,7 +96,7 @@ import re
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from datetime import date, datetime, tzinfo
+from datetime import UTC, date, datetime, tzinfo
 from typing import Final
 from xml.etree.ElementTree import Element, ParseError
 from zoneinfo import ZoneInfo
@@ -320,6 +321,10 @@ def _parse_datetime(value: str | None, default_tz: tzinfo) -> datetime | None:
         return None
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=default_tz)
+    try:
+        parsed.astimezone(UTC)
+    except OverflowError:  # no UTC equivalent (year 1 east of UTC): consumers could not use it
+        return None
     return parsed
 
 

@@ -640,6 +640,10 @@ def test_missing_pv1_and_evn(reader: str) -> None:
         ("2024-03-02T01:30", None),
         ("garbage", None),
         ("\u0662\u0660\u0662\u0664\u0660\u0663\u0660\u0662", None),
+        # No UTC equivalent (found while fuzzing: the scheduler could not convert these).
+        ("00010101000000+0100", None),
+        ("99991231235959-0100", None),
+        ("00010101000000-0100", datetime(1, 1, 1, tzinfo=timezone(-timedelta(hours=1)))),
     ],
 )
 def test_parse_hl7_datetime(value: str, expected: datetime | None) -> None:

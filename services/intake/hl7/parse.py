@@ -48,7 +48,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from datetime import date, datetime, timedelta, timezone, tzinfo
+from datetime import UTC, date, datetime, timedelta, timezone, tzinfo
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -121,7 +121,9 @@ def parse_hl7_datetime(value: str | None, default_tz: tzinfo = DEFAULT_TZ) -> da
 
     A value without an offset is read in ``default_tz``. A date alone is midnight; fractions
     beyond microseconds are truncated. Anything malformed (letters, bad offset, impossible
-    date, fewer than 8 digits) is ``None``.
+    date, fewer than 8 digits) is ``None``, and so is a time with no UTC equivalent (the
+    first hours of year 1 east of UTC, the last of 9999 west of it), which every consumer
+    of the event would fail to convert.
     """
     if not value:
         return None
@@ -141,7 +143,7 @@ def parse_hl7_datetime(value: str | None, default_tz: tzinfo = DEFAULT_TZ) -> da
     if len(main) not in (8, 10, 12, 14) or not (main.isdigit() and main.isascii()):
         return None
     try:
-        return datetime(
+        parsed = datetime(
             int(main[0:4]),
             int(main[4:6]),
             int(main[6:8]),
@@ -151,8 +153,10 @@ def parse_hl7_datetime(value: str | None, default_tz: tzinfo = DEFAULT_TZ) -> da
             int(fraction[:6].ljust(6, "0")) if fraction else 0,
             tzinfo=tz,
         )
-    except ValueError:
+        parsed.astimezone(UTC)
+    except (ValueError, OverflowError):
         return None
+    return parsed
 
 
 def parse_hl7_date(value: str | None) -> date | None:
