@@ -615,6 +615,32 @@ def test_medication_groups() -> None:
     )
 
 
+def test_a_nested_medication_group_keeps_its_own_elements() -> None:
+    """Each element belongs to its nearest group: walking each group's whole subtree was
+    quadratic in the nesting (found by fuzzing: 20,000 nested groups took 100 s)."""
+    meds = (
+        "<eMedications><eMedications.MedicationGroup><eMedications.03>7242</eMedications.03>"
+        "<eMedications.MedicationGroup><eMedications.03>4337</eMedications.03>"
+        "<eMedications.07>9916001</eMedications.07></eMedications.MedicationGroup>"
+        "</eMedications.MedicationGroup></eMedications>"
+    )
+    assert one(doc(pcr("P-1", meds))).medications == (
+        EmsMedication("7242", None, None),
+        EmsMedication("4337", "9916001", None),
+    )
+
+
+def test_deeply_nested_medication_groups_stay_linear() -> None:
+    depth = 20_000
+    meds = (
+        "<eMedications.MedicationGroup><eMedications.03>7242</eMedications.03>" * depth
+        + "</eMedications.MedicationGroup>" * depth
+    )
+    start = time.perf_counter()
+    assert len(one(doc(pcr("P-1", meds))).medications) == depth
+    assert time.perf_counter() - start < 5  # quadratic, this took minutes
+
+
 @pytest.mark.parametrize("value", ["0001-01-01T00:00:00+01:00", "9999-12-31T23:30:00-01:00"])
 def test_a_time_without_a_utc_equivalent_is_absent(value: str) -> None:
     """Found while fuzzing: the scheduler could not convert these to UTC."""
