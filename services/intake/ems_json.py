@@ -410,6 +410,10 @@ def parse_run_report_json(data: bytes | str) -> list[EmsRunReport]:
 
     Raises :class:`pydantic.ValidationError` (values hidden) for invalid JSON or content.
     """
+    if isinstance(data, str):
+        # A lone surrogate cannot be encoded as UTF-8; passed through, it becomes invalid
+        # UTF-8 that pydantic reports as json_invalid (from_json raises TypeError on such a str).
+        data = data.encode("utf-8", "surrogatepass")
     try:
         raw = from_json(data)
     except ValueError:

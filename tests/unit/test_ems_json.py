@@ -387,3 +387,11 @@ def test_parse_run_report_json_invalid(body: bytes) -> None:
     with pytest.raises(ValidationError) as info:
         parse_run_report_json(body)
     assert "Quackenbush" not in str(info.value)
+
+
+def test_a_str_holding_a_lone_surrogate_is_invalid_json() -> None:
+    """Found by fuzzing: pydantic's from_json raised TypeError on such a str."""
+    body = json.dumps(valid()).replace("Quackenbush", "Quacken\ud800bush")
+    with pytest.raises(ValidationError) as info:
+        parse_run_report_json(body)
+    assert {e["type"] for e in info.value.errors()} == {"json_invalid"}
