@@ -201,6 +201,16 @@ class DispositionIn(_Model):
         default=None,
         description="Transport disposition, eDisposition.30 (4230009 patient refused transport).",
     )
+    release_acuity: NemsisCode | None = Field(
+        default=None,
+        description="Acuity upon EMS release of the patient, eDisposition.19 (4219007 / 4219009 "
+        "dead without / with resuscitation efforts).",
+    )
+    arrest_end: NemsisCode | None = Field(
+        default=None,
+        description="End of the cardiac arrest event, eArrest.18 (3018003 expired in the field, "
+        "3018001 expired in the ED).",
+    )
 
 
 _EXAMPLE_OD: Final[dict[str, Any]] = {
@@ -320,6 +330,12 @@ class EmsRunReportIn(_Model):
     narrative: str | None = Field(
         default=None, max_length=10_000, description="The PCR narrative (free text)."
     )
+    fatal: bool = Field(
+        default=False,
+        description="The patient died (dead at the scene, or expired in the agency's care). A "
+        "fatal overdose never creates a task to reach the person.",
+    )
+    died_at: DateTime | None = Field(default=None, description="When, if known.")
 
 
 class EmsRunReportBatch(_Model):
@@ -398,6 +414,10 @@ def to_record(model: EmsRunReportIn) -> EmsRunReport:
         consent=model.peer_follow_up,
         narrative=model.narrative or None,
         leave_behind=_unique(list(model.leave_behind)),
+        release_acuity=disposition.release_acuity,
+        arrest_end=disposition.arrest_end,
+        fatal=model.fatal,
+        died_at=_aware(model.died_at) if model.died_at else None,
     )
 
 

@@ -27,6 +27,10 @@ Errors
     :class:`MissingPcrNumber` missing_pcr_number  *per record*: a PCR without eRecord.01; it
                                                   is returned in :attr:`EmsRecordResult.error`,
                                                   never raised
+    :class:`FieldTooLong`     field_too_long      *per record*: a value longer than the JSON
+                                                  run report allows for the same field (a
+                                                  name, an address part, a phone, the PCR
+                                                  number, the narrative); returned likewise
     ========================  ==================  ============================================
 
 Reading rules (tests pin each one)
@@ -71,6 +75,9 @@ Reading rules (tests pin each one)
       before EMS arrived (eMedications.02 = 9923003, e.g. bystander naloxone) are kept: the
       record has no field to mark them.
     * ``drug_use_indicators`` = every eHistory.17 code.
+    * Death (``services.intake.death`` decides): ``initial_acuity`` = eSituation.13,
+      ``release_acuity`` = eDisposition.19, ``arrest_end`` = eArrest.18, ``outcomes`` = every
+      eOutcome.01 and eOutcome.02.
     * Dispositions (v3.5 IncidentDispositionGroup): ``unit_disposition`` = eDisposition.27,
       ``patient_evaluation_care`` = .28 (4228003/4228007 refused), ``crew_disposition`` =
       .29, ``transport_disposition`` = .30 (4230009 patient refused transport). Reason for
@@ -117,6 +124,7 @@ __all__ = [
     "NEMSIS_NS",
     "EmsInputError",
     "EmsRecordResult",
+    "FieldTooLong",
     "MissingPcrNumber",
     "NotNemsis",
     "TooManyRecords",
@@ -178,6 +186,39 @@ class NotNemsis(EmsInputError):
 
 class MissingPcrNumber(EmsInputError):
     code = "missing_pcr_number"
+
+
+class FieldTooLong(EmsInputError):
+    code = "field_too_long"
+
+
+# The JSON run report's limits, for the same fields in NEMSIS XML: refused beyond, never cut.
+_LIMITS: dict[str, int] = {
+    "eRecord.01": 64,
+    "ePatient.02": 100,
+    "ePatient.03": 100,
+    "ePatient.04": 100,
+    "ePatient.05": 200,
+    "ePatient.06": 100,
+    "ePatient.07": 64,
+    "ePatient.08": 8,
+    "ePatient.09": 16,
+    "ePatient.18": 20,
+    "ePatient.24": 35,
+    "eScene.15": 200,
+    "eScene.17": 100,
+    "eScene.18": 8,
+    "eScene.19": 16,
+    "eScene.21": 64,
+    "eNarrative.01": 10_000,
+}
+
+
+def _check_lengths(idx: _Index) -> None:
+    for name, limit in _LIMITS.items():
+        for value in idx.values(name):
+            if len(value) > limit:
+                raise FieldTooLong(f"{name} is longer than {limit} characters")
 
 
 class TooManyRecords(EmsInputError):
@@ -458,6 +499,7 @@ def _parse_pcr(
     pcr_number = idx.first("eRecord.01")
     if pcr_number is None:
         raise MissingPcrNumber("PatientCareReport has no PCR number (eRecord.01)")
+    _check_lengths(idx)
 
     primary = idx.first("eSituation.11")
     impressions = dict.fromkeys([primary] if primary is not None else [])
@@ -486,6 +528,10 @@ def _parse_pcr(
         consent=consent,
         narrative=idx.first("eNarrative.01"),
         leave_behind=tuple(leave_behind),
+        initial_acuity=idx.first("eSituation.13"),
+        release_acuity=idx.first("eDisposition.19"),
+        arrest_end=idx.first("eArrest.18"),
+        outcomes=(*idx.values("eOutcome.01"), *idx.values("eOutcome.02")),
     )
 
 

@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 
 from services.intake.classify import classify_ed
 from services.intake.hl7 import (
+    FieldTooLongError,
     HL7Error,
     MissingFieldError,
     NotHL7Error,
@@ -47,7 +48,7 @@ from tests.hl7_builder import adt, routine
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "hl7"
 MAX_MESSAGE_BYTES = MIB  # PORTLINE_INTAKE_MAX_MESSAGE_BYTES' default
 
-DECLARED = (NotHL7Error, MissingFieldError, UnsupportedMessageError, ParseError)
+DECLARED = (NotHL7Error, MissingFieldError, UnsupportedMessageError, ParseError, FieldTooLongError)
 NOW = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
 # The program's zone is used for times without an offset; the extremes reach furthest.
 ZONES: tuple[tzinfo, ...] = (

@@ -52,7 +52,7 @@ from datetime import UTC, date, datetime, timedelta, timezone, tzinfo
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from services.intake.hl7.errors import ParseError
+from services.intake.hl7.errors import FieldTooLongError, ParseError
 from services.intake.hl7.screen import Screened, Separators, unescape
 from services.intake.records import Address, AdtMessage, HL7Header, Identity
 
@@ -71,7 +71,7 @@ DEFAULT_TZ: tzinfo = ZoneInfo("America/New_York")
 _HL7_NULL = '""'
 # The fields read here, per segment.
 _WANTED: dict[str, frozenset[int]] = {
-    "PID": frozenset({3, 5, 7, 8, 11, 12, 13, 14, 15}),
+    "PID": frozenset({3, 5, 7, 8, 11, 12, 13, 14, 15, 29, 30}),
     "PV1": frozenset({2, 19, 36, 44}),
     "EVN": frozenset({2, 6}),
 }
@@ -483,20 +483,42 @@ def _mrn(pid: _Reader) -> tuple[str | None, str | None]:
     return pid.component(chosen, 1), pid.component(chosen, 4, subcomponent=True)
 
 
+# The longest value intake keeps per identity field: refused beyond (AR 102), never cut.
+MAX_NAME = 100
+MAX_STREET = 200
+MAX_PLACE = 100
+MAX_PHONE = 32
+MAX_MRN = 64
+MAX_CODE = 64
+
+
 def _identity(pid: _Reader) -> Identity:
+    check = FieldTooLongError.check
     family, given, middle = _name(pid)
+    for name in (family, given, middle):
+        check(name, MAX_NAME, "PID", 5)
     mrn, authority = _mrn(pid)
+    check(mrn, MAX_MRN, "PID", 3)
+    check(authority, MAX_CODE, "PID", 3)
+    phones = _phones(pid)
+    for phone in phones:
+        check(phone, MAX_PHONE, "PID", 13)
+    address = _address(pid)
+    if address is not None:
+        check(address.street, MAX_STREET, "PID", 11)
+        for part in (address.city, address.state, address.postal_code, address.county):
+            check(part, MAX_PLACE, "PID", 11)
     return Identity(
         family=family,
         given=given,
         middle=middle,
         dob=parse_hl7_date(pid.first_component(7)),
-        sex=pid.first_component(8),
-        phones=_phones(pid),
-        address=_address(pid),
+        sex=check(pid.first_component(8), MAX_CODE, "PID", 8),
+        phones=phones,
+        address=address,
         mrn=mrn,
         mrn_authority=authority,
-        language=pid.first_component(15),
+        language=check(pid.first_component(15), MAX_CODE, "PID", 15),
     )
 
 
@@ -529,10 +551,12 @@ def parse_adt(message: str, screened: Screened, *, default_tz: tzinfo = DEFAULT_
     return AdtMessage(
         header=header,
         identity=_identity(pid),
-        visit_number=pv1.first_component(19),
+        visit_number=FieldTooLongError.check(pv1.first_component(19), MAX_CODE, "PV1", 19),
         patient_class=pv1.first_component(2),
         admit_at=_admit_at(pv1, evn, header, default_tz),
-        discharge_disposition=pv1.first_component(36),
+        discharge_disposition=FieldTooLongError.check(pv1.first_component(36), MAX_CODE, "PV1", 36),
         diagnosis_codes=tuple(code for _, code in screened.codes),
         chief_complaints=screened.texts,
+        death_indicator=FieldTooLongError.check(pid.first_component(30), MAX_CODE, "PID", 30),
+        died_at=parse_hl7_datetime(pid.first_component(29), default_tz),
     )
