@@ -1,10 +1,10 @@
 """Fuzzing the NEMSIS v3.5 parser: arbitrary bytes, and mutations of the fixtures.
 
 parse_ems_dataset either returns one result per PatientCareReport (a report, or a
-missing_pcr_number error) or raises one of its declared document errors, never another
-exception; a DTD or an entity declaration is always refused as xml_forbidden; errors carry
-neither document content nor the parser's exception; every time has a UTC equivalent; and
-each document stays within the time and memory bounds of tests/fuzzing.py.
+missing_pcr_number or field_too_long error) or raises one of its declared document errors,
+never another exception; a DTD or an entity declaration is always refused as xml_forbidden;
+errors carry neither document content nor the parser's exception; every time has a UTC
+equivalent; and each document stays within the time and memory bounds of tests/fuzzing.py.
 
 The mutations work on the fixtures' element trees (drop, duplicate, reorder, move, rename
 and re-namespace elements, change text and attributes, nest deeply) and then on the bytes
@@ -27,6 +27,7 @@ from services.intake.nemsis import (
     DEFAULT_MAX_BYTES,
     NEMSIS_NS,
     EmsRecordResult,
+    FieldTooLong,
     MissingPcrNumber,
     NotNemsis,
     TooManyRecords,
@@ -57,7 +58,7 @@ def _check_results(results: list[EmsRecordResult]) -> None:
     for result in results:
         assert (result.report is None) != (result.error is None)
         if result.error is not None:
-            assert isinstance(result.error, MissingPcrNumber)
+            assert isinstance(result.error, MissingPcrNumber | FieldTooLong)
             continue
         report = result.report
         assert report is not None
