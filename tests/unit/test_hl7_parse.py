@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import tracemalloc
 from datetime import UTC, date, datetime, timedelta, timezone
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -325,6 +326,21 @@ def test_a_candidate_too_large_for_hl7apy_is_read_by_position(
     assert (adt.identity.family, adt.identity.mrn) == ("DOE", "123")
     assert len(adt.identity.phones) == 200
     assert adt.identity.phones[:2] == ("3360000000", "3360000001")
+
+
+def test_a_segment_of_many_fields_is_split_no_further_than_needed() -> None:
+    """Found by fuzzing: a 900 KB PID of 300,000 fields cost the positional reading 80 MiB
+    (an object and a list per field) and a second; only fields up to PID-15 are read."""
+    message = _adt(pid="PID|1||123^^^HOSP^MR||DOE^JANE" + "|xy" * 300_000)
+    screened = screen(message)
+    tracemalloc.start()
+    try:
+        adt = parse_adt(message, screened)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert (adt.identity.family, adt.identity.sex, adt.identity.language) == ("DOE", "xy", "xy")
+    assert peak < 16 * 1024 * 1024
 
 
 def test_missing_pid_is_a_parse_error(reader: str) -> None:

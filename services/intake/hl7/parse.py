@@ -295,11 +295,14 @@ def _segments_positional(message: str, seps: Separators) -> _Segments:
     for segment in message.split("\r"):
         name = segment[:3]
         if name in _WANTED and name not in found and segment[3:4] == fs:
-            parts = segment.split(fs)
+            wanted = _WANTED[name]
+            # Split no further than the last field read: a PID of 300,000 fields would
+            # otherwise cost an object (and a list) per field.
+            parts = segment.split(fs, max(wanted) + 1)
             found[name] = {
                 number: parts[number].split(seps.repetition)
-                for number in range(1, len(parts))
-                if parts[number]
+                for number in sorted(wanted)
+                if number < len(parts) and parts[number]
             }
     return found
 
