@@ -132,7 +132,8 @@ class TeamAccess:
         """A change this process just committed: in force here before the next reread."""
         self._changes += 1
         self._local.append((self._changes, (program, member), active))
-        self._set(self._deactivated or frozenset(), [((program, member), active)])
+        if self._deactivated is not None:  # before the first read, the read will include it
+            self._set(self._deactivated, [((program, member), active)])
 
     def _set(
         self, base: frozenset[tuple[str, str]], changes: list[tuple[tuple[str, str], bool]]
