@@ -233,6 +233,22 @@ class ServiceProcess:
     env: dict[str, str]
 
 
+async def dev_token(
+    env: dict[str, str], role: str, subject: str, program: str = "demo"
+) -> dict[str, str]:
+    """An Authorization header with a `portline dev-token` for this deployment."""
+    done = await asyncio.to_thread(
+        subprocess.run,
+        [PORTLINE, "dev-token", "--role", role, "--program", program, "--subject", subject],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    return {"Authorization": f"Bearer {done.stdout.strip()}"}
+
+
 @pytest.fixture(scope="session")
 async def scheduler_process(intake_process: IntakeProcess) -> AsyncIterator[ServiceProcess]:
     """The scheduler beside intake: same database (its own schema), broker and keys."""

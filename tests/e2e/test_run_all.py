@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import httpx
@@ -78,9 +79,12 @@ def test_run_all_brings_up_four_ready_services_and_ctrl_c_stops_them(
         for port in ports.values():
             assert httpx.get(f"http://127.0.0.1:{port}/docs", timeout=5).status_code == 200
             assert "portline_http" in httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
-        # As the README shows: a development token works against the team APIs.
+        # As the README shows: a development token works against the team APIs. (A program
+        # of its own: a long-lived broker holds other runs' demo reports, sealed under their
+        # keys.)
+        program = f"runall{uuid.uuid4().hex[:8]}"
         token = subprocess.run(
-            [PORTLINE, "dev-token", "--role", "team_lead"],
+            [PORTLINE, "dev-token", "--role", "team_lead", "--program", program],
             env=env,
             check=True,
             timeout=60,

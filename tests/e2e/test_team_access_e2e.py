@@ -5,33 +5,15 @@ the runtime role), tokens from `portline dev-token`."""
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
 import time
 import uuid
-from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.e2e.conftest import ServiceProcess
+from tests.e2e.conftest import ServiceProcess, dev_token
 
 pytestmark = pytest.mark.e2e
-
-PORTLINE = str(Path(sys.executable).parent / "portline")
-
-
-async def _token(env: dict[str, str], role: str, subject: str) -> dict[str, str]:
-    done = await asyncio.to_thread(
-        subprocess.run,
-        [PORTLINE, "dev-token", "--role", role, "--program", "demo", "--subject", subject],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=60,
-    )
-    return {"Authorization": f"Bearer {done.stdout.strip()}"}
 
 
 async def _until(
@@ -52,8 +34,8 @@ async def test_a_deactivated_member_is_refused_by_outreach_and_the_scheduler(
 ) -> None:
     env = outreach_process.env
     member = f"peer-{uuid.uuid4().hex[:8]}"
-    lead = await _token(env, "team_lead", f"lead-{uuid.uuid4().hex[:8]}")
-    peer = await _token(env, "peer", member)
+    lead = await dev_token(env, "team_lead", f"lead-{uuid.uuid4().hex[:8]}")
+    peer = await dev_token(env, "peer", member)
     queue = f"{outreach_process.http}/v1/tasks"
     policy = f"{scheduler_process.http}/v1/policy"
     roster = f"{outreach_process.http}/v1/team/members/{member}"
@@ -82,7 +64,7 @@ async def test_a_deactivated_member_is_refused_by_outreach_and_the_scheduler(
         refused = await client.get(policy, headers=peer)
         assert refused.json()["error"]["code"] == "member_deactivated"
         # A fresh token changes nothing: the member is refused, not the token.
-        fresh = await _token(env, "peer", member)
+        fresh = await dev_token(env, "peer", member)
         assert (await client.get(queue, headers=fresh)).status_code == 403
         # Nobody else is affected.
         assert (await client.get(queue, headers=lead)).status_code == 200
