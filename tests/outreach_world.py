@@ -51,6 +51,7 @@ class World:
         self.app = app
         self.client = client
         self.tokens = tokens
+        self._seal_with: Any = None
 
     def auth(self, role: str, program: str = "demo", subject: str | None = None) -> dict[str, str]:
         return self.tokens.headers(role, program, subject or f"{role}-1")
@@ -78,7 +79,7 @@ class World:
     ) -> Seeded:
         now = datetime.now(UTC)
         case_id, person_id, episode_id, report_id, task_id = (uuid.uuid4() for _ in range(5))
-        sealer = self.app.state.sealer
+        sealer = self._seal_with or self.app.state.sealer
         identity = {
             "given": name[0],
             "family": name[1],
@@ -154,6 +155,10 @@ class World:
             sub,
         )
         return Seeded(case_id, task_id, episode_id, report_id)
+
+    def seal_with(self, sealer: Any) -> None:
+        """Seal what seed_case reports with another sealer (None: the service's own)."""
+        self._seal_with = sealer
 
     async def member(
         self, member_id: str, program: str = "demo", phone: str = "+13365550199"
