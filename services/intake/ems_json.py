@@ -11,7 +11,8 @@ Rules (tests pin each one)
       :class:`pydantic.ValidationError` carries locations and rule names only. Note that
       ``ValidationError.errors()`` still holds the input; an HTTP layer must not return it
       as-is (FastAPI's default 422 handler does include ``input``).
-    * ``incident_at`` and ``medications[].given_at`` must carry a UTC offset.
+    * ``incident_at`` and ``medications[].given_at`` must carry a UTC offset, and have a UTC
+      equivalent (``0001-01-01T00:00:00+01:00`` has none, and no consumer could convert it).
     * ``patient.date_of_birth`` must be on or after 1900-01-01 and not after today (today
       as it is in UTC+14, the first zone to reach a date, so a newborn is never rejected).
     * Phones are 7-20 characters of digits, spaces and ``+ ( ) . / - x``.
@@ -27,7 +28,7 @@ Rules (tests pin each one)
 
 from __future__ import annotations
 
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta, timezone
 from typing import Annotated, Any, Final, Literal
 
 from pydantic import (
@@ -78,6 +79,15 @@ def _upper(value: str) -> str:
     return value.upper()
 
 
+def _has_utc_equivalent(value: datetime) -> datetime:
+    try:
+        value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("the date-time has no UTC equivalent") from None
+    return value
+
+
+DateTime = Annotated[AwareDatetime, AfterValidator(_has_utc_equivalent)]
 Phone = Annotated[str, StringConstraints(min_length=7, max_length=20, pattern=r"^[0-9+()./ xX-]+$")]
 Impression = Annotated[
     str, StringConstraints(max_length=10, pattern=ICD10_PATTERN), AfterValidator(_upper)
@@ -171,7 +181,7 @@ class MedicationIn(_Model):
             "eMedications.07 code 9916001 (improved), 9916003 (unchanged), 9916005 (worse)."
         ),
     )
-    given_at: AwareDatetime | None = Field(
+    given_at: DateTime | None = Field(
         default=None, description="When it was given (ISO 8601 with UTC offset)."
     )
 
@@ -190,6 +200,16 @@ class DispositionIn(_Model):
     transport: NemsisCode | None = Field(
         default=None,
         description="Transport disposition, eDisposition.30 (4230009 patient refused transport).",
+    )
+    release_acuity: NemsisCode | None = Field(
+        default=None,
+        description="Acuity upon EMS release of the patient, eDisposition.19 (4219007 / 4219009 "
+        "dead without / with resuscitation efforts).",
+    )
+    arrest_end: NemsisCode | None = Field(
+        default=None,
+        description="End of the cardiac arrest event, eArrest.18 (3018003 expired in the field, "
+        "3018001 expired in the ED).",
     )
 
 
@@ -272,7 +292,7 @@ class EmsRunReportIn(_Model):
         max_length=64,
         description="EMS agency number as the state assigned it (NEMSIS dAgency.02).",
     )
-    incident_at: AwareDatetime = Field(
+    incident_at: DateTime = Field(
         description="Start of the incident (PSAP call or unit notified), ISO 8601 with a "
         "UTC offset."
     )
@@ -310,6 +330,12 @@ class EmsRunReportIn(_Model):
     narrative: str | None = Field(
         default=None, max_length=10_000, description="The PCR narrative (free text)."
     )
+    fatal: bool = Field(
+        default=False,
+        description="The patient died (dead at the scene, or expired in the agency's care). A "
+        "fatal overdose never creates a task to reach the person.",
+    )
+    died_at: DateTime | None = Field(default=None, description="When, if known.")
 
 
 class EmsRunReportBatch(_Model):
@@ -388,6 +414,10 @@ def to_record(model: EmsRunReportIn) -> EmsRunReport:
         consent=model.peer_follow_up,
         narrative=model.narrative or None,
         leave_behind=_unique(list(model.leave_behind)),
+        release_acuity=disposition.release_acuity,
+        arrest_end=disposition.arrest_end,
+        fatal=model.fatal,
+        died_at=_aware(model.died_at) if model.died_at else None,
     )
 
 
@@ -400,6 +430,10 @@ def parse_run_report_json(data: bytes | str) -> list[EmsRunReport]:
 
     Raises :class:`pydantic.ValidationError` (values hidden) for invalid JSON or content.
     """
+    if isinstance(data, str):
+        # A lone surrogate cannot be encoded as UTF-8; passed through, it becomes invalid
+        # UTF-8 that pydantic reports as json_invalid (from_json raises TypeError on such a str).
+        data = data.encode("utf-8", "surrogatepass")
     try:
         raw = from_json(data)
     except ValueError:

@@ -132,7 +132,10 @@ class MllpDecoder:
         fs = data.find(FS, pos)
         vt = data.find(VT, pos, len(data) if fs == -1 else fs)
         if vt != -1:
-            # A new frame starts before this one ended: the sender gave up on it.
+            # A new frame starts before this one ended: the sender gave up on it. If it had
+            # already grown past the limit, say so first, as a chunked read would have.
+            if not self._discarding and len(self._buffer) + (vt - pos) > self.max_message_bytes:
+                out.append(FramingError.of("message_too_large"))
             out.append(FramingError.of("truncated_frame"))
             self._reset_frame()
             self._in_frame = True

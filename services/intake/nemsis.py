@@ -27,6 +27,10 @@ Errors
     :class:`MissingPcrNumber` missing_pcr_number  *per record*: a PCR without eRecord.01; it
                                                   is returned in :attr:`EmsRecordResult.error`,
                                                   never raised
+    :class:`FieldTooLong`     field_too_long      *per record*: a value longer than the JSON
+                                                  run report allows for the same field (a
+                                                  name, an address part, a phone, the PCR
+                                                  number, the narrative); returned likewise
     ========================  ==================  ============================================
 
 Reading rules (tests pin each one)
@@ -55,7 +59,8 @@ Reading rules (tests pin each one)
       .06 (arrived on scene), .07 (arrived at patient). Times are ``xs:dateTime``
       (``2023-03-01T15:20:00-05:00``, ``Z``, fractional seconds allowed); a time without
       an offset is read in ``default_tz`` (America/New_York unless given). All returned
-      datetimes are timezone-aware. A value that is not a valid dateTime is absent.
+      datetimes are timezone-aware. A value that is not a valid dateTime, or that has no UTC
+      equivalent (year 1 east of UTC, year 9999 west of it), is absent.
     * ``scene`` (eScene): street .15, city .17 (GNIS code), state .18, ZIP .19, county .21
       (FIPS); ``None`` when all are absent. The apartment (.16) and cross street (.20) are
       not kept.
@@ -65,10 +70,14 @@ Reading rules (tests pin each one)
       Improved, 9916003 Unchanged, 9916005 Worse), ``given_at`` = eMedications.01. A group
       is skipped when eMedications.03 is absent, carries a ``PN`` attribute (the medication
       was *not* given: contraindicated, refused, allergy, ...), or has a ``CodeType`` other
-      than 9924003 RxNorm (ICD-10 / SNOMED-CT procedures-as-medications). Medications given
+      than 9924003 RxNorm (ICD-10 / SNOMED-CT procedures-as-medications). An element
+      belongs to its nearest group: a group nested in another keeps its own. Medications given
       before EMS arrived (eMedications.02 = 9923003, e.g. bystander naloxone) are kept: the
       record has no field to mark them.
     * ``drug_use_indicators`` = every eHistory.17 code.
+    * Death (``services.intake.death`` decides): ``initial_acuity`` = eSituation.13,
+      ``release_acuity`` = eDisposition.19, ``arrest_end`` = eArrest.18, ``outcomes`` = every
+      eOutcome.01 and eOutcome.02.
     * Dispositions (v3.5 IncidentDispositionGroup): ``unit_disposition`` = eDisposition.27,
       ``patient_evaluation_care`` = .28 (4228003/4228007 refused), ``crew_disposition`` =
       .29, ``transport_disposition`` = .30 (4230009 patient refused transport). Reason for
@@ -95,7 +104,7 @@ import re
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from datetime import date, datetime, tzinfo
+from datetime import UTC, date, datetime, tzinfo
 from typing import Final
 from xml.etree.ElementTree import Element, ParseError
 from zoneinfo import ZoneInfo
@@ -115,6 +124,7 @@ __all__ = [
     "NEMSIS_NS",
     "EmsInputError",
     "EmsRecordResult",
+    "FieldTooLong",
     "MissingPcrNumber",
     "NotNemsis",
     "TooManyRecords",
@@ -139,6 +149,7 @@ LEAVE_BEHIND_ITEMS: Final = ("naloxone_kit", "resource_information", "fentanyl_t
 """The vocabulary of :attr:`EmsRunReport.leave_behind` (shared with the JSON run report)."""
 
 _RXNORM_CODE_TYPE: Final = "9924003"
+_MEDICATION_GROUP: Final = "eMedications.MedicationGroup"
 
 
 # --------------------------------------------------------------------------- errors
@@ -175,6 +186,39 @@ class NotNemsis(EmsInputError):
 
 class MissingPcrNumber(EmsInputError):
     code = "missing_pcr_number"
+
+
+class FieldTooLong(EmsInputError):
+    code = "field_too_long"
+
+
+# The JSON run report's limits, for the same fields in NEMSIS XML: refused beyond, never cut.
+_LIMITS: dict[str, int] = {
+    "eRecord.01": 64,
+    "ePatient.02": 100,
+    "ePatient.03": 100,
+    "ePatient.04": 100,
+    "ePatient.05": 200,
+    "ePatient.06": 100,
+    "ePatient.07": 64,
+    "ePatient.08": 8,
+    "ePatient.09": 16,
+    "ePatient.18": 20,
+    "ePatient.24": 35,
+    "eScene.15": 200,
+    "eScene.17": 100,
+    "eScene.18": 8,
+    "eScene.19": 16,
+    "eScene.21": 64,
+    "eNarrative.01": 10_000,
+}
+
+
+def _check_lengths(idx: _Index) -> None:
+    for name, limit in _LIMITS.items():
+        for value in idx.values(name):
+            if len(value) > limit:
+                raise FieldTooLong(f"{name} is longer than {limit} characters")
 
 
 class TooManyRecords(EmsInputError):
@@ -279,14 +323,21 @@ def _value(el: Element | None) -> str | None:
 
 
 class _Index:
-    """Every NEMSIS element below one element, by local name, in document order."""
+    """NEMSIS elements by local name, in document order: every one below ``root``, or
+    those given to :meth:`add`."""
 
-    def __init__(self, root: Element) -> None:
+    def __init__(self, root: Element | None = None) -> None:
         self._by_name: defaultdict[str, list[Element]] = defaultdict(list)
-        for el in root.iter():
-            name = _local(el.tag)
-            if name is not None:
-                self._by_name[name].append(el)
+        if root is not None:
+            for el in root.iter():
+                name = _local(el.tag)
+                if name is not None:
+                    self._by_name[name].append(el)
+
+    def add(self, el: Element) -> None:
+        name = _local(el.tag)
+        if name is not None:
+            self._by_name[name].append(el)
 
     def all(self, name: str) -> list[Element]:
         return self._by_name.get(name, [])
@@ -320,6 +371,10 @@ def _parse_datetime(value: str | None, default_tz: tzinfo) -> datetime | None:
         return None
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=default_tz)
+    try:
+        parsed.astimezone(UTC)
+    except OverflowError:  # no UTC equivalent (year 1 east of UTC): consumers could not use it
+        return None
     return parsed
 
 
@@ -366,10 +421,29 @@ def _custom_results(idx: _Index, element_id: str) -> list[str | None]:
     return out
 
 
+def _medication_groups(idx: _Index) -> list[_Index]:
+    """Each eMedications.MedicationGroup's elements, in document order. An element belongs
+    to its nearest group, so a group nested in another keeps its own. Each group's subtree
+    is walked once: indexing every group's whole subtree was quadratic in the nesting (a
+    1 MB document of nested groups took 100 s)."""
+    groups: dict[int, _Index] = {}  # by id() of the group element, in document order
+    for top in idx.all(_MEDICATION_GROUP):
+        if id(top) in groups:
+            continue  # nested in a group already walked
+        stack: list[tuple[Element, _Index | None]] = [(top, None)]
+        while stack:  # depth first in document order, without recursion: nesting is unbounded
+            el, group = stack.pop()
+            if _local(el.tag) == _MEDICATION_GROUP:
+                group = groups[id(el)] = _Index()
+            elif group is not None:
+                group.add(el)
+            stack.extend((child, group) for child in reversed(el))
+    return list(groups.values())
+
+
 def _medications(idx: _Index, default_tz: tzinfo) -> tuple[EmsMedication, ...]:
     meds: list[EmsMedication] = []
-    for group in idx.all("eMedications.MedicationGroup"):
-        g = _Index(group)
+    for g in _medication_groups(idx):
         med_el = next(iter(g.all("eMedications.03")), None)
         rxnorm = _value(med_el)
         if med_el is None or rxnorm is None or med_el.get("PN") is not None:
@@ -425,6 +499,7 @@ def _parse_pcr(
     pcr_number = idx.first("eRecord.01")
     if pcr_number is None:
         raise MissingPcrNumber("PatientCareReport has no PCR number (eRecord.01)")
+    _check_lengths(idx)
 
     primary = idx.first("eSituation.11")
     impressions = dict.fromkeys([primary] if primary is not None else [])
@@ -453,6 +528,10 @@ def _parse_pcr(
         consent=consent,
         narrative=idx.first("eNarrative.01"),
         leave_behind=tuple(leave_behind),
+        initial_acuity=idx.first("eSituation.13"),
+        release_acuity=idx.first("eDisposition.19"),
+        arrest_end=idx.first("eArrest.18"),
+        outcomes=(*idx.values("eOutcome.01"), *idx.values("eOutcome.02")),
     )
 
 

@@ -62,6 +62,10 @@ class AdtMessage:
     diagnosis_codes: tuple[str, ...]
     chief_complaints: tuple[tuple[str, str], ...]
     """(source, text) pairs: ("pv2_3", ...), ("obx_8661_1", ...)."""
+    death_indicator: str | None = None
+    """PID-30, patient death indicator: Y when the patient died."""
+    died_at: datetime | None = None
+    """PID-29, patient death date and time."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +105,18 @@ class EmsRunReport:
     narrative: str | None = None
     leave_behind: tuple[str, ...] = field(default=())
     """What EMS left with the person: naloxone kit, resource information."""
+    initial_acuity: str | None = None
+    """eSituation.13: 2813007 dead without resuscitation efforts."""
+    release_acuity: str | None = None
+    """eDisposition.19: 4219007/4219009 dead (without / with resuscitation efforts)."""
+    arrest_end: str | None = None
+    """eArrest.18, end of the cardiac arrest event: 3018003 expired in the field, 3018001
+    expired in the ED."""
+    outcomes: tuple[str, ...] = field(default=())
+    """eOutcome.01/.02 (ED and hospital disposition): 20 expired."""
+    fatal: bool = False
+    """The JSON run report's own statement that the patient died."""
+    died_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,6 +13,7 @@ import uuid
 from datetime import datetime
 
 from services.intake.classify import NALOXONE_RXNORM, Decision, ReasonCode
+from services.intake.death import death_of_adt, death_of_run
 from services.intake.records import AdtMessage, EmsRunReport, LeOverdoseReport
 from shared.events import Consent, DecisionReason, Location, OverdoseReported
 from shared.identity import Identity, Protector, person_key
@@ -53,10 +54,17 @@ def ed_report(
     revision: int,
     received_at: datetime,
     protector: Protector,
+    kept: tuple[bool, bool] | None = None,
 ) -> OverdoseReported:
+    """``kept``: the report's (opioid, any_drug) when this message revises it without being an
+    overdose by itself (an A03 that only says the patient expired)."""
     facility = adt.header.sending_facility
     blind = protector.blind_keys(adt.identity, facility=facility)
     naloxone = any(r.code == ReasonCode.TEXT_NALOXONE_TERM for r in decision.reasons)
+    death = death_of_adt(adt)
+    opioid, any_drug = decision.opioid, decision.any_drug
+    if kept is not None:
+        opioid, any_drug = opioid or kept[0], any_drug or kept[1]
     return OverdoseReported(
         report_id=report_id,
         revision=revision,
@@ -70,12 +78,14 @@ def ed_report(
         blind_keys=blind,
         deidentified=adt.identity.deidentified,
         location=protector.location(adt.identity.address),
-        opioid=decision.opioid,
-        any_drug=decision.any_drug,
-        reasons=reasons_of(decision),
+        opioid=opioid,
+        any_drug=any_drug,
+        reasons=[*reasons_of(decision), *death.reasons],
         naloxone_given=naloxone,
         disposition=adt.discharge_disposition,
         consent=Consent.UNKNOWN,
+        fatal=death.fatal,
+        died_at=death.died_at,
     )
 
 
@@ -89,8 +99,15 @@ def ems_report(
     revision: int,
     received_at: datetime,
     protector: Protector,
+    kept: tuple[bool, bool] | None = None,
 ) -> OverdoseReported:
+    """``kept``: the report's (opioid, any_drug) when this record revises it without being an
+    overdose by itself (a later version that only says the patient died)."""
     blind = protector.blind_keys(run.identity, facility=None)
+    death = death_of_run(run)
+    opioid, any_drug = decision.opioid, decision.any_drug
+    if kept is not None:
+        opioid, any_drug = opioid or kept[0], any_drug or kept[1]
     return OverdoseReported(
         report_id=report_id,
         revision=revision,
@@ -104,13 +121,15 @@ def ems_report(
         blind_keys=blind,
         deidentified=run.identity.deidentified,
         location=protector.location(run.scene or run.identity.address),
-        opioid=decision.opioid,
-        any_drug=decision.any_drug,
-        reasons=reasons_of(decision),
+        opioid=opioid,
+        any_drug=any_drug,
+        reasons=[*reasons_of(decision), *death.reasons],
         naloxone_given=any(m.rxnorm in NALOXONE_RXNORM for m in run.medications),
         disposition=run.transport_disposition or run.patient_evaluation_care,
         consent=Consent(run.consent),
         leave_behind=list(run.leave_behind),
+        fatal=death.fatal,
+        died_at=death.died_at,
     )
 
 

@@ -17,9 +17,13 @@ from services.reporting.programs import ProgramBook
 from shared.clock import Clock
 from shared.runtime import ConsumerSpec, Runtime, create_service_app
 from shared.settings import Settings
-from shared.topics import ALL_TOPICS
+from shared.topics import INTAKE_OVERDOSES, INTAKE_REJECTED, OUTREACH_ACTIVITY, SCHEDULER_CASES
 
-__all__ = ["BATCH", "CONSUMER", "create_app", "read_models"]
+__all__ = ["BATCH", "CONSUMER", "FACT_TOPICS", "create_app", "read_models"]
+
+FACT_TOPICS = (INTAKE_OVERDOSES, INTAKE_REJECTED, SCHEDULER_CASES, OUTREACH_ACTIVITY)
+"""The topics whose events become facts (the team topic is read by the runtime's own
+team-access consumer, not into the read models)."""
 
 CONSUMER = "events"
 """Reporting's one consumer (of every topic); its inbox key is `reporting.events`."""
@@ -49,7 +53,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> FastAPI:
     models = read_models(settings, programs)
 
     def consumers(_runtime: Runtime) -> Sequence[ConsumerSpec]:
-        topics = [t.name for t in ALL_TOPICS]
+        topics = [t.name for t in FACT_TOPICS]
         return [
             ConsumerSpec(
                 CONSUMER, topics, models.apply, batch_handler=models.apply_all, batch_size=BATCH

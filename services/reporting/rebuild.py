@@ -32,12 +32,11 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from services.reporting.app import BATCH, CONSUMER, read_models
+from services.reporting.app import BATCH, CONSUMER, FACT_TOPICS, read_models
 from services.reporting.models import READ_MODEL_TABLES, REBUILD
 from shared.clock import Clock, SystemClock
 from shared.inbox import INBOX, InboxProcessor, IncomingMessage
 from shared.settings import Settings
-from shared.topics import ALL_TOPICS
 from shared.uow import UnitOfWork
 
 __all__ = [
@@ -203,7 +202,7 @@ class KafkaSource:
             consumer.seek(tp, starts[tp])
 
     async def _partitions(self, existing: set[str]) -> list[TopicPartition]:
-        names = [t.name for t in ALL_TOPICS if t.name in existing]
+        names = [t.name for t in FACT_TOPICS if t.name in existing]
         if not names:
             return []
         admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap)

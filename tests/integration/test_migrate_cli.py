@@ -19,7 +19,7 @@ PORTLINE = str(Path(sys.executable).parent / "portline")
 
 
 async def test_migrate_creates_a_schema_per_service_and_is_idempotent(postgres_url: str) -> None:
-    env = {**os.environ, "DATABASE_URL": postgres_url}
+    env = {**os.environ, "DATABASE_URL": postgres_url, "PORTLINE_ENV": "development"}
     for _ in range(2):
         done = await asyncio.to_thread(
             subprocess.run,

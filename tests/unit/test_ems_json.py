@@ -311,6 +311,17 @@ INVALID: list[tuple[str, Mutation, str]] = [
     ("long phone", _set("patient.phones", ["336-555-0142-336-555-01"]), "string_too_long"),
     ("text phone", _set("patient.phones", ["call Zebulon"]), "string_pattern_mismatch"),
     ("naive given_at", _set("medications.0.given_at", "2026-11-20T22:30:00"), "timezone_aware"),
+    # Found while fuzzing: accepted, these had no UTC equivalent for the scheduler to convert.
+    (
+        "incident_at before year 1 in UTC",
+        _set("incident_at", "0001-01-01T00:00:00+01:00"),
+        "value_error",
+    ),
+    (
+        "given_at after 9999 in UTC",
+        _set("medications.0.given_at", "9999-12-31T23:30:00-01:00"),
+        "value_error",
+    ),
     ("unknown response", _set("medications.0.response", "Zebulon"), "literal_error"),
     ("bad rxnorm", _set("medications.0.rxnorm", "naloxone"), "string_pattern_mismatch"),
     ("bad consent", _set("peer_follow_up", "maybe-Zebulon"), "literal_error"),
@@ -376,3 +387,11 @@ def test_parse_run_report_json_invalid(body: bytes) -> None:
     with pytest.raises(ValidationError) as info:
         parse_run_report_json(body)
     assert "Quackenbush" not in str(info.value)
+
+
+def test_a_str_holding_a_lone_surrogate_is_invalid_json() -> None:
+    """Found by fuzzing: pydantic's from_json raised TypeError on such a str."""
+    body = json.dumps(valid()).replace("Quackenbush", "Quacken\ud800bush")
+    with pytest.raises(ValidationError) as info:
+        parse_run_report_json(body)
+    assert {e["type"] for e in info.value.errors()} == {"json_invalid"}

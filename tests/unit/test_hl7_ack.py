@@ -187,6 +187,27 @@ def test_header_from_other_separators_is_reencoded() -> None:
 
 
 @pytest.mark.parametrize(
+    "message",
+    [
+        # Other separators: re-encoding unescapes \X1C\ to the FS byte.
+        "MSH#^~\\&#AP\\X1C\\P#FA\\X0B\\C#R#F#2024##ADT^A04#C\\X1C\\1#P#2.5",
+        # Raw framing bytes, as an HTTP body may carry them.
+        "MSH|^~\\&|AP\x1cP|FA\x0bC|R|F|2024||ADT^A04|C\x1c1|P|2.5",
+    ],
+)
+def test_the_ack_never_holds_mllp_framing_bytes(message: str) -> None:
+    """Found by fuzzing: such an ACK made the MLLP listener's frame() raise, so the partner
+    never got an answer, and got none to each resend either."""
+    ack = build_ack(read_header(message), "AA", now=NOW, control_id="A")
+    assert "\x0b" not in ack
+    assert "\x1c" not in ack
+    msh, msa = _segments(ack)
+    assert (msh[4], msh[5]) == ("AP\\X1C\\P", "FA\\X0B\\C")
+    assert msa[2] == "C\\X1C\\1"
+    assert parse_ack(ack) == ("AA", "C\x1c1", None)
+
+
+@pytest.mark.parametrize(
     "text",
     [
         "MSH|^~\\&|A|B|||2024||ACK|1|P|2.5\rMSA|AA|X",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import tracemalloc
 from datetime import UTC, date, datetime, timedelta, timezone
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -290,6 +291,56 @@ def test_hl7apy_gaps_are_filled_by_position(caplog: pytest.LogCaptureFixture) ->
     assert adt.identity.phones == ("(905)111-1111", "(905)111-2222")
     assert any("position" in record.getMessage() for record in caplog.records)
     assert not any("SECRET" in repr(record.__dict__) for record in caplog.records)
+
+
+def _spy_on_hl7apy(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    given: list[str] = []
+    real = parse_module._segments_hl7apy
+
+    def spy(message: str, *args: object) -> object:
+        given.append(message)
+        return real(message, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(parse_module, "_segments_hl7apy", spy)
+    return given
+
+
+def test_hl7apy_is_given_only_the_segments_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    given = _spy_on_hl7apy(monkeypatch)
+    obx = "OBX|1|ST|8661-1^CC^LN||OD"
+    message = _adt(evn="EVN|A04|20240302", extra=("DG1|1||T40.1X1A", obx, "PID|2||OTHER"))
+    adt = _parse(message)
+    assert [segment[:3] for segment in given[0].split("\r")] == ["MSH", "EVN", "PID", "PV1"]
+    assert (adt.identity.family, adt.identity.mrn) == ("DOE", "123")
+
+
+def test_a_candidate_too_large_for_hl7apy_is_read_by_position(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Found by fuzzing: hl7apy took close to a minute over a 1 MiB candidate."""
+    given = _spy_on_hl7apy(monkeypatch)
+    phones = "~".join(f"^PRN^PH^^^336^{n:07d}" for n in range(200))
+    message = _adt(pid=f"PID|1||123^^^HOSP^MR||DOE^JANE||19800202|F|||||{phones}")
+    adt = _parse(message)
+    assert given == []
+    assert (adt.identity.family, adt.identity.mrn) == ("DOE", "123")
+    assert len(adt.identity.phones) == 200
+    assert adt.identity.phones[:2] == ("3360000000", "3360000001")
+
+
+def test_a_segment_of_many_fields_is_split_no_further_than_needed() -> None:
+    """Found by fuzzing: a 900 KB PID of 300,000 fields cost the positional reading 80 MiB
+    (an object and a list per field) and a second; only fields up to PID-15 are read."""
+    message = _adt(pid="PID|1||123^^^HOSP^MR||DOE^JANE" + "|xy" * 300_000)
+    screened = screen(message)
+    tracemalloc.start()
+    try:
+        adt = parse_adt(message, screened)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert (adt.identity.family, adt.identity.sex, adt.identity.language) == ("DOE", "xy", "xy")
+    assert peak < 16 * 1024 * 1024
 
 
 def test_missing_pid_is_a_parse_error(reader: str) -> None:
@@ -605,6 +656,10 @@ def test_missing_pv1_and_evn(reader: str) -> None:
         ("2024-03-02T01:30", None),
         ("garbage", None),
         ("\u0662\u0660\u0662\u0664\u0660\u0663\u0660\u0662", None),
+        # No UTC equivalent (found while fuzzing: the scheduler could not convert these).
+        ("00010101000000+0100", None),
+        ("99991231235959-0100", None),
+        ("00010101000000-0100", datetime(1, 1, 1, tzinfo=timezone(-timedelta(hours=1)))),
     ],
 )
 def test_parse_hl7_datetime(value: str, expected: datetime | None) -> None:

@@ -537,3 +537,80 @@ async def test_a_parser_failure_is_refused_and_kept_for_replay_and_a_dead_worker
     (ack,) = await intake.receive([mllp(adt("BUG-2"))])
     assert ack_fields(ack)[:2] == ("AE", "BUG-2")
     assert len(await inbound(sessions)) == 1
+
+
+# --- deaths -------------------------------------------------------------------------------
+
+
+def _expired_a03(control: str, visit: str) -> str:
+    """A discharge (A03) that says only that the patient expired: PV1-36 = 20, no codes."""
+    message = adt(control, trigger="A03", dx=None, complaint=None, visit=visit)
+    segments = message.rstrip("\r").split("\r")
+    pv1 = next(i for i, seg in enumerate(segments) if seg.startswith("PV1|"))
+    fields = segments[pv1].split("|")
+    fields += [""] * (37 - len(fields))
+    fields[36] = "20"
+    segments[pv1] = "|".join(fields)
+    return "\r".join(segments) + "\r"
+
+
+async def test_a_later_a03_saying_expired_revises_the_visit_s_report_to_fatal(
+    intake: HL7Intake, sessions: async_sessionmaker[AsyncSession]
+) -> None:
+    (first,) = await intake.receive([mllp(adt("VIS-1", visit="V-DIES"))])
+    assert ack_fields(first)[0] == "AA"
+    (later,) = await intake.receive([mllp(_expired_a03("VIS-2", "V-DIES"))])
+    assert ack_fields(later)[0] == "AA"
+    opened, revised = (e.event() for e in await events(sessions))
+    assert isinstance(opened, OverdoseReported)
+    assert isinstance(revised, OverdoseReported)
+    assert (revised.report_id, revised.revision) == (opened.report_id, 2)
+    assert (opened.fatal, revised.fatal) == (False, True)
+    assert revised.opioid  # the report stays what it was: an opioid overdose
+    assert "hl7_discharge_expired" in {r.code for r in revised.reasons}
+
+
+async def test_an_a03_saying_expired_for_a_visit_without_a_report_creates_none(
+    intake: HL7Intake, sessions: async_sessionmaker[AsyncSession]
+) -> None:
+    (ack,) = await intake.receive([mllp(_expired_a03("VIS-3", "V-OTHER"))])
+    assert ack_fields(ack)[0] == "AA"
+    assert await events(sessions) == []
+    assert [r.status for r in await inbound(sessions)] == ["not_overdose"]
+
+
+async def test_an_oversized_name_is_refused_ar_102_and_kept_for_replay(
+    intake: HL7Intake, sessions: async_sessionmaker[AsyncSession]
+) -> None:
+    (ack,) = await intake.receive([mllp(adt("BIG-1", family="X" * 5000))])
+    assert ack_fields(ack) == ("AR", "BIG-1", "102")
+    (row,) = await inbound(sessions)
+    assert (row.status, row.reason_code) == ("rejected", "field_too_long")
+
+
+async def test_a_fatal_ems_overdose_and_a_later_version_saying_so_are_fatal(
+    intake: HL7Intake,
+    ems: EmsIntake,
+    sessions: async_sessionmaker[AsyncSession],
+    tmp_path: Path,
+) -> None:
+    partner = await ems_partner(sessions, tmp_path)
+    (dead,) = await ems.receive([EmsSubmission(partner, 0, run("F-1", fatal=True))])
+    assert dead.status == "accepted"
+    (alive,) = await ems.receive([EmsSubmission(partner, 0, run("F-2"))])
+    # a later version of F-2 no longer meets the definition but says the patient died
+    (later,) = await ems.receive(
+        [EmsSubmission(partner, 0, run("F-2", improved=False, release_acuity="4219009"))]
+    )
+    assert (alive.status, later.status, later.revision) == ("accepted", "revised", 2)
+    # a death that was never an overdose report creates none
+    (other,) = await ems.receive(
+        [EmsSubmission(partner, 0, run("F-3", improved=False, arrest_end="3018003"))]
+    )
+    assert other.status == "not_overdose"
+    fatal = [e.event() for e in await events(sessions)]
+    assert [(e.source_ref, e.revision, e.fatal) for e in fatal] == [  # type: ignore[attr-defined]
+        ("F-1", 1, True),
+        ("F-2", 1, False),
+        ("F-2", 2, True),
+    ]

@@ -166,6 +166,17 @@ def test_restarted_frame_reports_truncation_and_keeps_new_frame() -> None:
     assert out[1] == MSG1
 
 
+@pytest.mark.parametrize("cut", [0, 3, 7, 12])
+def test_oversized_restarted_frame_reports_both_whatever_the_chunking(cut: int) -> None:
+    """Found by fuzzing: in one chunk the restart was reported alone, while a chunk
+    boundary inside the oversized part reported message_too_large first."""
+    data = VT + b"0123456789AB" + frame(b"ok")
+    decoder = MllpDecoder(max_message_bytes=10)
+    out = decoder.feed(data[:cut]) + decoder.feed(data[cut:])
+    assert _codes(out) == ["message_too_large", "truncated_frame", "payload"]
+    assert out[2] == b"ok"
+
+
 def test_framing_error_is_a_frozen_value() -> None:
     error = FramingError.of("message_too_large")
     assert error == FramingError("message_too_large", error.message)

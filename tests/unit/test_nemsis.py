@@ -615,6 +615,45 @@ def test_medication_groups() -> None:
     )
 
 
+def test_a_nested_medication_group_keeps_its_own_elements() -> None:
+    """Each element belongs to its nearest group: walking each group's whole subtree was
+    quadratic in the nesting (found by fuzzing: 20,000 nested groups took 100 s)."""
+    meds = (
+        "<eMedications><eMedications.MedicationGroup><eMedications.03>7242</eMedications.03>"
+        "<eMedications.MedicationGroup><eMedications.03>4337</eMedications.03>"
+        "<eMedications.07>9916001</eMedications.07></eMedications.MedicationGroup>"
+        "</eMedications.MedicationGroup></eMedications>"
+    )
+    assert one(doc(pcr("P-1", meds))).medications == (
+        EmsMedication("7242", None, None),
+        EmsMedication("4337", "9916001", None),
+    )
+
+
+def test_deeply_nested_medication_groups_stay_linear() -> None:
+    depth = 20_000
+    meds = (
+        "<eMedications.MedicationGroup><eMedications.03>7242</eMedications.03>" * depth
+        + "</eMedications.MedicationGroup>" * depth
+    )
+    start = time.perf_counter()
+    assert len(one(doc(pcr("P-1", meds))).medications) == depth
+    assert time.perf_counter() - start < 5  # quadratic, this took minutes
+
+
+@pytest.mark.parametrize("value", ["0001-01-01T00:00:00+01:00", "9999-12-31T23:30:00-01:00"])
+def test_a_time_without_a_utc_equivalent_is_absent(value: str) -> None:
+    """Found while fuzzing: the scheduler could not convert these to UTC."""
+    meds = (
+        "<eMedications><eMedications.MedicationGroup>"
+        f"<eMedications.01>{value}</eMedications.01><eMedications.03>7242</eMedications.03>"
+        "</eMedications.MedicationGroup></eMedications>"
+    )
+    report = one(doc(pcr("P-1", times(t01=value, t06="2023-03-01T15:30:00-05:00"), meds)))
+    assert report.incident_at == datetime(2023, 3, 1, 15, 30, tzinfo=EST)
+    assert report.medications == (EmsMedication("7242", None, None),)
+
+
 def test_impressions_are_deduplicated_primary_first() -> None:
     situation = (
         "<eSituation><eSituation.11>F11.20</eSituation.11><eSituation.12>T40.1X1A</eSituation.12>"

@@ -19,6 +19,7 @@ Errors are :class:`HL7Error` subclasses with a stable ``code``, an HL7 table 035
 from services.intake.hl7.ack import build_ack, parse_ack
 from services.intake.hl7.batch import split_messages
 from services.intake.hl7.errors import (
+    FieldTooLongError,
     HL7Error,
     MissingFieldError,
     NotHL7Error,
@@ -42,6 +43,7 @@ __all__ = [
     "SOURCE_DG1",
     "SOURCE_OBX_8661_1",
     "SOURCE_PV2_3",
+    "FieldTooLongError",
     "HL7Error",
     "MissingFieldError",
     "NotHL7Error",

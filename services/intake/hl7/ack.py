@@ -17,6 +17,9 @@ Decisions:
 * ERR uses the v2.5 layout whatever the version: ERR-2 location, ERR-3
   ``<code>^<description>^HL70357``, ERR-4 severity ``E``, ERR-8 the human message.
 * Free text is escaped (``\\F\\ \\S\\ \\T\\ \\R\\ \\E\\``); line breaks become spaces.
+* An ACK never holds the MLLP framing characters VT and FS, which would end or restart the
+  frame it travels in: an echoed value holding one (sent raw over HTTP, or unescaped from
+  ``\\X1C\\`` when re-encoding other separators) carries it hex-escaped.
 """
 
 from __future__ import annotations
@@ -55,6 +58,7 @@ _ESCAPES = {
     "\n": " ",
 }
 _ESCAPE_TABLE = str.maketrans(_ESCAPES)
+_FRAMING_ESCAPES = str.maketrans({"\x0b": "\\X0B\\", "\x1c": "\\X1C\\"})
 
 
 def escape(text: str) -> str:
@@ -155,7 +159,10 @@ def build_ack(
         err_code = f"{error.hl7_error_code}^{escape(error.hl7_error_description)}^HL70357"
         location = _format_location(error.location)
         segments.append(f"ERR||{location}|{err_code}|E||||{escape(error.message)}")
-    return "\r".join(segments)
+    ack = "\r".join(segments)
+    if "\x0b" in ack or "\x1c" in ack:
+        ack = ack.translate(_FRAMING_ESCAPES)
+    return ack
 
 
 def parse_ack(text: str) -> tuple[str, str, str | None]:

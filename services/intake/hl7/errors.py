@@ -8,6 +8,7 @@ Hierarchy::
     +-- UnsupportedMessageError code "unsupported_message_type", "200" (not ADT), "201"
     |                           (trigger not A01/A03/A04/A08) or "203" (version not 2.1-2.8)
     +-- ParseError              code "parse_error", "100": a candidate that cannot be parsed
+    +-- FieldTooLongError       code "field_too_long", "102": a value longer than intake keeps
 
 Every error carries a stable machine ``code``, the HL7 table 0357 value ``hl7_error_code``
 used in ERR-3 of the ACK, an optional ``location`` (segment id, segment sequence and, when
@@ -22,6 +23,7 @@ from typing import ClassVar
 
 __all__ = [
     "HL7_ERROR_DESCRIPTIONS",
+    "FieldTooLongError",
     "HL7Error",
     "MissingFieldError",
     "NotHL7Error",
@@ -110,3 +112,21 @@ class ParseError(HL7Error):
 
     code: ClassVar[str] = "parse_error"
     default_hl7_error_code: ClassVar[str] = "100"
+
+
+class FieldTooLongError(HL7Error):
+    """A field longer than intake keeps for it (a name, an address, a phone, an MRN, a chief
+    complaint, MSH-10): refused, never truncated, so nothing is silently changed."""
+
+    code: ClassVar[str] = "field_too_long"
+    default_hl7_error_code: ClassVar[str] = "102"
+
+    @classmethod
+    def check(cls, value: str | None, limit: int, segment: str, field: int) -> str | None:
+        """The value, unless it is longer than ``limit`` characters."""
+        if value is not None and len(value) > limit:
+            raise cls(
+                f"field {segment}-{field} is longer than {limit} characters",
+                location=(segment, 1, field),
+            )
+        return value

@@ -5,6 +5,11 @@ TOLERANT, ``force_validation=False``). It gives the segments, their fields by po
 the field repetitions; each repetition's ER7 text is then split into components and
 subcomponents with the message's own separators and unescaped.
 
+hl7apy is handed only MSH and the first EVN, PID and PV1, the segments read here. When they
+hold more than :data:`HL7APY_MAX_DELIMITERS` delimiters, hl7apy is not used at all and the
+fields are read by position: hl7apy's cost grows with every element, the plain splitter's
+with the length.
+
 Before hl7apy sees the message, only the copy handed to it is adjusted for what it chokes on
 (values read from it are the same either way):
 
@@ -43,16 +48,17 @@ from __future__ import annotations
 
 import functools
 import logging
-from datetime import date, datetime, timedelta, timezone, tzinfo
+from datetime import UTC, date, datetime, timedelta, timezone, tzinfo
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from services.intake.hl7.errors import ParseError
+from services.intake.hl7.errors import FieldTooLongError, ParseError
 from services.intake.hl7.screen import Screened, Separators, unescape
 from services.intake.records import Address, AdtMessage, HL7Header, Identity
 
 __all__ = [
     "DEFAULT_TZ",
+    "HL7APY_MAX_DELIMITERS",
     "parse_adt",
     "parse_hl7_date",
     "parse_hl7_datetime",
@@ -65,7 +71,7 @@ DEFAULT_TZ: tzinfo = ZoneInfo("America/New_York")
 _HL7_NULL = '""'
 # The fields read here, per segment.
 _WANTED: dict[str, frozenset[int]] = {
-    "PID": frozenset({3, 5, 7, 8, 11, 12, 13, 14, 15}),
+    "PID": frozenset({3, 5, 7, 8, 11, 12, 13, 14, 15, 29, 30}),
     "PV1": frozenset({2, 19, 36, 44}),
     "EVN": frozenset({2, 6}),
 }
@@ -73,6 +79,14 @@ _STANDARD_STRUCTURE = {"A01": "ADT_A01", "A04": "ADT_A01", "A08": "ADT_A01", "A0
 _MRN_TYPES = frozenset({"MR", "MRN"})
 _HOME_ADDRESS_TYPES = frozenset({"H", "HOME"})
 _MIN_DOB = "18500101"  # earlier birth dates are data-entry errors (e.g. 10131113)
+
+HL7APY_MAX_DELIMITERS = 1_000
+"""The most delimiters (field, component, repetition, subcomponent) hl7apy is given.
+
+hl7apy builds an object per element: about 0.3 ms and 5 KB each on a slow 2-core machine,
+so a 1 MiB candidate took it close to a minute. The segments it reads (MSH, EVN, PID, PV1)
+have 115-200 delimiters in the fixtures; above this, the positional reading is used alone.
+"""
 
 # Segment id -> field number -> repetitions (ER7 text, still escaped).
 _Fields = dict[int, list[str]]
@@ -107,7 +121,9 @@ def parse_hl7_datetime(value: str | None, default_tz: tzinfo = DEFAULT_TZ) -> da
 
     A value without an offset is read in ``default_tz``. A date alone is midnight; fractions
     beyond microseconds are truncated. Anything malformed (letters, bad offset, impossible
-    date, fewer than 8 digits) is ``None``.
+    date, fewer than 8 digits) is ``None``, and so is a time with no UTC equivalent (the
+    first hours of year 1 east of UTC, the last of 9999 west of it), which every consumer
+    of the event would fail to convert.
     """
     if not value:
         return None
@@ -127,7 +143,7 @@ def parse_hl7_datetime(value: str | None, default_tz: tzinfo = DEFAULT_TZ) -> da
     if len(main) not in (8, 10, 12, 14) or not (main.isdigit() and main.isascii()):
         return None
     try:
-        return datetime(
+        parsed = datetime(
             int(main[0:4]),
             int(main[4:6]),
             int(main[6:8]),
@@ -137,8 +153,10 @@ def parse_hl7_datetime(value: str | None, default_tz: tzinfo = DEFAULT_TZ) -> da
             int(fraction[:6].ljust(6, "0")) if fraction else 0,
             tzinfo=tz,
         )
-    except ValueError:
+        parsed.astimezone(UTC)
+    except (ValueError, OverflowError):
         return None
+    return parsed
 
 
 def parse_hl7_date(value: str | None) -> date | None:
@@ -191,6 +209,19 @@ def _hl7apy_version(version: str) -> str:
         return version
     short = ".".join(version.split(".")[:2])
     return short if short in SUPPORTED_LIBRARIES else version
+
+
+def _wanted_segments(message: str, fs: str) -> str:
+    """MSH and the first segment of each kind read here: hl7apy need not build the rest
+    (a candidate with 10,000 OBX segments took it 10 s)."""
+    kept = [message.split("\r", 1)[0]]
+    seen: set[str] = set()
+    for segment in message.split("\r")[1:]:
+        name = segment[:3]
+        if name in _WANTED and name not in seen and segment[3:4] in (fs, ""):
+            seen.add(name)
+            kept.append(segment)
+    return "\r".join(kept)
 
 
 def _prepare_for_hl7apy(message: str, header: HL7Header, seps: Separators) -> str:
@@ -264,20 +295,36 @@ def _segments_positional(message: str, seps: Separators) -> _Segments:
     for segment in message.split("\r"):
         name = segment[:3]
         if name in _WANTED and name not in found and segment[3:4] == fs:
-            parts = segment.split(fs)
+            wanted = _WANTED[name]
+            # Split no further than the last field read: a PID of 300,000 fields would
+            # otherwise cost an object (and a list) per field.
+            parts = segment.split(fs, max(wanted) + 1)
             found[name] = {
                 number: parts[number].split(seps.repetition)
-                for number in range(1, len(parts))
-                if parts[number]
+                for number in sorted(wanted)
+                if number < len(parts) and parts[number]
             }
     return found
 
 
+def _delimiters(text: str, seps: Separators) -> int:
+    return sum(
+        text.count(c) for c in (seps.field, seps.component, seps.repetition, seps.subcomponent)
+    )
+
+
 def _read_segments(message: str, header: HL7Header, seps: Separators) -> _Segments:
-    """hl7apy's reading, with any field it dropped or misplaced read by position."""
+    """hl7apy's reading, with any field it dropped or misplaced read by position.
+
+    Segments with more than :data:`HL7APY_MAX_DELIMITERS` delimiters are read by position
+    alone: the same record, in linear time."""
     positional = _segments_positional(message, seps)
+    wanted = _wanted_segments(message, seps.field)
+    if _delimiters(wanted, seps) > HL7APY_MAX_DELIMITERS:
+        logger.debug("a candidate too large for hl7apy; reading fields by position")
+        return positional
     try:
-        found, misplaced = _segments_hl7apy(message, header, seps)
+        found, misplaced = _segments_hl7apy(wanted, header, seps)
     except Exception as exc:  # hl7apy raises many unrelated types; fall back on any
         # The exception text may quote the message: log the type only.
         logger.debug(
@@ -373,12 +420,11 @@ def _phone(pid: _Reader, rep: str) -> str | None:
 
 
 def _phones(pid: _Reader) -> tuple[str, ...]:
-    phones: list[str] = []
+    phones: dict[str, None] = {}  # ordered, without searching a list per repetition
     for number in (13, 14):
         for rep in pid.reps(number):
-            phone = _phone(pid, rep)
-            if phone and phone not in phones:
-                phones.append(phone)
+            if phone := _phone(pid, rep):
+                phones[phone] = None
     return tuple(phones)
 
 
@@ -437,20 +483,42 @@ def _mrn(pid: _Reader) -> tuple[str | None, str | None]:
     return pid.component(chosen, 1), pid.component(chosen, 4, subcomponent=True)
 
 
+# The longest value intake keeps per identity field: refused beyond (AR 102), never cut.
+MAX_NAME = 100
+MAX_STREET = 200
+MAX_PLACE = 100
+MAX_PHONE = 32
+MAX_MRN = 64
+MAX_CODE = 64
+
+
 def _identity(pid: _Reader) -> Identity:
+    check = FieldTooLongError.check
     family, given, middle = _name(pid)
+    for name in (family, given, middle):
+        check(name, MAX_NAME, "PID", 5)
     mrn, authority = _mrn(pid)
+    check(mrn, MAX_MRN, "PID", 3)
+    check(authority, MAX_CODE, "PID", 3)
+    phones = _phones(pid)
+    for phone in phones:
+        check(phone, MAX_PHONE, "PID", 13)
+    address = _address(pid)
+    if address is not None:
+        check(address.street, MAX_STREET, "PID", 11)
+        for part in (address.city, address.state, address.postal_code, address.county):
+            check(part, MAX_PLACE, "PID", 11)
     return Identity(
         family=family,
         given=given,
         middle=middle,
         dob=parse_hl7_date(pid.first_component(7)),
-        sex=pid.first_component(8),
-        phones=_phones(pid),
-        address=_address(pid),
+        sex=check(pid.first_component(8), MAX_CODE, "PID", 8),
+        phones=phones,
+        address=address,
         mrn=mrn,
         mrn_authority=authority,
-        language=pid.first_component(15),
+        language=check(pid.first_component(15), MAX_CODE, "PID", 15),
     )
 
 
@@ -483,10 +551,12 @@ def parse_adt(message: str, screened: Screened, *, default_tz: tzinfo = DEFAULT_
     return AdtMessage(
         header=header,
         identity=_identity(pid),
-        visit_number=pv1.first_component(19),
+        visit_number=FieldTooLongError.check(pv1.first_component(19), MAX_CODE, "PV1", 19),
         patient_class=pv1.first_component(2),
         admit_at=_admit_at(pv1, evn, header, default_tz),
-        discharge_disposition=pv1.first_component(36),
+        discharge_disposition=FieldTooLongError.check(pv1.first_component(36), MAX_CODE, "PV1", 36),
         diagnosis_codes=tuple(code for _, code in screened.codes),
         chief_complaints=screened.texts,
+        death_indicator=FieldTooLongError.check(pid.first_component(30), MAX_CODE, "PID", 30),
+        died_at=parse_hl7_datetime(pid.first_component(29), default_tz),
     )

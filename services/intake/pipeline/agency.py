@@ -25,7 +25,7 @@ from shared.outbox_rows import EventTooLargeError
 
 __all__ = ["AgencyOutcome", "AgencyRecord", "AgencyReports"]
 
-AgencyStatus = Literal["accepted", "revised", "duplicate", "rejected"]
+AgencyStatus = Literal["accepted", "revised", "duplicate", "rejected", "not_overdose"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,7 +36,11 @@ class AgencyRecord:
     partner_id: str
     key: str
     content: tuple[object, ...]
-    build: Callable[[uuid.UUID, int], OverdoseReported]
+    build: Callable[[uuid.UUID, int, tuple[bool, bool] | None], OverdoseReported]
+    """(report id, revision, the report's kept (opioid, any_drug) or None) -> the event."""
+    revise_only: bool = False
+    """Not an overdose by itself but says the person died: it revises the number's report to
+    fatal, and creates none (``not_overdose`` when there is none)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,12 +91,16 @@ class AgencyReports:
 
     def _one(self, writes: BatchWrites, reports: ReportBook, r: AgencyRecord) -> AgencyOutcome:
         current = reports.get(r.key)
+        if r.revise_only and current is None:
+            return AgencyOutcome("not_overdose", None, None)
         report_id = current.report_id if current else self._new_id()
         digest = content_hash(report_id, *r.content)
         if current and current.content_hash == digest:
             return AgencyOutcome("duplicate", report_id, current.revision)
         revision = current.revision + 1 if current else 1
-        event = r.build(report_id, revision)
+        event = r.build(
+            report_id, revision, (current.opioid, current.any_drug) if current else None
+        )
         try:
             writes.publish(event, subject=person_key(event.blind_keys, report_id))
         except EventTooLargeError:

@@ -22,6 +22,8 @@ class ReportState:
     revision: int
     content_hash: str
     exists: bool
+    opioid: bool = False
+    any_drug: bool = False
     row: ReportRow | None = None
     """The row to write (set once the batch creates or revises the report)."""
 
@@ -31,7 +33,7 @@ class ReportBook:
 
     def __init__(self, stored: dict[str, StoredReport]) -> None:
         self._states = {
-            key: ReportState(r.report_id, r.revision, r.content_hash, exists=True)
+            key: ReportState(r.report_id, r.revision, r.content_hash, True, r.opioid, r.any_drug)
             for key, r in stored.items()
         }
 
@@ -48,6 +50,7 @@ class ReportBook:
             self._states[source_key] = state
         state.revision = event.revision
         state.content_hash = digest
+        state.opioid, state.any_drug = event.opioid, event.any_drug
         state.row = ReportRow(
             id=event.report_id,
             source_key=source_key,

@@ -20,6 +20,7 @@ from typing import Literal
 
 from services.intake.classify import Decision, Definition, classify_ems
 from services.intake.classify import Medication as ClassifyMedication
+from services.intake.death import death_of_run
 from services.intake.metrics import INTAKE_MESSAGES
 from services.intake.models import Channel, InboundStatus
 from services.intake.partners import PartnerContext
@@ -97,6 +98,11 @@ def _outcome(
     )
 
 
+def _run(s: EmsSubmission) -> EmsRunReport:
+    assert s.report is not None
+    return s.report
+
+
 def _report_key(s: EmsSubmission) -> str:
     assert s.report is not None
     return source_key("ems", s.partner.partner_id, s.report.pcr_number)
@@ -146,8 +152,11 @@ class EmsIntake:
             for i, d in decisions.items()
             if d.is_overdose(Definition(submissions[i].partner.definition))
         }
-        routine = [i for i in decisions if i not in overdose]
-        general = [i for i in decisions if i in overdose]
+        died = {  # not overdoses by themselves, but they may revise their PCR's report to fatal
+            i for i in decisions if i not in overdose and death_of_run(_run(submissions[i])).fatal
+        }
+        routine = [i for i in decisions if i not in overdose and i not in died]
+        general = [i for i in decisions if i in overdose or i in died]
         # As for HL7: the two commits run side by side, neither waits for the other.
         commits: list[Awaitable[None]] = []
         if routine:
@@ -218,10 +227,11 @@ class EmsIntake:
         """Overdoses: numbered agency records (pipeline.agency), one lookup and one commit."""
 
         def record(s: EmsSubmission, decision: Decision) -> AgencyRecord:
-            run = s.report
-            assert run is not None
+            run = _run(s)
 
-            def build(report_id: uuid.UUID, revision: int) -> OverdoseReported:
+            def build(
+                report_id: uuid.UUID, revision: int, kept: tuple[bool, bool] | None
+            ) -> OverdoseReported:
                 return ems_report(
                     run,
                     decision,
@@ -231,9 +241,17 @@ class EmsIntake:
                     revision=revision,
                     received_at=now,
                     protector=self._protector,
+                    kept=kept,
                 )
 
-            return AgencyRecord(s.partner.partner_id, _report_key(s), (run, decision), build)
+            overdose = decision.is_overdose(Definition(s.partner.definition))
+            return AgencyRecord(
+                s.partner.partner_id,
+                _report_key(s),
+                (run, decision),
+                build,
+                revise_only=not overdose,
+            )
 
         stored = await self._agency.store(
             [record(submissions[i], decisions[i]) for i in indices], now

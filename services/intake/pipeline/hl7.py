@@ -17,9 +17,11 @@ or that comes from a sender nobody authenticated, gets the same answer as a faci
 registered (AR, ``unknown_sending_facility``), so the answer reveals nothing; and nothing of it
 is stored: a counter is enough (``portline_intake_refused_total``).
 
-Only messages that themselves meet the program's definition create or revise a report. An A08
-update without the overdose codes does not withdraw a report: updates often carry a partial
-picture of the visit.
+Only messages that themselves meet the program's definition create a report. An A08 update
+without the overdose codes does not withdraw one: updates often carry a partial picture of the
+visit. But an A03 or A08 that says the patient died (PID-30, PID-29, PV1-36 expired) revises
+the visit's report to fatal even without the codes, so that nobody is sent to reach them; it
+never creates a report of its own.
 """
 
 from __future__ import annotations
@@ -127,6 +129,8 @@ class _Prepared:
     screened: Screened | None = None
     adt: AdtMessage | None = None
     overdose: bool = False
+    death: bool = False
+    """Not an overdose by itself, but says the patient died: revises the visit's report."""
     ack: str | None = None
     replay_of: uuid.UUID | None = None
     recorded_for: str | None = None
@@ -360,6 +364,7 @@ class HL7Intake:
         p.dedupe_key = dedupe_key(p.partner.partner_id, header)
         p.decision = classify_ed(codes=screened.codes, texts=screened.texts)
         p.overdose = p.decision.is_overdose(Definition(p.partner.definition))
+        p.death = screened.death and not p.overdose
         return p
 
     async def _parse_candidate(self, p: _Prepared) -> None:
@@ -410,13 +415,15 @@ class HL7Intake:
     async def _store_general(self, items: list[_Prepared], now: datetime) -> None:
         """One lookup, then one commit: inbound records, reports, rejections, outbox rows."""
         for p in items:
-            if p.overdose and p.error is None and p.adt is None and not p.transient:
+            if (p.overdose or p.death) and p.error is None and p.adt is None and not p.transient:
                 await self._parse_candidate(p)  # only candidates pay for the full parse
         if any(p.transient for p in items):
             raise ConnectionError("partner directory or parse worker unavailable")
         known = await self._store.lookup(
             dedupe_keys=[p.dedupe_key for p in items if p.dedupe_key and p.error is None],
-            source_keys=[self._source_key(p) for p in items if p.overdose and p.error is None],
+            source_keys=[
+                self._source_key(p) for p in items if (p.overdose or p.death) and p.error is None
+            ],
         )
         acks = dict(known.acks)
         reports = ReportBook(known.reports)
@@ -451,7 +458,8 @@ class HL7Intake:
             status=InboundStatus.NOT_OVERDOSE.value,
             dedupe_key=p.dedupe_key,
         )
-        if p.overdose:
+        revises = p.death and reports.get(self._source_key(p)) is not None
+        if p.overdose or revises:
             try:
                 record.report_id, record.revision = self._report(writes, reports, p, now)
             except EventTooLargeError:
@@ -526,6 +534,8 @@ class HL7Intake:
             adt.diagnosis_codes,
             adt.chief_complaints,
             adt.discharge_disposition,
+            adt.death_indicator,
+            adt.died_at,
             p.decision,
         )
         if current and current.content_hash == digest:
@@ -540,6 +550,7 @@ class HL7Intake:
             revision=revision,
             received_at=now,
             protector=self._protector,
+            kept=(current.opioid, current.any_drug) if current else None,
         )
         writes.publish(event, subject=person_key(event.blind_keys, report_id))  # may refuse
         reports.put(key, p.partner.partner_id, "ed", event, digest)
@@ -583,8 +594,15 @@ def _joined(group: Sequence[_Prepared]) -> str:
 
 
 def _routine(p: _Prepared) -> bool:
-    """A valid message that is not an overdose and not a replay: the fast path's case."""
-    return p.error is None and not p.overdose and p.replay_of is None and not p.transient
+    """A valid message that is not an overdose (nor a death that may revise one) and not a
+    replay: the fast path's case."""
+    return (
+        p.error is None
+        and not p.overdose
+        and not p.death
+        and p.replay_of is None
+        and not p.transient
+    )
 
 
 def _status_label(p: _Prepared) -> str:

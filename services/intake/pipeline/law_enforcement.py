@@ -52,7 +52,9 @@ class LawEnforcementIntake:
     async def receive(self, partner: PartnerContext, report: LeOverdoseReport) -> AgencyOutcome:
         now = self._clock.now()
 
-        def build(report_id: uuid.UUID, revision: int) -> OverdoseReported:
+        def build(
+            report_id: uuid.UUID, revision: int, _kept: tuple[bool, bool] | None
+        ) -> OverdoseReported:
             return le_report(
                 report,
                 program_id=partner.program_id,

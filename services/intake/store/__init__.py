@@ -90,6 +90,8 @@ class StoredReport:
     report_id: uuid.UUID
     revision: int
     content_hash: str
+    opioid: bool = False
+    any_drug: bool = False
 
 
 @dataclass(frozen=True, slots=True)

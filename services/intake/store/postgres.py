@@ -42,10 +42,12 @@ from shared.outbox_rows import outbox_insert_sql, outbox_params
 __all__ = ["Connections", "PostgresStore"]
 
 _LOOKUP = """
-SELECT dedupe_key AS key, ack, NULL::uuid AS id, NULL::int AS revision, NULL::text AS digest
+SELECT dedupe_key AS key, ack, NULL::uuid AS id, NULL::int AS revision, NULL::text AS digest,
+       NULL::bool AS opioid, NULL::bool AS any_drug
 FROM inbound_message WHERE dedupe_key = ANY($1::text[]) AND ack IS NOT NULL
 UNION ALL
-SELECT source_key, NULL, id, revision, content_hash FROM report WHERE source_key = ANY($2::text[])
+SELECT source_key, NULL, id, revision, content_hash, opioid, any_drug
+FROM report WHERE source_key = ANY($2::text[])
 """
 
 # received_at and status are the same for the whole batch: scalars, not arrays (asyncpg
@@ -241,7 +243,9 @@ class PostgresStore:
             if r["id"] is None:
                 acks[r["key"]] = r["ack"]
             else:
-                reports[r["key"]] = StoredReport(r["id"], r["revision"], r["digest"])
+                reports[r["key"]] = StoredReport(
+                    r["id"], r["revision"], r["digest"], r["opioid"], r["any_drug"]
+                )
         return Known(acks=acks, reports=reports)
 
     async def write(self, writes: BatchWrites) -> None:

@@ -61,10 +61,15 @@ class SqliteStore:
             if source_keys:
                 found = await s.execute(
                     sa.select(
-                        REPORT.c.source_key, REPORT.c.id, REPORT.c.revision, REPORT.c.content_hash
+                        REPORT.c.source_key,
+                        REPORT.c.id,
+                        REPORT.c.revision,
+                        REPORT.c.content_hash,
+                        REPORT.c.opioid,
+                        REPORT.c.any_drug,
                     ).where(REPORT.c.source_key.in_(set(source_keys)))
                 )
-                reports = {key: StoredReport(i, r, h) for key, i, r, h in found.all()}
+                reports = {row[0]: StoredReport(*row[1:]) for row in found.all()}
         return Known(acks=acks, reports=reports)
 
     async def write(self, writes: BatchWrites) -> None:
