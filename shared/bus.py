@@ -212,6 +212,7 @@ class ConsumerLoop:
                     offset=record.offset,
                     key=record.key,
                     value=record.value,
+                    headers=tuple(record.headers or ()),
                 )
                 for records in fetched.values()
                 for record in records

@@ -32,6 +32,7 @@ from datetime import datetime
 from services.intake.hl7 import HL7Error, build_ack, normalize, read_header
 from services.intake.metrics import MLLP_CONNECTIONS
 from services.intake.mllp import FramingError, MllpDecoder, frame
+from shared import tracing
 from shared.inbox import is_transient
 
 __all__ = ["FramingRejected", "MllpListener", "MllpPeer"]
@@ -235,6 +236,13 @@ class MllpListener:
             handle.cancel()
 
     async def _answer(self, payload: bytes, peer: MllpPeer) -> str:
+        # Each frame starts a trace: its report's outbox row carries it on (shared.tracing).
+        with tracing.span(
+            "mllp frame", kind=tracing.SpanKind.SERVER, attributes={"portline.channel": "mllp"}
+        ):
+            return await self._answer_frame(payload, peer)
+
+    async def _answer_frame(self, payload: bytes, peer: MllpPeer) -> str:
         try:
             partners = await self._authenticate(peer)  # cached: a removal takes effect soon
             return await self._handle(payload, partners)

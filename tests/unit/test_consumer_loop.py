@@ -24,6 +24,7 @@ class Record:
     offset: int
     key: bytes | None = None
     value: bytes = b"{}"
+    headers: tuple[tuple[str, bytes], ...] = ()
 
 
 class FakeConsumer:
