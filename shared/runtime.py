@@ -20,6 +20,7 @@ import sqlalchemy as sa
 from fastapi import APIRouter, FastAPI
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from shared import tracing
 from shared.auth import TeamIdentity, document_roles, takes_team_tokens
 from shared.bus import ConsumerLoop, KafkaPublisher, make_consumer
 from shared.clock import Clock, SystemClock
@@ -253,6 +254,8 @@ def create_service_app(
         for spec in consumers(runtime) if consumers else ():
             runtime.add_consumer(spec)
         async with contextlib.AsyncExitStack() as stack:  # left in reverse order
+            if tracing.configure(settings, service) is not None:
+                stack.callback(tracing.shutdown)  # last: the spans of the shutdown too
             stack.push_async_callback(runtime.close)
             if team:
                 app.state.team_identity = await stack.enter_async_context(

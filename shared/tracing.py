@@ -54,6 +54,7 @@ __all__ = [
     "in_context",
     "provider_with",
     "set_attributes",
+    "shutdown",
     "span",
     "start_span",
     "tracer",
@@ -104,9 +105,12 @@ def tracer() -> Tracer:
 def configure(settings: Settings, service: str) -> TracerProvider | None:
     """Export this process's spans over OTLP/HTTP when the settings ask for it; None (tracing
     off) otherwise. Call once at start-up; shut the provider down when the service stops."""
+    global _provider
     endpoint = settings.otel_exporter_otlp_endpoint
     if not endpoint:
         return None
+    if _provider is not None:  # several services in one process (tests): the first's
+        return _provider
     try:
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
     except ImportError as exc:
@@ -117,7 +121,6 @@ def configure(settings: Settings, service: str) -> TracerProvider | None:
     provider = provider_with(
         OTLPSpanExporter(endpoint=endpoint), service=service, ratio=settings.otel_sample_ratio
     )
-    global _provider
     _provider = provider
     log.info("tracing on: spans are exported over OTLP", extra={"service": service})
     return provider
@@ -136,6 +139,14 @@ def provider_with(
     processor = BatchSpanProcessor(exporter) if batch else SimpleSpanProcessor(exporter)
     provider.add_span_processor(processor)
     return provider
+
+
+def shutdown() -> None:
+    """Send the spans still buffered and stop recording (the service is stopping)."""
+    global _provider
+    provider, _provider = _provider, None
+    if provider is not None:
+        provider.shutdown()
 
 
 @contextlib.contextmanager
