@@ -29,7 +29,7 @@ from shared.devtokens import DEV_ISSUER, DevelopmentKey
 from shared.envelope import Envelope
 from shared.http import direct_routes, install_common_routes, install_error_handlers
 from shared.inbox import InboxProcessor, Outcome
-from shared.metrics import EVENTS_CONSUMED
+from shared.metrics import EVENTS_CONSUMED, READY
 from shared.oidc import ClaimNames, KeySource, ProviderKeys, StaticKeys, TokenVerifier
 from shared.outbox import OutboxRelay
 from shared.settings import ConfigurationError, ServiceName, Settings
@@ -45,6 +45,9 @@ from shared.uow import UnitOfWork
 __all__ = ["ConsumerSpec", "Runtime", "create_service_app"]
 
 log = logging.getLogger(__name__)
+
+READINESS_REPORT_SECONDS = 15.0
+"""How often a service refreshes portline_ready on its own (a probe refreshes it too)."""
 
 
 @dataclass(frozen=True)
@@ -135,6 +138,7 @@ class Runtime:
 
     async def start(self) -> None:
         self._tasks.append(asyncio.create_task(self._connect_kafka(), name="kafka-connect"))
+        self._tasks.append(asyncio.create_task(self._watch_readiness(), name="readiness"))
 
     async def _connect_kafka(self) -> None:
         delay = 0.5
@@ -202,7 +206,17 @@ class Runtime:
                 checks[name] = await check()
             except Exception as exc:
                 checks[name] = f"unavailable: {type(exc).__name__}"
+        for name, state in checks.items():
+            READY.labels(self.service, name).set(1 if state == "ok" else 0)
         return checks
+
+    async def _watch_readiness(self) -> None:
+        """Keep portline_ready current between probes: alerts read it, not /readyz."""
+        while not self._stop.is_set():
+            with contextlib.suppress(Exception):
+                await self.readiness()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), READINESS_REPORT_SECONDS)
 
     async def close(self) -> None:
         self._stop.set()

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from services.intake.hl7 import HL7Error, build_ack, normalize, read_header
-from services.intake.metrics import MLLP_CONNECTIONS
+from services.intake.metrics import INTAKE_MESSAGES, MLLP_CONNECTIONS
 from services.intake.mllp import FramingError, MllpDecoder, frame
 from shared import tracing
 from shared.inbox import is_transient
@@ -251,6 +251,7 @@ class MllpListener:
                 log.warning("partner registry unavailable; answering AE")
             else:
                 log.exception("message handling failed; answering AE")
+            INTAKE_MESSAGES.labels("hl7", "error").inc()
             try:  # echo MSH-10 when the header can be read, so the sender can match the AE
                 header = read_header(normalize(payload))
             except HL7Error:
