@@ -201,6 +201,7 @@ class ConsumerLoop:
         self._processor = processor
         self._retry_backoff = retry_backoff
         self._committed: dict[TopicPartition, int] = {}
+        self._lagging: set[TopicPartition] = set()
 
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
@@ -226,7 +227,11 @@ class ConsumerLoop:
         """How far each assigned partition's committed offset is behind its high watermark."""
         consumer = self._processor.consumer
         service = consumer.split(".", 1)[0]
-        for tp in self._consumer.assignment():
+        assigned = set(self._consumer.assignment())
+        for tp in self._lagging - assigned:  # moved to another replica: it reports them now
+            CONSUMER_LAG.remove(service, consumer, tp.topic, str(tp.partition))
+        self._lagging &= assigned
+        for tp in assigned:
             highwater = self._consumer.highwater(tp)
             committed = self._committed.get(tp)
             if highwater is None or committed is None:
@@ -234,6 +239,7 @@ class ConsumerLoop:
             CONSUMER_LAG.labels(service, consumer, tp.topic, str(tp.partition)).set(
                 max(0, highwater - committed)
             )
+            self._lagging.add(tp)
 
     async def _drain(self, messages: Sequence[IncomingMessage], stop: asyncio.Event) -> None:
         for start in range(0, len(messages), self._batch_size):
