@@ -16,6 +16,10 @@ pointer to the message's topic, partition and offset (Kafka keeps it for its ret
 A consumer may also give a batch handler, which applies several events in one call (with
 set-based reads and writes) exactly as the handler would apply them one after another; a
 batch of one goes through the batch handler too, so there is one way to apply an event.
+
+Every message is applied inside a consumer span that continues the trace in its record's
+`traceparent` header (shared.tracing); in a batch, each event's span is lent to the unit of
+work (`UnitOfWork.caused_by`).
 """
 
 from __future__ import annotations
