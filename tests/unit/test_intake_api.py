@@ -39,6 +39,7 @@ from shared.migrations import upgrade
 from shared.outbox import OUTBOX
 from shared.settings import Settings
 from tests.hl7_builder import ack_fields, adt, routine
+from tests.support import wait_for
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "nemsis"
 
@@ -1124,20 +1125,35 @@ async def test_a_full_queue_answers_busy_503_and_ae_at_once(tmp_path: Path) -> N
     """Backpressure: with the group commit held, a second submission finds the queue full."""
     async with running_intake(tmp_path, intake_queue_max=1, intake_batch_concurrency=1) as intake:
         state = intake.app.state.intake
-        held = asyncio.Event()
-        original = state.ems._process
+        batcher = state.ems
+        held, entered = asyncio.Event(), asyncio.Event()
+        original = batcher._process
+        submitted = 0
+        submit = batcher.submit
 
         async def slow(items: Any, reply: Any) -> Any:
+            entered.set()
             await held.wait()
             return await original(items, reply)
 
-        state.ems._process = slow
-        waiting = []
+        async def counted(item: Any) -> Any:
+            nonlocal submitted
+            submitted += 1
+            return await submit(item)
+
+        batcher._process = slow
+        batcher.submit = counted
         # the first is in its batch, held; the second waits for a commit slot; the third
         # fills the queue
-        for _ in range(3):
+        states = [
+            entered.is_set,
+            lambda: submitted == 2 and batcher._queue.qsize() == 0,
+            lambda: batcher._queue.qsize() == 1,
+        ]
+        waiting = []
+        for reached in states:
             waiting.append(asyncio.create_task(intake.post_ems(overdose_example())))
-            await asyncio.sleep(0.2)
+            await wait_for(reached, timeout=30)  # states, not sleeps: a loaded machine is slow
         try:
             busy = await asyncio.wait_for(intake.post_ems(overdose_example()), 10)
         finally:
