@@ -9,6 +9,7 @@ from shared.events.intake import (
     SourceKind,
 )
 from shared.events.outreach import (
+    FAILED_OUTCOMES,
     AttemptLogged,
     CommunityReferralReceived,
     ContactMade,
@@ -30,6 +31,8 @@ from shared.events.scheduler import (
     DeathRecorded,
     EpisodeOpened,
     EpisodeOpenedV1,
+    PersonsMerged,
+    QuietHours,
     ReportLinked,
     ReportLinkedV1,
     TaskCancelled,
@@ -40,9 +43,11 @@ from shared.events.scheduler import (
     TaskOverdue,
     TaskScheduled,
     TaskScheduledV1,
+    TaskScheduledV2,
 )
 
 __all__ = [
+    "FAILED_OUTCOMES",
     "AttemptLogged",
     "BlindKeys",
     "CaseClosed",
@@ -61,6 +66,8 @@ __all__ = [
     "OutreachDeclined",
     "OverdoseReported",
     "OverdoseReportedV1",
+    "PersonsMerged",
+    "QuietHours",
     "ReferralMade",
     "ReferralStatusChanged",
     "Referrer",
@@ -79,6 +86,7 @@ __all__ = [
     "TaskOverdue",
     "TaskScheduled",
     "TaskScheduledV1",
+    "TaskScheduledV2",
     "VisitCompleted",
     "VisitScheduled",
 ]
