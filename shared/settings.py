@@ -82,6 +82,14 @@ class Settings(BaseSettings):
     outreach_port: int = 8003
     reporting_port: int = 8004
     log_level: str = "INFO"
+    http_max_body_bytes: int = Field(
+        default=1_048_576,
+        ge=1024,
+        le=64 * 1_048_576,
+        description="The largest request body any service's HTTP API takes: a larger one is "
+        "413 body_too_large before it is read. Intake's partner routes keep their own limits "
+        "(PORTLINE_INTAKE_MAX_MESSAGE_BYTES, PORTLINE_INTAKE_MAX_EMS_BYTES).",
+    )
 
     # PHI sealing: "kid:base64key[,kid:base64key...]"; the first key seals, all keys open.
     seal_keys: SecretStr | None = None
