@@ -1,5 +1,6 @@
 """The scheduler's HTTP API for team leads: the policy in force, a case's timeline, and the
-uncertain person matches waiting for a decision."""
+uncertain person matches waiting for a decision (confirming one merges two people: the
+handlers do it, and publish PersonsMerged)."""
 
 from __future__ import annotations
 
@@ -12,31 +13,29 @@ import sqlalchemy as sa
 from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, Field
 
-from services.scheduler.handlers import PolicyBook
-from services.scheduler.models import (
-    CASE,
-    EPISODE,
-    PERSON_KEY,
-    POSSIBLE_MATCH,
-    REPORT_LINK,
-    TASK,
+from services.scheduler.handlers import (
+    MatchDecidedError,
+    MatchDecision,
+    MatchNotFoundError,
+    PolicyBook,
+    Scheduler,
 )
+from services.scheduler.models import CASE, EPISODE, POSSIBLE_MATCH, REPORT_LINK, TASK
 from services.scheduler.timers import TIMER
-from shared.auth import Principal, require
+from shared.auth import Principal
+from shared.edge import Cursor, EdgeRoute, Instant, Page, PageQuery, guard, keyset_page
 from shared.http import ApiError, ErrorResponse
 from shared.runtime import Runtime
 
 __all__ = ["router"]
 
-router = APIRouter(prefix="/v1", tags=["scheduler"])
+router = APIRouter(prefix="/v1", tags=["scheduler"], route_class=EdgeRoute)
 
-Lead = Annotated[Principal, Depends(require("team_lead", "admin"))]
-Anyone = Annotated[Principal, Depends(require())]
-ERRORS: dict[int | str, dict[str, Any]] = {
-    401: {"model": ErrorResponse},
-    403: {"model": ErrorResponse},
-    404: {"model": ErrorResponse},
-}
+Lead = Annotated[Principal, Depends(guard("team_lead", "admin"))]
+Anyone = Annotated[Principal, Depends(guard())]
+ERRORS: dict[int | str, dict[str, Any]] = {404: {"model": ErrorResponse}}
+MATCH_CURSOR: Cursor[tuple[datetime, uuid.UUID]] = Cursor(tuple[Instant, uuid.UUID])
+"""The possible matches' sort key of a page's last match: created_at, id."""
 
 
 def _runtime(request: Request) -> Runtime:
@@ -100,7 +99,10 @@ def timing_note(episode: Any) -> str:
 
 class TimelineItem(BaseModel):
     at: datetime = Field(description="When this happened or is due.")
-    kind: Literal["report", "episode", "task", "timer"]
+    kind: Literal["case", "report", "episode", "task", "timer"] = Field(
+        description="case: the case opened, or closed (with the reason: a lead's conclusion, "
+        "or a duplicate after two people were merged)."
+    )
     id: str
     detail: dict[str, Any]
 
@@ -108,6 +110,9 @@ class TimelineItem(BaseModel):
 class Timeline(BaseModel):
     case_id: uuid.UUID
     status: str
+    close_reason: str | None = Field(
+        default=None, description="Why the case closed (a conclusion's reason), once it has."
+    )
     priority: int
     items: list[TimelineItem] = Field(
         description="Every report, episode, task and timer, in order."
@@ -116,8 +121,9 @@ class Timeline(BaseModel):
 
 @router.get(
     "/cases/{case_id}/timeline",
-    summary="Why is this due now: every report, episode, task and timer of a case, in order",
-    responses=ERRORS,
+    summary="Why is this due now: the case's opening and closing, and every report, episode, "
+    "task and timer of it, in order",
+    responses={**ERRORS, 503: {"model": ErrorResponse}},
 )
 async def get_timeline(case_id: uuid.UUID, principal: Lead, request: Request) -> Timeline:
     runtime = _runtime(request)
@@ -126,7 +132,16 @@ async def get_timeline(case_id: uuid.UUID, principal: Lead, request: Request) ->
         if case is None:
             raise ApiError(404, "not_found", "No such case.")
         _own_program(principal, case.program_id)
-        items: list[TimelineItem] = []
+        items = [
+            TimelineItem(
+                at=case.opened_at, kind="case", id=str(case.id), detail={"event": "opened"}
+            )
+        ]
+        if case.closed_at is not None:
+            closed = {"event": "closed", "reason": case.close_reason}
+            items.append(
+                TimelineItem(at=case.closed_at, kind="case", id=str(case.id), detail=closed)
+            )
         episodes = list(await s.execute(sa.select(EPISODE).where(EPISODE.c.case_id == case_id)))
         for e in episodes:
             items.append(
@@ -201,7 +216,13 @@ async def get_timeline(case_id: uuid.UUID, principal: Lead, request: Request) ->
                 )
             )
     items.sort(key=lambda i: (i.at, i.kind))
-    return Timeline(case_id=case.id, status=case.status, priority=case.priority, items=items)
+    return Timeline(
+        case_id=case.id,
+        status=case.status,
+        close_reason=case.close_reason,
+        priority=case.priority,
+        items=items,
+    )
 
 
 class PossibleMatchOut(BaseModel):
@@ -214,43 +235,53 @@ class PossibleMatchOut(BaseModel):
     created_at: datetime
 
 
+def _match_out(m: MatchDecision | Any, status: str | None = None) -> PossibleMatchOut:
+    return PossibleMatchOut(
+        id=m.id,
+        report_id=m.report_id,
+        person_id=m.person_id,
+        candidate_id=m.candidate_id,
+        reasons=m.reasons if isinstance(m, MatchDecision) else json.loads(m.reasons),
+        status=status or m.status,
+        created_at=m.created_at,
+    )
+
+
 @router.get(
     "/possible-matches",
-    summary="Uncertain person matches, for a team lead to confirm or split",
-    responses=ERRORS,
+    summary="Uncertain person matches, for a team lead to confirm or split (oldest first)",
+    description="A page like every list (`{items, next_cursor}`); before this release the "
+    "matches were a bare array.",
+    responses={503: {"model": ErrorResponse}},
 )
 async def list_possible_matches(
     principal: Lead,
     request: Request,
+    page: Annotated[PageQuery, Query()],
     status: Literal["open", "confirmed", "split"] = "open",
-) -> list[PossibleMatchOut]:
+) -> Page[PossibleMatchOut]:
+    query = sa.select(POSSIBLE_MATCH).where(
+        POSSIBLE_MATCH.c.program_id == principal.program, POSSIBLE_MATCH.c.status == status
+    )
     async with _runtime(request).sessions() as s:
-        rows = await s.execute(
-            sa.select(POSSIBLE_MATCH)
-            .where(
-                POSSIBLE_MATCH.c.program_id == principal.program,
-                POSSIBLE_MATCH.c.status == status,
-            )
-            .order_by(POSSIBLE_MATCH.c.created_at)
+        rows, next_cursor = await keyset_page(
+            s,
+            query,
+            keys=[POSSIBLE_MATCH.c.created_at, POSSIBLE_MATCH.c.id],
+            key_of=lambda m: (m.created_at, m.id),
+            cursor=MATCH_CURSOR,
+            page=page,
         )
-        return [
-            PossibleMatchOut(
-                id=r.id,
-                report_id=r.report_id,
-                person_id=r.person_id,
-                candidate_id=r.candidate_id,
-                reasons=json.loads(r.reasons),
-                status=r.status,
-                created_at=r.created_at,
-            )
-            for r in rows
-        ]
+    return Page[PossibleMatchOut](items=[_match_out(r) for r in rows], next_cursor=next_cursor)
 
 
 @router.post(
     "/possible-matches/{match_id}/{decision}",
     summary="Confirm (the two are one person: merge) or split (two people: keep apart)",
-    responses={**ERRORS, 409: {"model": ErrorResponse}},
+    description="Confirming merges the report's person into the candidate: their cases become "
+    "one (the other open case closes as a duplicate), and a do-not-contact request or a "
+    "decline of either person holds for the one who stays. Published as `PersonsMerged`.",
+    responses={**ERRORS, 409: {"model": ErrorResponse}, 503: {"model": ErrorResponse}},
 )
 async def decide_possible_match(
     match_id: uuid.UUID,
@@ -258,59 +289,17 @@ async def decide_possible_match(
     principal: Lead,
     request: Request,
 ) -> PossibleMatchOut:
-    runtime = _runtime(request)
-    async with runtime.uow() as uow:
-        s = uow.session
-        row = (
-            await s.execute(sa.select(POSSIBLE_MATCH).where(POSSIBLE_MATCH.c.id == match_id))
-        ).first()
-        if row is None or row.program_id != principal.program:
-            raise ApiError(404, "not_found", "No such possible match in your program.")
-        if row.status != "open":
-            raise ApiError(409, "already_decided", f"This match was already {row.status}.")
-        now = uow.clock.now()
-        status = "confirmed" if decision == "confirm" else "split"
-        if decision == "confirm":
-            # One person: the candidate keeps the identity keys; the report's cases move to it.
-            keys = await s.execute(
-                sa.select(PERSON_KEY).where(PERSON_KEY.c.person_id == row.person_id)
+    scheduler: Scheduler = request.app.state.scheduler
+    async with _runtime(request).uow() as uow:
+        try:
+            decided = await scheduler.decide_match(
+                uow, match_id=match_id, program_id=principal.program, confirm=decision == "confirm"
             )
-            have = {
-                (k.kind, k.value)
-                for k in await s.execute(
-                    sa.select(PERSON_KEY).where(PERSON_KEY.c.person_id == row.candidate_id)
-                )
-            }
-            for k in keys:
-                if (k.kind, k.value) not in have:
-                    await s.execute(
-                        PERSON_KEY.insert().values(
-                            person_id=row.candidate_id, kind=k.kind, value=k.value
-                        )
-                    )
-            await s.execute(PERSON_KEY.delete().where(PERSON_KEY.c.person_id == row.person_id))
-            await s.execute(
-                CASE.update()
-                .where(CASE.c.person_id == row.person_id)
-                .values(person_id=row.candidate_id)
-            )
-            await s.execute(
-                EPISODE.update()
-                .where(EPISODE.c.person_id == row.person_id)
-                .values(person_id=row.candidate_id)
-            )
-        await s.execute(
-            POSSIBLE_MATCH.update()
-            .where(POSSIBLE_MATCH.c.id == match_id)
-            .values(status=status, resolved_at=now)
-        )
+        except MatchNotFoundError:
+            raise ApiError(404, "not_found", "No such possible match in your program.") from None
+        except MatchDecidedError as exc:
+            raise ApiError(
+                409, "already_decided", f"This match was already {exc.status}."
+            ) from None
         await uow.commit()
-    return PossibleMatchOut(
-        id=row.id,
-        report_id=row.report_id,
-        person_id=row.person_id,
-        candidate_id=row.candidate_id,
-        reasons=json.loads(row.reasons),
-        status=status,
-        created_at=row.created_at,
-    )
+    return _match_out(decided)

@@ -63,6 +63,7 @@ def create_app(settings: Settings) -> FastAPI:
     @asynccontextmanager
     async def extension(app: FastAPI, runtime: Runtime) -> AsyncIterator[None]:
         app.state.policies = policies
+        app.state.scheduler = scheduler()
         runner = TimerRunner(
             runtime.uow,
             scheduler().on_timer,
