@@ -26,6 +26,7 @@ from shared.sealing import Sealer
 __all__ = [
     "PURPOSE",
     "Access",
+    "V",
     "apply_rule",
     "case_state",
     "etag",

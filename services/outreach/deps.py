@@ -20,10 +20,10 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Annotated, Any, Protocol, TypeVar
 
-from fastapi import APIRouter, Depends, Header, Request
+from fastapi import APIRouter, Depends, Header, Request, Response
 from fastapi.params import Depends as DependsParam
 
-from services.outreach.access import Access, require_match
+from services.outreach.access import Access, V, tagged
 from shared.auth import Principal, Role
 from shared.edge import PRINCIPAL_KEY, EdgeRoute, guard
 from shared.http import ApiError, ErrorResponse
@@ -37,13 +37,12 @@ __all__ = [
     "MANAGERS",
     "STAFF",
     "WORKERS",
+    "Conditional",
     "CurrentAccess",
     "CurrentCase",
     "CurrentTask",
     "CurrentVisit",
-    "EditedCase",
-    "EditedTask",
-    "EditedVisit",
+    "Edit",
     "IfMatch",
     "Operations",
     "Uow",
@@ -65,13 +64,14 @@ ADMINS = _roles("admin")
 DEPUTIES = _roles("deputy")
 
 _PURPOSE = "x-purpose"
+_PURPOSE_MAX = 200
 
 
 _X_PURPOSE = {
     "name": "X-Purpose",
     "in": "header",
     "required": False,
-    "schema": {"type": "string", "maxLength": 200},
+    "schema": {"type": "string", "maxLength": 200},  # _PURPOSE_MAX
     "description": "Why you read or change this record, for the audit log (free text, stored "
     "sealed); without it, the operation's own purpose (`x-purpose`) is recorded.",
 }
@@ -95,6 +95,25 @@ IfMatch = Annotated[
 """What an edit of a shared record is conditional on."""
 
 
+def _stated_purpose(request: Request) -> str | None:
+    """What the caller says they are doing (X-Purpose), at most 200 characters."""
+    stated = request.headers.get("x-purpose")
+    if stated is not None and len(stated) > _PURPOSE_MAX:
+        raise ApiError(
+            422,
+            "validation_error",
+            "The request does not match the schema.",
+            details=[
+                {
+                    "loc": ["header", "X-Purpose"],
+                    "type": "string_too_long",
+                    "msg": f"String should have at most {_PURPOSE_MAX} characters",
+                }
+            ],
+        )
+    return stated
+
+
 def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """The error responses a route answers beyond the edge's own (401, 403, 400, 413, 415 and
     422 are documented for every route by `shared.edge.complete_openapi`). Every route reads
@@ -114,7 +133,10 @@ class Operations:
     def __init__(self, prefix: str, tag: str) -> None:
         self.router = APIRouter(prefix=prefix, tags=[tag], route_class=EdgeRoute)
 
-    def get(self, path: str, roles: list[DependsParam], why: str, *statuses: int) -> _Register:
+    def get(
+        self, path: str, roles: list[DependsParam], why: str | None, *statuses: int
+    ) -> _Register:
+        """`why`: the audit purpose; None for a route that reads nobody's record."""
         return self._route("GET", path, roles, why, statuses)
 
     def post(
@@ -141,7 +163,7 @@ class Operations:
         method: str,
         path: str,
         roles: list[DependsParam],
-        why: str,
+        why: str | None,
         statuses: tuple[int, ...],
         status_code: int | None = None,
     ) -> _Register:
@@ -155,7 +177,7 @@ class Operations:
                 summary=" ".join(summary.split()),
                 description=description or None,
                 responses=errors(*statuses),
-                openapi_extra=purpose(why),
+                openapi_extra=purpose(why) if why else None,
                 status_code=status_code,
             )
             return endpoint
@@ -171,6 +193,7 @@ def _current_access(request: Request) -> Access:
     principal = request.scope.get(PRINCIPAL_KEY)
     if not isinstance(principal, Principal):  # a route without roles: refuse, never guess
         raise ApiError(401, "missing_token", "Send a bearer token.")
+    _stated_purpose(request)
     route = request.scope.get("route")
     extra = getattr(route, "openapi_extra", None) or {}
     return Access.of(request, principal, str(extra.get(_PURPOSE, "use the team API")))
@@ -202,19 +225,23 @@ async def _current_visit(visit_id: uuid.UUID, access: CurrentAccess, uow: Uow) -
     return await access.visit(uow.session, visit_id)
 
 
-async def _edited_task(task: CurrentTask, if_match: IfMatch = None) -> Any:
-    require_match(if_match, task.version)
-    return task
+class Conditional:
+    """An edit's condition (the If-Match it was sent with) and its answer's ETag.
+
+    The service layer checks the condition, after the body was validated and the record
+    found: a bad body is 422 and a missing record 404 whatever If-Match says."""
+
+    def __init__(self, if_match: str | None, response: Response) -> None:
+        self.if_match = if_match
+        self._response = response
+
+    def tag(self, view: V) -> V:
+        """The view, with its version as the answer's ETag."""
+        return tagged(self._response, view)
 
 
-async def _edited_case(case: CurrentCase, if_match: IfMatch = None) -> Any:
-    require_match(if_match, case.version)
-    return case
-
-
-async def _edited_visit(visit: CurrentVisit, if_match: IfMatch = None) -> Any:
-    require_match(if_match, visit.version)
-    return visit
+async def _conditional(response: Response, if_match: IfMatch = None) -> Conditional:
+    return Conditional(if_match, response)
 
 
 CurrentTask = Annotated[Any, Depends(_current_task)]
@@ -223,9 +250,5 @@ CurrentCase = Annotated[Any, Depends(_current_case)]
 """The case of the path's case_id, in the caller's program (404 otherwise)."""
 CurrentVisit = Annotated[Any, Depends(_current_visit)]
 """The visit of the path's visit_id, in the caller's program (404 otherwise)."""
-EditedTask = Annotated[Any, Depends(_edited_task)]
-"""The path's task, to be changed: If-Match names its current version (428, 412 otherwise)."""
-EditedCase = Annotated[Any, Depends(_edited_case)]
-"""The path's case, to be changed: If-Match names its current version (428, 412 otherwise)."""
-EditedVisit = Annotated[Any, Depends(_edited_visit)]
-"""The path's visit, to be changed: If-Match names its current version (428, 412 otherwise)."""
+Edit = Annotated[Conditional, Depends(_conditional)]
+"""An edit of a shared record: its If-Match, and its answer's ETag."""

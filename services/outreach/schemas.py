@@ -11,7 +11,15 @@ from datetime import date, datetime
 from typing import Annotated, Literal
 
 from fastapi import Query
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+)
 
 from shared.edge import Body, Instant, Page, PageQuery
 from shared.events.outreach import (
@@ -257,7 +265,7 @@ class ContactView(BaseModel):
 
 class ServiceItemBody(_Body):
     kind: Literal["naloxone_kit", "fentanyl_test_strips", "syringe_services", "education"]
-    count: int = Field(default=1, ge=1, le=MAX_SERVICE_COUNT)
+    count: StrictInt = Field(default=1, ge=1, le=MAX_SERVICE_COUNT)
 
 
 class ServicesBody(_Body):
@@ -290,7 +298,7 @@ class ServicesView(BaseModel):
 class ReferralBody(_Body):
     kind: ReferralKind
     status: Literal["offered", "accepted"] = "offered"
-    warm_handoff: bool = Field(
+    warm_handoff: StrictBool = Field(
         default=False, description="The peer introduced the person to the provider in person."
     )
     provider: str | None = Field(default=None, max_length=200, description="Stored sealed.")
@@ -358,7 +366,7 @@ class VisitBody(_Body):
         min_length=1, max_length=300, description="Where the peer meets the person. Sealed."
     )
     peer_id: MemberId | None = Field(default=None, description="Default: you (a peer).")
-    deputy: bool | None = Field(
+    deputy: StrictBool | None = Field(
         default=None,
         description="Ask for a deputy where the program allows it on request; ignored where "
         "the policy always sends one; refused where it never does.",
@@ -448,7 +456,7 @@ class TeamMemberBody(_Body):
     phone: str | None = Field(
         default=None, max_length=32, description="Work phone (shown to the deputy on visits)."
     )
-    active: bool = True
+    active: StrictBool = True
 
 
 class TeamMemberView(BaseModel):
@@ -461,7 +469,7 @@ class TeamMemberView(BaseModel):
 
 class TextBody(_Body):
     template: str = Field(min_length=1, max_length=64, examples=["first_contact"])
-    override_quiet_hours: bool = Field(
+    override_quiet_hours: StrictBool = Field(
         default=False,
         description="Send even in the program's quiet hours, because the person asked to hear "
         "now. Without it, a text in quiet hours is refused (409 quiet_hours, with when they "
@@ -535,7 +543,7 @@ class CommunityReferralBody(_Body):
         description="The person's answer to a peer following up, as they gave it. `declined` "
         "is recorded and counted, and plans no outreach."
     )
-    overdose: bool = Field(description="Whether the referral is about an overdose.")
+    overdose: StrictBool = Field(description="Whether the referral is about an overdose.")
     overdose_at: Instant | None = Field(
         default=None,
         description="When the overdose happened, if there was one and it is known. Windows "

@@ -357,3 +357,52 @@ async def test_a_community_referral_of_a_future_overdose_is_refused(world: World
     )
     assert _code(r) == (422, "time_in_future")
     assert "overdose_at" in r.json()["error"]["message"]
+
+
+async def test_a_bad_body_or_a_missing_record_answers_before_if_match(world: World) -> None:
+    """If-Match is the service layer's check, after the body and the record: a client fixing a
+    stale ETag is not sent to fix a body that was wrong all along, and a missing record is
+    404 whatever If-Match says."""
+    seeded = await world.seed_case()
+    lead = world.auth("team_lead")
+    url = f"/v1/cases/{seeded.case_id}/conclusion"
+    r = await world.client.post(url, json={"reason": "no such reason"}, headers=lead)
+    assert _code(r) == (422, "validation_error")
+    r = await world.client.post(url, json={"reason": "engaged"}, headers=lead)
+    assert _code(r) == (428, "precondition_required")
+    r = await world.client.post(
+        f"/v1/cases/{uuid.uuid4()}/conclusion", json={"reason": "engaged"}, headers=lead
+    )
+    assert _code(r) == (404, "not_found")
+    r = await world.client.post(
+        url, json={"reason": "engaged"}, headers=lead | {"If-Match": '"999"'}
+    )
+    assert _code(r) == (412, "version_mismatch")
+
+
+async def test_x_purpose_is_bounded(world: World) -> None:
+    peer = world.auth("peer", subject="peer-1")
+    r = await world.client.get("/v1/tasks", headers=peer | {"X-Purpose": "x" * 201})
+    assert _code(r) == (422, "validation_error")
+    assert r.json()["error"]["details"][0]["loc"] == ["header", "X-Purpose"]
+    assert (await world.client.get("/v1/tasks", headers=peer | {"X-Purpose": "x" * 200})).is_success
+
+
+@pytest.mark.parametrize("value", [1, 0, "true", "yes"])
+async def test_a_boolean_is_a_boolean(world: World, value: object) -> None:
+    seeded = await world.seed_case()
+    r = await world.client.post(
+        f"/v1/cases/{seeded.case_id}/referrals",
+        json={"kind": "detox", "warm_handoff": value},
+        headers=world.auth("peer", subject="peer-1"),
+    )
+    assert _code(r) == (422, "validation_error")
+
+
+async def test_a_method_a_path_does_not_have_names_every_method_it_does(world: World) -> None:
+    r = await world.client.delete("/v1/tasks", headers=world.auth("peer", subject="peer-1"))
+    assert _code(r) == (405, "method_not_allowed")
+    assert set(r.headers["Allow"].split(", ")) == {"GET"}
+    r = await world.client.delete(f"/v1/visits/{uuid.uuid4()}", headers=world.auth("peer"))
+    assert r.status_code == 405
+    assert set(r.headers["Allow"].split(", ")) == {"GET", "PATCH"}

@@ -14,8 +14,7 @@ from services.outreach.deps import (
     WORKERS,
     CurrentAccess,
     CurrentCase,
-    EditedCase,
-    IfMatch,
+    Edit,
     Operations,
     Uow,
 )
@@ -80,12 +79,7 @@ async def make_referral(
 
 @api.patch("/referrals/{referral_id}", WORKERS, "update a referral", 404, 409, 412, 428)
 async def update_referral(
-    referral_id: uuid.UUID,
-    body: ReferralUpdate,
-    access: CurrentAccess,
-    uow: Uow,
-    response: Response,
-    if_match: IfMatch = None,
+    referral_id: uuid.UUID, body: ReferralUpdate, access: CurrentAccess, uow: Uow, edit: Edit
 ) -> ReferralView:
     """Move a referral along: offered → accepted → appointment → care started, or declined /
     lost (send If-Match)
@@ -93,9 +87,9 @@ async def update_referral(
     Also after the case closed: care often starts after outreach ends.
     """
     view = await cases.update_referral(
-        uow=uow, access=access, referral_id=referral_id, body=body, if_match=if_match
+        uow=uow, access=access, referral_id=referral_id, body=body, if_match=edit.if_match
     )
-    return tagged(response, view)
+    return edit.tag(view)
 
 
 def _deciding(
@@ -137,10 +131,13 @@ api.post("/cases/{case_id}/do-not-contact", WORKERS, "record a do-not-contact re
 
 @api.post("/cases/{case_id}/conclusion", LEADS, "conclude outreach", 404, 409, 412, 428)
 async def conclude(
-    body: ConclusionBody, case: EditedCase, access: CurrentAccess, uow: Uow, response: Response
+    body: ConclusionBody, case: CurrentCase, access: CurrentAccess, uow: Uow, edit: Edit
 ) -> CaseView:
     """Conclude outreach with a reason (team leads; send If-Match with the case ETag)
 
     The scheduler closes the case and cancels what is still open.
     """
-    return tagged(response, await cases.conclude(uow=uow, access=access, case=case, body=body))
+    condition = edit.if_match
+    return edit.tag(
+        await cases.conclude(uow=uow, access=access, case=case, body=body, if_match=condition)
+    )

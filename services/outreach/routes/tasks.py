@@ -13,7 +13,7 @@ from services.outreach.deps import (
     WORKERS,
     CurrentAccess,
     CurrentTask,
-    EditedTask,
+    Edit,
     Operations,
     Uow,
 )
@@ -60,25 +60,28 @@ async def get_task(
 
 
 @api.post("/tasks/{task_id}/claim", WORKERS, "claim a task", 404, 409, 412, 428)
-async def claim_task(
-    task: EditedTask, access: CurrentAccess, uow: Uow, response: Response
-) -> TaskView:
+async def claim_task(task: CurrentTask, access: CurrentAccess, uow: Uow, edit: Edit) -> TaskView:
     """Take an unassigned task (send If-Match)"""
-    claimed = await tasks.assign(
-        uow=uow, access=access, task=task, assignee=access.actor, claim=True
+    me = access.actor
+    return edit.tag(
+        await tasks.assign(
+            uow=uow, access=access, task=task, assignee=me, claim=True, if_match=edit.if_match
+        )
     )
-    return tagged(response, claimed)
 
 
 def _passing_on(name: str, doc: str) -> Callable[..., Awaitable[TaskView]]:
     """A lead's assignment and a peer's handover: one flow, two doors (their roles differ)."""
 
     async def pass_on(
-        body: AssignBody, task: EditedTask, access: CurrentAccess, uow: Uow, response: Response
+        body: AssignBody, task: CurrentTask, access: CurrentAccess, uow: Uow, edit: Edit
     ) -> TaskView:
-        to = body.assignee_id
-        view = await tasks.assign(uow=uow, access=access, task=task, assignee=to, claim=False)
-        return tagged(response, view)
+        to, condition = body.assignee_id, edit.if_match
+        return edit.tag(
+            await tasks.assign(
+                uow=uow, access=access, task=task, assignee=to, claim=False, if_match=condition
+            )
+        )
 
     pass_on.__name__ = pass_on.__qualname__ = name
     pass_on.__doc__ = doc

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Path, Response
+from fastapi import Path
 
-from services.outreach.access import tagged
-from services.outreach.deps import MANAGERS, STAFF, CurrentAccess, IfMatch, Operations, Uow
+from services.outreach.deps import MANAGERS, STAFF, CurrentAccess, Edit, Operations, Uow
 from services.outreach.schemas import MemberId, Page, Paging, TeamMemberBody, TeamMemberView
 from services.outreach.service import team
 
@@ -32,8 +31,7 @@ async def put_member(
     body: TeamMemberBody,
     access: CurrentAccess,
     uow: Uow,
-    response: Response,
-    if_match: IfMatch = None,
+    edit: Edit,
 ) -> TeamMemberView:
     """Add a team member or change one (id = the member's token subject)
 
@@ -41,6 +39,6 @@ async def put_member(
     creates (412 `already_exists` if the member exists).
     """
     view = await team.put_member(
-        uow=uow, access=access, member_id=member_id, body=body, if_match=if_match
+        uow=uow, access=access, member_id=member_id, body=body, if_match=edit.if_match
     )
-    return tagged(response, view)
+    return edit.tag(view)

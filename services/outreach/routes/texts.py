@@ -28,7 +28,7 @@ def _texting(request: Request) -> texts.Texting:
     return texting
 
 
-@api.get("/texts/templates", WORKERS, "list text templates")
+@api.get("/texts/templates", WORKERS, None)
 async def list_templates(request: Request) -> dict[str, str]:
     """The message templates texts can use
 
@@ -63,13 +63,13 @@ async def send_text(
             "content": {"application/xml": {"schema": {"type": "string"}}},
             "description": "TwiML",
         },
-        **{status: {"model": ErrorResponse} for status in (400, 403, 413, 503)},
+        **{status: {"model": ErrorResponse} for status in (400, 403, 404, 413, 503)},
     },
 )
 async def inbound(request: Request) -> Response:
     texting = _texting(request)
     if texting.auth_token is None:
-        raise ApiError(503, "sms_not_configured", "Texting is not set up.")
+        raise ApiError(404, "sms_not_configured", "Texting is not set up here.")
     raw = await request.body()
     if len(raw) > _MAX_WEBHOOK_BYTES:
         raise ApiError(413, "body_too_large", "The webhook body is too large.")

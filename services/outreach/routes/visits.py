@@ -13,7 +13,7 @@ from services.outreach.deps import (
     WORKERS,
     CurrentAccess,
     CurrentVisit,
-    EditedVisit,
+    Edit,
     Operations,
     Uow,
 )
@@ -73,15 +73,18 @@ async def get_visit(
 
 @api.patch("/{visit_id}", WORKERS, "plan a visit", *_EDITS)
 async def update_visit(
-    body: VisitUpdate, visit: EditedVisit, access: CurrentAccess, uow: Uow, response: Response
+    body: VisitUpdate, visit: CurrentVisit, access: CurrentAccess, uow: Uow, edit: Edit
 ) -> VisitView:
     """Move a visit, change its place, its peer or its deputy (send If-Match)"""
-    return tagged(response, await visits.update(uow=uow, access=access, visit=visit, body=body))
+    condition = edit.if_match
+    return edit.tag(
+        await visits.update(uow=uow, access=access, visit=visit, body=body, if_match=condition)
+    )
 
 
 @api.post("/{visit_id}/outcome", WORKERS, "record a visit", *_EDITS)
 async def record_visit_outcome(
-    body: VisitOutcomeBody, visit: EditedVisit, access: CurrentAccess, uow: Uow, response: Response
+    body: VisitOutcomeBody, visit: CurrentVisit, access: CurrentAccess, uow: Uow, edit: Edit
 ) -> VisitView:
     """Record how the visit went (send If-Match)
 
@@ -89,16 +92,20 @@ async def record_visit_outcome(
     failed in-person attempt; 'unsafe' is recorded (a lead decides what next); 'declined'
     ends outreach.
     """
-    outcome = await visits.record_outcome(uow=uow, access=access, visit=visit, body=body)
-    return tagged(response, outcome)
+    outcome = await visits.record_outcome(
+        uow=uow, access=access, visit=visit, body=body, if_match=edit.if_match
+    )
+    return edit.tag(outcome)
 
 
 @api.post("/{visit_id}/cancel", WORKERS, "plan a visit", *_EDITS)
 async def cancel_visit(
-    visit: EditedVisit, access: CurrentAccess, uow: Uow, response: Response
+    visit: CurrentVisit, access: CurrentAccess, uow: Uow, edit: Edit
 ) -> VisitView:
     """Cancel a scheduled visit (send If-Match)"""
-    return tagged(response, await visits.cancel(uow=uow, access=access, visit=visit))
+    return edit.tag(
+        await visits.cancel(uow=uow, access=access, visit=visit, if_match=edit.if_match)
+    )
 
 
 @deputy_api.get("/visits", DEPUTIES, "accompany a visit")

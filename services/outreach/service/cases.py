@@ -310,8 +310,10 @@ async def conclude(
     access: Access,
     case: Any,
     body: ConclusionBody,
+    if_match: str | None,
 ) -> CaseView:
     """A team lead concludes outreach with a reason; the scheduler closes what is open."""
+    require_match(if_match, case.version)
     if case.status == "closed":
         raise ApiError(409, "case_closed", "The case is already closed.")
     now = access.runtime.clock.now()

@@ -16,6 +16,7 @@ from services.outreach.access import (
     Access,
     apply_rule,
     case_state,
+    require_match,
     rowcount,
     task_state,
 )
@@ -160,9 +161,11 @@ async def assign(
     task: Any,
     assignee: str,
     claim: bool,
+    if_match: str | None,
 ) -> TaskView:
     """A claim (the caller takes it), an assignment or a handover: one rule, one event."""
     s = uow.session
+    require_match(if_match, task.version)
     apply_rule(
         check_assign,
         task_state(task),

@@ -23,6 +23,7 @@ from services.outreach.access import (
     Access,
     apply_rule,
     case_state,
+    require_match,
     rowcount,
     task_state,
 )
@@ -222,8 +223,9 @@ async def read_visit(*, uow: UnitOfWork, access: Access, visit: Any) -> VisitVie
     return visit_view(access, visit)
 
 
-def _still_scheduled(visit: Any) -> None:
-    """A visit someone is about to change must still be scheduled."""
+def _still_scheduled(visit: Any, if_match: str | None) -> None:
+    """A visit someone is about to change: If-Match current, and still scheduled."""
+    require_match(if_match, visit.version)
     if visit.status != "scheduled":
         raise ApiError(409, "visit_closed", f"The visit is {visit.status}.")
 
@@ -241,10 +243,12 @@ async def _save(uow: UnitOfWork, access: Access, visit: Any, values: dict[str, A
     return await _reread(uow.session, visit.id)
 
 
-async def update(*, uow: UnitOfWork, access: Access, visit: Any, body: VisitUpdate) -> VisitView:
+async def update(
+    *, uow: UnitOfWork, access: Access, visit: Any, body: VisitUpdate, if_match: str | None
+) -> VisitView:
     """Move a visit, change its place, its peer or its deputy."""
     s = uow.session
-    _still_scheduled(visit)
+    _still_scheduled(visit, if_match)
     start = body.window_start or visit.window_start
     end = body.window_end or visit.window_end
     _check_window(access, start, end)
@@ -279,9 +283,10 @@ async def record_outcome(
     access: Access,
     visit: Any,
     body: VisitOutcomeBody,
+    if_match: str | None,
 ) -> VisitView:
     """How the visit went; on its open task it is an in-person attempt."""
-    _still_scheduled(visit)
+    _still_scheduled(visit, if_match)
     now = access.runtime.clock.now()
     fresh = await _save(
         uow,
@@ -310,8 +315,8 @@ async def record_outcome(
     return visit_view(access, fresh)
 
 
-async def cancel(*, uow: UnitOfWork, access: Access, visit: Any) -> VisitView:
-    _still_scheduled(visit)
+async def cancel(*, uow: UnitOfWork, access: Access, visit: Any, if_match: str | None) -> VisitView:
+    _still_scheduled(visit, if_match)
     fresh = await _save(uow, access, visit, {"status": "cancelled"})
     await uow.commit()
     return visit_view(access, fresh)
