@@ -13,6 +13,7 @@ from __future__ import annotations
 import inspect
 import logging
 import os
+import re
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
@@ -31,6 +32,7 @@ from prometheus_client import (
 from pydantic import BaseModel
 from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shared.metrics import HTTP_REQUESTS, HTTP_SECONDS
@@ -123,13 +125,15 @@ def install_error_handlers(app: FastAPI) -> None:
             422, "validation_error", "The request does not match the schema.", details
         )
 
-    async def http_error(_request: Request, exc: Exception) -> Response:
+    async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, StarletteHTTPException)
         code = _STATUS_CODES.get(exc.status_code, f"http_{exc.status_code}")
         message = exc.detail if isinstance(exc.detail, str) else code.replace("_", " ")
         response = error_response(exc.status_code, code, message)
         if exc.headers:
             response.headers.update(exc.headers)
+        if exc.status_code == 405:
+            response.headers["Allow"] = ", ".join(_allowed_methods(app, request.url.path))
         return response
 
     async def unexpected(request: Request, exc: Exception) -> Response:
@@ -155,6 +159,19 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ConnectionError, storage_unavailable)
     app.add_exception_handler(StarletteHTTPException, http_error)
     app.add_exception_handler(Exception, unexpected)
+
+
+def _allowed_methods(app: FastAPI, path: str) -> list[str]:
+    """Every method the API documents for a path (a 405's Allow header): Starlette's own names
+    only the methods of the first route that matched, not those of the path's other routes."""
+    table: list[tuple[re.Pattern[str], list[str]]] | None = getattr(app.state, "allow_table", None)
+    if table is None:
+        table = [
+            (compile_path(template)[0], [m.upper() for m in item if m != "parameters"])
+            for template, item in app.openapi().get("paths", {}).items()
+        ]
+        app.state.allow_table = table
+    return sorted({m for regex, methods in table if regex.match(path) for m in methods})
 
 
 ReadinessCheck = Callable[[], Awaitable[dict[str, str]]]

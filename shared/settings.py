@@ -172,7 +172,7 @@ class Settings(BaseSettings):
     outreach_sms_url: str | None = Field(
         default=None,
         description="Base URL of a Twilio-style SMS provider, e.g. https://api.twilio.com. "
-        "Unset: texting is off (503 sms_not_configured).",
+        "Unset: texting is off (409 sms_not_configured).",
     )
     outreach_sms_account_sid: str | None = None
     outreach_sms_auth_token: SecretStr | None = None

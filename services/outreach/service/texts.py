@@ -117,7 +117,7 @@ async def send_text(
 ) -> TextView:
     """Text the person from a template: an attempt on the task (module docs: the saga)."""
     if texting.provider is None:
-        raise ApiError(503, "sms_not_configured", "Texting is not set up for this program.")
+        raise ApiError(409, "sms_not_configured", "Texting is not set up for this program.")
     phone, text = await _compose(uow, access, texting, task, body)
     message_id = new_uuid()
     await uow.session.execute(
