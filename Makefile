@@ -5,13 +5,14 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: help venv run test lint format typecheck unit integration e2e bench bench-intake \
+.PHONY: help venv run test lint format typecheck unit integration e2e fuzz bench bench-intake \
         kafka-up kafka-down pg-up pg-down infra-up infra-down clean
 
 help:
 	@echo "make run        start Kafka and all four services on the embedded defaults"
 	@echo "make test       lint, type-check and run every test (starts Kafka and PostgreSQL)"
 	@echo "make lint | typecheck | unit | integration | e2e | format"
+	@echo "make fuzz       the parser fuzz tests with FUZZ_SCALE (50) times the examples"
 	@echo "make bench      intake throughput: MLLP and EMS, with same-run parse baselines"
 	@echo "make kafka-up | kafka-down | pg-up | pg-down"
 
@@ -43,6 +44,11 @@ typecheck: venv
 
 unit: venv
 	$(BIN)/pytest tests/unit -q
+
+FUZZ_SCALE ?= 50
+
+fuzz: venv
+	PORTLINE_FUZZ_SCALE=$(FUZZ_SCALE) $(BIN)/pytest tests/unit/test_fuzz_*.py -q
 
 integration: venv
 	@scripts/test.sh --no-lint tests/integration

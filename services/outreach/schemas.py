@@ -97,7 +97,7 @@ _NOTES = Field(
 
 _Body = Body
 
-MemberId = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[\w.@-]+$")]
+MemberId = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[\w.@|:+-]+$")]
 """A team member's id: their token's subject."""
 
 MAX_SERVICE_COUNT = 1000
@@ -610,7 +610,7 @@ class VisitQuery(PageQuery):
 
 class AuditQuery(PageQuery):
     limit: int = Field(default=100, ge=1, le=500)
-    actor_id: str | None = Field(default=None, max_length=128, pattern=r"^[\w.@-]+$")
+    actor_id: str | None = Field(default=None, max_length=128, pattern=r"^[\w.@|:+-]+$")
     case_id: uuid.UUID | None = None
     resource: str | None = Field(default=None, max_length=32, pattern=r"^[a-z_]+$")
     since: Instant | None = None

@@ -1,6 +1,10 @@
-"""The scheduler's HTTP API for team leads: the policy in force, a case's timeline, and the
+"""The scheduler's HTTP API for team leads: the policy in force, a case's timeline, the
 uncertain person matches waiting for a decision (confirming one merges two people: the
-handlers do it, and publish PersonsMerged)."""
+handlers do it, and publish PersonsMerged), and the audit log of who read them.
+
+Every role, admins included, sees only its own program: another program's records are "not
+found" (404), never "forbidden". Every read of a person's data, and every match decision, is
+written to the scheduler's append-only audit log (services.scheduler.audit)."""
 
 from __future__ import annotations
 
@@ -13,6 +17,7 @@ import sqlalchemy as sa
 from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, Field
 
+from services.scheduler.audit import Reader
 from services.scheduler.handlers import (
     MatchDecidedError,
     MatchDecision,
@@ -20,7 +25,7 @@ from services.scheduler.handlers import (
     PolicyBook,
     Scheduler,
 )
-from services.scheduler.models import CASE, EPISODE, POSSIBLE_MATCH, REPORT_LINK, TASK
+from services.scheduler.models import AUDIT, CASE, EPISODE, POSSIBLE_MATCH, REPORT_LINK, TASK
 from services.scheduler.timers import TIMER
 from shared.auth import Principal
 from shared.edge import Cursor, EdgeRoute, Instant, Page, PageQuery, guard, keyset_page
@@ -33,9 +38,12 @@ router = APIRouter(prefix="/v1", tags=["scheduler"], route_class=EdgeRoute)
 
 Lead = Annotated[Principal, Depends(guard("team_lead", "admin"))]
 Anyone = Annotated[Principal, Depends(guard())]
+Admin = Annotated[Principal, Depends(guard("admin"))]
 ERRORS: dict[int | str, dict[str, Any]] = {404: {"model": ErrorResponse}}
 MATCH_CURSOR: Cursor[tuple[datetime, uuid.UUID]] = Cursor(tuple[Instant, uuid.UUID])
 """The possible matches' sort key of a page's last match: created_at, id."""
+AUDIT_CURSOR: Cursor[tuple[int]] = Cursor(tuple[Annotated[int, Field(gt=-(2**63), le=-1)]])
+"""The audit log's position of a page's last entry, negated (newest first)."""
 
 
 def _runtime(request: Request) -> Runtime:
@@ -49,21 +57,26 @@ def _policies(request: Request) -> PolicyBook:
 
 
 def _own_program(principal: Principal, program_id: str) -> None:
-    if principal.program != program_id and principal.role != "admin":
+    """Another program's records do not exist for the caller, whatever their role: an admin
+    administers their own program (its token names it), not every program."""
+    if principal.program != program_id:
         raise ApiError(404, "not_found", "No such record in your program.")
 
 
 @router.get(
     "/policy",
-    summary="The outreach policy in force for a program",
+    summary="The outreach policy in force for the caller's program",
     description="Changes to a policy apply to tasks scheduled after the change, not "
-    "retroactively; every task records the policy version that set its times.",
+    "retroactively; every task records the policy version that set its times. Only the "
+    "caller's own program: another program is 404, for every role.",
     responses=ERRORS,
 )
 async def get_policy(
     principal: Anyone,
     request: Request,
-    program: Annotated[str | None, Query(description="Default: the caller's program.")] = None,
+    program: Annotated[
+        str | None, Query(max_length=64, description="The caller's program (the default).")
+    ] = None,
 ) -> dict[str, Any]:
     program_id = program or principal.program
     _own_program(principal, program_id)
@@ -123,15 +136,20 @@ class Timeline(BaseModel):
     "/cases/{case_id}/timeline",
     summary="Why is this due now: the case's opening and closing, and every report, episode, "
     "task and timer of it, in order",
+    description="Audited: the read is written to the audit log (send `X-Purpose` to say why).",
     responses={**ERRORS, 503: {"model": ErrorResponse}},
 )
 async def get_timeline(case_id: uuid.UUID, principal: Lead, request: Request) -> Timeline:
     runtime = _runtime(request)
+    reader = Reader.of(request, principal, "review a case's timeline")
     async with runtime.sessions() as s:
-        case = (await s.execute(sa.select(CASE).where(CASE.c.id == case_id))).first()
+        case = (
+            await s.execute(
+                sa.select(CASE).where(CASE.c.id == case_id, CASE.c.program_id == principal.program)
+            )
+        ).first()
         if case is None:
-            raise ApiError(404, "not_found", "No such case.")
-        _own_program(principal, case.program_id)
+            raise ApiError(404, "not_found", "No such case in your program.")
         items = [
             TimelineItem(
                 at=case.opened_at, kind="case", id=str(case.id), detail={"event": "opened"}
@@ -215,6 +233,8 @@ async def get_timeline(case_id: uuid.UUID, principal: Lead, request: Request) ->
                     },
                 )
             )
+        await reader.audit(s, "read", "case_timeline", [(case.id, case.id)])
+        await s.commit()
     items.sort(key=lambda i: (i.at, i.kind))
     return Timeline(
         case_id=case.id,
@@ -251,7 +271,8 @@ def _match_out(m: MatchDecision | Any, status: str | None = None) -> PossibleMat
     "/possible-matches",
     summary="Uncertain person matches, for a team lead to confirm or split (oldest first)",
     description="A page like every list (`{items, next_cursor}`); before this release the "
-    "matches were a bare array.",
+    "matches were a bare array. Audited: the read is written to the audit log, one entry per "
+    "match.",
     responses={503: {"model": ErrorResponse}},
 )
 async def list_possible_matches(
@@ -260,6 +281,7 @@ async def list_possible_matches(
     page: Annotated[PageQuery, Query()],
     status: Literal["open", "confirmed", "split"] = "open",
 ) -> Page[PossibleMatchOut]:
+    reader = Reader.of(request, principal, "review possible matches")
     query = sa.select(POSSIBLE_MATCH).where(
         POSSIBLE_MATCH.c.program_id == principal.program, POSSIBLE_MATCH.c.status == status
     )
@@ -272,6 +294,8 @@ async def list_possible_matches(
             cursor=MATCH_CURSOR,
             page=page,
         )
+        await reader.audit(s, "read", "possible_match", [(r.id, None) for r in rows])
+        await s.commit()
     return Page[PossibleMatchOut](items=[_match_out(r) for r in rows], next_cursor=next_cursor)
 
 
@@ -280,7 +304,8 @@ async def list_possible_matches(
     summary="Confirm (the two are one person: merge) or split (two people: keep apart)",
     description="Confirming merges the report's person into the candidate: their cases become "
     "one (the other open case closes as a duplicate), and a do-not-contact request or a "
-    "decline of either person holds for the one who stays. Published as `PersonsMerged`.",
+    "decline of either person holds for the one who stays. Published as `PersonsMerged`. "
+    "Audited, as a change of the match.",
     responses={**ERRORS, 409: {"model": ErrorResponse}, 503: {"model": ErrorResponse}},
 )
 async def decide_possible_match(
@@ -290,6 +315,7 @@ async def decide_possible_match(
     request: Request,
 ) -> PossibleMatchOut:
     scheduler: Scheduler = request.app.state.scheduler
+    reader = Reader.of(request, principal, f"{decision} a possible match")
     async with _runtime(request).uow() as uow:
         try:
             decided = await scheduler.decide_match(
@@ -301,5 +327,75 @@ async def decide_possible_match(
             raise ApiError(
                 409, "already_decided", f"This match was already {exc.status}."
             ) from None
+        await reader.audit(uow.session, "update", "possible_match", [(match_id, None)])
         await uow.commit()
     return _match_out(decided)
+
+
+class AuditEntry(BaseModel):
+    id: int
+    at: datetime
+    actor_id: str
+    role: str
+    action: Literal["read", "update"]
+    resource: Literal["case_timeline", "possible_match"]
+    resource_id: str | None
+    case_id: uuid.UUID | None
+    purpose: str = Field(description="What the caller stated (X-Purpose), else the operation's.")
+
+
+class AuditQuery(PageQuery):
+    limit: int = Field(default=100, ge=1, le=500)
+    actor_id: str | None = Field(default=None, max_length=128)
+    case_id: uuid.UUID | None = None
+    resource: Literal["case_timeline", "possible_match"] | None = None
+    since: Instant | None = None
+    until: Instant | None = None
+
+
+@router.get(
+    "/audit",
+    summary="Who read or decided whose records here, when and why (admins; newest first)",
+    description="Append-only: nobody can edit or delete an entry. Only the caller's program. "
+    "A page like every list (`{items, next_cursor}`).",
+    responses={503: {"model": ErrorResponse}},
+)
+async def read_audit(
+    principal: Admin, request: Request, query: Annotated[AuditQuery, Query()]
+) -> Page[AuditEntry]:
+    reader = Reader.of(request, principal, "review the audit log")
+    q = sa.select(AUDIT).where(AUDIT.c.program_id == principal.program)
+    if query.actor_id:
+        q = q.where(AUDIT.c.actor_id == query.actor_id)
+    if query.case_id:
+        q = q.where(AUDIT.c.case_id == query.case_id)
+    if query.resource:
+        q = q.where(AUDIT.c.resource == query.resource)
+    if query.since:
+        q = q.where(AUDIT.c.at >= query.since)
+    if query.until:
+        q = q.where(AUDIT.c.at < query.until)
+    async with _runtime(request).sessions() as s:
+        rows, next_cursor = await keyset_page(
+            s,
+            q,
+            keys=[-AUDIT.c.id],
+            key_of=lambda entry: (-entry.id,),
+            cursor=AUDIT_CURSOR,
+            page=query,
+        )
+    items = [
+        AuditEntry(
+            id=r.id,
+            at=r.at,
+            actor_id=r.actor_id,
+            role=r.role,
+            action=r.action,
+            resource=r.resource,
+            resource_id=r.resource_id,
+            case_id=r.case_id,
+            purpose=reader.stated(r.purpose_sealed) or r.purpose,
+        )
+        for r in rows
+    ]
+    return Page[AuditEntry](items=items, next_cursor=next_cursor)

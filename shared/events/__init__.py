@@ -45,6 +45,7 @@ from shared.events.scheduler import (
     TaskScheduledV1,
     TaskScheduledV2,
 )
+from shared.events.team import TeamMemberDeactivated, TeamMemberReactivated
 
 __all__ = [
     "FAILED_OUTCOMES",
@@ -87,6 +88,8 @@ __all__ = [
     "TaskScheduled",
     "TaskScheduledV1",
     "TaskScheduledV2",
+    "TeamMemberDeactivated",
+    "TeamMemberReactivated",
     "VisitCompleted",
     "VisitScheduled",
 ]

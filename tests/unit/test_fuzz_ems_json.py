@@ -216,7 +216,7 @@ def mutated_reports(draw: st.DrawFn) -> Any:
     return report
 
 
-@fuzz(examples=120)
+@fuzz(examples=80)
 @given(value=mutated_reports())
 def test_mutated_reports(value: Any) -> None:
     _validate(value)

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Path
+from fastapi import Path, Request
 
 from services.outreach.deps import MANAGERS, STAFF, CurrentAccess, Edit, Operations, Uow
+from services.outreach.roster import enforce_now
 from services.outreach.schemas import MemberId, Page, Paging, TeamMemberBody, TeamMemberView
 from services.outreach.service import team
 
@@ -32,13 +33,26 @@ async def put_member(
     access: CurrentAccess,
     uow: Uow,
     edit: Edit,
+    request: Request,
 ) -> TeamMemberView:
     """Add a team member or change one (id = the member's token subject)
 
     Send If-Match with the ETag to change an existing member; without it the request only
-    creates (412 `already_exists` if the member exists).
+    creates (412 `already_exists` if the member exists). `active: false` deactivates the
+    member: every PORTline service refuses their tokens from then on (403
+    `member_deactivated`), in this process at once and everywhere within seconds; `active:
+    true` lets them back in.
     """
+
+    def enforce(active: bool) -> None:
+        enforce_now(request, program=access.program, member_id=member_id, active=active)
+
     view = await team.put_member(
-        uow=uow, access=access, member_id=member_id, body=body, if_match=edit.if_match
+        uow=uow,
+        access=access,
+        member_id=member_id,
+        body=body,
+        if_match=edit.if_match,
+        enforce=enforce,
     )
     return edit.tag(view)

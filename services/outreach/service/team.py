@@ -1,11 +1,15 @@
 """The team roster and the audit log.
 
+Deactivating a member (`active: false`) refuses their tokens at once, in every service
+(services.outreach.roster); reactivating lets them back in.
+
 The audit log is append-only: nothing here edits or deletes it, and the database refuses
 UPDATE, DELETE and TRUNCATE on it (triggers installed by migration outreach_0002).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated, Any
 
 import sqlalchemy as sa
@@ -13,6 +17,7 @@ from pydantic import Field
 
 from services.outreach.access import PURPOSE, Access, etag, not_found, require_match
 from services.outreach.models import AUDIT, TEAM_MEMBER
+from services.outreach.roster import access_changed
 from services.outreach.schemas import (
     AuditEntry,
     AuditQuery,
@@ -61,8 +66,12 @@ async def put_member(
     member_id: str,
     body: TeamMemberBody,
     if_match: str | None,
+    enforce: Callable[[bool], None],
 ) -> TeamMemberView:
-    """Add a member (no If-Match), or change one (If-Match with its ETag)."""
+    """Add a member (no If-Match), or change one (If-Match with its ETag).
+
+    A change of the member's access publishes it with the change (one commit), and once
+    committed is put in force in this process by `enforce(active)`."""
     s = uow.session
     mine = (TEAM_MEMBER.c.id == member_id, TEAM_MEMBER.c.program_id == access.program)
     row = (await s.execute(sa.select(TEAM_MEMBER).where(*mine))).first()
@@ -91,7 +100,16 @@ async def put_member(
             .values(**values, version=row.version + 1, updated_at=now)
         )
     fresh = (await s.execute(sa.select(TEAM_MEMBER).where(*mine))).one()
+    changed = access_changed(
+        uow,
+        program=access.program,
+        member_id=member_id,
+        was_active=None if row is None else row.active,
+        active=fresh.active,
+    )
     await uow.commit()
+    if changed:
+        enforce(fresh.active)
     return _member_view(fresh)
 
 

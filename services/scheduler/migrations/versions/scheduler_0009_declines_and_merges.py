@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "scheduler_0009"
-down_revision: str | None = "scheduler_0007"
+down_revision: str | None = "scheduler_0008"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
