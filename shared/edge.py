@@ -370,10 +370,14 @@ _EDGE_RESPONSES: dict[int, str] = {
     "not give out.",
     401: "`missing_token` or `invalid_token`: no valid bearer token. Checked before the body "
     "is read.",
-    403: "`forbidden_role`: the caller's role may not call this operation. Checked before the "
+    403: "`forbidden_role`: the caller's role may not call this operation; "
+    "`member_deactivated`: the caller was deactivated in the team roster. Checked before the "
     "body is read.",
     413: "`body_too_large`: the body is over the service's limit. Refused before it is read.",
     415: "`unsupported_media_type`: the body is not `application/json`.",
+    503: "`identity_provider_unavailable`: the provider's keys cannot be fetched and none are "
+    "cached; `team_access_unavailable`: the deactivated members cannot be read yet "
+    "(`Retry-After`; other codes as the operation says).",
     422: "`validation_error`: the body, query or path does not match the schema (`details` "
     "name each field and why, never the value sent); or a value the rules refuse (its own "
     "code).",
@@ -394,7 +398,7 @@ def _complete(operation: dict[str, Any], method: str) -> None:
     has_body = "requestBody" in operation
     if "x-roles" in operation:
         operation.setdefault("security", [{SECURITY_SCHEME: []}])
-        wanted |= {401, 403}
+        wanted |= {401, 403, 503}
         if has_body:
             wanted |= {400, 413, 415}
     if any(p.get("name") == "cursor" for p in parameters):
