@@ -202,7 +202,9 @@ class ConsumerLoop:
 
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
-            fetched = await self._consumer.getmany(timeout_ms=500, max_records=200)
+            fetched = await self._consumer.getmany(
+                timeout_ms=500, max_records=max(200, self._batch_size)
+            )
             messages = [
                 IncomingMessage(
                     topic=record.topic,

@@ -56,6 +56,8 @@ class ConsumerSpec:
     topics: Sequence[str]
     handler: Callable[[UnitOfWork, Envelope], Awaitable[None]]
     batch_handler: Callable[[UnitOfWork, Sequence[Envelope]], Awaitable[None]] | None = None
+    batch_size: int = 50
+    """The most records applied in one unit of work (a batch handler makes large ones pay)."""
     start: Literal["earliest", "latest"] | None = None
     """Where a new consumer group starts; None: PORTLINE_KAFKA_CONSUMER_START. A consumer
     that must never skip an event (the team's deactivations) says `earliest`."""
@@ -178,7 +180,7 @@ class Runtime:
             )
             try:
                 await consumer.start()
-                await ConsumerLoop(consumer, processor).run(self._stop)
+                await ConsumerLoop(consumer, processor, batch_size=spec.batch_size).run(self._stop)
             except Exception:
                 log.exception("consumer crashed; restarting", extra={"consumer": spec.name})
                 with contextlib.suppress(TimeoutError):

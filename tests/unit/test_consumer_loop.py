@@ -98,3 +98,22 @@ async def test_a_transient_failure_fetches_every_partition_again_from_its_first_
     p0, p1 = TopicPartition(TOPIC, 0), TopicPartition(TOPIC, 1)
     assert consumer.commits == [{p0: 2}]
     assert consumer.seeks == {p0: 2, p1: 7}
+
+
+async def test_a_fetch_is_at_least_as_large_as_a_batch() -> None:
+    stop = asyncio.Event()
+    asked: list[int] = []
+
+    class Recording(FakeConsumer):
+        async def getmany(self, **kwargs: Any) -> dict[TopicPartition, list[Record]]:
+            asked.append(kwargs["max_records"])
+            return await super().getmany(**kwargs)
+
+    consumer = Recording(fetch(p0=range(0, 1000)), stop)
+    processor = FakeProcessor()
+    await run(consumer, processor, batch_size=1000)
+    assert asked[0] == 1000
+    assert [len(b) for b in processor.batches] == [1000]
+    stop.clear()
+    await run(Recording(fetch(p0=range(0, 3)), stop), FakeProcessor(), batch_size=50)
+    assert asked[-1] == 200  # the default fetch stays as it was
