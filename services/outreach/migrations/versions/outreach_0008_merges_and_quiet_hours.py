@@ -3,7 +3,7 @@ folded case land on the one that stays), the quiet hours a task was planned unde
 sent in quiet hours on an explicit override.
 
 Revision ID: outreach_0008
-Revises: outreach_0006
+Revises: outreach_0011
 """
 
 from collections.abc import Sequence
@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "outreach_0008"
-down_revision: str | None = "outreach_0006"
+down_revision: str | None = "outreach_0011"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
