@@ -1,5 +1,8 @@
 """The HTTP edge every service shares: errors with stable codes, health, readiness, metrics.
 
+A database that cannot be reached is 503 `storage_unavailable` with Retry-After (nothing was
+changed), for every service.
+
 Every error response has the same shape, so clients handle them in one place:
 
     {"error": {"code": "validation_error", "message": "...", "details": [...]}}
@@ -11,13 +14,14 @@ import contextlib
 import inspect
 import logging
 import os
+import re
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
 from fastapi.routing import APIRoute
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -27,7 +31,9 @@ from prometheus_client import (
     multiprocess,
 )
 from pydantic import BaseModel
+from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shared import tracing
@@ -86,7 +92,7 @@ _STATUS_CODES = {
     406: "not_acceptable",
     409: "conflict",
     412: "precondition_failed",
-    413: "payload_too_large",
+    413: "body_too_large",
     415: "unsupported_media_type",
     428: "precondition_required",
     429: "too_many_requests",
@@ -110,6 +116,8 @@ def install_error_handlers(app: FastAPI) -> None:
 
     async def validation_error(_request: Request, exc: Exception) -> Response:
         assert isinstance(exc, RequestValidationError)
+        if any(e.get("type") == "json_invalid" for e in exc.errors()):
+            return error_response(400, "bad_request", "The body is not valid JSON.")
         # Report where and why, never the submitted values (they may be PHI).
         details = [
             {"loc": list(e.get("loc", ())), "type": e.get("type"), "msg": e.get("msg")}
@@ -119,13 +127,15 @@ def install_error_handlers(app: FastAPI) -> None:
             422, "validation_error", "The request does not match the schema.", details
         )
 
-    async def http_error(_request: Request, exc: Exception) -> Response:
+    async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, StarletteHTTPException)
         code = _STATUS_CODES.get(exc.status_code, f"http_{exc.status_code}")
         message = exc.detail if isinstance(exc.detail, str) else code.replace("_", " ")
         response = error_response(exc.status_code, code, message)
         if exc.headers:
             response.headers.update(exc.headers)
+        if exc.status_code == 405:
+            response.headers["Allow"] = ", ".join(_allowed_methods(app, request.url.path))
         return response
 
     async def unexpected(request: Request, exc: Exception) -> Response:
@@ -138,10 +148,32 @@ def install_error_handlers(app: FastAPI) -> None:
             500, "internal_error", "An unexpected error occurred; it has been logged."
         )
 
+    async def storage_unavailable(_request: Request, _exc: Exception) -> Response:
+        response = error_response(
+            503, "storage_unavailable", "The database is unavailable; nothing was changed."
+        )
+        response.headers["Retry-After"] = "5"
+        return response
+
     app.add_exception_handler(ApiError, api_error)
     app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(DBAPIError, storage_unavailable)
+    app.add_exception_handler(ConnectionError, storage_unavailable)
     app.add_exception_handler(StarletteHTTPException, http_error)
     app.add_exception_handler(Exception, unexpected)
+
+
+def _allowed_methods(app: FastAPI, path: str) -> list[str]:
+    """Every method the API documents for a path (a 405's Allow header): Starlette's own names
+    only the methods of the first route that matched, not those of the path's other routes."""
+    table: list[tuple[re.Pattern[str], list[str]]] | None = getattr(app.state, "allow_table", None)
+    if table is None:
+        table = [
+            (compile_path(template)[0], [m.upper() for m in item if m != "parameters"])
+            for template, item in app.openapi().get("paths", {}).items()
+        ]
+        app.state.allow_table = table
+    return sorted({m for regex, methods in table if regex.match(path) for m in methods})
 
 
 ReadinessCheck = Callable[[], Awaitable[dict[str, str]]]
@@ -166,6 +198,16 @@ def install_common_routes(app: FastAPI, *, service: str, readiness: ReadinessChe
     async def healthz() -> Health:
         return Health(status="ok", service=service)
 
+    @app.head(
+        "/healthz",
+        tags=["operations"],
+        summary="Liveness, headers only",
+        response_class=Response,
+        responses={200: {"description": "The process is serving."}},
+    )
+    async def healthz_head() -> Response:
+        return Response(status_code=200)
+
     @app.get(
         "/readyz",
         tags=["operations"],
@@ -176,16 +218,41 @@ def install_common_routes(app: FastAPI, *, service: str, readiness: ReadinessChe
         responses={503: {"model": Readiness}},
     )
     async def readyz() -> Response:
+        body = await _readiness()
+        return JSONResponse(body.model_dump(), status_code=200 if body.status == "ready" else 503)
+
+    @app.head(
+        "/readyz",
+        tags=["operations"],
+        summary="Readiness, headers only: 200 ready, 503 not",
+        response_class=Response,
+        responses={
+            200: {"description": "Every check is `ok`."},
+            503: {"description": "Some check is not `ok` (GET says which)."},
+        },
+    )
+    async def readyz_head() -> Response:
+        body = await _readiness()
+        return Response(status_code=200 if body.status == "ready" else 503)
+
+    async def _readiness() -> Readiness:
         checks = await readiness()
         ready = all(v == "ok" for v in checks.values())
-        body = Readiness(status="ready" if ready else "not_ready", service=service, checks=checks)
-        return JSONResponse(body.model_dump(), status_code=200 if ready else 503)
+        return Readiness(status="ready" if ready else "not_ready", service=service, checks=checks)
 
     @app.get(
         "/metrics",
         tags=["operations"],
         summary="Prometheus metrics",
-        description="With several worker processes, the sum over all of them.",
+        description="The Prometheus text exposition format. With several worker processes, "
+        "the sum over all of them.",
+        response_class=PlainTextResponse,
+        responses={
+            200: {
+                "description": "Metrics in the Prometheus text format.",
+                "content": {"text/plain": {"schema": {"type": "string"}}},
+            }
+        },
     )
     async def metrics() -> Response:
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

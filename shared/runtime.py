@@ -26,6 +26,7 @@ from shared.bus import ConsumerLoop, KafkaPublisher, make_consumer
 from shared.clock import Clock, SystemClock
 from shared.db import create_engine, session_factory
 from shared.devtokens import DEV_ISSUER, DevelopmentKey
+from shared.edge import BodyLimit, check_routes, complete_openapi
 from shared.envelope import Envelope
 from shared.http import direct_routes, install_common_routes, install_error_handlers
 from shared.inbox import InboxProcessor, Outcome
@@ -283,8 +284,11 @@ def create_service_app(
     app = FastAPI(title=title, description=description, version=version, lifespan=lifespan)
     install_error_handlers(app)
     for router in routers:
+        check_routes(router.routes)
         document_roles(router)
         app.include_router(router)
+    # Inside the direct routes: those (intake's partner routes) keep their own body limits.
+    app.add_middleware(BodyLimit, limit=settings.http_max_body_bytes)
     if direct:
         direct_routes(app, routers, direct)
 
@@ -295,6 +299,7 @@ def create_service_app(
         return await runtime.readiness()
 
     install_common_routes(app, service=service, readiness=readiness)
+    complete_openapi(app)
     return app
 
 

@@ -128,6 +128,14 @@ class Settings(BaseSettings):
     outreach_port: int = 8003
     reporting_port: int = 8004
     log_level: str = "INFO"
+    http_max_body_bytes: int = Field(
+        default=1_048_576,
+        ge=1024,
+        le=64 * 1_048_576,
+        description="The largest request body any service's HTTP API takes: a larger one is "
+        "413 body_too_large before it is read. Intake's partner routes keep their own limits "
+        "(PORTLINE_INTAKE_MAX_MESSAGE_BYTES, PORTLINE_INTAKE_MAX_EMS_BYTES).",
+    )
 
     # PHI sealing: "kid:base64key[,kid:base64key...]"; the first key seals, all keys open.
     seal_keys: SecretStr | None = None
@@ -268,7 +276,7 @@ class Settings(BaseSettings):
     outreach_sms_url: str | None = Field(
         default=None,
         description="Base URL of a Twilio-style SMS provider, e.g. https://api.twilio.com. "
-        "Unset: texting is off (503 sms_not_configured).",
+        "Unset: texting is off (409 sms_not_configured).",
     )
     outreach_sms_account_sid: str | None = None
     outreach_sms_auth_token: SecretStr | None = None

@@ -25,6 +25,7 @@ from shared.events import (
     EpisodeOpened,
     Location,
     OverdoseReported,
+    QuietHours,
     ReportLinked,
     TaskScheduled,
 )
@@ -76,6 +77,7 @@ class World:
         due_in: timedelta = timedelta(hours=24),
         priority: int = 2,
         name: tuple[str, str] = ("Jordan", "Rivera"),
+        quiet_hours: QuietHours | None = None,
     ) -> Seeded:
         now = datetime.now(UTC)
         case_id, person_id, episode_id, report_id, task_id = (uuid.uuid4() for _ in range(5))
@@ -151,6 +153,7 @@ class World:
                 expires_at=now + due_in + timedelta(hours=48),
                 policy_version="test",
                 deputy=deputy,  # type: ignore[arg-type]
+                quiet_hours=quiet_hours,
             ),
             sub,
         )

@@ -10,7 +10,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal, TypeVar, cast
+from typing import Any, Literal, Protocol, TypeVar, cast
 
 import sqlalchemy as sa
 from fastapi import Request, Response
@@ -26,6 +26,7 @@ from shared.sealing import Sealer
 __all__ = [
     "PURPOSE",
     "Access",
+    "V",
     "apply_rule",
     "case_state",
     "etag",
@@ -33,6 +34,7 @@ __all__ = [
     "require_match",
     "rowcount",
     "set_etag",
+    "tagged",
     "task_state",
 ]
 
@@ -52,7 +54,7 @@ def apply_rule(check: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     try:
         return check(*args, **kwargs)
     except RuleViolation as exc:
-        raise ApiError(exc.status, exc.code, exc.message) from None
+        raise ApiError(exc.status, exc.code, exc.message, details=exc.details) from None
 
 
 def etag(version: int) -> str:
@@ -197,9 +199,9 @@ def task_state(row: Any) -> TaskState:
     )
 
 
-def require_match(request: Request, version: int) -> None:
-    """Edits of shared records need If-Match with the version last read."""
-    header = request.headers.get("if-match")
+def require_match(header: str | None, version: int) -> None:
+    """Edits of shared records need If-Match with the version last read (`header`). `If-Match:
+    *` is refused: it would overwrite whatever is there, which is what If-Match is here to stop."""
     if header is None:
         raise ApiError(
             428,
@@ -207,7 +209,13 @@ def require_match(request: Request, version: int) -> None:
             "Send If-Match with the ETag you last read, so nobody's change is overwritten.",
         )
     wanted = {v.strip().removeprefix("W/").strip('"') for v in header.split(",")}
-    if "*" not in wanted and str(version) not in wanted:
+    if "*" in wanted:
+        raise ApiError(
+            428,
+            "etag_required",
+            "If-Match: * would overwrite whatever is there; send the ETag you last read.",
+        )
+    if str(version) not in wanted:
         raise ApiError(
             412,
             "version_mismatch",
@@ -219,3 +227,16 @@ def require_match(request: Request, version: int) -> None:
 
 def set_etag(response: Response, version: int) -> None:
     response.headers["ETag"] = etag(version)
+
+
+V = TypeVar("V", bound="_Versioned")
+
+
+class _Versioned(Protocol):
+    version: int
+
+
+def tagged(response: Response, view: V) -> V:
+    """The view, with its version as the response's ETag."""
+    set_etag(response, view.version)
+    return view

@@ -7,14 +7,13 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
 import httpx
-from fastapi import FastAPI, Request, Response
-from sqlalchemy.exc import DBAPIError
+from fastapi import FastAPI
 
-from services.outreach import admin, api, community, texts, visits
 from services.outreach.projection import on_case_event, on_overdose
 from services.outreach.roster import deactivated_members
+from services.outreach.routes import audit, cases, community, tasks, team, texts, visits
+from services.outreach.service.texts import Texting
 from services.outreach.sms import SmsConfig, TemplateBook, TwilioStyleProvider
-from shared.http import error_response
 from shared.identity import Protector
 from shared.runtime import ConsumerSpec, Runtime, create_service_app
 from shared.sealing import load_keys
@@ -33,7 +32,10 @@ DESCRIPTION = (
     '* **Errors**: `{"error": {"code", "message", "details"}}` with stable codes.\n'
     "* **Concurrency**: records two people may edit carry a `version` and an `ETag`; edits "
     "need `If-Match` (428 `precondition_required` without, 412 `version_mismatch` when stale).\n"
-    "* **Pagination**: lists return `{items, next_cursor}`; pass `?cursor=`.\n"
+    "* **Pagination**: every list returns `{items, next_cursor}`; pass `?cursor=` (a cursor "
+    "this API did not give out is 400 `invalid_cursor`).\n"
+    "* **Times**: ISO 8601 text with an offset, never a number; work is not dated before its "
+    "overdose or in the future.\n"
     "* **Audit**: every read or write of a person's record is logged with who, role, what, "
     "when and why (send `X-Purpose` to say why; a default per operation applies).\n"
     "* **Deputies** see only a visit's time window, meeting place and the peer's contact."
@@ -76,7 +78,7 @@ def create_app(
                     ),
                     client,
                 )
-            app.state.texting = texts.Texting(
+            app.state.texting = Texting(
                 templates=templates,
                 program_name=settings.outreach_program_name,
                 indexer=indexer,
@@ -86,32 +88,23 @@ def create_app(
             )
             yield
 
-    app = create_service_app(
+    return create_service_app(
         "outreach",
         settings,
         title="PORTline outreach",
         description=DESCRIPTION,
         routers=[
-            api.router,
-            visits.router,
-            visits.deputy_router,
-            texts.router,
-            texts.webhook_router,
-            admin.router,
-            community.router,
+            tasks.api.router,
+            cases.api.router,
+            visits.api.router,
+            visits.deputy_api.router,
+            texts.api.router,
+            texts.webhook,
+            team.api.router,
+            audit.api.router,
+            community.api.router,
         ],
         consumers=consumers,
         extension=extension,
         team_roster=deactivated_members,  # outreach owns the roster: it reads it directly
     )
-
-    async def storage_unavailable(_request: Request, _exc: Exception) -> Response:
-        response = error_response(
-            503, "storage_unavailable", "The database is unavailable; nothing was changed."
-        )
-        response.headers["Retry-After"] = "5"
-        return response
-
-    app.add_exception_handler(DBAPIError, storage_unavailable)
-    app.add_exception_handler(ConnectionError, storage_unavailable)
-    return app

@@ -72,6 +72,7 @@ CASE = sa.Table(
     sa.Column("declined", sa.Boolean(), nullable=False, default=False),
     _ts("deceased_at", True),  # from DeathRecorded: no outreach to the person, ever
     sa.Column("version", sa.Integer(), nullable=False, default=1),
+    sa.Column("merged_into", sa.Uuid()),  # folded into this case when two people were one
 )
 
 EPISODE = sa.Table(
@@ -130,6 +131,7 @@ TASK = sa.Table(
     sa.Column("policy_version", sa.String(64), nullable=False),
     sa.Column("deputy", sa.String(16), nullable=False),
     sa.Column("late", sa.Boolean(), nullable=False, default=False),
+    sa.Column("quiet_hours", sa.Text()),  # JSON of TaskScheduled.quiet_hours, when planned
     sa.Column("assignee_id", sa.String(128)),
     _ts("assigned_at", True),
     sa.Column("outcome", sa.String(64)),
@@ -274,6 +276,7 @@ SMS_MESSAGE = sa.Table(
     sa.Column("template", sa.String(64), nullable=False),
     sa.Column("provider_id", sa.String(64)),
     sa.Column("status", sa.String(32), nullable=False),
+    sa.Column("quiet_hours_override", sa.Boolean(), nullable=False, default=False),
     _actor(),
     _ts("created_at"),
 )

@@ -8,17 +8,22 @@ Each check raises RuleViolation with a stable code; the API turns it into an HTT
 
 from __future__ import annotations
 
+import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime, time, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from shared.events.outreach import AttemptOutcome, Channel, ReferralStatus
+from shared.events.scheduler import QuietHours
 
 __all__ = [
     "ATTEMPT_OUTCOMES",
-    "FAILED_OUTCOMES",
+    "CLOCK_SKEW",
     "MAX_VISIT_WINDOW",
     "REFERRAL_TRANSITIONS",
+    "VISIT_HORIZON",
     "CaseState",
     "PersonCard",
     "RuleViolation",
@@ -27,11 +32,16 @@ __all__ = [
     "check_attempt",
     "check_case_workable",
     "check_may_work",
+    "check_occurred_at",
+    "check_quiet_hours",
     "check_referral_transition",
     "check_task_workable",
+    "check_visit_timing",
     "check_visit_window",
     "deputy_for_visit",
+    "overlapping_visit",
     "person_card",
+    "quiet_until",
 ]
 
 ATTEMPT_OUTCOMES: dict[Channel, frozenset[AttemptOutcome]] = {
@@ -46,10 +56,6 @@ ATTEMPT_OUTCOMES: dict[Channel, frozenset[AttemptOutcome]] = {
 }
 """Which outcomes make sense for which channel (a text is never "not found")."""
 
-FAILED_OUTCOMES: frozenset[AttemptOutcome] = frozenset(
-    {"no_answer", "left_message", "wrong_number", "not_found", "unsafe"}
-)
-
 REFERRAL_TRANSITIONS: dict[ReferralStatus, frozenset[ReferralStatus]] = {
     "offered": frozenset({"accepted", "declined", "lost"}),
     "accepted": frozenset({"appointment", "care_started", "declined", "lost"}),
@@ -62,14 +68,27 @@ REFERRAL_TRANSITIONS: dict[ReferralStatus, frozenset[ReferralStatus]] = {
 An appointment may be rescheduled (appointment → appointment). Final statuses stay final."""
 
 MAX_VISIT_WINDOW = timedelta(hours=8)
+VISIT_HORIZON = timedelta(days=60)
+"""How far ahead a visit may be planned; a window may also have begun up to a day ago (a
+visit is recorded the day it happened)."""
+CLOCK_SKEW = timedelta(minutes=5)
+"""How far in the future a reported time may be: a phone's clock runs a little ahead."""
 
 
 class RuleViolation(Exception):
-    def __init__(self, code: str, message: str, *, status: int = 409) -> None:
+    def __init__(
+        self,
+        code: str,
+        message: str,
+        *,
+        status: int = 409,
+        details: list[Any] | None = None,
+    ) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
         self.status = status
+        self.details = details or []
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,6 +178,98 @@ def check_visit_window(start: datetime, end: datetime) -> None:
             "invalid_window",
             f"A visit window is at most {MAX_VISIT_WINDOW.total_seconds() / 3600:g} hours.",
             status=422,
+        )
+
+
+def check_visit_timing(start: datetime, end: datetime, *, now: datetime) -> None:
+    """A visit is planned from a day ago (recorded the day it happened) to VISIT_HORIZON."""
+    if end < now - timedelta(days=1):
+        raise RuleViolation(
+            "invalid_window", "The visit window ended more than a day ago.", status=422
+        )
+    if start > now + VISIT_HORIZON:
+        raise RuleViolation(
+            "invalid_window",
+            f"A visit is planned at most {VISIT_HORIZON.days} days ahead.",
+            status=422,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class PlannedVisit:
+    """A scheduled visit, as far as overlaps go: its window and who goes."""
+
+    id: uuid.UUID
+    case_id: uuid.UUID
+    peer_id: str
+    deputy_id: str | None
+    start: datetime
+    end: datetime
+
+
+def overlapping_visit(visit: PlannedVisit, others: Iterable[PlannedVisit]) -> uuid.UUID | None:
+    """Another scheduled visit whose window overlaps this one and that shares its person, its
+    peer or its deputy (nobody is in two places at once); windows that only touch do not."""
+    for other in others:
+        if other.id == visit.id or not (other.start < visit.end and visit.start < other.end):
+            continue
+        people = {visit.peer_id, visit.deputy_id} - {None}
+        if other.case_id == visit.case_id or people & {other.peer_id, other.deputy_id}:
+            return other.id
+    return None
+
+
+def check_occurred_at(
+    at: datetime, *, now: datetime, overdose_at: datetime | None, field: str = "occurred_at"
+) -> None:
+    """Work is done after the overdose and not in the future (beyond CLOCK_SKEW)."""
+    if at > now + CLOCK_SKEW:
+        raise RuleViolation("time_in_future", f"{field} is in the future.", status=422)
+    if overdose_at is not None and at < overdose_at:
+        raise RuleViolation(
+            "time_before_overdose",
+            f"{field} is before the overdose it follows up.",
+            status=422,
+            details=[{"overdose_at": overdose_at.isoformat()}],
+        )
+
+
+def _clock(value: str) -> time:
+    hours, minutes = value.split(":")
+    return time(int(hours), int(minutes))
+
+
+def quiet_until(now: datetime, quiet: QuietHours | None, channel: str) -> datetime | None:
+    """When the program's quiet hours for a channel end, if `now` falls in them; else None.
+    Start is inclusive, end exclusive, on the program's wall clock; they may cross midnight."""
+    if quiet is None or channel not in quiet.channels:
+        return None
+    try:
+        zone = ZoneInfo(quiet.timezone)
+    except (ZoneInfoNotFoundError, ValueError):
+        return None
+    start, end = _clock(quiet.start), _clock(quiet.end)
+    local = now.astimezone(zone)
+    at = local.time().replace(tzinfo=None)
+    inside = start <= at < end if start < end else (at >= start or at < end)
+    if start == end or not inside:
+        return None
+    day = local.date() if at < end else local.date() + timedelta(days=1)
+    return datetime.combine(day, end, zone)
+
+
+def check_quiet_hours(
+    now: datetime, quiet: QuietHours | None, channel: str, *, override: bool
+) -> None:
+    """A text sent by hand in quiet hours needs the sender to say so (the person may have
+    asked to hear at night): without the override it is refused, with when they end."""
+    ends = quiet_until(now, quiet, channel)
+    if ends is not None and not override:
+        raise RuleViolation(
+            "quiet_hours",
+            "It is the program's quiet hours; send later, or send with "
+            "override_quiet_hours = true if the person asked to hear now.",
+            details=[{"quiet_hours_end": ends.isoformat()}],
         )
 
 

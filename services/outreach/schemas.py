@@ -8,10 +8,20 @@ from __future__ import annotations
 
 import uuid
 from datetime import date, datetime
-from typing import Generic, Literal, TypeVar
+from typing import Annotated, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from fastapi import Query
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+)
 
+from shared.edge import Body, Instant, Page, PageQuery
 from shared.events.outreach import (
     AttemptOutcome,
     Channel,
@@ -27,6 +37,8 @@ __all__ = [
     "AttemptBody",
     "AttemptView",
     "AuditEntry",
+    "AuditFilter",
+    "AuditQuery",
     "CaseView",
     "CommunityPerson",
     "CommunityReferralBody",
@@ -43,11 +55,16 @@ __all__ = [
     "NoticeView",
     "OverdoseView",
     "Page",
+    "PageQuery",
+    "Paging",
     "PersonView",
+    "QueueFilter",
     "QueuePage",
+    "QueueQuery",
     "ReferralBody",
     "ReferralUpdate",
     "ReferralView",
+    "ServiceItemBody",
     "ServicesBody",
     "ServicesView",
     "TaskKind",
@@ -57,12 +74,12 @@ __all__ = [
     "TextBody",
     "TextView",
     "VisitBody",
+    "VisitFilter",
     "VisitOutcomeBody",
+    "VisitQuery",
     "VisitUpdate",
     "VisitView",
 ]
-
-T = TypeVar("T")
 
 TaskKind = Literal["remote_contact", "in_person_visit", "follow_up", "family_support"]
 SourceKind = Literal["ems", "ed", "law_enforcement", "community"]
@@ -78,15 +95,28 @@ _NOTES = Field(
 )
 
 
-class _Body(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+_Body = Body
+
+MemberId = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[\w.@|:+-]+$")]
+"""A team member's id: their token's subject."""
+
+MAX_SERVICE_COUNT = 1000
+"""The most of one kind of service recorded at once (a box of test strips is 100)."""
 
 
-class Page(BaseModel, Generic[T]):
-    items: list[T]
-    next_cursor: str | None = Field(
-        description="Pass as ?cursor= for the next page; null on the last page."
-    )
+def _date_text(value: object) -> object:
+    if isinstance(value, int | float):
+        raise ValueError("a date is ISO 8601 text (YYYY-MM-DD), not a number")
+    return value
+
+
+def _plausible_birth(value: date) -> date:
+    if not date(1900, 1, 1) <= value <= date(2100, 1, 1):
+        raise ValueError("a date of birth from 1900 on is expected")
+    return value
+
+
+BirthDate = Annotated[date, BeforeValidator(_date_text), AfterValidator(_plausible_birth)]
 
 
 class PersonView(BaseModel):
@@ -196,13 +226,17 @@ class TaskView(BaseModel):
 
 
 class AssignBody(_Body):
-    assignee_id: str = Field(min_length=1, max_length=128, examples=["peer-ana"])
+    assignee_id: MemberId = Field(examples=["peer-ana"])
 
 
 class AttemptBody(_Body):
     channel: Channel
     outcome: AttemptOutcome
-    occurred_at: AwareDatetime | None = Field(default=None, description="Default: now.")
+    occurred_at: Instant | None = Field(
+        default=None,
+        description="Default: now. Not before the overdose, not in the future (5 min of clock "
+        "skew are allowed).",
+    )
     notes: str | None = _NOTES
 
     model_config = ConfigDict(
@@ -214,7 +248,9 @@ class AttemptBody(_Body):
 class ContactBody(_Body):
     channel: Channel
     task_id: uuid.UUID | None = None
-    occurred_at: AwareDatetime | None = None
+    occurred_at: Instant | None = Field(
+        default=None, description="Default: now. Not before the overdose, not in the future."
+    )
     notes: str | None = _NOTES
 
 
@@ -227,9 +263,16 @@ class ContactView(BaseModel):
     notes: str | None
 
 
+class ServiceItemBody(_Body):
+    kind: Literal["naloxone_kit", "fentanyl_test_strips", "syringe_services", "education"]
+    count: StrictInt = Field(default=1, ge=1, le=MAX_SERVICE_COUNT)
+
+
 class ServicesBody(_Body):
-    items: list[ServiceItem] = Field(min_length=1, max_length=10)
-    occurred_at: AwareDatetime | None = None
+    items: list[ServiceItemBody] = Field(min_length=1, max_length=10)
+    occurred_at: Instant | None = Field(
+        default=None, description="Default: now. Not before the overdose, not in the future."
+    )
 
     model_config = ConfigDict(
         extra="forbid",
@@ -255,7 +298,7 @@ class ServicesView(BaseModel):
 class ReferralBody(_Body):
     kind: ReferralKind
     status: Literal["offered", "accepted"] = "offered"
-    warm_handoff: bool = Field(
+    warm_handoff: StrictBool = Field(
         default=False, description="The peer introduced the person to the provider in person."
     )
     provider: str | None = Field(default=None, max_length=200, description="Stored sealed.")
@@ -271,7 +314,7 @@ class ReferralBody(_Body):
 
 class ReferralUpdate(_Body):
     status: ReferralStatus
-    appointment_at: AwareDatetime | None = Field(
+    appointment_at: Instant | None = Field(
         default=None, description="Required when the status is 'appointment'."
     )
     notes: str | None = _NOTES
@@ -314,26 +357,29 @@ class EpisodeView(BaseModel):
 
 class VisitBody(_Body):
     task_id: uuid.UUID = Field(description="An open in_person_visit task.")
-    window_start: AwareDatetime
-    window_end: AwareDatetime
+    window_start: Instant = Field(
+        description="From a day ago to 60 days ahead; the window is at most 8 hours and may "
+        "not overlap another visit of the person, the peer or the deputy."
+    )
+    window_end: Instant
     meeting_place: str = Field(
         min_length=1, max_length=300, description="Where the peer meets the person. Sealed."
     )
-    peer_id: str | None = Field(default=None, description="Default: you (a peer).")
-    deputy: bool | None = Field(
+    peer_id: MemberId | None = Field(default=None, description="Default: you (a peer).")
+    deputy: StrictBool | None = Field(
         default=None,
         description="Ask for a deputy where the program allows it on request; ignored where "
         "the policy always sends one; refused where it never does.",
     )
-    deputy_id: str | None = None
+    deputy_id: MemberId | None = None
 
 
 class VisitUpdate(_Body):
-    window_start: AwareDatetime | None = None
-    window_end: AwareDatetime | None = None
+    window_start: Instant | None = None
+    window_end: Instant | None = None
     meeting_place: str | None = Field(default=None, min_length=1, max_length=300)
-    peer_id: str | None = None
-    deputy_id: str | None = None
+    peer_id: MemberId | None = None
+    deputy_id: MemberId | None = None
 
 
 class VisitOutcomeBody(_Body):
@@ -410,7 +456,7 @@ class TeamMemberBody(_Body):
     phone: str | None = Field(
         default=None, max_length=32, description="Work phone (shown to the deputy on visits)."
     )
-    active: bool = True
+    active: StrictBool = True
 
 
 class TeamMemberView(BaseModel):
@@ -422,7 +468,13 @@ class TeamMemberView(BaseModel):
 
 
 class TextBody(_Body):
-    template: str = Field(examples=["first_contact"])
+    template: str = Field(min_length=1, max_length=64, examples=["first_contact"])
+    override_quiet_hours: StrictBool = Field(
+        default=False,
+        description="Send even in the program's quiet hours, because the person asked to hear "
+        "now. Without it, a text in quiet hours is refused (409 quiet_hours, with when they "
+        "end). Recorded with the message.",
+    )
 
 
 class TextView(BaseModel):
@@ -469,8 +521,10 @@ class CommunityPerson(_Body):
 
     family_name: str | None = Field(default=None, min_length=1, max_length=100)
     given_name: str | None = Field(default=None, min_length=1, max_length=100)
-    date_of_birth: date | None = None
-    phones: list[str] = Field(default_factory=list, max_length=4)
+    date_of_birth: BirthDate | None = None
+    phones: list[Annotated[str, Field(min_length=1, max_length=32)]] = Field(
+        default_factory=list, max_length=4
+    )
     street: str | None = Field(default=None, max_length=200)
     city: str | None = Field(default=None, max_length=100)
     postal_code: str | None = Field(default=None, max_length=16)
@@ -489,8 +543,8 @@ class CommunityReferralBody(_Body):
         description="The person's answer to a peer following up, as they gave it. `declined` "
         "is recorded and counted, and plans no outreach."
     )
-    overdose: bool = Field(description="Whether the referral is about an overdose.")
-    overdose_at: AwareDatetime | None = Field(
+    overdose: StrictBool = Field(description="Whether the referral is about an overdose.")
+    overdose_at: Instant | None = Field(
         default=None,
         description="When the overdose happened, if there was one and it is known. Windows "
         "count from it as for any report; without it, from now.",
@@ -526,3 +580,45 @@ class CommunityReferralView(BaseModel):
     overdose: bool
     created_at: datetime
     created_by: str
+
+
+class QueueQuery(PageQuery):
+    """Which tasks the queue shows."""
+
+    status: Literal["open", "completed", "cancelled", "expired"] = "open"
+    kind: TaskKind | None = None
+    stage: Literal["scheduled", "due", "overdue"] | None = None
+    assignee: str | None = Field(
+        default=None,
+        max_length=128,
+        pattern=r"^[\w.@-]+$",
+        description="'me', 'unassigned', or a team member id.",
+    )
+    due_before: Instant | None = None
+    report_id: uuid.UUID | None = Field(
+        default=None,
+        description="Only the tasks of the episode this report belongs to: the `report_id` "
+        "intake answered (EMS, ED, law enforcement) or a community referral's id. The report "
+        "must have reached the scheduler and been linked first (usually within seconds).",
+    )
+
+
+class VisitQuery(PageQuery):
+    status: Literal["scheduled", "completed", "cancelled"] = "scheduled"
+    mine: bool = Field(default=False, description="Only visits I lead.")
+
+
+class AuditQuery(PageQuery):
+    limit: int = Field(default=100, ge=1, le=500)
+    actor_id: str | None = Field(default=None, max_length=128, pattern=r"^[\w.@|:+-]+$")
+    case_id: uuid.UUID | None = None
+    resource: str | None = Field(default=None, max_length=32, pattern=r"^[a-z_]+$")
+    since: Instant | None = None
+    until: Instant | None = None
+
+
+Paging = Annotated[PageQuery, Query()]
+"""A list's paging, from the query string."""
+QueueFilter = Annotated[QueueQuery, Query()]
+VisitFilter = Annotated[VisitQuery, Query()]
+AuditFilter = Annotated[AuditQuery, Query()]

@@ -25,15 +25,16 @@ from services.reporting.exports import (
 from services.reporting.figures import Figures, View
 from services.reporting.metrics import METRICS, METRICS_BY_ID
 from services.reporting.programs import ProgramBook
-from shared.auth import Principal, require
+from shared.auth import Principal
+from shared.edge import EdgeRoute, guard
 from shared.http import ApiError, ErrorResponse
 from shared.runtime import Runtime
 
 __all__ = ["router"]
 
-router = APIRouter(prefix="/v1", tags=["reporting"])
+router = APIRouter(prefix="/v1", tags=["reporting"], route_class=EdgeRoute)
 
-Reader = Annotated[Principal, Depends(require("analyst", "team_lead", "admin"))]
+Reader = Annotated[Principal, Depends(guard("analyst", "team_lead", "admin"))]
 ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse} for code in (401, 403, 404, 422)
 }

@@ -1,5 +1,6 @@
 """The scheduler's HTTP API for team leads: the policy in force, a case's timeline, the
-uncertain person matches waiting for a decision, and the audit log of who read them.
+uncertain person matches waiting for a decision (confirming one merges two people: the
+handlers do it, and publish PersonsMerged), and the audit log of who read them.
 
 Every role, admins included, sees only its own program: another program's records are "not
 found" (404), never "forbidden". Every read of a person's data, and every match decision, is
@@ -8,43 +9,41 @@ written to the scheduler's append-only audit log (services.scheduler.audit)."""
 from __future__ import annotations
 
 import json
-import re
 import uuid
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
 import sqlalchemy as sa
 from fastapi import APIRouter, Depends, Query, Request
-from pydantic import AwareDatetime, BaseModel, Field
+from pydantic import BaseModel, Field
 
 from services.scheduler.audit import Reader
-from services.scheduler.handlers import PolicyBook
-from services.scheduler.models import (
-    AUDIT,
-    CASE,
-    EPISODE,
-    PERSON_KEY,
-    POSSIBLE_MATCH,
-    REPORT_LINK,
-    TASK,
+from services.scheduler.handlers import (
+    MatchDecidedError,
+    MatchDecision,
+    MatchNotFoundError,
+    PolicyBook,
+    Scheduler,
 )
+from services.scheduler.models import AUDIT, CASE, EPISODE, POSSIBLE_MATCH, REPORT_LINK, TASK
 from services.scheduler.timers import TIMER
-from shared.auth import Principal, require
+from shared.auth import Principal
+from shared.edge import Cursor, EdgeRoute, Instant, Page, PageQuery, guard, keyset_page
 from shared.http import ApiError, ErrorResponse
 from shared.runtime import Runtime
 
 __all__ = ["router"]
 
-router = APIRouter(prefix="/v1", tags=["scheduler"])
+router = APIRouter(prefix="/v1", tags=["scheduler"], route_class=EdgeRoute)
 
-Lead = Annotated[Principal, Depends(require("team_lead", "admin"))]
-Anyone = Annotated[Principal, Depends(require())]
-Admin = Annotated[Principal, Depends(require("admin"))]
-ERRORS: dict[int | str, dict[str, Any]] = {
-    401: {"model": ErrorResponse},
-    403: {"model": ErrorResponse},
-    404: {"model": ErrorResponse},
-}
+Lead = Annotated[Principal, Depends(guard("team_lead", "admin"))]
+Anyone = Annotated[Principal, Depends(guard())]
+Admin = Annotated[Principal, Depends(guard("admin"))]
+ERRORS: dict[int | str, dict[str, Any]] = {404: {"model": ErrorResponse}}
+MATCH_CURSOR: Cursor[tuple[datetime, uuid.UUID]] = Cursor(tuple[Instant, uuid.UUID])
+"""The possible matches' sort key of a page's last match: created_at, id."""
+AUDIT_CURSOR: Cursor[tuple[int]] = Cursor(tuple[Annotated[int, Field(gt=-(2**63), le=-1)]])
+"""The audit log's position of a page's last entry, negated (newest first)."""
 
 
 def _runtime(request: Request) -> Runtime:
@@ -113,7 +112,10 @@ def timing_note(episode: Any) -> str:
 
 class TimelineItem(BaseModel):
     at: datetime = Field(description="When this happened or is due.")
-    kind: Literal["report", "episode", "task", "timer"]
+    kind: Literal["case", "report", "episode", "task", "timer"] = Field(
+        description="case: the case opened, or closed (with the reason: a lead's conclusion, "
+        "or a duplicate after two people were merged)."
+    )
     id: str
     detail: dict[str, Any]
 
@@ -121,6 +123,9 @@ class TimelineItem(BaseModel):
 class Timeline(BaseModel):
     case_id: uuid.UUID
     status: str
+    close_reason: str | None = Field(
+        default=None, description="Why the case closed (a conclusion's reason), once it has."
+    )
     priority: int
     items: list[TimelineItem] = Field(
         description="Every report, episode, task and timer, in order."
@@ -129,9 +134,10 @@ class Timeline(BaseModel):
 
 @router.get(
     "/cases/{case_id}/timeline",
-    summary="Why is this due now: every report, episode, task and timer of a case, in order",
+    summary="Why is this due now: the case's opening and closing, and every report, episode, "
+    "task and timer of it, in order",
     description="Audited: the read is written to the audit log (send `X-Purpose` to say why).",
-    responses=ERRORS,
+    responses={**ERRORS, 503: {"model": ErrorResponse}},
 )
 async def get_timeline(case_id: uuid.UUID, principal: Lead, request: Request) -> Timeline:
     runtime = _runtime(request)
@@ -144,7 +150,16 @@ async def get_timeline(case_id: uuid.UUID, principal: Lead, request: Request) ->
         ).first()
         if case is None:
             raise ApiError(404, "not_found", "No such case in your program.")
-        items: list[TimelineItem] = []
+        items = [
+            TimelineItem(
+                at=case.opened_at, kind="case", id=str(case.id), detail={"event": "opened"}
+            )
+        ]
+        if case.closed_at is not None:
+            closed = {"event": "closed", "reason": case.close_reason}
+            items.append(
+                TimelineItem(at=case.closed_at, kind="case", id=str(case.id), detail=closed)
+            )
         episodes = list(await s.execute(sa.select(EPISODE).where(EPISODE.c.case_id == case_id)))
         for e in episodes:
             items.append(
@@ -221,7 +236,13 @@ async def get_timeline(case_id: uuid.UUID, principal: Lead, request: Request) ->
         await reader.audit(s, "read", "case_timeline", [(case.id, case.id)])
         await s.commit()
     items.sort(key=lambda i: (i.at, i.kind))
-    return Timeline(case_id=case.id, status=case.status, priority=case.priority, items=items)
+    return Timeline(
+        case_id=case.id,
+        status=case.status,
+        close_reason=case.close_reason,
+        priority=case.priority,
+        items=items,
+    )
 
 
 class PossibleMatchOut(BaseModel):
@@ -234,50 +255,58 @@ class PossibleMatchOut(BaseModel):
     created_at: datetime
 
 
+def _match_out(m: MatchDecision | Any, status: str | None = None) -> PossibleMatchOut:
+    return PossibleMatchOut(
+        id=m.id,
+        report_id=m.report_id,
+        person_id=m.person_id,
+        candidate_id=m.candidate_id,
+        reasons=m.reasons if isinstance(m, MatchDecision) else json.loads(m.reasons),
+        status=status or m.status,
+        created_at=m.created_at,
+    )
+
+
 @router.get(
     "/possible-matches",
-    summary="Uncertain person matches, for a team lead to confirm or split",
-    description="Audited: the read is written to the audit log, one entry per match.",
-    responses=ERRORS,
+    summary="Uncertain person matches, for a team lead to confirm or split (oldest first)",
+    description="A page like every list (`{items, next_cursor}`); before this release the "
+    "matches were a bare array. Audited: the read is written to the audit log, one entry per "
+    "match.",
+    responses={503: {"model": ErrorResponse}},
 )
 async def list_possible_matches(
     principal: Lead,
     request: Request,
+    page: Annotated[PageQuery, Query()],
     status: Literal["open", "confirmed", "split"] = "open",
-) -> list[PossibleMatchOut]:
+) -> Page[PossibleMatchOut]:
     reader = Reader.of(request, principal, "review possible matches")
+    query = sa.select(POSSIBLE_MATCH).where(
+        POSSIBLE_MATCH.c.program_id == principal.program, POSSIBLE_MATCH.c.status == status
+    )
     async with _runtime(request).sessions() as s:
-        rows = list(
-            await s.execute(
-                sa.select(POSSIBLE_MATCH)
-                .where(
-                    POSSIBLE_MATCH.c.program_id == principal.program,
-                    POSSIBLE_MATCH.c.status == status,
-                )
-                .order_by(POSSIBLE_MATCH.c.created_at)
-            )
+        rows, next_cursor = await keyset_page(
+            s,
+            query,
+            keys=[POSSIBLE_MATCH.c.created_at, POSSIBLE_MATCH.c.id],
+            key_of=lambda m: (m.created_at, m.id),
+            cursor=MATCH_CURSOR,
+            page=page,
         )
         await reader.audit(s, "read", "possible_match", [(r.id, None) for r in rows])
         await s.commit()
-        return [
-            PossibleMatchOut(
-                id=r.id,
-                report_id=r.report_id,
-                person_id=r.person_id,
-                candidate_id=r.candidate_id,
-                reasons=json.loads(r.reasons),
-                status=r.status,
-                created_at=r.created_at,
-            )
-            for r in rows
-        ]
+    return Page[PossibleMatchOut](items=[_match_out(r) for r in rows], next_cursor=next_cursor)
 
 
 @router.post(
     "/possible-matches/{match_id}/{decision}",
     summary="Confirm (the two are one person: merge) or split (two people: keep apart)",
-    description="Audited, as a change of the match.",
-    responses={**ERRORS, 409: {"model": ErrorResponse}},
+    description="Confirming merges the report's person into the candidate: their cases become "
+    "one (the other open case closes as a duplicate), and a do-not-contact request or a "
+    "decline of either person holds for the one who stays. Published as `PersonsMerged`. "
+    "Audited, as a change of the match.",
+    responses={**ERRORS, 409: {"model": ErrorResponse}, 503: {"model": ErrorResponse}},
 )
 async def decide_possible_match(
     match_id: uuid.UUID,
@@ -285,64 +314,22 @@ async def decide_possible_match(
     principal: Lead,
     request: Request,
 ) -> PossibleMatchOut:
-    runtime = _runtime(request)
+    scheduler: Scheduler = request.app.state.scheduler
     reader = Reader.of(request, principal, f"{decision} a possible match")
-    async with runtime.uow() as uow:
-        s = uow.session
-        row = (
-            await s.execute(sa.select(POSSIBLE_MATCH).where(POSSIBLE_MATCH.c.id == match_id))
-        ).first()
-        if row is None or row.program_id != principal.program:
-            raise ApiError(404, "not_found", "No such possible match in your program.")
-        if row.status != "open":
-            raise ApiError(409, "already_decided", f"This match was already {row.status}.")
-        now = uow.clock.now()
-        status = "confirmed" if decision == "confirm" else "split"
-        if decision == "confirm":
-            # One person: the candidate keeps the identity keys; the report's cases move to it.
-            keys = await s.execute(
-                sa.select(PERSON_KEY).where(PERSON_KEY.c.person_id == row.person_id)
+    async with _runtime(request).uow() as uow:
+        try:
+            decided = await scheduler.decide_match(
+                uow, match_id=match_id, program_id=principal.program, confirm=decision == "confirm"
             )
-            have = {
-                (k.kind, k.value)
-                for k in await s.execute(
-                    sa.select(PERSON_KEY).where(PERSON_KEY.c.person_id == row.candidate_id)
-                )
-            }
-            for k in keys:
-                if (k.kind, k.value) not in have:
-                    await s.execute(
-                        PERSON_KEY.insert().values(
-                            person_id=row.candidate_id, kind=k.kind, value=k.value
-                        )
-                    )
-            await s.execute(PERSON_KEY.delete().where(PERSON_KEY.c.person_id == row.person_id))
-            await s.execute(
-                CASE.update()
-                .where(CASE.c.person_id == row.person_id)
-                .values(person_id=row.candidate_id)
-            )
-            await s.execute(
-                EPISODE.update()
-                .where(EPISODE.c.person_id == row.person_id)
-                .values(person_id=row.candidate_id)
-            )
-        await s.execute(
-            POSSIBLE_MATCH.update()
-            .where(POSSIBLE_MATCH.c.id == match_id)
-            .values(status=status, resolved_at=now)
-        )
-        await reader.audit(s, "update", "possible_match", [(match_id, None)], at=now)
+        except MatchNotFoundError:
+            raise ApiError(404, "not_found", "No such possible match in your program.") from None
+        except MatchDecidedError as exc:
+            raise ApiError(
+                409, "already_decided", f"This match was already {exc.status}."
+            ) from None
+        await reader.audit(uow.session, "update", "possible_match", [(match_id, None)])
         await uow.commit()
-    return PossibleMatchOut(
-        id=row.id,
-        report_id=row.report_id,
-        person_id=row.person_id,
-        candidate_id=row.candidate_id,
-        reasons=json.loads(row.reasons),
-        status=status,
-        created_at=row.created_at,
-    )
+    return _match_out(decided)
 
 
 class AuditEntry(BaseModel):
@@ -357,64 +344,58 @@ class AuditEntry(BaseModel):
     purpose: str = Field(description="What the caller stated (X-Purpose), else the operation's.")
 
 
-class AuditPage(BaseModel):
-    items: list[AuditEntry]
-    next_cursor: str | None = Field(
-        description="Pass as ?cursor= for the next page; null on the last page."
-    )
+class AuditQuery(PageQuery):
+    limit: int = Field(default=100, ge=1, le=500)
+    actor_id: str | None = Field(default=None, max_length=128)
+    case_id: uuid.UUID | None = None
+    resource: Literal["case_timeline", "possible_match"] | None = None
+    since: Instant | None = None
+    until: Instant | None = None
 
 
 @router.get(
     "/audit",
     summary="Who read or decided whose records here, when and why (admins; newest first)",
-    description="Append-only: nobody can edit or delete an entry. Only the caller's program.",
-    responses={**ERRORS, 400: {"model": ErrorResponse}},
+    description="Append-only: nobody can edit or delete an entry. Only the caller's program. "
+    "A page like every list (`{items, next_cursor}`).",
+    responses={503: {"model": ErrorResponse}},
 )
 async def read_audit(
-    principal: Admin,
-    request: Request,
-    actor_id: Annotated[str | None, Query(max_length=128)] = None,
-    case_id: uuid.UUID | None = None,
-    resource: Literal["case_timeline", "possible_match"] | None = None,
-    since: AwareDatetime | None = None,
-    until: AwareDatetime | None = None,
-    limit: Annotated[int, Query(ge=1, le=500)] = 100,
-    cursor: Annotated[str | None, Query(description="next_cursor of the previous page")] = None,
-) -> AuditPage:
+    principal: Admin, request: Request, query: Annotated[AuditQuery, Query()]
+) -> Page[AuditEntry]:
     reader = Reader.of(request, principal, "review the audit log")
-    query = sa.select(AUDIT).where(AUDIT.c.program_id == principal.program)
-    if actor_id:
-        query = query.where(AUDIT.c.actor_id == actor_id)
-    if case_id:
-        query = query.where(AUDIT.c.case_id == case_id)
-    if resource:
-        query = query.where(AUDIT.c.resource == resource)
-    if since:
-        query = query.where(AUDIT.c.at >= since)
-    if until:
-        query = query.where(AUDIT.c.at < until)
-    if cursor:
-        if not re.fullmatch(r"[0-9]{1,18}", cursor):
-            raise ApiError(400, "invalid_cursor", "The cursor is not one this API gave out.")
-        query = query.where(AUDIT.c.id < int(cursor))
-    query = query.order_by(AUDIT.c.id.desc()).limit(limit + 1)
+    q = sa.select(AUDIT).where(AUDIT.c.program_id == principal.program)
+    if query.actor_id:
+        q = q.where(AUDIT.c.actor_id == query.actor_id)
+    if query.case_id:
+        q = q.where(AUDIT.c.case_id == query.case_id)
+    if query.resource:
+        q = q.where(AUDIT.c.resource == query.resource)
+    if query.since:
+        q = q.where(AUDIT.c.at >= query.since)
+    if query.until:
+        q = q.where(AUDIT.c.at < query.until)
     async with _runtime(request).sessions() as s:
-        rows = list(await s.execute(query))
-    page = rows[:limit]
-    return AuditPage(
-        items=[
-            AuditEntry(
-                id=r.id,
-                at=r.at,
-                actor_id=r.actor_id,
-                role=r.role,
-                action=r.action,
-                resource=r.resource,
-                resource_id=r.resource_id,
-                case_id=r.case_id,
-                purpose=reader.stated(r.purpose_sealed) or r.purpose,
-            )
-            for r in page
-        ],
-        next_cursor=str(page[-1].id) if len(rows) > limit else None,
-    )
+        rows, next_cursor = await keyset_page(
+            s,
+            q,
+            keys=[-AUDIT.c.id],
+            key_of=lambda entry: (-entry.id,),
+            cursor=AUDIT_CURSOR,
+            page=query,
+        )
+    items = [
+        AuditEntry(
+            id=r.id,
+            at=r.at,
+            actor_id=r.actor_id,
+            role=r.role,
+            action=r.action,
+            resource=r.resource,
+            resource_id=r.resource_id,
+            case_id=r.case_id,
+            purpose=reader.stated(r.purpose_sealed) or r.purpose,
+        )
+        for r in rows
+    ]
+    return Page[AuditEntry](items=items, next_cursor=next_cursor)

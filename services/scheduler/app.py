@@ -68,6 +68,7 @@ def create_app(settings: Settings) -> FastAPI:
     @asynccontextmanager
     async def extension(app: FastAPI, runtime: Runtime) -> AsyncIterator[None]:
         app.state.policies = policies
+        app.state.scheduler = scheduler()
         app.state.sealer = sealer()  # the audit log seals what callers state
         runner = TimerRunner(
             runtime.uow,

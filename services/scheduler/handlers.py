@@ -22,7 +22,7 @@ import dataclasses
 import json
 import logging
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Any
@@ -31,8 +31,23 @@ import sqlalchemy as sa
 
 from services.scheduler import timers
 from services.scheduler.batch import ReportBatch, Writes
-from services.scheduler.linking import ReportIdentity, episode_for, link
-from services.scheduler.models import CASE, EPISODE, PERSON, POSSIBLE_MATCH, REPORT_LINK, TASK
+from services.scheduler.linking import (
+    CaseFacts,
+    PersonFacts,
+    ReportIdentity,
+    episode_for,
+    link,
+    merge_people,
+)
+from services.scheduler.models import (
+    CASE,
+    EPISODE,
+    PERSON,
+    PERSON_KEY,
+    POSSIBLE_MATCH,
+    REPORT_LINK,
+    TASK,
+)
 from services.scheduler.policy import (
     PlannedTask,
     Policy,
@@ -47,15 +62,18 @@ from services.scheduler.policy import (
 from services.scheduler.reports import Report, report_of
 from shared.envelope import Envelope, Event
 from shared.events import (
+    FAILED_OUTCOMES,
     AttemptLogged,
     CaseClosed,
     CaseOpened,
+    CommunityReferralReceived,
     ContactMade,
     DeathRecorded,
     DoNotContactRequested,
     EpisodeOpened,
     OutreachConcluded,
     OutreachDeclined,
+    PersonsMerged,
     ReportLinked,
     TaskCancelled,
     TaskCompleted,
@@ -65,17 +83,22 @@ from shared.events import (
     TaskScheduled,
     VisitCompleted,
 )
-from shared.events.scheduler import TaskKind
+from shared.events.scheduler import QuietHours, TaskKind
 from shared.ids import new_uuid
 from shared.sealing import Sealer
 from shared.uow import UnitOfWork
 
-__all__ = ["FAILED_OUTCOMES", "PolicyBook", "Scheduler"]
+__all__ = [
+    "MatchDecidedError",
+    "MatchDecision",
+    "MatchNotFoundError",
+    "PolicyBook",
+    "Scheduler",
+]
 
 log = logging.getLogger(__name__)
 
-FAILED_OUTCOMES = frozenset({"no_answer", "left_message", "wrong_number", "not_found"})
-"""Attempt outcomes that count towards escalation to an in-person visit."""
+ActivityHandler = Callable[[UnitOfWork, Writes, Any], Awaitable[None]]
 
 
 class PolicyBook:
@@ -91,6 +114,31 @@ class PolicyBook:
         if program_id not in self._policies:
             self._policies[program_id] = default_policy(program_id, self._timezone)
         return self._policies[program_id]
+
+
+class MatchNotFoundError(LookupError):
+    """No such possible match in the program."""
+
+
+class MatchDecidedError(Exception):
+    """The possible match was decided already."""
+
+    def __init__(self, status: str) -> None:
+        super().__init__(f"the match was already {status}")
+        self.status = status
+
+
+@dataclass(frozen=True, slots=True)
+class MatchDecision:
+    """A possible match as a lead decided it."""
+
+    id: uuid.UUID
+    report_id: uuid.UUID
+    person_id: uuid.UUID
+    candidate_id: uuid.UUID
+    reasons: list[str]
+    status: str
+    created_at: datetime
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +172,16 @@ class Scheduler:
         self._policies = policies
         self._new_id = new_id
         self._window = episode_window
+        self._activity: dict[type[Event], ActivityHandler] = {
+            AttemptLogged: self._attempt_logged,
+            ContactMade: self._contact_made,
+            VisitCompleted: self._visit_completed,
+            OutreachDeclined: self._declined,
+            DoNotContactRequested: self._do_not_contact,
+            OutreachConcluded: self._concluded,
+            CommunityReferralReceived: self._community_referral,
+        }
+        """What the scheduler does with each kind of outreach activity: one line a type."""
 
     # --- reports -------------------------------------------------------------------------
 
@@ -226,6 +284,7 @@ class Scheduler:
                     "status": "open",
                     "priority": policy.priorities.default,
                     "opened_at": now,
+                    "declined": False,
                 }
             )
             uow.publish(
@@ -306,6 +365,8 @@ class Scheduler:
         if event.fatal:
             await self._record_death(uow, batch, event, case.id, person.id, episode_id)
             return
+        if repeat:  # a repeat overdose reopens outreach the person had declined
+            await batch.writes.update(s, CASE, case.id, declined=False)
         if plan.priority is not None and plan.priority != case.priority:
             await batch.reprioritize(s, case, plan.priority)
         if repeat and plan.tasks:
@@ -541,6 +602,7 @@ class Scheduler:
                 policy_version=planned.policy_version,
                 deputy=planned.deputy,
                 late=planned.late,
+                quiet_hours=_quiet_hours(self._policies.for_program(program_id)),
             ),
             subject=str(case_id),
         )
@@ -689,70 +751,239 @@ class Scheduler:
     # --- outreach activity ----------------------------------------------------------------
 
     async def on_activity(self, uow: UnitOfWork, envelope: Envelope) -> None:
+        """What the team did, by event type (ACTIVITY); other types are not the scheduler's."""
         event = envelope.event()
-        report = report_of(event)  # a community referral the team entered: a report like any
-        if report is not None:
-            await self.apply_reports(uow, [report])
+        handler = self._activity.get(type(event))
+        if handler is None:
             return
         writes = Writes()
-        await self._on_activity(uow, writes, event)
+        await handler(uow, writes, event)
         await writes.flush(uow.session)
 
-    async def _on_activity(self, uow: UnitOfWork, writes: Writes, event: Event) -> None:
+    async def _community_referral(
+        self, uow: UnitOfWork, _writes: Writes, event: CommunityReferralReceived
+    ) -> None:
+        """A referral the team entered is a report like any other."""
+        report = report_of(event)
+        if report is not None:
+            await self.apply_reports(uow, [report])
+
+    async def _attempt_logged(self, uow: UnitOfWork, writes: Writes, event: AttemptLogged) -> None:
         s = uow.session
-        if isinstance(event, AttemptLogged):
-            row = (await s.execute(sa.select(TASK).where(TASK.c.id == event.task_id))).first()
-            if row is None or row.status != "open":
-                return
-            task = _task(row._mapping)
-            if event.outcome == "declined":
-                await self._stop_case(uow, writes, event.case_id, reason="declined")
-            elif event.outcome == "reached":
-                if task.kind == TaskKind.FOLLOW_UP.value:  # the follow-up itself is done
-                    await self._close(uow, writes, task, status="completed", reason="contact_made")
-                await self._contact(uow, writes, event.case_id, event.occurred_at)
-            elif event.outcome in FAILED_OUTCOMES:
-                task = dataclasses.replace(task, failed_attempts=task.failed_attempts + 1)
-                await s.execute(
-                    TASK.update()
-                    .where(TASK.c.id == task.id)
-                    .values(failed_attempts=task.failed_attempts)
-                )
-                if task.kind == TaskKind.REMOTE_CONTACT.value:
-                    await self._escalate(uow, writes, task)
-        elif isinstance(event, ContactMade):
+        row = (await s.execute(sa.select(TASK).where(TASK.c.id == event.task_id))).first()
+        if row is None or row.status != "open":
+            return
+        task = _task(row._mapping)
+        if event.outcome == "declined":
+            await self._declined(uow, writes, event)
+        elif event.outcome == "reached":
+            if task.kind == TaskKind.FOLLOW_UP.value:  # the follow-up itself is done
+                await self._close(uow, writes, task, status="completed", reason="contact_made")
             await self._contact(uow, writes, event.case_id, event.occurred_at)
-        elif isinstance(event, VisitCompleted):
-            if event.reached:
-                await self._contact(uow, writes, event.case_id, event.occurred_at)
-        elif isinstance(event, OutreachDeclined):
-            await self._stop_case(uow, writes, event.case_id, reason="declined")
-        elif isinstance(event, DoNotContactRequested):
-            case = (await s.execute(sa.select(CASE).where(CASE.c.id == event.case_id))).first()
-            if case is not None:
+        elif event.outcome in FAILED_OUTCOMES:
+            task = dataclasses.replace(task, failed_attempts=task.failed_attempts + 1)
+            await s.execute(
+                TASK.update()
+                .where(TASK.c.id == task.id)
+                .values(failed_attempts=task.failed_attempts)
+            )
+            if task.kind == TaskKind.REMOTE_CONTACT.value:
+                await self._escalate(uow, writes, task)
+
+    async def _contact_made(self, uow: UnitOfWork, writes: Writes, event: ContactMade) -> None:
+        await self._contact(uow, writes, event.case_id, event.occurred_at)
+
+    async def _visit_completed(
+        self, uow: UnitOfWork, writes: Writes, event: VisitCompleted
+    ) -> None:
+        if event.reached:
+            await self._contact(uow, writes, event.case_id, event.occurred_at)
+
+    async def _declined(
+        self, uow: UnitOfWork, writes: Writes, event: OutreachDeclined | AttemptLogged
+    ) -> None:
+        """Declined is honoured: the case remembers it (until a repeat overdose) and stops."""
+        await uow.session.execute(
+            CASE.update().where(CASE.c.id == event.case_id).values(declined=True)
+        )
+        await self._stop_case(uow, writes, event.case_id, reason="declined")
+
+    async def _do_not_contact(
+        self, uow: UnitOfWork, writes: Writes, event: DoNotContactRequested
+    ) -> None:
+        """Final: the person, not only the case, is never to be contacted again."""
+        s = uow.session
+        case = (await s.execute(sa.select(CASE).where(CASE.c.id == event.case_id))).first()
+        if case is not None:
+            await s.execute(
+                PERSON.update().where(PERSON.c.id == case.person_id).values(do_not_contact=True)
+            )
+        await self._stop_case(uow, writes, event.case_id, reason="do_not_contact")
+
+    async def _concluded(self, uow: UnitOfWork, writes: Writes, event: OutreachConcluded) -> None:
+        s = uow.session
+        await self._stop_case(uow, writes, event.case_id, reason="outreach_concluded")
+        case = (await s.execute(sa.select(CASE).where(CASE.c.id == event.case_id))).first()
+        if case is None or case.status != "open":
+            return
+        now = uow.clock.now()
+        await s.execute(
+            CASE.update()
+            .where(CASE.c.id == event.case_id)
+            .values(status="closed", closed_at=now, close_reason=event.reason)
+        )
+        uow.publish(
+            CaseClosed(
+                case_id=event.case_id,
+                program_id=event.program_id,
+                reason=event.reason,
+                closed_at=now,
+            ),
+            subject=str(event.case_id),
+        )
+
+    # --- people merged ----------------------------------------------------------------------
+
+    async def decide_match(
+        self, uow: UnitOfWork, *, match_id: uuid.UUID, program_id: str, confirm: bool
+    ) -> MatchDecision:
+        """A team lead's decision on a possible match: confirmed, the two people are one
+        (merged, and PersonsMerged published); split, they stay two. Not committed here."""
+        s = uow.session
+        row = (
+            await s.execute(sa.select(POSSIBLE_MATCH).where(POSSIBLE_MATCH.c.id == match_id))
+        ).first()
+        if row is None or row.program_id != program_id:
+            raise MatchNotFoundError(match_id)
+        if row.status != "open":
+            raise MatchDecidedError(row.status)
+        now = uow.clock.now()
+        status = "confirmed" if confirm else "split"
+        await s.execute(
+            POSSIBLE_MATCH.update()
+            .where(POSSIBLE_MATCH.c.id == match_id)
+            .values(status=status, resolved_at=now)
+        )
+        if confirm and row.person_id != row.candidate_id:
+            await self._merge(uow, row, now)
+        return MatchDecision(
+            id=row.id,
+            report_id=row.report_id,
+            person_id=row.person_id,
+            candidate_id=row.candidate_id,
+            reasons=json.loads(row.reasons),
+            status=status,
+            created_at=row.created_at,
+        )
+
+    async def _person_facts(self, uow: UnitOfWork, person_id: uuid.UUID) -> PersonFacts:
+        s = uow.session
+        person = (await s.execute(sa.select(PERSON).where(PERSON.c.id == person_id))).first()
+        cases = await s.execute(sa.select(CASE).where(CASE.c.person_id == person_id))
+        return PersonFacts(
+            person_id=person_id,
+            do_not_contact=bool(person and person.do_not_contact),
+            deceased_at=person.deceased_at if person else None,
+            cases=tuple(
+                CaseFacts(
+                    case_id=c.id,
+                    open=c.status == "open",
+                    declined=c.declined,
+                    priority=c.priority,
+                    opened_at=c.opened_at,
+                )
+                for c in cases
+            ),
+        )
+
+    async def _merge(self, uow: UnitOfWork, match: Any, now: datetime) -> None:
+        """The report's person is the candidate: linking.merge_people decides, this applies."""
+        s = uow.session
+        kept_id, merged_id = match.candidate_id, match.person_id
+        merge = merge_people(
+            await self._person_facts(uow, kept_id), await self._person_facts(uow, merged_id)
+        )
+        have = {
+            (k.kind, k.value)
+            for k in await s.execute(sa.select(PERSON_KEY).where(PERSON_KEY.c.person_id == kept_id))
+        }
+        for k in list(
+            await s.execute(sa.select(PERSON_KEY).where(PERSON_KEY.c.person_id == merged_id))
+        ):
+            if (k.kind, k.value) not in have:
                 await s.execute(
-                    PERSON.update().where(PERSON.c.id == case.person_id).values(do_not_contact=True)
+                    PERSON_KEY.insert().values(person_id=kept_id, kind=k.kind, value=k.value)
                 )
-            await self._stop_case(uow, writes, event.case_id, reason="do_not_contact")
-        elif isinstance(event, OutreachConcluded):
-            await self._stop_case(uow, writes, event.case_id, reason="outreach_concluded")
-            case = (await s.execute(sa.select(CASE).where(CASE.c.id == event.case_id))).first()
-            if case is not None and case.status == "open":
-                now = uow.clock.now()
+        await s.execute(PERSON_KEY.delete().where(PERSON_KEY.c.person_id == merged_id))
+        await s.execute(
+            PERSON.update()
+            .where(PERSON.c.id == kept_id)
+            .values(do_not_contact=merge.do_not_contact, deceased_at=merge.deceased_at)
+        )
+        for table in (CASE, EPISODE):
+            await s.execute(
+                table.update().where(table.c.person_id == merged_id).values(person_id=kept_id)
+            )
+        folded = list(merge.folded_case_ids)
+        if folded and merge.case_id is not None:
+            for table in (EPISODE, TASK, timers.TIMER):
                 await s.execute(
-                    CASE.update()
-                    .where(CASE.c.id == event.case_id)
-                    .values(status="closed", closed_at=now, close_reason=event.reason)
+                    table.update().where(table.c.case_id.in_(folded)).values(case_id=merge.case_id)
                 )
-                uow.publish(
-                    CaseClosed(
-                        case_id=event.case_id,
-                        program_id=event.program_id,
-                        reason=event.reason,
-                        closed_at=now,
-                    ),
-                    subject=str(event.case_id),
-                )
+            await s.execute(
+                CASE.update()
+                .where(CASE.c.id.in_(folded))
+                .values(status="closed", closed_at=now, close_reason="duplicate")
+            )
+        if merge.case_id is not None:
+            await s.execute(
+                CASE.update()
+                .where(CASE.c.id == merge.case_id)
+                .values(declined=merge.declined, priority=merge.priority)
+            )
+        await self._repoint_matches(uow, kept_id=kept_id, merged_id=merged_id, now=now)
+        uow.publish(
+            PersonsMerged(
+                program_id=match.program_id,
+                match_id=match.id,
+                person_id=kept_id,
+                merged_person_id=merged_id,
+                case_id=merge.case_id,
+                folded_case_ids=folded,
+                moved_case_ids=list(merge.moved_case_ids),
+                do_not_contact=merge.do_not_contact,
+                declined=merge.declined,
+                deceased_at=merge.deceased_at,
+                merged_at=now,
+            ),
+            subject=str(merge.case_id or kept_id),
+        )
+        if merge.case_id is not None and merge.stop is not None:
+            writes = Writes()
+            for task in await self._open_tasks(uow, merge.case_id):
+                if merge.stop == "person_deceased" and task.kind == TaskKind.FAMILY_SUPPORT.value:
+                    continue
+                await self._close(uow, writes, task, status="cancelled", reason=merge.stop)
+            await writes.flush(s)
+
+    async def _repoint_matches(
+        self, uow: UnitOfWork, *, kept_id: uuid.UUID, merged_id: uuid.UUID, now: datetime
+    ) -> None:
+        """Open possible matches of the merged person are the kept person's now; one that
+        would match the person with themself is settled."""
+        s = uow.session
+        still_open = POSSIBLE_MATCH.c.status == "open"
+        for column in (POSSIBLE_MATCH.c.person_id, POSSIBLE_MATCH.c.candidate_id):
+            await s.execute(
+                POSSIBLE_MATCH.update()
+                .where(still_open, column == merged_id)
+                .values({column.name: kept_id})
+            )
+        await s.execute(
+            POSSIBLE_MATCH.update()
+            .where(still_open, POSSIBLE_MATCH.c.person_id == POSSIBLE_MATCH.c.candidate_id)
+            .values(status="confirmed", resolved_at=now)
+        )
 
     async def _contact(
         self, uow: UnitOfWork, writes: Writes, case_id: uuid.UUID, contact_at: datetime
@@ -774,7 +1005,7 @@ class Scheduler:
         plans = follow_ups(
             self._policies.for_program(program_id),
             contact_at=contact_at,
-            declined=False,
+            declined=case.declined,
             do_not_contact=person.do_not_contact,
             priority=priority,
         )
@@ -791,6 +1022,19 @@ class Scheduler:
     ) -> None:
         for task in await self._open_tasks(uow, case_id):
             await self._close(uow, writes, task, status="cancelled", reason=reason)
+
+
+def _quiet_hours(policy: Policy) -> QuietHours | None:
+    """The program's quiet hours as tasks carry them (for texts sent by hand)."""
+    quiet = policy.quiet_hours
+    if not quiet.applies_to or quiet.start == quiet.end:
+        return None
+    return QuietHours(
+        start=quiet.start.strftime("%H:%M"),
+        end=quiet.end.strftime("%H:%M"),
+        timezone=policy.timezone,
+        channels=list(quiet.applies_to),
+    )
 
 
 def _task(row: Mapping[Any, Any]) -> _Task:

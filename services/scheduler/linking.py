@@ -69,6 +69,20 @@ Episodes (:func:`episode_for`)
       the window. Naive datetimes are errors.
     * ``None`` means a new episode.
 
+Merging people (:func:`merge_people`)
+    * A team lead confirms a possible match: the report's person (``merged``) is the existing
+      person (``kept``). The kept person stays; every case of the merged person becomes theirs.
+    * At most one case stays open: the kept person's open case (the earliest opened, if there
+      were ever several), else the merged person's. Every other open case is *folded* into it
+      (its episodes and tasks move there; it closes as a duplicate). Its priority is the
+      highest of the open cases'.
+    * Nothing either person asked for is lost: a do-not-contact request of either is the
+      person's (final); a decline of either person's open case is the open case's; a death
+      recorded of either is the person's (the earliest time). Then the open case's open tasks
+      stop, for the strongest reason: ``person_deceased``, ``do_not_contact``, ``declined``.
+    * A closed case's decline is history: it holds nothing, as for a single person (a new
+      overdose after a closed case opens a new case).
+
 Repeat overdose (:func:`is_repeat`)
     * A new episode is a repeat overdose when the person's case is open and its incident is
       more than ``window`` after the last incident (within the window it would have merged).
@@ -92,16 +106,20 @@ from shared.sealing import normalize_name, normalize_phone
 __all__ = [
     "DEFAULT_EPISODE_WINDOW",
     "SIMILAR_MIN_LENGTH",
+    "CaseFacts",
     "EpisodeRef",
     "LinkDecision",
     "LinkKind",
     "LinkReason",
+    "Merge",
     "PersonCandidate",
+    "PersonFacts",
     "PossibleMatch",
     "ReportIdentity",
     "episode_for",
     "is_repeat",
     "link",
+    "merge_people",
     "names_similar",
     "osa_distance",
 ]
@@ -376,3 +394,90 @@ def is_repeat(
     if not case_open:
         return False
     return last is None or at - last > window
+
+
+# --------------------------------------------------------------------------- merging people
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CaseFacts:
+    """What a merge needs to know of one of a person's cases."""
+
+    case_id: uuid.UUID
+    open: bool
+    declined: bool = False
+    priority: int
+    opened_at: datetime
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PersonFacts:
+    """What a merge needs to know of a person: what they asked for, and their cases."""
+
+    person_id: uuid.UUID
+    do_not_contact: bool = False
+    deceased_at: datetime | None = None
+    cases: tuple[CaseFacts, ...] = ()
+
+
+StopReason = Literal["person_deceased", "do_not_contact", "declined"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Merge:
+    """Two people as one (module docs): who stays, which case stays open, what holds."""
+
+    person_id: uuid.UUID
+    merged_person_id: uuid.UUID
+    do_not_contact: bool
+    deceased_at: datetime | None
+    case_id: uuid.UUID | None
+    """The open case after the merge; None when neither person had one."""
+    folded_case_ids: tuple[uuid.UUID, ...]
+    """Open cases closed as duplicates of ``case_id``, their episodes and tasks moved to it."""
+    moved_case_ids: tuple[uuid.UUID, ...]
+    """The merged person's cases, now the kept person's."""
+    declined: bool
+    """Whether the open case is declined."""
+    priority: int | None
+    """The open case's priority."""
+
+    @property
+    def stop(self) -> StopReason | None:
+        """Why the open case's open tasks stop now, if they do."""
+        if self.case_id is None:
+            return None
+        if self.deceased_at is not None:
+            return "person_deceased"
+        if self.do_not_contact:
+            return "do_not_contact"
+        if self.declined:
+            return "declined"
+        return None
+
+
+def _earliest(cases: Sequence[CaseFacts]) -> list[CaseFacts]:
+    return sorted(cases, key=lambda c: (c.opened_at, str(c.case_id)))
+
+
+def merge_people(kept: PersonFacts, merged: PersonFacts) -> Merge:
+    """Two people as one, by the rules in the module docs."""
+    if kept.person_id == merged.person_id:
+        raise ValueError("a person cannot be merged into themself")
+    open_cases = [
+        *_earliest([c for c in kept.cases if c.open]),
+        *_earliest([c for c in merged.cases if c.open]),
+    ]
+    stays = open_cases[0] if open_cases else None
+    deaths = [d for d in (kept.deceased_at, merged.deceased_at) if d is not None]
+    return Merge(
+        person_id=kept.person_id,
+        merged_person_id=merged.person_id,
+        do_not_contact=kept.do_not_contact or merged.do_not_contact,
+        deceased_at=min(deaths, default=None),
+        case_id=stays.case_id if stays else None,
+        folded_case_ids=tuple(c.case_id for c in open_cases[1:]),
+        moved_case_ids=tuple(c.case_id for c in merged.cases),
+        declined=any(c.declined for c in open_cases),
+        priority=max((c.priority for c in open_cases), default=None),
+    )

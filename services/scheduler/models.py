@@ -88,6 +88,10 @@ class Case(SQLModel, table=True):
     opened_at: datetime = Field(sa_column=_ts())
     closed_at: datetime | None = Field(default=None, sa_column=_ts(True))
     close_reason: str | None = Field(default=None, sa_column=sa.Column(sa.String(32)))
+    declined: bool = Field(
+        default=False, sa_column=sa.Column(sa.Boolean(), nullable=False, default=False)
+    )
+    """The person declined outreach on this case; a repeat overdose reopens it."""
 
 
 class Episode(SQLModel, table=True):

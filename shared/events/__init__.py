@@ -9,6 +9,7 @@ from shared.events.intake import (
     SourceKind,
 )
 from shared.events.outreach import (
+    FAILED_OUTCOMES,
     AttemptLogged,
     CommunityReferralReceived,
     ContactMade,
@@ -30,6 +31,8 @@ from shared.events.scheduler import (
     DeathRecorded,
     EpisodeOpened,
     EpisodeOpenedV1,
+    PersonsMerged,
+    QuietHours,
     ReportLinked,
     ReportLinkedV1,
     TaskCancelled,
@@ -40,10 +43,12 @@ from shared.events.scheduler import (
     TaskOverdue,
     TaskScheduled,
     TaskScheduledV1,
+    TaskScheduledV2,
 )
 from shared.events.team import TeamMemberDeactivated, TeamMemberReactivated
 
 __all__ = [
+    "FAILED_OUTCOMES",
     "AttemptLogged",
     "BlindKeys",
     "CaseClosed",
@@ -62,6 +67,8 @@ __all__ = [
     "OutreachDeclined",
     "OverdoseReported",
     "OverdoseReportedV1",
+    "PersonsMerged",
+    "QuietHours",
     "ReferralMade",
     "ReferralStatusChanged",
     "Referrer",
@@ -80,6 +87,7 @@ __all__ = [
     "TaskOverdue",
     "TaskScheduled",
     "TaskScheduledV1",
+    "TaskScheduledV2",
     "TeamMemberDeactivated",
     "TeamMemberReactivated",
     "VisitCompleted",

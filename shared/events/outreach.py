@@ -16,6 +16,7 @@ from shared.events.intake import Location
 from shared.topics import OUTREACH_ACTIVITY
 
 __all__ = [
+    "FAILED_OUTCOMES",
     "AttemptLogged",
     "CommunityReferralReceived",
     "ContactMade",
@@ -48,6 +49,13 @@ ReferralKind = Literal[
     "healthcare",
     "disease_testing",
 ]
+FAILED_OUTCOMES: frozenset[AttemptOutcome] = frozenset(
+    {"no_answer", "left_message", "wrong_number", "not_found"}
+)
+"""Attempt outcomes that count as failed towards escalation to an in-person visit (the
+scheduler's ladder; outreach shows the same count). "unsafe" is not one of them: the next rung
+of the ladder is a visit to the person, and whether a visit is safe after an unsafe contact is
+a team lead's decision, not a count's. "reached" and "declined" end the attempt otherwise."""
 Referrer = Literal[
     "self", "family_friend", "syringe_services", "jail_release", "community_partner", "other"
 ]

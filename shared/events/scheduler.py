@@ -10,7 +10,7 @@ import uuid
 from enum import StrEnum
 from typing import Literal
 
-from pydantic import AwareDatetime, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from shared.envelope import Event
 from shared.topics import SCHEDULER_CASES
@@ -21,6 +21,8 @@ __all__ = [
     "DeathRecorded",
     "EpisodeOpened",
     "EpisodeOpenedV1",
+    "PersonsMerged",
+    "QuietHours",
     "ReportLinked",
     "ReportLinkedV1",
     "TaskCancelled",
@@ -31,6 +33,7 @@ __all__ = [
     "TaskOverdue",
     "TaskScheduled",
     "TaskScheduledV1",
+    "TaskScheduledV2",
 ]
 
 
@@ -154,7 +157,7 @@ class TaskScheduledV1(_CaseEvent):
     )
 
 
-class TaskScheduled(TaskScheduledV1):
+class TaskScheduledV2(TaskScheduledV1):
     """v2: a task of a late report is marked, its windows counted from the receipt."""
 
     event_type = "TaskScheduled"
@@ -164,6 +167,38 @@ class TaskScheduled(TaskScheduledV1):
         default=False,
         description="Planned for a report received after its remote window would have "
         "closed; its times count from the receipt.",
+    )
+
+
+class QuietHours(BaseModel):
+    """A program's quiet hours, as its policy set them when a task was planned."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    start: str = Field(
+        pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$",
+        description="HH:MM on the program's wall clock, inclusive.",
+    )
+    end: str = Field(
+        pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$",
+        description="HH:MM, exclusive; before start when they cross midnight.",
+    )
+    timezone: str = Field(description="The program's IANA time zone.")
+    channels: list[Literal["phone", "text", "in_person"]] = Field(
+        description="The channels they apply to."
+    )
+
+
+class TaskScheduled(TaskScheduledV2):
+    """v3: the program's quiet hours, so that a text sent by hand can respect them."""
+
+    event_type = "TaskScheduled"
+    version = 3
+
+    quiet_hours: QuietHours | None = Field(
+        default=None,
+        description="The program's quiet hours when the task was planned (none: not known, "
+        "or the policy has none).",
     )
 
 
@@ -213,6 +248,40 @@ class DeathRecorded(_CaseEvent):
     died_at: AwareDatetime | None = None
     recorded_at: AwareDatetime
     source_kind: str = Field(description="Who said so: ems, ed or law_enforcement.")
+
+
+class PersonsMerged(Event):
+    """A team lead confirmed that two people the scheduler kept apart are one (a possible
+    match). The person who stays is ``person_id``; ``merged_person_id`` is no more, and every
+    case of theirs is the person's now (``moved_case_ids``). Where both had a case open, the
+    merged person's (``folded_case_id``) was closed as a duplicate of ``case_id``, its episodes,
+    reports and tasks moved to it. What either person asked for survives: a do-not-contact
+    request (final), a decline of the open case, a death. Keyed by ``case_id`` (else the
+    person). No identity travels: ids, program and time only."""
+
+    event_type = "PersonsMerged"
+    topic = SCHEDULER_CASES.name
+
+    program_id: str
+    match_id: uuid.UUID = Field(description="The possible match the lead confirmed.")
+    person_id: uuid.UUID = Field(description="The person who stays.")
+    merged_person_id: uuid.UUID = Field(description="The person merged into them.")
+    case_id: uuid.UUID | None = Field(
+        default=None, description="The person's open case after the merge, if any."
+    )
+    folded_case_ids: list[uuid.UUID] = Field(
+        default_factory=list,
+        description="Open cases closed as duplicates of case_id (their rows moved to it).",
+    )
+    moved_case_ids: list[uuid.UUID] = Field(
+        default_factory=list, description="The merged person's cases, now the person's."
+    )
+    do_not_contact: bool = Field(description="Either person asked not to be contacted.")
+    declined: bool = Field(description="The open case is declined (by either person).")
+    deceased_at: AwareDatetime | None = Field(
+        default=None, description="When a death of either person was recorded, if one was."
+    )
+    merged_at: AwareDatetime
 
 
 class CaseClosed(_CaseEvent):

@@ -227,6 +227,14 @@ async def intake_deployment(
         await proxy.down()
 
 
+DEMO_POLICY = """program_id = "demo"
+timezone = "America/New_York"
+
+[escalation]
+deputy = "on_request"
+"""
+
+
 @dataclass
 class ServiceProcess:
     http: str
@@ -253,10 +261,16 @@ async def dev_token(
 async def scheduler_process(intake_process: IntakeProcess) -> AsyncIterator[ServiceProcess]:
     """The scheduler beside intake: same database (its own schema), broker and keys."""
     # Only new events: a long-lived local broker may hold many old ones (CI's is fresh).
+    # The demo program's policy as docs/outreach.md has a newcomer write it: a peer may ask
+    # for a deputy on a visit.
+    policies = Path(intake_process.env["PORTLINE_VAR_DIR"]) / "policies"
+    policies.mkdir(exist_ok=True)
+    (policies / "demo.toml").write_text(DEMO_POLICY)
     env = {
         **intake_process.env,
         "PORTLINE_SCHEDULER_PORT": str(free_port()),
         "PORTLINE_KAFKA_CONSUMER_START": "latest",
+        "PORTLINE_SCHEDULER_POLICY_DIR": str(policies),
     }
     await asyncio.to_thread(
         subprocess.run,

@@ -18,8 +18,7 @@ birth, phone, street and city, MRN and a free-text note. They go in as
   person, their address and a note; and the free-text `X-Purpose` header the audit log keeps.
 
 Not covered: texts (SMS is not configured in this deployment, so those routes answer 503
-before reading anything) and the deputy's safety note (the default policy never sends a
-deputy).
+before reading anything) and the deputy's safety note (this test asks for no deputy).
 
 Then, for every identifier in every spelling (tests/phi_scan.py), with zero hits allowed:
 

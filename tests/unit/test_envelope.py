@@ -142,9 +142,10 @@ def test_an_older_version_reads_as_the_newest_with_defaults() -> None:
     assert type(event) is events.TaskScheduled
     assert isinstance(event, events.TaskScheduled)
     assert event.late is False
+    assert event.quiet_hours is None
     assert event.task_id == task_id
     assert latest_event_model("TaskScheduled") is events.TaskScheduled
-    assert events.TaskScheduled.version == 2
+    assert events.TaskScheduled.version == 3
 
 
 def test_producers_write_the_newest_version() -> None:

@@ -52,7 +52,9 @@ EXPECTED: dict[tuple[str, str], set[str]] = {
 }
 PUBLIC = {
     ("GET", "/healthz"),
+    ("HEAD", "/healthz"),
     ("GET", "/readyz"),
+    ("HEAD", "/readyz"),
     ("GET", "/metrics"),
     ("POST", "/v1/sms/inbound"),  # signed by the SMS provider, not a team user
 }

@@ -177,15 +177,19 @@ async def test_provider_rejection_is_422(world: World, provider: Provider) -> No
     assert await world.events("AttemptLogged") == []
 
 
-async def test_texting_not_configured_is_503(tmp_path: Path) -> None:
+async def test_texting_not_configured_is_a_conflict_and_its_webhook_is_not_there(
+    tmp_path: Path,
+) -> None:
+    """Off by configuration is how this deployment is, not an outage: no 5xx."""
     async with outreach_world(tmp_path) as world:
         await world.member("peer-1")
         seeded = await world.seed_case()
         r = await _text(world, seeded.task_id)
-        assert r.status_code == 503
+        assert r.status_code == 409
         assert r.json()["error"]["code"] == "sms_not_configured"
         r = await world.client.post("/v1/sms/inbound", content=b"Body=STOP")
-        assert r.status_code == 503
+        assert r.status_code == 404
+        assert r.json()["error"]["code"] == "sms_not_configured"
 
 
 async def test_a_deputy_may_not_text(world: World, provider: Provider) -> None:

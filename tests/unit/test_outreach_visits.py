@@ -118,7 +118,8 @@ async def test_policy_on_request_sends_a_deputy_when_asked(world: World) -> None
     seeded = await _visit_task(world, deputy="on_request")
     without = await _schedule(world, seeded)
     assert without.json()["with_deputy"] is False
-    asked = await _schedule(world, seeded, deputy=True, deputy_id="deputy-1")
+    later = START + timedelta(hours=2)  # one person, one visit at a time
+    asked = await _schedule(world, seeded, start=later, deputy=True, deputy_id="deputy-1")
     assert asked.json()["with_deputy"] is True
     assert asked.json()["deputy_id"] == "deputy-1"
     flags = [e["data"]["with_deputy"] for e in await world.events("VisitScheduled")]
@@ -129,7 +130,7 @@ async def test_policy_always_sends_a_deputy_unasked(world: World) -> None:
     seeded = await _visit_task(world, deputy="always")
     r = await _schedule(world, seeded)
     assert r.json()["with_deputy"] is True
-    r = await _schedule(world, seeded, deputy=False)
+    r = await _schedule(world, seeded, start=START + timedelta(hours=2), deputy=False)
     assert r.json()["with_deputy"] is True
 
 

@@ -119,15 +119,19 @@ async def test_another_programs_case_is_not_found(api: Api) -> None:
 
 async def test_a_lead_decides_a_possible_match_once(api: Api) -> None:
     lead = api.auth("team_lead")
-    (match,) = (await api.client.get("/v1/possible-matches", headers=lead)).json()
+    (match,) = (await api.client.get("/v1/possible-matches", headers=lead)).json()["items"]
     confirmed = await api.client.post(f"/v1/possible-matches/{match['id']}/confirm", headers=lead)
     assert confirmed.status_code == 200
     assert confirmed.json()["status"] == "confirmed"
     again = await api.client.post(f"/v1/possible-matches/{match['id']}/split", headers=lead)
     assert again.status_code == 409
-    assert (await api.client.get("/v1/possible-matches", headers=lead)).json() == []
+    assert (await api.client.get("/v1/possible-matches", headers=lead)).json() == {
+        "items": [],
+        "next_cursor": None,
+    }
     other_lead = api.auth("team_lead", program="other")
-    (theirs,) = (await api.client.get("/v1/possible-matches", headers=other_lead)).json()
+    listed = await api.client.get("/v1/possible-matches", headers=other_lead)
+    (theirs,) = listed.json()["items"]
     assert (
         await api.client.post(f"/v1/possible-matches/{theirs['id']}/split", headers=lead)
     ).status_code == 404

@@ -38,7 +38,13 @@ EXPECTED: dict[tuple[str, str], set[str]] = {
     ("POST", "/v1/possible-matches/{match_id}/{decision}"): LEADS,
     ("GET", "/v1/audit"): {"admin"},
 }
-PUBLIC = {("GET", "/healthz"), ("GET", "/readyz"), ("GET", "/metrics")}
+PUBLIC = {
+    ("GET", "/healthz"),
+    ("HEAD", "/healthz"),
+    ("GET", "/readyz"),
+    ("HEAD", "/readyz"),
+    ("GET", "/metrics"),
+}
 
 
 @dataclass
@@ -185,7 +191,8 @@ async def test_no_role_reaches_another_programs_records(scheduler: Scheduler) ->
                     assert theirs["match_id"] not in r.text, where
     # Nothing of theirs was read or changed, and their match is still open.
     other_lead = scheduler.auth("team_lead", "other")
-    (match,) = (await scheduler.client.get("/v1/possible-matches", headers=other_lead)).json()
+    matches = await scheduler.client.get("/v1/possible-matches", headers=other_lead)
+    (match,) = matches.json()["items"]
     assert match["id"] == theirs["match_id"]
     assert {r.program_id for r in await scheduler.audit_rows()} <= {"demo", "other"}
     assert all(r.case_id != uuid.UUID(theirs["case_id"]) for r in await scheduler.audit_rows())
@@ -200,7 +207,7 @@ async def test_an_admin_sees_their_own_programs_timeline_and_policy_only(
     admin = scheduler.auth("admin", "demo")
     own = await scheduler.client.get(f"/v1/cases/{mine['case_id']}/timeline", headers=admin)
     assert own.status_code == 200
-    assert {i["kind"] for i in own.json()["items"]} == {"episode", "task"}
+    assert {i["kind"] for i in own.json()["items"]} == {"case", "episode", "task"}
     assert (
         await scheduler.client.get(f"/v1/cases/{theirs['case_id']}/timeline", headers=admin)
     ).status_code == 404

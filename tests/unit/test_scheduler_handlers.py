@@ -27,19 +27,22 @@ from services.scheduler.models import (
 from services.scheduler.timers import TIMER, TimerRunner
 from shared.clock import ManualClock
 from shared.db import create_engine, session_factory
-from shared.envelope import Envelope, Event
+from shared.envelope import Envelope, Event, latest_event_model, registered_events
 from shared.events import (
     AttemptLogged,
     Consent,
     ContactMade,
     DoNotContactRequested,
     OutreachConcluded,
+    OutreachDeclined,
     OverdoseReported,
+    TaskAssigned,
 )
 from shared.identity import Identity, Protector
 from shared.migrations import upgrade
 from shared.outbox import OUTBOX
 from shared.sealing import BlindIndexer, Keyring, Sealer
+from shared.topics import OUTREACH_ACTIVITY
 from shared.uow import UnitOfWork
 
 INCIDENT = datetime(2026, 11, 20, 22, 0, tzinfo=UTC)  # 17:00 in New York
@@ -628,3 +631,69 @@ async def test_a_community_referral_is_a_report_like_any_other(world: World) -> 
     async with world.sessions() as s:
         people = (await s.execute(sa.select(sa.func.count()).select_from(PERSON))).scalar_one()
     assert people == 1
+
+
+IGNORED_ACTIVITY = {
+    "TaskAssigned",
+    "ServicesProvided",
+    "ReferralMade",
+    "ReferralStatusChanged",
+    "VisitScheduled",
+}
+"""Outreach activity that changes nothing on the program's clock (reporting counts it)."""
+
+
+def test_every_kind_of_outreach_activity_is_handled_or_deliberately_ignored(
+    world: World,
+) -> None:
+    types = {
+        name
+        for (name, _version), model in registered_events().items()
+        if model.topic == OUTREACH_ACTIVITY.name
+    }
+    handled = {model.event_type for model in world.scheduler._activity}
+    assert handled | IGNORED_ACTIVITY == types
+    assert not handled & IGNORED_ACTIVITY
+    assert all(latest_event_model(name) in world.scheduler._activity for name in handled)
+
+
+async def test_ignored_activity_changes_nothing(world: World) -> None:
+    await world.report()
+    (task,) = await world.tasks()
+    before = await world.events()
+    await world.activity(
+        TaskAssigned(
+            case_id=task.case_id,
+            program_id="demo",
+            occurred_at=world.clock.now(),
+            task_id=task.id,
+            assignee_id="peer-1",
+        )
+    )
+    assert await world.events() == before
+    assert [t.status for t in await world.tasks()] == ["open"]
+
+
+async def test_a_declined_case_is_remembered_until_a_repeat_overdose(world: World) -> None:
+    await world.report()
+    case = await world.one_case()
+    await world.activity(
+        OutreachDeclined(case_id=case.id, program_id="demo", occurred_at=world.clock.now())
+    )
+    assert (await world.one_case()).declined is True
+    assert [t.status for t in await world.tasks()] == ["cancelled"]
+    world.clock.advance(timedelta(days=3))
+    await world.report(incident_at=INCIDENT + timedelta(days=3))
+    assert (await world.one_case()).declined is False
+    assert "open" in [t.status for t in await world.tasks()]
+
+
+async def test_tasks_carry_the_program_s_quiet_hours(world: World) -> None:
+    await world.report()
+    (scheduled,) = await world.events("TaskScheduled")
+    assert scheduled["quiet_hours"] == {
+        "start": "21:00",
+        "end": "08:00",
+        "timezone": "America/New_York",
+        "channels": ["phone", "text"],
+    }
