@@ -211,12 +211,45 @@ class PossibleMatchOut(BaseModel):
     candidate_id: uuid.UUID = Field(description="The existing person it may be.")
     reasons: list[str]
     status: Literal["open", "confirmed", "split"]
+    level: Literal["review", "flag"] = Field(
+        default="review",
+        description="review: the evidence is between the program's thresholds; flag: low "
+        "priority, the reports look like one overdose but little else agrees.",
+    )
+    weight: float | None = Field(
+        default=None, description="The match weight in bits (docs/linking.md)."
+    )
+    explanation: dict[str, Any] | None = Field(
+        default=None,
+        description="Every piece of evidence with its level, weight in bits and reason, the "
+        "doubts that kept it from an automatic link, and the thresholds in force. No "
+        "identifying values. Kept with the decision.",
+    )
     created_at: datetime
+
+
+def _possible_match_out(row: Any, status: str | None = None) -> PossibleMatchOut:
+    return PossibleMatchOut(
+        id=row.id,
+        report_id=row.report_id,
+        person_id=row.person_id,
+        candidate_id=row.candidate_id,
+        reasons=json.loads(row.reasons),
+        status=status or row.status,
+        level=row.level,
+        weight=row.weight,
+        explanation=json.loads(row.explanation) if row.explanation else None,
+        created_at=row.created_at,
+    )
 
 
 @router.get(
     "/possible-matches",
     summary="Uncertain person matches, for a team lead to confirm or split",
+    description="Each item carries the explanation of its match weight: every piece of "
+    "evidence (names, date of birth, phone, the overdose itself, ...) with its weight and "
+    "reason. A lead's confirm or split is kept with that explanation, so the weights can be "
+    "re-estimated from the program's own decisions.",
     responses=ERRORS,
 )
 async def list_possible_matches(
@@ -233,18 +266,7 @@ async def list_possible_matches(
             )
             .order_by(POSSIBLE_MATCH.c.created_at)
         )
-        return [
-            PossibleMatchOut(
-                id=r.id,
-                report_id=r.report_id,
-                person_id=r.person_id,
-                candidate_id=r.candidate_id,
-                reasons=json.loads(r.reasons),
-                status=r.status,
-                created_at=r.created_at,
-            )
-            for r in rows
-        ]
+        return [_possible_match_out(r) for r in rows]
 
 
 @router.post(
@@ -305,12 +327,4 @@ async def decide_possible_match(
             .values(status=status, resolved_at=now)
         )
         await uow.commit()
-    return PossibleMatchOut(
-        id=row.id,
-        report_id=row.report_id,
-        person_id=row.person_id,
-        candidate_id=row.candidate_id,
-        reasons=json.loads(row.reasons),
-        status=status,
-        created_at=row.created_at,
-    )
+    return _possible_match_out(row, status)

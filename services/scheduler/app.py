@@ -24,8 +24,9 @@ from shared.topics import INTAKE_OVERDOSES, OUTREACH_ACTIVITY
 __all__ = ["create_app"]
 
 DESCRIPTION = (
-    "The program's clock and policy. Links each overdose report to a person (blind keys; "
-    "typo-tolerant matching under the seal, uncertain matches held for a team lead) and to an "
+    "The program's clock and policy. Links each overdose report to a person (match weights "
+    "under the seal: names, date of birth, phone and the overdose itself, each with a reason; "
+    "uncertain matches held for a team lead with their explanation) and to an "
     "episode (an EMS and an ED report of one overdose are one episode), opens a case per "
     "person, and turns episodes into time-boxed outreach tasks from the program's policy: "
     "remote contact first, an in-person visit when that fails, follow-ups after contact. "
@@ -43,11 +44,12 @@ def create_app(settings: Settings) -> FastAPI:
 
     def scheduler() -> Scheduler:
         if "scheduler" not in holder:
-            sealer, _indexer = load_keys(settings)
+            sealer, indexer = load_keys(settings)
             holder["scheduler"] = Scheduler(
                 sealer=sealer,
                 policies=policies,
                 episode_window=timedelta(hours=settings.scheduler_episode_window_hours),
+                indexer=indexer,
             )
         return holder["scheduler"]
 

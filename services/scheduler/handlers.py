@@ -30,8 +30,9 @@ from typing import Any
 import sqlalchemy as sa
 
 from services.scheduler import timers
-from services.scheduler.batch import ReportBatch, Writes
-from services.scheduler.linking import ReportIdentity, episode_for, link
+from services.scheduler.batch import ReportBatch, Writes, blind_pairs
+from services.scheduler.linking import LinkDecision, ReportIdentity, episode_for, link
+from services.scheduler.matching import blocking
 from services.scheduler.models import CASE, EPISODE, PERSON, POSSIBLE_MATCH, REPORT_LINK, TASK
 from services.scheduler.policy import (
     PlannedTask,
@@ -67,7 +68,7 @@ from shared.events import (
 )
 from shared.events.scheduler import TaskKind
 from shared.ids import new_uuid
-from shared.sealing import Sealer
+from shared.sealing import BlindIndexer, Sealer
 from shared.uow import UnitOfWork
 
 __all__ = ["FAILED_OUTCOMES", "PolicyBook", "Scheduler"]
@@ -119,8 +120,13 @@ class Scheduler:
         policies: PolicyBook,
         new_id: Callable[[], uuid.UUID] = new_uuid,
         episode_window: timedelta = timedelta(hours=12),
+        indexer: BlindIndexer | None = None,
     ) -> None:
+        """``indexer`` derives the blocking keys intake does not publish (matching.blocking:
+        the name key, the DOB keys of common typing errors); without it, only intake's keys
+        and the overdose itself find candidates."""
         self._sealer = sealer
+        self._indexer = indexer
         self._policies = policies
         self._new_id = new_id
         self._window = episode_window
@@ -139,16 +145,67 @@ class Scheduler:
         """Reports from any source (scheduler.reports), in order, as one batch."""
         if not reports:
             return
-        batch = await ReportBatch.load(uow.session, reports, self._open_identity)
+        identities = {
+            r.report_id: self._report_identity(r)
+            for r in reports
+            if r.identity and not r.deidentified
+        }
+        lookups = {
+            report_id: self._lookup_keys(identity) for report_id, identity in identities.items()
+        }
+        batch = await ReportBatch.load(uow.session, reports, self._open_identity, lookups)
         for report in reports:
-            await self._apply_report(uow, batch, report)
+            await self._apply_report(
+                uow, batch, report, identities.get(report.report_id), lookups.get(report.report_id)
+            )
         await batch.writes.flush(uow.session)
 
     def _open_identity(self, sealed: str) -> dict[str, Any]:
         identity: dict[str, Any] = self._sealer.open_json(sealed, context="identity")
         return identity
 
-    async def _apply_report(self, uow: UnitOfWork, batch: ReportBatch, event: Report) -> None:
+    def _report_identity(self, event: Report) -> ReportIdentity:
+        """Who the report is about and the overdose it reports, opened in memory."""
+        identity = self._open_identity(event.identity) if event.identity else {}
+        address = identity.get("address")
+        derived: list[tuple[str, str]] = []
+        if self._indexer is not None:
+            derived = blocking.stored_keys(
+                self._indexer, family=identity.get("family"), given=identity.get("given")
+            )
+        return ReportIdentity(
+            family=identity.get("family"),
+            given=identity.get("given"),
+            middle=identity.get("middle"),
+            dob=date.fromisoformat(identity["dob"]) if identity.get("dob") else None,
+            sex=identity.get("sex"),
+            postal_code=address.get("postal_code") if isinstance(address, dict) else None,
+            phones=tuple(identity.get("phones") or ()),
+            mrn=identity.get("mrn"),
+            blind=event.blind_keys,
+            derived_keys=tuple(derived),
+            source_kind=event.source_kind,
+            incident_at=effective_incident(event.incident_at, event.received_at)[0],
+            county=event.county,
+        )
+
+    def _lookup_keys(self, report: ReportIdentity) -> list[tuple[str, str]]:
+        """Every key to find the report's candidates by: intake's and the derived ones."""
+        keys = blind_pairs(report.blind)
+        if self._indexer is not None:
+            keys += blocking.lookup_keys(
+                self._indexer, family=report.family, given=report.given, dob=report.dob
+            )
+        return keys
+
+    async def _apply_report(
+        self,
+        uow: UnitOfWork,
+        batch: ReportBatch,
+        event: Report,
+        report: ReportIdentity | None = None,
+        lookup: Sequence[tuple[str, str]] | None = None,
+    ) -> None:
         s = uow.session
         now = uow.clock.now()
         known = batch.revision(event.report_id)
@@ -162,16 +219,18 @@ class Scheduler:
             self._count_deidentified(batch, event, now)
             return
 
-        identity = self._open_identity(event.identity) if event.identity else {}
-        report = ReportIdentity(
-            family=identity.get("family"),
-            given=identity.get("given"),
-            dob=date.fromisoformat(identity["dob"]) if identity.get("dob") else None,
-            phones=tuple(identity.get("phones") or ()),
-            mrn=identity.get("mrn"),
-            blind=event.blind_keys,
+        if report is None:
+            report = self._report_identity(event)
+        if lookup is None:
+            lookup = self._lookup_keys(report)
+        policy = self._policies.for_program(event.program_id)
+        candidates = batch.candidates(
+            event.program_id,
+            lookup,
+            incident_at=report.incident_at,
+            source_kind=event.source_kind,
         )
-        decision = link(report, batch.candidates(event.program_id, event.blind_keys))
+        decision = link(report, candidates, policy.linking.thresholds)
         if decision.kind == "deidentified":  # nothing left to reach the person by
             self._count_deidentified(batch, event, now)
             return
@@ -200,15 +259,19 @@ class Scheduler:
                         "candidate_id": possible.person_id,
                         "reasons": json.dumps(list(possible.reasons)),
                         "status": "open",
+                        "level": possible.level,
+                        "weight": possible.weight,
+                        "explanation": json.dumps(
+                            possible.explanation.as_dict(policy.linking.thresholds)
+                        ),
                         "created_at": now,
                     },
                 )
-        batch.remember_keys(person, event.blind_keys)
+        batch.remember_keys(person, event.blind_keys, report.derived_keys)
         if event.identity and person.identity_sealed != event.identity:
             await batch.reseal(s, person, event.identity)
 
         case = batch.open_case(person.id)
-        policy = self._policies.for_program(event.program_id)
         case_is_new = case is None
         if case is None:
             case = batch.open(
@@ -232,7 +295,7 @@ class Scheduler:
         same = episode_for(incident_at, event.source_kind, case.episodes, window=self._window)
         if same is not None:
             await batch.merge_source(s, case, same, event.source_kind)
-            self._link(uow, batch, event, same.episode_id, case.id, match, now, policy)
+            self._link(uow, batch, event, same.episode_id, case.id, match, now, policy, decision)
             if event.fatal and not same.fatal:
                 await batch.mark_fatal(s, case, same.episode_id)
                 await self._record_death(uow, batch, event, case.id, person.id, same.episode_id)
@@ -267,6 +330,7 @@ class Scheduler:
                 "fatal": event.fatal,
                 "overdose": event.overdose,
                 "sources": event.source_kind,
+                "county": event.county,
                 "consent": event.consent.value,
                 "deidentified": False,
                 "repeat": repeat,
@@ -295,7 +359,7 @@ class Scheduler:
             ),
             subject=str(case.id),
         )
-        self._link(uow, batch, event, episode_id, case.id, match, now, policy)
+        self._link(uow, batch, event, episode_id, case.id, match, now, policy, decision)
         if event.fatal:
             await self._record_death(uow, batch, event, case.id, person.id, episode_id)
             return
@@ -348,6 +412,7 @@ class Scheduler:
                 "fatal": event.fatal,
                 "overdose": event.overdose,
                 "sources": event.source_kind,
+                "county": event.county,
                 "consent": event.consent.value,
                 "deidentified": True,
                 "repeat": False,
@@ -362,6 +427,8 @@ class Scheduler:
                 "source_kind": event.source_kind,
                 "revision": event.revision,
                 "match": "deidentified",
+                "weight": None,
+                "explanation": None,
                 "linked_at": now,
             }
         )
@@ -376,7 +443,9 @@ class Scheduler:
         match: str,
         now: datetime,
         policy: Policy,
+        decision: LinkDecision,
     ) -> None:
+        explanation = decision.explanation
         batch.link(
             {
                 "report_id": event.report_id,
@@ -384,6 +453,12 @@ class Scheduler:
                 "source_kind": event.source_kind,
                 "revision": event.revision,
                 "match": match,
+                "weight": explanation.weight if explanation else None,
+                "explanation": (
+                    json.dumps(explanation.as_dict(policy.linking.thresholds))
+                    if explanation
+                    else None
+                ),
                 "linked_at": now,
             }
         )
