@@ -12,16 +12,19 @@ Names
       names in the wrong fields); the crosswise reading counts when it weighs more and finds an
       agreement (a name equal, a nickname, a typo, ...), and the evidence says so. Ties keep
       the names as written.
-    * A blind key both sides hold overrides the plaintext: the same name+DOB key means the
-      report has the name and date of birth of one of the person's earlier reports (the person
-      shows only the latest), the same name key the same name.
+    * A blind key both sides hold overrides a plaintext disagreement: the same name+DOB key
+      means the report has the name and date of birth of one of the person's earlier reports
+      (the person shows only the latest), the same name key the same name (in either order,
+      so the plaintext is read first: it tells names in swapped fields).
     * Family name: the same; one a part of the other (``Garcia`` in ``Garcia Lopez``); a typing
       error (Jaro-Winkler at least 0.90, or one letter inserted, dropped, changed or swapped
-      with its neighbour in a name of three letters or more); the same metaphone; otherwise
-      different (a doubt).
+      with its neighbour in a name of three letters or more; double names of as many parts
+      part by part, so ``Garcia Lopez`` and ``Garcia Perez`` differ); the same metaphone;
+      otherwise different (a doubt).
     * Given name: the same; a nickname or short form (``nicknames``); one the other's middle
       name, or a part of a double given name; only an initial that agrees; two different known
-      names that are not aliases (a doubt: Jane and Jana may be twins); a typing error
+      names that are not aliases (a doubt: Jane and Jana may be twins), unless one is the other
+      with a letter dropped inside a long name (``names.is_dropped_letter``); a typing error
       (Jaro-Winkler at least 0.88, or one edit as for family names); the same metaphone;
       otherwise different (a doubt).
     * Generational suffixes count only when both sides have one: different ones are a doubt.
@@ -47,6 +50,7 @@ from services.scheduler.matching.names import (
     NameParts,
     are_aliases,
     damerau_levenshtein,
+    is_dropped_letter,
     is_known_given_name,
     jaro_winkler,
     phonetic,
@@ -94,6 +98,10 @@ def _one_edit(a: str, b: str) -> bool:
     return min(len(a), len(b)) >= 3 and damerau_levenshtein(a, b) == 1
 
 
+def _is_family_typo(a: str, b: str) -> bool:
+    return jaro_winkler(a, b) >= FAMILY_TYPO_JW or _one_edit(a, b)
+
+
 def compare_family(a: NameParts | None, b: NameParts | None) -> Found:
     if a is None or b is None:
         return _at("family_name", MISSING)
@@ -103,7 +111,13 @@ def compare_family(a: NameParts | None, b: NameParts | None) -> Found:
     if len(longer.parts) > 1 and set(shorter.parts) <= set(longer.parts):
         return _at("family_name", "part")
     similarity = jaro_winkler(a.full, b.full)
-    if similarity >= FAMILY_TYPO_JW or _one_edit(a.full, b.full):
+    if len(a.parts) > 1 and len(a.parts) == len(b.parts):
+        # Double names part by part: Garcia Lopez and Garcia Perez are cousins, not a typo.
+        differ = [(p, q) for p, q in zip(a.parts, b.parts, strict=True) if p != q]
+        if len(differ) > 1 or not _is_family_typo(*differ[0]):
+            return _at("family_name", "different", "a part of the double names differs")
+        return _at("family_name", "typo", "one part of the double names has a typing error")
+    if _is_family_typo(a.full, b.full):
         return _at("family_name", "typo", f"Jaro-Winkler {similarity:.2f}")
     if phonetic(a.full) == phonetic(b.full):
         return _at("family_name", "phonetic", "same metaphone code")
@@ -129,7 +143,7 @@ def compare_given(
         if x[0] == y[0]:
             return _at("given_name", "initial")
         return _at("given_name", "different", "initials differ")
-    if is_known_given_name(x) and is_known_given_name(y):
+    if is_known_given_name(x) and is_known_given_name(y) and not is_dropped_letter(x, y):
         return _at("given_name", "different_names", "both are names on the name list")
     similarity = jaro_winkler(x, y)
     if similarity >= GIVEN_TYPO_JW or _one_edit(x, y):
@@ -141,9 +155,16 @@ def compare_given(
 
 def compare_names(a: Profile, b: Profile) -> tuple[Found, Found, bool]:
     """Family and given name levels, and whether they count crosswise (swapped fields)."""
-    if a.has_key("name_dob", b) or a.has_key("name", b):
+    family, given, swapped = _compare_plain_names(a, b)
+    if (family[0].name, given[0].name) != ("exact", "exact") and (
+        a.has_key("name_dob", b) or a.has_key("name", b)
+    ):
         same = "the same name as one of the person's reports (blind key)"
         return _at("family_name", "exact", same), _at("given_name", "exact", same), False
+    return family, given, swapped
+
+
+def _compare_plain_names(a: Profile, b: Profile) -> tuple[Found, Found, bool]:
     straight = (
         compare_family(a.family, b.family),
         compare_given(a.given, b.given, a.middle, b.middle),

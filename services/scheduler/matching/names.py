@@ -20,7 +20,8 @@ Decisions (tests pin each one):
 * A given name is *known* when the nickname list holds it (as a name or a nickname) or the US
   Census Bureau's 1990 given-name files do (``given_names.txt``, 5,163 names, public domain):
   two different known names that are not aliases are two names, not a typo (Jane and Jana,
-  Michael and Matthew), as a person who reads names would take them.
+  Michael and Matthew), as a person who reads names would take them; except a letter dropped
+  inside a name of seven letters or more (the list holds some misspellings, ``elizbeth``).
 * The phonetic code is metaphone (``jellyfish``).
 """
 
@@ -40,6 +41,7 @@ __all__ = [
     "NameParts",
     "are_aliases",
     "damerau_levenshtein",
+    "is_dropped_letter",
     "is_known_given_name",
     "is_placeholder",
     "jaro_winkler",
@@ -83,10 +85,13 @@ def parse_name(raw: str | None) -> NameParts | None:
     """The name folded into parts with its suffix; None when nothing of a name is left."""
     if not raw:
         return None
-    tokens = [t for t in (_fold_part(p) for p in _SPLIT.split(raw.replace(",", " "))) if t]
+    raw_tokens = [p for p in _SPLIT.split(raw.replace(",", " ")) if _fold_part(p)]
     suffix = None
-    if len(tokens) > 1 and tokens[-1] in _SUFFIXES:
-        suffix = _SUFFIXES[tokens.pop()]
+    # Read before folding: folding keeps letters only, and "3rd" would become "rd".
+    if len(raw_tokens) > 1 and (last := raw_tokens[-1].casefold().strip(".")) in _SUFFIXES:
+        suffix = _SUFFIXES[last]
+        raw_tokens.pop()
+    tokens = [_fold_part(p) for p in raw_tokens]
     if not tokens:
         return None
     return NameParts(full="".join(tokens), parts=tuple(tokens), suffix=suffix)
@@ -158,6 +163,17 @@ def jaro_winkler(a: str, b: str) -> float:
 def phonetic(name: str) -> str:
     """The metaphone code of a folded name."""
     return str(jellyfish.metaphone(name))
+
+
+def is_dropped_letter(a: str, b: str) -> bool:
+    """Whether one folded name is the other with one letter dropped inside it (not the first
+    or the last letter), in a name of at least 7 letters: a typing error even between two
+    listed names (the Census list holds a few misspellings, such as ``elizbeth``), while
+    ``daniel`` and ``daniela`` (a last letter) stay two names."""
+    shorter, longer = sorted((a, b), key=lambda n: (len(n), n))
+    if len(longer) < 7 or len(longer) != len(shorter) + 1:
+        return False
+    return any(longer[:i] + longer[i + 1 :] == shorter for i in range(1, len(longer) - 1))
 
 
 def damerau_levenshtein(a: str, b: str) -> int:

@@ -15,9 +15,9 @@ program's thresholds turn into a decision (``evidence.py``).
 Where the numbers come from (docs/linking.md has the table and the figures):
 
 * ``m`` — how often each kind of error happens in the same person's two records: the error
-  rates of the evaluation's error model (``tests/linking_population.py``), which come from
+  rates of the evaluation's error model (``tests/linking/population.py``), which come from
   published studies of registration and ePCR data, rounded. Re-estimated by
-  ``python -m tests.linking_eval --estimate`` and compared before pinning.
+  ``python -m tests.linking.eval --estimate`` and compared before pinning.
 * ``u`` — how often two different people of one program fall in the level by chance: name
   agreement from the US Census 1990 name frequencies (the chance that two people drawn at
   random share a name), dates of birth from an age spread of about 40 years, the event from
