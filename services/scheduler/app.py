@@ -17,7 +17,7 @@ from services.scheduler.handlers import PolicyBook, Scheduler
 from services.scheduler.policy import load_policies
 from services.scheduler.timers import TimerRunner
 from shared.runtime import ConsumerSpec, Runtime, create_service_app
-from shared.sealing import load_keys
+from shared.sealing import BlindIndexer, Sealer, load_keys
 from shared.settings import Settings
 from shared.topics import INTAKE_OVERDOSES, OUTREACH_ACTIVITY
 
@@ -41,15 +41,23 @@ def create_app(settings: Settings) -> FastAPI:
         load_policies(settings.scheduler_policy_dir) if settings.scheduler_policy_dir else {}
     )
     holder: dict[str, Scheduler] = {}
+    loaded: list[tuple[Sealer, BlindIndexer]] = []
+
+    def keys() -> tuple[Sealer, BlindIndexer]:
+        if not loaded:  # keys are read when the service starts, not when the app is built
+            loaded.append(load_keys(settings))
+        return loaded[0]
+
+    def sealer() -> Sealer:
+        return keys()[0]
 
     def scheduler() -> Scheduler:
         if "scheduler" not in holder:
-            sealer, indexer = load_keys(settings)
             holder["scheduler"] = Scheduler(
-                sealer=sealer,
+                sealer=sealer(),
                 policies=policies,
                 episode_window=timedelta(hours=settings.scheduler_episode_window_hours),
-                indexer=indexer,
+                indexer=keys()[1],
             )
         return holder["scheduler"]
 
@@ -65,6 +73,7 @@ def create_app(settings: Settings) -> FastAPI:
     @asynccontextmanager
     async def extension(app: FastAPI, runtime: Runtime) -> AsyncIterator[None]:
         app.state.policies = policies
+        app.state.sealer = sealer()  # the audit log seals what callers state
         runner = TimerRunner(
             runtime.uow,
             scheduler().on_timer,
