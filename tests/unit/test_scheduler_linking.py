@@ -494,6 +494,11 @@ class TestHardCasesNeverLink:
                 id="father-and-son-one-name-one-phone",
             ),
             pytest.param(
+                report("Bates", "Robert", None, PHONE, sex="M", postal_code="27401"),
+                person("Bates", "Robert", date(1961, 1, 19), PHONE, sex="M", postal_code="27401"),
+                id="father-and-son-one-name-one-phone-one-dob-missing",
+            ),
+            pytest.param(
                 report("Smith", "John", date(1985, 3, 3), sex="M"),
                 person("Smith", "John", date(1979, 11, 20), sex="M"),
                 id="common-name-different-dob",

@@ -10,8 +10,8 @@ holds no value from the identity.
 
 * ``link``: at or above ``auto_link`` with nothing to doubt: the same person, linked.
 * ``review``: at or above ``review``, or above ``auto_link`` with a doubt (two different given
-  names, a date of birth no typing error explains, a name missing on one side where the two
-  reports are not of one overdose, ...): a lead decides.
+  names, a date of birth no typing error explains, a name or a date of birth missing on one
+  side where the two reports are not of one overdose, ...): a lead decides.
 * ``flag``: below ``review``, but the two reports look like one overdose (the event level
   ``same_overdose``) and weigh at least ``flag``: a low-priority item for a lead, so that two
   peers never chase one person unknowingly.
@@ -151,6 +151,12 @@ _NAME_MISSING = (
     "two reports are of one overdose"
 )
 
+_DOB_MISSING = (
+    "missing on one side: without it, a parent and a child who share a name, a phone and an "
+    "address fit the rest as well, unless the two reports are of one overdose or share a "
+    "hospital's record number"
+)
+
 
 def explain(a: Profile, b: Profile) -> Explanation:
     """Every comparison of the two profiles, with its weight (module docs). Symmetric."""
@@ -170,10 +176,15 @@ def explain(a: Profile, b: Profile) -> Explanation:
     evidence = [_evidence(f) for f in found if f is not None]
     if event[0].name not in _SAME_OVERDOSE:
         # A name missing on one side: family name, date of birth, phone and address are what
-        # a household shares, so only the overdose itself can stand in for the name.
+        # a household shares, so only the overdose itself can stand in for the name. A date of
+        # birth missing on one side: a parent and a child who share a name share the phone and
+        # the address too, so only the overdose or the hospital's record number can stand in.
+        mrn = any(e.comparison == "mrn" for e in evidence)
         evidence = [
             dataclasses.replace(e, doubt=True, reason=_NAME_MISSING)
             if e.comparison in ("family_name", "given_name") and e.level == MISSING
+            else dataclasses.replace(e, doubt=True, reason=_DOB_MISSING)
+            if e.comparison == "dob" and e.level == MISSING and not mrn
             else e
             for e in evidence
         ]
