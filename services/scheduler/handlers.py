@@ -191,11 +191,9 @@ class Scheduler:
 
     def _lookup_keys(self, report: ReportIdentity) -> list[tuple[str, str]]:
         """Every key to find the report's candidates by: intake's and the derived ones."""
-        keys = blind_pairs(report.blind)
+        keys = blind_pairs(report.blind) + list(report.derived_keys)
         if self._indexer is not None:
-            keys += blocking.lookup_keys(
-                self._indexer, family=report.family, given=report.given, dob=report.dob
-            )
+            keys += blocking.dob_variant_keys(self._indexer, report.dob)
         return keys
 
     async def _apply_report(

@@ -83,8 +83,9 @@ from services.scheduler.matching import (
     profile,
     verdict,
 )
+from services.scheduler.matching.names import fold
 from shared.events.common import BlindKeys
-from shared.sealing import normalize_name, normalize_phone
+from shared.sealing import normalize_phone
 
 __all__ = [
     "DEFAULT_EPISODE_WINDOW",
@@ -145,7 +146,7 @@ class ReportIdentity:
     @property
     def deidentified(self) -> bool:
         """No name and no phone (after normalization): counted, never assigned."""
-        has_name = bool(normalize_name(self.family or "") or normalize_name(self.given or ""))
+        has_name = bool(fold(self.family or "") or fold(self.given or ""))
         has_phone = self.blind.phone is not None or any(normalize_phone(p) for p in self.phones)
         return not (has_name or has_phone)
 

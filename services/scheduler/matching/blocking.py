@@ -21,7 +21,7 @@ from datetime import date
 from services.scheduler.matching.names import parse_name, phonetic
 from shared.sealing import BlindIndexer
 
-__all__ = ["dob_variants", "lookup_keys", "stored_keys"]
+__all__ = ["dob_variant_keys", "dob_variants", "lookup_keys", "stored_keys"]
 
 
 def dob_variants(dob: date) -> list[date]:
@@ -55,11 +55,15 @@ def stored_keys(
     return keys
 
 
+def dob_variant_keys(indexer: BlindIndexer, dob: date | None) -> list[tuple[str, str]]:
+    """The DOB keys of a date of birth's usual typing errors (:func:`dob_variants`)."""
+    if dob is None:
+        return []
+    return [("dob", k) for v in dob_variants(dob) if (k := indexer.dob(v))]
+
+
 def lookup_keys(
     indexer: BlindIndexer, *, family: str | None, given: str | None, dob: date | None
 ) -> list[tuple[str, str]]:
-    """Every derived key a report looks candidates up by: its name key and its DOB variants."""
-    keys = stored_keys(indexer, family=family, given=given)
-    if dob is not None:
-        keys += [("dob", k) for v in dob_variants(dob) if (k := indexer.dob(v))]
-    return keys
+    """Every derived key a report looks candidates up by: its name keys and its DOB variants."""
+    return stored_keys(indexer, family=family, given=given) + dob_variant_keys(indexer, dob)

@@ -41,6 +41,7 @@ __all__ = [
     "NameParts",
     "are_aliases",
     "damerau_levenshtein",
+    "fold",
     "is_dropped_letter",
     "is_known_given_name",
     "is_placeholder",
@@ -77,10 +78,17 @@ class NameParts:
     """A generational suffix taken off the end (``jr``, ``sr``, ``ii``, ...)."""
 
 
-def _fold_part(part: str) -> str:
-    return normalize_name(part)
+@functools.lru_cache(maxsize=65536)
+def fold(text: str) -> str:
+    """:func:`~shared.sealing.normalize_name`, memoized: linking folds the same names over and
+    over (a person's name for every report that finds them)."""
+    return normalize_name(text)
 
 
+_fold_part = fold
+
+
+@functools.lru_cache(maxsize=65536)
 def parse_name(raw: str | None) -> NameParts | None:
     """The name folded into parts with its suffix; None when nothing of a name is left."""
     if not raw:

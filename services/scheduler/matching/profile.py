@@ -11,8 +11,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 
-from services.scheduler.matching.names import NameParts, is_placeholder, parse_name
-from shared.sealing import normalize_name, normalize_phone
+from services.scheduler.matching.names import NameParts, fold, is_placeholder, parse_name
+from shared.sealing import normalize_phone
 
 __all__ = ["EVENT_KINDS", "Event", "Profile", "normalize_county", "normalize_sex", "profile"]
 
@@ -46,7 +46,7 @@ def normalize_county(raw: str | None) -> str | None:
     text = raw.strip().casefold()
     if text.isdigit():
         return text
-    folded = normalize_name(text)
+    folded = fold(text)
     for tail in ("county", "parish", "borough"):
         if folded.endswith(tail) and len(folded) > len(tail):
             folded = folded[: -len(tail)]
@@ -114,7 +114,7 @@ def profile(
     return Profile(
         family=family_parts,
         given=given_parts,
-        middle=normalize_name(middle or "") or None,
+        middle=fold(middle or "") or None,
         dob=dob,
         sex=normalize_sex(sex),
         zip=zip_code if len(zip_code) == 5 else None,

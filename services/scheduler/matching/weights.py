@@ -36,7 +36,7 @@ weight (``evidence.py``): twins and a parent and child share everything else.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 __all__ = [
     "DEFAULT_AUTO_LINK_WEIGHT",
@@ -77,11 +77,11 @@ class Level:
     reason: str
     doubt: bool = False
     """A conflict a careful person would stop at: never an automatic link."""
+    weight: float = field(init=False)
+    """``log2(m / u)``, in bits, rounded to a hundredth (as the explanation shows it)."""
 
-    @property
-    def weight(self) -> float:
-        """``log2(m / u)``, in bits, rounded to a hundredth (as the explanation shows it)."""
-        return round(math.log2(self.m / self.u), 2)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "weight", round(math.log2(self.m / self.u), 2))
 
 
 # fmt: off
