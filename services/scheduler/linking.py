@@ -255,6 +255,8 @@ def link(
     """Which person a report is about, by the rules in the module docs, with the reasons."""
     if report.deidentified:
         return LinkDecision(kind="deidentified", person_id=None, reasons=(LinkReason.NO_IDENTITY,))
+    if not candidates:
+        return LinkDecision(kind="new", person_id=None, reasons=(LinkReason.NO_MATCH,))
     limits = thresholds or Thresholds()
     mine = report.profile()
     weighed: dict[uuid.UUID, tuple[Explanation, str, int]] = {}

@@ -479,6 +479,13 @@ def _incoherences(policy: Policy) -> Iterable[str]:
             f"greater than escalation.hours_without_contact ({escalation.hours_without_contact})"
             ", so that a visit escalated for lack of contact is not already overdue"
         )
+    linking = policy.linking
+    if not linking.flag_weight <= linking.review_weight < linking.auto_link_weight:
+        yield (
+            f"linking.flag_weight ({linking.flag_weight}) <= linking.review_weight "
+            f"({linking.review_weight}) < linking.auto_link_weight ({linking.auto_link_weight}) "
+            "must hold"
+        )
     follow = policy.follow_ups
     if follow.window_close_hours <= follow.due_hours:
         yield (

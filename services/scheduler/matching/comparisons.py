@@ -170,7 +170,8 @@ def _compare_plain_names(a: Profile, b: Profile) -> tuple[Found, Found, bool]:
         compare_given(a.given, b.given, a.middle, b.middle),
     )
     best, swapped = straight, False
-    if a.family and a.given and b.family and b.given:
+    agree = (straight[0][0].name, straight[1][0].name) == ("exact", "exact")
+    if not agree and a.family and a.given and b.family and b.given:
         # Both ways round, so that the answer does not depend on which side is the report.
         crosswise = [
             (
