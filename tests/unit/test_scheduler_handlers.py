@@ -81,7 +81,7 @@ class World:
         *,
         family: str | None = "Doe",
         given: str | None = "Jane",
-        dob: str = "1990-01-01",
+        dob: str | None = "1990-01-01",
         kind: str = "ems",
         incident_at: datetime = INCIDENT,
         consent: Consent = Consent.ACCEPTED,
@@ -93,7 +93,7 @@ class World:
         identity = Identity(
             family=family,
             given=given,
-            dob=date.fromisoformat(dob),
+            dob=date.fromisoformat(dob) if dob else None,
             phones=(phone,) if phone else (),
         )
         event = OverdoseReported(
