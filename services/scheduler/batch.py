@@ -70,8 +70,6 @@ __all__ = [
 
 KEY_KINDS = ("name_dob", "phone", "mrn", "dob")
 """The blind keys intake publishes."""
-DERIVED_KEY_KINDS = ("name", "name_sound")
-"""The blind keys the scheduler derives itself (matching.blocking)."""
 EVENT_WINDOW: timedelta = SAME_DAY_WINDOW
 """People with an episode of another report kind this close to a report's incident are its
 candidates."""
@@ -404,18 +402,8 @@ class ReportBatch:
         if opened is None:
             opened = _opened(self._open_identity(sealed) if sealed else {})
             self._opened[(person.id, sealed)] = opened
-        kinds = (*KEY_KINDS, *DERIVED_KEY_KINDS)
-        keys = {kind: frozenset(v for k, v in person.keys if k == kind) for kind in kinds}
-        return PersonCandidate(
-            person_id=person.id,
-            **opened,
-            name_dob_keys=keys["name_dob"],
-            phone_keys=keys["phone"],
-            mrn_keys=keys["mrn"],
-            dob_keys=keys["dob"],
-            name_keys=keys["name"],
-            name_sound_keys=keys["name_sound"],
-            episodes=tuple(self._episodes(person)),
+        return PersonCandidate.holding(
+            person.id, person.keys, episodes=self._episodes(person), **opened
         )
 
     def person(self, person_id: uuid.UUID) -> KnownPerson:

@@ -67,11 +67,11 @@ Repeat overdose (:func:`is_repeat`)
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from enum import StrEnum
-from typing import Literal
+from typing import Any, Literal
 
 from services.scheduler.matching import (
     EVENT_KINDS,
@@ -160,17 +160,7 @@ class ReportIdentity:
         events: tuple[Event, ...] = ()
         if self.incident_at is not None and self.source_kind in EVENT_KINDS:
             events = (Event(self.incident_at, frozenset({self.source_kind}), self.county),)
-        return profile(
-            family=self.family,
-            given=self.given,
-            middle=self.middle,
-            dob=self.dob,
-            sex=self.sex,
-            postal_code=self.postal_code,
-            phones=self.phones,
-            keys=keys,
-            events=events,
-        )
+        return _profile(self, keys, events)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -202,21 +192,60 @@ class PersonCandidate:
             "dob": self.dob_keys,
             "name": self.name_keys,
         }
-        return profile(
-            family=self.family,
-            given=self.given,
-            middle=self.middle,
-            dob=self.dob,
-            sex=self.sex,
-            postal_code=self.postal_code,
-            phones=self.phones,
-            keys=keys,
-            events=[
-                Event(e.incident_at, e.sources & EVENT_KINDS, e.county)
-                for e in self.episodes
-                if e.sources & EVENT_KINDS
-            ],
+        events = [
+            Event(e.incident_at, e.sources & EVENT_KINDS, e.county)
+            for e in self.episodes
+            if e.sources & EVENT_KINDS
+        ]
+        return _profile(self, keys, events)
+
+    @classmethod
+    def holding(
+        cls,
+        person_id: uuid.UUID,
+        pairs: Iterable[tuple[str, str]],
+        *,
+        episodes: Iterable[EpisodeRef] = (),
+        **identity: Any,
+    ) -> PersonCandidate:
+        """A candidate from its blind keys as ``(kind, value)`` pairs (``person_key`` rows),
+        its episodes and its opened identity (``family``, ``given``, ``dob``, ...)."""
+        by_kind: dict[str, set[str]] = {}
+        for kind, value in pairs:
+            by_kind.setdefault(kind, set()).add(value)
+
+        def of(kind: str) -> frozenset[str]:
+            return frozenset(by_kind.get(kind, ()))
+
+        return cls(
+            person_id=person_id,
+            **identity,
+            name_dob_keys=of("name_dob"),
+            phone_keys=of("phone"),
+            mrn_keys=of("mrn"),
+            dob_keys=of("dob"),
+            name_keys=of("name"),
+            name_sound_keys=of("name_sound"),
+            episodes=tuple(episodes),
         )
+
+
+def _profile(
+    who: ReportIdentity | PersonCandidate,
+    keys: Mapping[str, Iterable[str]],
+    events: Iterable[Event],
+) -> Profile:
+    return profile(
+        family=who.family,
+        given=who.given,
+        middle=who.middle,
+        dob=who.dob,
+        sex=who.sex,
+        postal_code=who.postal_code,
+        phones=who.phones,
+        keys=keys,
+        events=events,
+    )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -109,11 +109,10 @@ def _identity(report: Report) -> ReportIdentity:
 
 def _candidate(person: _Person) -> PersonCandidate:
     r = person.identity
-    keys: dict[str, frozenset[str]] = defaultdict(frozenset)
-    for kind in ("name_dob", "phone", "mrn", "dob", "name", "name_sound"):
-        keys[kind] = frozenset(v for k, v in person.keys if k == kind)
-    return PersonCandidate(
-        person_id=person.id,
+    return PersonCandidate.holding(
+        person.id,
+        person.keys,
+        episodes=person.episodes,
         family=r.family,
         given=r.given,
         middle=r.middle,
@@ -121,13 +120,6 @@ def _candidate(person: _Person) -> PersonCandidate:
         sex=r.sex,
         postal_code=r.zip,
         phones=r.phones,
-        name_dob_keys=keys["name_dob"],
-        phone_keys=keys["phone"],
-        mrn_keys=keys["mrn"],
-        dob_keys=keys["dob"],
-        name_keys=keys["name"],
-        name_sound_keys=keys["name_sound"],
-        episodes=tuple(person.episodes),
     )
 
 
