@@ -13,7 +13,7 @@ help:
 	@echo "make test       lint, type-check and run every test (starts Kafka and PostgreSQL)"
 	@echo "make lint | typecheck | unit | integration | e2e | format"
 	@echo "make fuzz       the parser fuzz tests with FUZZ_SCALE (50) times the examples"
-	@echo "make bench      intake throughput: MLLP and EMS, with same-run parse baselines"
+	@echo "make bench      intake (MLLP, EMS), scheduler and reporting benchmarks"
 	@echo "make eval-linking  linking on a synthetic population: auto-linked, reviewed, missed"
 	@echo "make kafka-up | kafka-down | pg-up | pg-down"
 

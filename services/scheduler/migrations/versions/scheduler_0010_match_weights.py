@@ -2,7 +2,7 @@
 county; episodes are found by program and incident time (the overdose as linking evidence).
 
 Revision ID: scheduler_0010
-Revises: scheduler_0008
+Revises: scheduler_0013
 """
 
 from collections.abc import Sequence
@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "scheduler_0010"
-down_revision: str | None = "scheduler_0008"
+down_revision: str | None = "scheduler_0013"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
