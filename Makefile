@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: help venv run test lint format typecheck unit integration e2e fuzz bench bench-intake \
+.PHONY: help venv run test lint format typecheck unit integration e2e fuzz bench bench-intake eval-linking \
         kafka-up kafka-down pg-up pg-down infra-up infra-down clean
 
 help:
@@ -14,6 +14,7 @@ help:
 	@echo "make lint | typecheck | unit | integration | e2e | format"
 	@echo "make fuzz       the parser fuzz tests with FUZZ_SCALE (50) times the examples"
 	@echo "make bench      intake (MLLP, EMS), scheduler and reporting benchmarks"
+	@echo "make eval-linking  linking on a synthetic population: auto-linked, reviewed, missed"
 	@echo "make kafka-up | kafka-down | pg-up | pg-down"
 
 $(STAMP): pyproject.toml
@@ -60,6 +61,9 @@ bench: venv
 	@scripts/bench.sh $(BENCH_ARGS)
 
 bench-intake: bench
+
+eval-linking: venv
+	$(BIN)/python -m tests.linking.eval $(EVAL_ARGS)
 
 kafka-up:
 	@deploy/local/kafka.sh start

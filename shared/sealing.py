@@ -276,6 +276,7 @@ _ISO_DATE = re.compile(r"^(\d{4})-(\d{2})-(\d{2})$")
 _HL7_DATE = re.compile(r"^(\d{4})(\d{2})(\d{2})(?:\d{2,6}(?:\.\d{1,4})?)?(?:[+-]\d{4})?$")
 _WHITESPACE = re.compile(r"\s+")
 _UNIT_SEP = "\x1f"
+_STANDARD_KINDS = frozenset({"name_dob", "name", "dob", "phone", "mrn"})
 
 
 def normalize_name(s: str) -> str:
@@ -376,6 +377,21 @@ class BlindIndexer:
             return None
         # "|" cannot survive normalize_name, so the parts cannot run into each other.
         return self._digest("name_dob", f"{fam}|{giv}|{day}")
+
+    def name(self, family: str, given: str) -> str | None:
+        """Index of a full name alone, the same with family and given swapped: for blocking
+        (finding candidates to compare under the seal), never for a match on its own."""
+        parts = sorted((normalize_name(family), normalize_name(given)))
+        if not all(parts):
+            return None
+        return self._digest("name", "|".join(parts))
+
+    def derived(self, kind: str, value: str) -> str | None:
+        """Index of a value a service derived and normalized itself (a phonetic code of a
+        name, say), under a kind of its own: for blocking only. None if the value is empty."""
+        if kind in _STANDARD_KINDS:
+            raise ValueError(f"{kind!r} is a standard blind index kind; use its own method")
+        return self._digest(kind, value)
 
     def dob(self, dob: date | str) -> str | None:
         """Index of a date of birth alone: for blocking (finding candidates to compare under

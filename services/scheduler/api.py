@@ -252,17 +252,40 @@ class PossibleMatchOut(BaseModel):
     candidate_id: uuid.UUID = Field(description="The existing person it may be.")
     reasons: list[str]
     status: Literal["open", "confirmed", "split"]
+    level: Literal["review", "flag"] = Field(
+        default="review",
+        description="review: the evidence is between the program's thresholds; flag: low "
+        "priority, the reports look like one overdose but little else agrees.",
+    )
+    weight: float | None = Field(
+        default=None, description="The match weight in bits (docs/linking.md)."
+    )
+    explanation: dict[str, Any] | None = Field(
+        default=None,
+        description="Every piece of evidence with its level, weight in bits and reason, the "
+        "doubts that kept it from an automatic link, and the thresholds in force. No "
+        "identifying values. Kept with the decision.",
+    )
     created_at: datetime
 
 
 def _match_out(m: MatchDecision | Any, status: str | None = None) -> PossibleMatchOut:
+    """A decided match (the handler's), or a stored row."""
+    if isinstance(m, MatchDecision):
+        reasons, explanation = m.reasons, m.explanation
+    else:
+        reasons = json.loads(m.reasons)
+        explanation = json.loads(m.explanation) if m.explanation else None
     return PossibleMatchOut(
         id=m.id,
         report_id=m.report_id,
         person_id=m.person_id,
         candidate_id=m.candidate_id,
-        reasons=m.reasons if isinstance(m, MatchDecision) else json.loads(m.reasons),
+        reasons=reasons,
         status=status or m.status,
+        level=m.level,
+        weight=m.weight,
+        explanation=explanation,
         created_at=m.created_at,
     )
 
@@ -271,9 +294,12 @@ def _match_out(m: MatchDecision | Any, status: str | None = None) -> PossibleMat
     "/possible-matches",
     summary="Uncertain person matches, for a team lead to confirm or split (oldest first)",
     description="A page like every list (`{items, next_cursor}`); before this release the "
-    "matches were a bare array. Audited: the read is written to the audit log, one entry per "
-    "match.",
-    responses={503: {"model": ErrorResponse}},
+    "matches were a bare array. Each item carries the explanation of its match weight: every "
+    "piece of evidence (names, date of birth, phone, the overdose itself, ...) with its weight "
+    "and reason. A lead's confirm or split is kept with that explanation, so the weights can be "
+    "re-estimated from the program's own decisions. Audited: the read is written to the audit "
+    "log, one entry per match.",
+    responses={**ERRORS, 503: {"model": ErrorResponse}},
 )
 async def list_possible_matches(
     principal: Lead,

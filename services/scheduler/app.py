@@ -17,15 +17,16 @@ from services.scheduler.handlers import PolicyBook, Scheduler
 from services.scheduler.policy import load_policies
 from services.scheduler.timers import TimerRunner
 from shared.runtime import ConsumerSpec, Runtime, create_service_app
-from shared.sealing import Sealer, load_keys
+from shared.sealing import BlindIndexer, Sealer, load_keys
 from shared.settings import Settings
 from shared.topics import INTAKE_OVERDOSES, OUTREACH_ACTIVITY
 
 __all__ = ["create_app"]
 
 DESCRIPTION = (
-    "The program's clock and policy. Links each overdose report to a person (blind keys; "
-    "typo-tolerant matching under the seal, uncertain matches held for a team lead) and to an "
+    "The program's clock and policy. Links each overdose report to a person (match weights "
+    "under the seal: names, date of birth, phone and the overdose itself, each with a reason; "
+    "uncertain matches held for a team lead with their explanation) and to an "
     "episode (an EMS and an ED report of one overdose are one episode), opens a case per "
     "person, and turns episodes into time-boxed outreach tasks from the program's policy: "
     "remote contact first, an in-person visit when that fails, follow-ups after contact. "
@@ -40,12 +41,15 @@ def create_app(settings: Settings) -> FastAPI:
         load_policies(settings.scheduler_policy_dir) if settings.scheduler_policy_dir else {}
     )
     holder: dict[str, Scheduler] = {}
-    sealers: list[Sealer] = []
+    loaded: list[tuple[Sealer, BlindIndexer]] = []
+
+    def keys() -> tuple[Sealer, BlindIndexer]:
+        if not loaded:  # keys are read when the service starts, not when the app is built
+            loaded.append(load_keys(settings))
+        return loaded[0]
 
     def sealer() -> Sealer:
-        if not sealers:  # keys are read when the service starts, not when the app is built
-            sealers.append(load_keys(settings)[0])
-        return sealers[0]
+        return keys()[0]
 
     def scheduler() -> Scheduler:
         if "scheduler" not in holder:
@@ -53,6 +57,7 @@ def create_app(settings: Settings) -> FastAPI:
                 sealer=sealer(),
                 policies=policies,
                 episode_window=timedelta(hours=settings.scheduler_episode_window_hours),
+                indexer=keys()[1],
             )
         return holder["scheduler"]
 

@@ -16,6 +16,13 @@ after a commit. That is complete because a person can only become a candidate fo
 by holding one of its keys, and a person gains keys only by being linked, that is by being a
 candidate already.
 
+A person can also be a candidate because of the overdose itself: an episode of another report
+kind (an EMS run for an ED visit) within the event window of a report's incident
+(:data:`EVENT_WINDOW`). One more query reads those episodes for the whole batch (by program and
+incident time, skipping episodes that already hold every kind the batch's reports are), and
+their people join the one query for people. Episodes the batch itself creates are found the same
+way in memory, so an EMS run and an ED visit in one batch meet too.
+
 The working set is as fresh as row-at-a-time reads would be: nothing locked these rows
 before either, and another consumer's changes (say, a do-not-contact request) may land a
 moment before or after a report just the same.
@@ -25,9 +32,9 @@ from __future__ import annotations
 
 import dataclasses
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -35,6 +42,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.scheduler import timers
 from services.scheduler.linking import EpisodeRef, PersonCandidate
+from services.scheduler.matching import EVENT_KINDS
+from services.scheduler.matching.comparisons import SAME_DAY_WINDOW
 from services.scheduler.models import (
     CASE,
     EPISODE,
@@ -44,13 +53,26 @@ from services.scheduler.models import (
     REPORT_LINK,
     TASK,
 )
+from services.scheduler.policy import effective_incident
 from services.scheduler.reports import Report
 from shared.events import BlindKeys
 from shared.events.scheduler import TaskKind
 
-__all__ = ["KEY_KINDS", "KnownCase", "KnownPerson", "ReportBatch", "Writes", "blind_pairs"]
+__all__ = [
+    "EVENT_WINDOW",
+    "KEY_KINDS",
+    "KnownCase",
+    "KnownPerson",
+    "ReportBatch",
+    "Writes",
+    "blind_pairs",
+]
 
 KEY_KINDS = ("name_dob", "phone", "mrn", "dob")
+"""The blind keys intake publishes."""
+EVENT_WINDOW: timedelta = SAME_DAY_WINDOW
+"""People with an episode of another report kind this close to a report's incident are its
+candidates."""
 
 # Insert order: a row never refers to one inserted after it.
 _TABLES = (PERSON, PERSON_KEY, POSSIBLE_MATCH, CASE, EPISODE, REPORT_LINK, TASK, timers.TIMER)
@@ -128,6 +150,8 @@ class KnownPerson:
     do_not_contact: bool
     deceased: bool = False
     keys: set[tuple[str, str]] = field(default_factory=set)
+    nearby: dict[uuid.UUID, EpisodeRef] = field(default_factory=dict)
+    """Episodes near the batch's reports (the event query), whatever their case's status."""
 
 
 @dataclass(slots=True)
@@ -142,8 +166,47 @@ class KnownCase:
 OpenIdentity = Callable[[str], dict[str, Any]]
 """Opens a person's sealed identity."""
 
-_Opened = tuple[str | None, str | None, date | None]
-"""Family name, given name and date of birth from an opened identity."""
+_IDENTITY_FIELDS = ("family", "given", "middle", "sex")
+
+
+def _opened(identity: dict[str, Any]) -> dict[str, Any]:
+    """What linking compares, from an opened identity (kept in memory only)."""
+    dob = identity.get("dob")
+    address = identity.get("address") or {}
+    return {
+        **{name: identity.get(name) for name in _IDENTITY_FIELDS},
+        "dob": date.fromisoformat(dob) if dob else None,
+        "postal_code": address.get("postal_code") if isinstance(address, dict) else None,
+        "phones": tuple(identity.get("phones") or ()),
+    }
+
+
+def _near_episodes(reports: Sequence[Report]) -> sa.ColumnElement[bool] | None:
+    """Episodes of a person within the event window of any report with an event, lacking at
+    least one of those reports' kinds; None when no report has an event."""
+    spans: list[tuple[datetime, datetime]] = []
+    kinds: set[str] = set()
+    for r in reports:
+        if r.deidentified or r.source_kind not in EVENT_KINDS:
+            continue
+        at, _ = effective_incident(r.incident_at, r.received_at)
+        spans.append((at - EVENT_WINDOW, at + EVENT_WINDOW))
+        kinds.add(r.source_kind)
+    if not spans:
+        return None
+    merged: list[list[datetime]] = []
+    for start, end in sorted(spans):
+        if merged and start <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], end)
+        else:
+            merged.append([start, end])
+    wrapped = sa.literal(",") + EPISODE.c.sources + sa.literal(",")
+    return sa.and_(
+        EPISODE.c.program_id.in_({r.program_id for r in reports}),
+        EPISODE.c.person_id.is_not(None),
+        sa.or_(*(EPISODE.c.incident_at.between(start, end) for start, end in merged)),
+        sa.or_(*(wrapped.not_like(f"%,{kind},%") for kind in sorted(kinds))),
+    )
 
 
 class ReportBatch:
@@ -155,13 +218,20 @@ class ReportBatch:
         self._revisions: dict[uuid.UUID, int] = {}
         self._people: dict[uuid.UUID, KnownPerson] = {}
         self._cases: dict[uuid.UUID, KnownCase] = {}
-        self._opened: dict[tuple[uuid.UUID, str | None], _Opened] = {}
+        self._opened: dict[tuple[uuid.UUID, str | None], dict[str, Any]] = {}
 
     @classmethod
     async def load(
-        cls, session: AsyncSession, reports: Sequence[Report], open_identity: OpenIdentity
+        cls,
+        session: AsyncSession,
+        reports: Sequence[Report],
+        open_identity: OpenIdentity,
+        lookups: Mapping[uuid.UUID, Iterable[tuple[str, str]]] | None = None,
     ) -> ReportBatch:
-        """Read the batch's working set: one query per kind of row, none when there is none."""
+        """Read the batch's working set: one query per kind of row, none when there is none.
+
+        ``lookups`` are more keys to find each report's candidates by (matching.blocking).
+        """
         batch = cls(open_identity)
         links = await session.execute(
             sa.select(REPORT_LINK.c.report_id, REPORT_LINK.c.revision).where(
@@ -169,18 +239,51 @@ class ReportBatch:
             )
         )
         batch._revisions = {report_id: revision for report_id, revision in links.all()}
-        pairs = {p for r in reports if not r.deidentified for p in blind_pairs(r.blind_keys)}
-        if not pairs:
+        pairs = {
+            p
+            for r in reports
+            if not r.deidentified
+            for p in (*blind_pairs(r.blind_keys), *(lookups or {}).get(r.report_id, ()))
+        }
+        near: dict[uuid.UUID, list[EpisodeRef]] = {}
+        near_filter = _near_episodes(reports)
+        if near_filter is not None:
+            found = await session.execute(
+                sa.select(
+                    EPISODE.c.id,
+                    EPISODE.c.person_id,
+                    EPISODE.c.incident_at,
+                    EPISODE.c.sources,
+                    EPISODE.c.fatal,
+                    EPISODE.c.county,
+                ).where(near_filter)
+            )
+            for episode_id, person_id, incident_at, sources, fatal, county in found.all():
+                near.setdefault(person_id, []).append(
+                    EpisodeRef(
+                        episode_id=episode_id,
+                        incident_at=incident_at,
+                        sources=frozenset(sources.split(",")),
+                        fatal=fatal,
+                        county=county,
+                    )
+                )
+        if not pairs and not near:
             return batch
         programs = {r.program_id for r in reports}
-        holders = (
-            sa.select(PERSON_KEY.c.person_id)
-            .join(PERSON, PERSON.c.id == PERSON_KEY.c.person_id)
-            .where(
-                PERSON.c.program_id.in_(programs),
-                sa.tuple_(PERSON_KEY.c.kind, PERSON_KEY.c.value).in_(sorted(pairs)),
+        wanted: list[sa.ColumnElement[bool]] = []
+        if pairs:
+            holders = (
+                sa.select(PERSON_KEY.c.person_id)
+                .join(PERSON, PERSON.c.id == PERSON_KEY.c.person_id)
+                .where(
+                    PERSON.c.program_id.in_(programs),
+                    sa.tuple_(PERSON_KEY.c.kind, PERSON_KEY.c.value).in_(sorted(pairs)),
+                )
             )
-        )
+            wanted.append(PERSON.c.id.in_(holders))
+        if near:
+            wanted.append(PERSON.c.id.in_(list(near)))
         people = await session.execute(
             sa.select(
                 PERSON.c.id,
@@ -191,8 +294,8 @@ class ReportBatch:
                 PERSON_KEY.c.kind,
                 PERSON_KEY.c.value,
             )
-            .join(PERSON_KEY, PERSON_KEY.c.person_id == PERSON.c.id)
-            .where(PERSON.c.id.in_(holders))
+            .outerjoin(PERSON_KEY, PERSON_KEY.c.person_id == PERSON.c.id)
+            .where(sa.or_(*wanted))
             .order_by(PERSON.c.created_at, PERSON.c.id)
         )
         for pid, program_id, sealed, do_not_contact, deceased_at, kind, value in people.all():
@@ -201,8 +304,10 @@ class ReportBatch:
                 person = KnownPerson(
                     pid, program_id, sealed, do_not_contact, deceased_at is not None
                 )
+                person.nearby = {e.episode_id: e for e in near.get(pid, ())}
                 batch._people[pid] = person
-            person.keys.add((kind, value))
+            if kind is not None:
+                person.keys.add((kind, value))
         if not batch._people:
             return batch
         cases = await session.execute(
@@ -222,17 +327,19 @@ class ReportBatch:
                     EPISODE.c.incident_at,
                     EPISODE.c.sources,
                     EPISODE.c.fatal,
+                    EPISODE.c.county,
                 )
                 .where(EPISODE.c.case_id.in_(list(by_id)))
                 .order_by(EPISODE.c.created_at, EPISODE.c.id)
             )
-            for episode_id, case_id, incident_at, sources, fatal in episodes.all():
+            for episode_id, case_id, incident_at, sources, fatal, county in episodes.all():
                 by_id[case_id].episodes.append(
                     EpisodeRef(
                         episode_id=episode_id,
                         incident_at=incident_at,
                         sources=frozenset(sources.split(",")),
                         fatal=fatal,
+                        county=county,
                     )
                 )
         return batch
@@ -253,39 +360,50 @@ class ReportBatch:
 
     # --- people --------------------------------------------------------------------------
 
-    def candidates(self, program_id: str, blind: BlindKeys) -> list[PersonCandidate]:
-        """The program's people holding any of the report's blind keys, oldest first."""
-        wanted = set(blind_pairs(blind))
-        if not wanted:
-            return []
+    def candidates(
+        self,
+        program_id: str,
+        pairs: Iterable[tuple[str, str]],
+        *,
+        incident_at: datetime | None = None,
+        source_kind: str | None = None,
+    ) -> list[PersonCandidate]:
+        """The program's people holding any of these keys, or with an episode of another
+        report kind within the event window of ``incident_at``; oldest first."""
+        wanted = set(pairs)
+        event = (
+            (incident_at, source_kind)
+            if incident_at is not None and source_kind in EVENT_KINDS and source_kind
+            else None
+        )
         return [
             self._candidate(p)
             for p in self._people.values()
-            if p.program_id == program_id and not p.keys.isdisjoint(wanted)
+            if p.program_id == program_id
+            and (not p.keys.isdisjoint(wanted) or (event is not None and self._near(p, *event)))
         ]
+
+    def _episodes(self, person: KnownPerson) -> list[EpisodeRef]:
+        """The person's episodes the batch knows: the open case's (current) and the nearby."""
+        case = self._cases.get(person.id)
+        current = list(case.episodes) if case is not None else []
+        seen = {e.episode_id for e in current}
+        return current + [e for e in person.nearby.values() if e.episode_id not in seen]
+
+    def _near(self, person: KnownPerson, at: datetime, source_kind: str) -> bool:
+        return any(
+            source_kind not in e.sources and abs(e.incident_at - at) <= EVENT_WINDOW
+            for e in self._episodes(person)
+        )
 
     def _candidate(self, person: KnownPerson) -> PersonCandidate:
         sealed = person.identity_sealed
         opened = self._opened.get((person.id, sealed))
         if opened is None:
-            identity = self._open_identity(sealed) if sealed else {}
-            dob = identity.get("dob")
-            opened = (
-                identity.get("family"),
-                identity.get("given"),
-                date.fromisoformat(dob) if dob else None,
-            )
+            opened = _opened(self._open_identity(sealed) if sealed else {})
             self._opened[(person.id, sealed)] = opened
-        family, given, dob_on_file = opened
-        keys = {kind: frozenset(v for k, v in person.keys if k == kind) for kind in KEY_KINDS}
-        return PersonCandidate(
-            person_id=person.id,
-            family=family,
-            given=given,
-            dob=dob_on_file,
-            name_dob_keys=keys["name_dob"],
-            phone_keys=keys["phone"],
-            mrn_keys=keys["mrn"],
+        return PersonCandidate.holding(
+            person.id, person.keys, episodes=self._episodes(person), **opened
         )
 
     def person(self, person_id: uuid.UUID) -> KnownPerson:
@@ -303,9 +421,12 @@ class ReportBatch:
         self.writes.insert(PERSON, row)
         return person
 
-    def remember_keys(self, person: KnownPerson, blind: BlindKeys) -> None:
-        """Record the report's blind keys the person is not known by yet."""
-        for kind, value in blind_pairs(blind):
+    def remember_keys(
+        self, person: KnownPerson, blind: BlindKeys, derived: Iterable[tuple[str, str]] = ()
+    ) -> None:
+        """Record the report's blind keys (and those derived from it) the person is not known
+        by yet."""
+        for kind, value in (*blind_pairs(blind), *derived):
             if (kind, value) not in person.keys:
                 person.keys.add((kind, value))
                 self.writes.insert(
@@ -340,6 +461,7 @@ class ReportBatch:
                     incident_at=row["incident_at"],
                     sources=frozenset(row["sources"].split(",")),
                     fatal=row["fatal"],
+                    county=row.get("county"),
                 )
             )
         self.writes.insert(EPISODE, row)

@@ -30,15 +30,17 @@ from typing import Any
 import sqlalchemy as sa
 
 from services.scheduler import timers
-from services.scheduler.batch import ReportBatch, Writes
+from services.scheduler.batch import ReportBatch, Writes, blind_pairs
 from services.scheduler.linking import (
     CaseFacts,
+    LinkDecision,
     PersonFacts,
     ReportIdentity,
     episode_for,
     link,
     merge_people,
 )
+from services.scheduler.matching import blocking
 from services.scheduler.models import (
     CASE,
     EPISODE,
@@ -85,7 +87,7 @@ from shared.events import (
 )
 from shared.events.scheduler import QuietHours, TaskKind
 from shared.ids import new_uuid
-from shared.sealing import Sealer
+from shared.sealing import BlindIndexer, Sealer
 from shared.uow import UnitOfWork
 
 __all__ = [
@@ -139,6 +141,9 @@ class MatchDecision:
     reasons: list[str]
     status: str
     created_at: datetime
+    level: str = "review"
+    weight: float | None = None
+    explanation: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,8 +172,13 @@ class Scheduler:
         policies: PolicyBook,
         new_id: Callable[[], uuid.UUID] = new_uuid,
         episode_window: timedelta = timedelta(hours=12),
+        indexer: BlindIndexer | None = None,
     ) -> None:
+        """``indexer`` derives the blocking keys intake does not publish (matching.blocking:
+        the name key, the DOB keys of common typing errors); without it, only intake's keys
+        and the overdose itself find candidates."""
         self._sealer = sealer
+        self._indexer = indexer
         self._policies = policies
         self._new_id = new_id
         self._window = episode_window
@@ -203,17 +213,70 @@ class Scheduler:
         given, are the reports' event ids: what each publishes continues that event's trace."""
         if not reports:
             return
-        batch = await ReportBatch.load(uow.session, reports, self._open_identity)
+        identities = {
+            r.report_id: self._report_identity(r)
+            for r in reports
+            if r.identity and not r.deidentified
+        }
+        lookups = {
+            report_id: self._lookup_keys(identity) for report_id, identity in identities.items()
+        }
+        batch = await ReportBatch.load(uow.session, reports, self._open_identity, lookups)
         for n, report in enumerate(reports):
             with uow.caused_by(causes[n] if causes else None):
-                await self._apply_report(uow, batch, report)
+                await self._apply_report(
+                    uow,
+                    batch,
+                    report,
+                    identities.get(report.report_id),
+                    lookups.get(report.report_id),
+                )
         await batch.writes.flush(uow.session)
 
     def _open_identity(self, sealed: str) -> dict[str, Any]:
         identity: dict[str, Any] = self._sealer.open_json(sealed, context="identity")
         return identity
 
-    async def _apply_report(self, uow: UnitOfWork, batch: ReportBatch, event: Report) -> None:
+    def _report_identity(self, event: Report) -> ReportIdentity:
+        """Who the report is about and the overdose it reports, opened in memory."""
+        identity = self._open_identity(event.identity) if event.identity else {}
+        address = identity.get("address")
+        derived: list[tuple[str, str]] = []
+        if self._indexer is not None:
+            derived = blocking.stored_keys(
+                self._indexer, family=identity.get("family"), given=identity.get("given")
+            )
+        return ReportIdentity(
+            family=identity.get("family"),
+            given=identity.get("given"),
+            middle=identity.get("middle"),
+            dob=date.fromisoformat(identity["dob"]) if identity.get("dob") else None,
+            sex=identity.get("sex"),
+            postal_code=address.get("postal_code") if isinstance(address, dict) else None,
+            phones=tuple(identity.get("phones") or ()),
+            mrn=identity.get("mrn"),
+            blind=event.blind_keys,
+            derived_keys=tuple(derived),
+            source_kind=event.source_kind,
+            incident_at=effective_incident(event.incident_at, event.received_at)[0],
+            county=event.county,
+        )
+
+    def _lookup_keys(self, report: ReportIdentity) -> list[tuple[str, str]]:
+        """Every key to find the report's candidates by: intake's and the derived ones."""
+        keys = blind_pairs(report.blind) + list(report.derived_keys)
+        if self._indexer is not None:
+            keys += blocking.dob_variant_keys(self._indexer, report.dob)
+        return keys
+
+    async def _apply_report(
+        self,
+        uow: UnitOfWork,
+        batch: ReportBatch,
+        event: Report,
+        report: ReportIdentity | None = None,
+        lookup: Sequence[tuple[str, str]] | None = None,
+    ) -> None:
         s = uow.session
         now = uow.clock.now()
         known = batch.revision(event.report_id)
@@ -227,16 +290,18 @@ class Scheduler:
             self._count_deidentified(batch, event, now)
             return
 
-        identity = self._open_identity(event.identity) if event.identity else {}
-        report = ReportIdentity(
-            family=identity.get("family"),
-            given=identity.get("given"),
-            dob=date.fromisoformat(identity["dob"]) if identity.get("dob") else None,
-            phones=tuple(identity.get("phones") or ()),
-            mrn=identity.get("mrn"),
-            blind=event.blind_keys,
+        if report is None:
+            report = self._report_identity(event)
+        if lookup is None:
+            lookup = self._lookup_keys(report)
+        policy = self._policies.for_program(event.program_id)
+        candidates = batch.candidates(
+            event.program_id,
+            lookup,
+            incident_at=report.incident_at,
+            source_kind=event.source_kind,
         )
-        decision = link(report, batch.candidates(event.program_id, event.blind_keys))
+        decision = link(report, candidates, policy.linking.thresholds)
         if decision.kind == "deidentified":  # nothing left to reach the person by
             self._count_deidentified(batch, event, now)
             return
@@ -265,15 +330,19 @@ class Scheduler:
                         "candidate_id": possible.person_id,
                         "reasons": json.dumps(list(possible.reasons)),
                         "status": "open",
+                        "level": possible.level,
+                        "weight": possible.weight,
+                        "explanation": json.dumps(
+                            possible.explanation.as_dict(policy.linking.thresholds)
+                        ),
                         "created_at": now,
                     },
                 )
-        batch.remember_keys(person, event.blind_keys)
+        batch.remember_keys(person, event.blind_keys, report.derived_keys)
         if event.identity and person.identity_sealed != event.identity:
             await batch.reseal(s, person, event.identity)
 
         case = batch.open_case(person.id)
-        policy = self._policies.for_program(event.program_id)
         case_is_new = case is None
         if case is None:
             case = batch.open(
@@ -298,7 +367,7 @@ class Scheduler:
         same = episode_for(incident_at, event.source_kind, case.episodes, window=self._window)
         if same is not None:
             await batch.merge_source(s, case, same, event.source_kind)
-            self._link(uow, batch, event, same.episode_id, case.id, match, now, policy)
+            self._link(uow, batch, event, same.episode_id, case.id, match, now, policy, decision)
             if event.fatal and not same.fatal:
                 await batch.mark_fatal(s, case, same.episode_id)
                 await self._record_death(uow, batch, event, case.id, person.id, same.episode_id)
@@ -333,6 +402,7 @@ class Scheduler:
                 "fatal": event.fatal,
                 "overdose": event.overdose,
                 "sources": event.source_kind,
+                "county": event.county,
                 "consent": event.consent.value,
                 "deidentified": False,
                 "repeat": repeat,
@@ -361,7 +431,7 @@ class Scheduler:
             ),
             subject=str(case.id),
         )
-        self._link(uow, batch, event, episode_id, case.id, match, now, policy)
+        self._link(uow, batch, event, episode_id, case.id, match, now, policy, decision)
         if event.fatal:
             await self._record_death(uow, batch, event, case.id, person.id, episode_id)
             return
@@ -416,6 +486,7 @@ class Scheduler:
                 "fatal": event.fatal,
                 "overdose": event.overdose,
                 "sources": event.source_kind,
+                "county": event.county,
                 "consent": event.consent.value,
                 "deidentified": True,
                 "repeat": False,
@@ -430,6 +501,8 @@ class Scheduler:
                 "source_kind": event.source_kind,
                 "revision": event.revision,
                 "match": "deidentified",
+                "weight": None,
+                "explanation": None,
                 "linked_at": now,
             }
         )
@@ -444,7 +517,9 @@ class Scheduler:
         match: str,
         now: datetime,
         policy: Policy,
+        decision: LinkDecision,
     ) -> None:
+        explanation = decision.explanation
         batch.link(
             {
                 "report_id": event.report_id,
@@ -452,6 +527,12 @@ class Scheduler:
                 "source_kind": event.source_kind,
                 "revision": event.revision,
                 "match": match,
+                "weight": explanation.weight if explanation else None,
+                "explanation": (
+                    json.dumps(explanation.as_dict(policy.linking.thresholds))
+                    if explanation
+                    else None
+                ),
                 "linked_at": now,
             }
         )
@@ -874,6 +955,9 @@ class Scheduler:
             reasons=json.loads(row.reasons),
             status=status,
             created_at=row.created_at,
+            level=row.level,
+            weight=row.weight,
+            explanation=json.loads(row.explanation) if row.explanation else None,
         )
 
     async def _person_facts(self, uow: UnitOfWork, person_id: uuid.UUID) -> PersonFacts:

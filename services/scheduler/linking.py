@@ -1,13 +1,15 @@
 """Person linking and episode merging: which person a report is about, and which overdose.
 
 Intake publishes each report with its identity sealed and with blind keys (HMAC indexes of
-name+DOB, phone and facility-scoped MRN). The scheduler opens the seal, finds candidate people
-by those keys (and by the DOB-only key, for blocking), and asks :func:`link` who the report is
-about. It then asks :func:`episode_for` whether the report belongs to an episode the person
-already has, so that an EMS run and the ED visit of the same overdose become one episode, and
-:func:`is_repeat` whether a new episode is a repeat overdose on an open case. This module reads
-no clock, database or bus; decisions go out as values carrying machine-readable reasons
-(:class:`LinkReason`).
+name+DOB, phone, facility-scoped MRN and DOB). The scheduler opens the seal, finds candidate
+people (by those keys, by keys it derives itself, and by an overdose of theirs near this one:
+``batch.py``), and asks :func:`link` who the report is about. It then asks
+:func:`episode_for` whether the report belongs to an episode the person already has, so that an
+EMS run and the ED visit of the same overdose become one episode, and :func:`is_repeat`
+whether a new episode is a repeat overdose on an open case. This module reads no clock,
+database or bus; decisions go out as values carrying machine-readable reasons
+(:class:`LinkReason`) and, per candidate, the explained match weight
+(:mod:`services.scheduler.matching`, docs/linking.md).
 
 Exceptions::
 
@@ -15,47 +17,32 @@ Exceptions::
 
 Decisions taken where the design left a choice (tests pin each one):
 
-Linking (:func:`link`), rules in order
+Linking (:func:`link`)
     1. *De-identified.* No name and no phone: ``deidentified`` (``no_identity``). Nothing is
        linked, not even by MRN: the episode is counted but nobody can be assigned to reach the
        person. A name is "present" when family or given name keeps a letter after
        :func:`~shared.sealing.normalize_name`, a phone when one keeps at least 7 digits after
        :func:`~shared.sealing.normalize_phone` (or the report carries a phone key), so a
        name of pure punctuation is no name.
-    2. *Exact.* A candidate is an exact match when it holds the report's name+DOB key
-       (``name_dob_key``) or MRN key (``mrn_key``), or holds its phone key and has a similar
-       name (below) with date of birth equal or unknown on either side
-       (``phone_key_and_similar_name``). An MRN key is exact on its own, as the design says,
-       even against a different DOB on file: it is the facility's own id for the patient.
-    3. *Conflict.* Exact matches on more than one distinct person are not certain: the result
-       is ``possible`` (``conflicting_exact_matches``) listing those people first, then any
-       possible matches (rule 4). Candidates are told apart by ``person_id``; two rows of the
-       same person are one candidate, their reasons combined.
-    4. *Possible.* Without an exact match, a candidate is a possible match when both dates of
-       birth are known and equal and the names are similar (``dob_and_similar_name``), or it
-       holds the phone key but is not an exact match: a dissimilar or partly missing name
-       (``phone_key_only``: households share phones) or a similar name with a different date
-       of birth (``phone_key_similar_name_dob_differs``: a parent and child who share a name
-       and a phone). The result is ``possible`` listing them; the caller creates a new person
-       and records the list for a team lead to confirm or split. Nothing is merged silently.
-    5. Otherwise ``new`` (``no_match``): the caller creates a new person.
+    2. *Weighed.* Each candidate gets a match weight with its explanation
+       (:func:`~services.scheduler.matching.explain`) and a verdict by the program's
+       thresholds (:func:`~services.scheduler.matching.verdict`): ``link``, ``review``,
+       ``flag`` or ``none``. Two rows of one person are one candidate.
+    3. *Linked.* Exactly one candidate with the verdict ``link``: ``exact``
+       (``match_weight_above_auto_link``), naming that person, with its explanation.
+    4. *Conflict.* More than one: nothing is certain. ``possible``
+       (``conflicting_matches``), listing them and any candidate for review.
+    5. *Review.* Otherwise, candidates with the verdict ``review``: ``possible``
+       (``possible_match``). The caller creates a new person and records each for a team lead
+       to confirm or split. Nothing is merged silently.
+    6. *Flag.* Otherwise, candidates with the verdict ``flag`` (their report looks like the
+       same overdose, but too little else agrees for a review): ``new``
+       (``same_overdose_flagged``), listing them as low-priority items for a lead, so two peers
+       never chase one person unknowingly.
+    7. Otherwise ``new`` (``no_match``): the caller creates a new person.
 
-    An ``exact`` decision names the person and lists no possible matches. ``possible`` and
-    ``new`` name nobody (``person_id`` is None). Possible matches keep the candidates' order.
-    A report's name+DOB key already proves an equal name and DOB, so the similarity rule
-    only matters for reports that carry a typo.
-
-Name similarity (:func:`names_similar`)
-    * Both names are folded with :func:`~shared.sealing.normalize_name` (case, accents,
-      spaces and punctuation do not count). Family *and* given name are needed on both sides.
-    * Each part is equal, or, when both are at least 4 letters long, within optimal string
-      alignment distance 1 (:func:`osa_distance`: one letter inserted, deleted, substituted,
-      or two adjacent letters transposed). Shorter names must be equal: one letter is too
-      much of "Ann" or "Li". Each part may carry its own typo.
-    * The same comparison with family and given swapped also counts (a feed that put the
-      names in the wrong fields).
-    * Nicknames are out of scope: "Bob" is not "Robert". Date of birth is compared by the
-      rules above, never here; the caller blocks candidates by the DOB key.
+    ``possible`` and ``new`` name nobody (``person_id`` is None). Possible matches are in order
+    of weight, heaviest first, then the candidates' order.
 
 Episodes (:func:`episode_for`)
     * A report joins the person's episode whose incident is within ``window`` (default 12 h,
@@ -94,18 +81,28 @@ Repeat overdose (:func:`is_repeat`)
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from enum import StrEnum
-from typing import Literal
+from typing import Any, Literal
 
+from services.scheduler.matching import (
+    EVENT_KINDS,
+    Event,
+    Explanation,
+    Profile,
+    Thresholds,
+    explain,
+    profile,
+    verdict,
+)
+from services.scheduler.matching.names import fold
 from shared.events.common import BlindKeys
-from shared.sealing import normalize_name, normalize_phone
+from shared.sealing import normalize_phone
 
 __all__ = [
     "DEFAULT_EPISODE_WINDOW",
-    "SIMILAR_MIN_LENGTH",
     "CaseFacts",
     "EpisodeRef",
     "LinkDecision",
@@ -116,70 +113,157 @@ __all__ = [
     "PersonFacts",
     "PossibleMatch",
     "ReportIdentity",
+    "Thresholds",
     "episode_for",
     "is_repeat",
     "link",
     "merge_people",
-    "names_similar",
-    "osa_distance",
 ]
 
 DEFAULT_EPISODE_WINDOW = timedelta(hours=12)
-SIMILAR_MIN_LENGTH = 4
-"""Names shorter than this must be equal to count as similar."""
 
 LinkKind = Literal["exact", "possible", "new", "deidentified"]
+MatchLevel = Literal["review", "flag"]
 
 
 class LinkReason(StrEnum):
-    """Stable, machine-readable reasons for a link decision. Values never change once released."""
+    """Stable, machine-readable reasons for a link decision. Values never change once released.
 
-    NAME_DOB_KEY = "name_dob_key"
-    MRN_KEY = "mrn_key"
-    PHONE_KEY_AND_SIMILAR_NAME = "phone_key_and_similar_name"
-    DOB_AND_SIMILAR_NAME = "dob_and_similar_name"
-    PHONE_KEY_ONLY = "phone_key_only"
-    PHONE_KEY_SIMILAR_NAME_DOB_DIFFERS = "phone_key_similar_name_dob_differs"
-    CONFLICTING_EXACT_MATCHES = "conflicting_exact_matches"
+    Possible matches recorded before match weights (scheduler_0010) carry the reasons of the
+    earlier rules (``name_dob_key``, ``phone_key_only``, ...) as they were stored.
+    """
+
+    MATCH_WEIGHT_ABOVE_AUTO_LINK = "match_weight_above_auto_link"
+    CONFLICTING_MATCHES = "conflicting_matches"
+    POSSIBLE_MATCH = "possible_match"
+    SAME_OVERDOSE_FLAGGED = "same_overdose_flagged"
     NO_IDENTITY = "no_identity"
     NO_MATCH = "no_match"
 
 
-_EXACT_REASONS = frozenset(
-    {LinkReason.NAME_DOB_KEY, LinkReason.MRN_KEY, LinkReason.PHONE_KEY_AND_SIMILAR_NAME}
-)
-
-
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ReportIdentity:
-    """Who a report is about, opened from its sealed identity, with its blind keys."""
+    """Who a report is about, opened from its sealed identity, with its blind keys and the
+    overdose it reports."""
 
     family: str | None = None
     given: str | None = None
+    middle: str | None = None
     dob: date | None = None
+    sex: str | None = None
+    postal_code: str | None = None
     phones: tuple[str, ...] = ()
     mrn: str | None = None
     blind: BlindKeys = field(default_factory=BlindKeys)
+    derived_keys: tuple[tuple[str, str], ...] = ()
+    """Keys the scheduler derived itself (the name key: matching.blocking)."""
+    source_kind: str | None = None
+    incident_at: datetime | None = None
+    county: str | None = None
 
     @property
     def deidentified(self) -> bool:
         """No name and no phone (after normalization): counted, never assigned."""
-        has_name = bool(normalize_name(self.family or "") or normalize_name(self.given or ""))
+        has_name = bool(fold(self.family or "") or fold(self.given or ""))
         has_phone = self.blind.phone is not None or any(normalize_phone(p) for p in self.phones)
         return not (has_name or has_phone)
+
+    def profile(self) -> Profile:
+        keys: dict[str, set[str]] = {}
+        for kind in ("name_dob", "phone", "mrn", "dob"):
+            if value := getattr(self.blind, kind):
+                keys.setdefault(kind, set()).add(value)
+        for kind, value in self.derived_keys:
+            keys.setdefault(kind, set()).add(value)
+        events: tuple[Event, ...] = ()
+        if self.incident_at is not None and self.source_kind in EVENT_KINDS:
+            events = (Event(self.incident_at, frozenset({self.source_kind}), self.county),)
+        return _profile(self, keys, events)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class PersonCandidate:
-    """A known person, with the blind keys of every report linked to them."""
+    """A known person: their latest identity, the blind keys of every report linked to them,
+    and their recent episodes."""
 
     person_id: uuid.UUID
     family: str | None = None
     given: str | None = None
+    middle: str | None = None
     dob: date | None = None
+    sex: str | None = None
+    postal_code: str | None = None
+    phones: tuple[str, ...] = ()
     name_dob_keys: frozenset[str] = frozenset()
     phone_keys: frozenset[str] = frozenset()
     mrn_keys: frozenset[str] = frozenset()
+    dob_keys: frozenset[str] = frozenset()
+    name_keys: frozenset[str] = frozenset()
+    name_sound_keys: frozenset[str] = frozenset()
+    episodes: tuple[EpisodeRef, ...] = ()
+
+    def profile(self) -> Profile:
+        keys: Mapping[str, frozenset[str]] = {
+            "name_dob": self.name_dob_keys,
+            "phone": self.phone_keys,
+            "mrn": self.mrn_keys,
+            "dob": self.dob_keys,
+            "name": self.name_keys,
+        }
+        events = [
+            Event(e.incident_at, e.sources & EVENT_KINDS, e.county)
+            for e in self.episodes
+            if e.sources & EVENT_KINDS
+        ]
+        return _profile(self, keys, events)
+
+    @classmethod
+    def holding(
+        cls,
+        person_id: uuid.UUID,
+        pairs: Iterable[tuple[str, str]],
+        *,
+        episodes: Iterable[EpisodeRef] = (),
+        **identity: Any,
+    ) -> PersonCandidate:
+        """A candidate from its blind keys as ``(kind, value)`` pairs (``person_key`` rows),
+        its episodes and its opened identity (``family``, ``given``, ``dob``, ...)."""
+        by_kind: dict[str, set[str]] = {}
+        for kind, value in pairs:
+            by_kind.setdefault(kind, set()).add(value)
+
+        def of(kind: str) -> frozenset[str]:
+            return frozenset(by_kind.get(kind, ()))
+
+        return cls(
+            person_id=person_id,
+            **identity,
+            name_dob_keys=of("name_dob"),
+            phone_keys=of("phone"),
+            mrn_keys=of("mrn"),
+            dob_keys=of("dob"),
+            name_keys=of("name"),
+            name_sound_keys=of("name_sound"),
+            episodes=tuple(episodes),
+        )
+
+
+def _profile(
+    who: ReportIdentity | PersonCandidate,
+    keys: Mapping[str, Iterable[str]],
+    events: Iterable[Event],
+) -> Profile:
+    return profile(
+        family=who.family,
+        given=who.given,
+        middle=who.middle,
+        dob=who.dob,
+        sex=who.sex,
+        postal_code=who.postal_code,
+        phones=who.phones,
+        keys=keys,
+        events=events,
+    )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -188,6 +272,10 @@ class PossibleMatch:
 
     person_id: uuid.UUID
     reasons: tuple[LinkReason, ...]
+    weight: float
+    explanation: Explanation
+    level: MatchLevel = "review"
+    """``review``, or ``flag``: a low-priority item (the same overdose, little else agrees)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -199,128 +287,74 @@ class LinkDecision:
     """The matched person for ``exact``; None otherwise (the caller creates the person)."""
     possible: tuple[PossibleMatch, ...] = ()
     reasons: tuple[LinkReason, ...] = ()
-
-
-# --------------------------------------------------------------------------- name similarity
-
-
-def osa_distance(a: str, b: str) -> int:
-    """Optimal string alignment distance: Damerau-Levenshtein where no substring is edited twice.
-
-    Insertions, deletions, substitutions and transpositions of two adjacent letters each cost
-    1, so ``osa_distance("jnae", "jane") == 1``.
-    """
-    if a == b:
-        return 0
-    if not a or not b:
-        return len(a) or len(b)
-    # Three rolling rows: the row two back is needed for transpositions.
-    before = list(range(len(b) + 1))
-    previous = before
-    for i in range(1, len(a) + 1):
-        current = [i, *([0] * len(b))]
-        for j in range(1, len(b) + 1):
-            cost = 0 if a[i - 1] == b[j - 1] else 1
-            current[j] = min(
-                previous[j] + 1,  # deletion
-                current[j - 1] + 1,  # insertion
-                previous[j - 1] + cost,  # substitution
-            )
-            if i > 1 and j > 1 and a[i - 1] == b[j - 2] and a[i - 2] == b[j - 1]:
-                current[j] = min(current[j], before[j - 2] + 1)  # transposition
-        before, previous = previous, current
-    return previous[len(b)]
-
-
-def _part_similar(a: str, b: str) -> bool:
-    if not a or not b:
-        return False
-    if a == b:
-        return True
-    if min(len(a), len(b)) < SIMILAR_MIN_LENGTH:
-        return False
-    return osa_distance(a, b) <= 1
-
-
-def names_similar(
-    family: str | None, given: str | None, other_family: str | None, other_given: str | None
-) -> bool:
-    """Whether two names are the same but for a typo each, or swapped fields (module docs)."""
-    fam, giv = normalize_name(family or ""), normalize_name(given or "")
-    ofam, ogiv = normalize_name(other_family or ""), normalize_name(other_given or "")
-    if not (fam and giv and ofam and ogiv):
-        return False
-    straight = _part_similar(fam, ofam) and _part_similar(giv, ogiv)
-    return straight or (_part_similar(fam, ogiv) and _part_similar(giv, ofam))
+    explanation: Explanation | None = None
+    """For ``exact``: why the report is that person's."""
 
 
 # --------------------------------------------------------------------------- linking
 
 
-def _match_reasons(report: ReportIdentity, candidate: PersonCandidate) -> list[LinkReason]:
-    """Every exact or possible reason this candidate matches the report for (rules 2 and 4)."""
-    keys = report.blind
-    reasons: list[LinkReason] = []
-    if keys.name_dob is not None and keys.name_dob in candidate.name_dob_keys:
-        reasons.append(LinkReason.NAME_DOB_KEY)
-    if keys.mrn is not None and keys.mrn in candidate.mrn_keys:
-        reasons.append(LinkReason.MRN_KEY)
-    similar = names_similar(report.family, report.given, candidate.family, candidate.given)
-    dobs_known = report.dob is not None and candidate.dob is not None
-    dob_conflict = dobs_known and report.dob != candidate.dob
-    if keys.phone is not None and keys.phone in candidate.phone_keys:
-        if not similar:
-            reasons.append(LinkReason.PHONE_KEY_ONLY)
-        elif dob_conflict:
-            reasons.append(LinkReason.PHONE_KEY_SIMILAR_NAME_DOB_DIFFERS)
-        else:
-            reasons.append(LinkReason.PHONE_KEY_AND_SIMILAR_NAME)
-    if similar and dobs_known and not dob_conflict:
-        reasons.append(LinkReason.DOB_AND_SIMILAR_NAME)
-    return reasons
-
-
-def _unique(reasons: Sequence[LinkReason]) -> tuple[LinkReason, ...]:
-    return tuple(dict.fromkeys(reasons))
-
-
-def link(report: ReportIdentity, candidates: Sequence[PersonCandidate]) -> LinkDecision:
+def link(
+    report: ReportIdentity,
+    candidates: Sequence[PersonCandidate],
+    thresholds: Thresholds | None = None,
+) -> LinkDecision:
     """Which person a report is about, by the rules in the module docs, with the reasons."""
     if report.deidentified:
         return LinkDecision(kind="deidentified", person_id=None, reasons=(LinkReason.NO_IDENTITY,))
+    if not candidates:
+        return LinkDecision(kind="new", person_id=None, reasons=(LinkReason.NO_MATCH,))
+    limits = thresholds or Thresholds()
+    mine = report.profile()
+    weighed: dict[uuid.UUID, tuple[Explanation, str, int]] = {}
+    for position, candidate in enumerate(candidates):
+        explanation = explain(mine, candidate.profile())
+        known = weighed.get(candidate.person_id)
+        if known is None or explanation.weight > known[0].weight:
+            weighed[candidate.person_id] = (explanation, verdict(explanation, limits), position)
+    ranked = sorted(weighed.items(), key=lambda item: (-item[1][0].weight, item[1][2]))
 
-    by_person: dict[uuid.UUID, list[LinkReason]] = {}
-    for candidate in candidates:
-        reasons = _match_reasons(report, candidate)
-        if reasons:
-            by_person.setdefault(candidate.person_id, []).extend(reasons)
-    exact: list[PossibleMatch] = []
-    possible: list[PossibleMatch] = []
-    for person_id, found in by_person.items():
-        unique = _unique(found)
-        if _EXACT_REASONS.intersection(unique):
-            # Only the reasons that made it exact: "dob_and_similar_name" adds nothing.
-            strong = tuple(r for r in unique if r in _EXACT_REASONS)
-            exact.append(PossibleMatch(person_id=person_id, reasons=strong))
-        else:
-            possible.append(PossibleMatch(person_id=person_id, reasons=unique))
-
-    if len(exact) == 1:
-        (match,) = exact
-        return LinkDecision(kind="exact", person_id=match.person_id, reasons=match.reasons)
-    if exact:
-        return LinkDecision(
-            kind="possible",
-            person_id=None,
-            possible=(*exact, *possible),
-            reasons=(LinkReason.CONFLICTING_EXACT_MATCHES,),
+    def matches(*verdicts: str, reason: LinkReason) -> tuple[PossibleMatch, ...]:
+        return tuple(
+            PossibleMatch(
+                person_id=person_id,
+                reasons=(reason,),
+                weight=explanation.weight,
+                explanation=explanation,
+                level="flag" if found == "flag" else "review",
+            )
+            for person_id, (explanation, found, _) in ranked
+            if found in verdicts
         )
-    if possible:
+
+    linked = [(p, e) for p, (e, found, _) in ranked if found == "link"]
+    if len(linked) == 1:
+        ((person_id, explanation),) = linked
+        return LinkDecision(
+            kind="exact",
+            person_id=person_id,
+            reasons=(LinkReason.MATCH_WEIGHT_ABOVE_AUTO_LINK,),
+            explanation=explanation,
+        )
+    if linked:
         return LinkDecision(
             kind="possible",
             person_id=None,
-            possible=tuple(possible),
-            reasons=_unique([r for match in possible for r in match.reasons]),
+            possible=matches("link", "review", reason=LinkReason.CONFLICTING_MATCHES),
+            reasons=(LinkReason.CONFLICTING_MATCHES,),
+        )
+    review = matches("review", reason=LinkReason.POSSIBLE_MATCH)
+    if review:
+        return LinkDecision(
+            kind="possible", person_id=None, possible=review, reasons=(LinkReason.POSSIBLE_MATCH,)
+        )
+    flagged = matches("flag", reason=LinkReason.SAME_OVERDOSE_FLAGGED)
+    if flagged:
+        return LinkDecision(
+            kind="new",
+            person_id=None,
+            possible=flagged,
+            reasons=(LinkReason.SAME_OVERDOSE_FLAGGED,),
         )
     return LinkDecision(kind="new", person_id=None, reasons=(LinkReason.NO_MATCH,))
 
@@ -351,6 +385,8 @@ class EpisodeRef:
     """Source kinds of the reports merged into it, e.g. ``{"ems", "ed"}``."""
     fatal: bool = False
     """A report of it says the person died."""
+    county: str | None = None
+    """Where the overdose happened, as the first report gave it (evidence for linking)."""
 
     def __post_init__(self) -> None:
         _utc("incident_at", self.incident_at)

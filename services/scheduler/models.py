@@ -71,6 +71,14 @@ class PossibleMatch(SQLModel, table=True):
     candidate_id: uuid.UUID = Field(sa_column=sa.Column(sa.Uuid(), nullable=False))
     reasons: str = Field(sa_column=sa.Column(sa.Text(), nullable=False))
     status: str = Field(sa_column=sa.Column(sa.String(16), nullable=False))
+    level: str = Field(
+        default="review", sa_column=sa.Column(sa.String(8), nullable=False, server_default="review")
+    )
+    """``review``, or ``flag``: low priority (the same overdose, too little else agrees)."""
+    weight: float | None = Field(default=None, sa_column=sa.Column(sa.Float()))
+    explanation: str | None = Field(default=None, sa_column=sa.Column(sa.Text()))
+    """JSON: every piece of evidence with its level, weight and reason (matching.Explanation);
+    kept with the lead's decision, so the weights can be re-estimated."""
     created_at: datetime = Field(sa_column=_ts())
     resolved_at: datetime | None = Field(default=None, sa_column=_ts(True))
 
@@ -112,6 +120,8 @@ class Episode(SQLModel, table=True):
     fatal: bool = Field(default=False, sa_column=sa.Column(sa.Boolean(), nullable=False))
     overdose: bool = Field(default=True, sa_column=sa.Column(sa.Boolean(), nullable=False))
     sources: str = Field(sa_column=sa.Column(sa.String(64), nullable=False))
+    county: str | None = Field(default=None, sa_column=sa.Column(sa.String(64)))
+    """Where the overdose happened, as its first report gave it (evidence for linking)."""
     consent: str = Field(sa_column=sa.Column(sa.String(16), nullable=False))
     deidentified: bool = Field(sa_column=sa.Column(sa.Boolean(), nullable=False))
     repeat: bool = Field(sa_column=sa.Column(sa.Boolean(), nullable=False))
@@ -129,6 +139,9 @@ class ReportLink(SQLModel, table=True):
     source_kind: str = Field(sa_column=sa.Column(sa.String(16), nullable=False))
     revision: int = Field(sa_column=sa.Column(sa.Integer(), nullable=False))
     match: str = Field(sa_column=sa.Column(sa.String(16), nullable=False))
+    weight: float | None = Field(default=None, sa_column=sa.Column(sa.Float()))
+    explanation: str | None = Field(default=None, sa_column=sa.Column(sa.Text()))
+    """JSON, for a report linked automatically: why it is the person's."""
     linked_at: datetime = Field(sa_column=_ts())
 
 

@@ -66,6 +66,13 @@ Deaths (:func:`family_support`)
       ``family_support_window_close_hours`` later; the phone and text quiet hours apply. It is
       for the family or household and never names the person who died as someone to contact.
 
+Linking (``[linking]``)
+    * The thresholds, in bits of match weight, that decide what happens to a report and a
+      known person (docs/linking.md): at or above ``auto_link_weight`` with nothing to doubt,
+      one person; at or above ``review_weight``, a possible match for a lead; below it, a flag
+      at low priority when the two look like one overdose and weigh at least ``flag_weight``.
+      They must be in that order. Whole or decimal numbers.
+
 Quiet hours (:func:`shift_out_of_quiet_hours`)
     * Quiet hours run from ``start`` (inclusive) to ``end`` (exclusive) on the program's wall
       clock and may cross midnight. They move a *due time* to the next end of quiet hours;
@@ -127,6 +134,7 @@ from pydantic import (
     Field,
     PlainSerializer,
     StrictBool,
+    StrictFloat,
     StrictInt,
     StrictStr,
     ValidationError,
@@ -134,6 +142,12 @@ from pydantic import (
     model_validator,
 )
 
+from services.scheduler.matching import Thresholds
+from services.scheduler.matching.weights import (
+    DEFAULT_AUTO_LINK_WEIGHT,
+    DEFAULT_FLAG_WEIGHT,
+    DEFAULT_REVIEW_WEIGHT,
+)
 from shared.events.scheduler import TaskKind
 
 __all__ = [
@@ -151,6 +165,7 @@ __all__ = [
     "FatalRules",
     "FollowUpRules",
     "LateReportRules",
+    "LinkingRules",
     "PlanReason",
     "PlannedTask",
     "Policy",
@@ -323,6 +338,25 @@ class FatalRules(_Rules):
     family_support_window_close_hours: _Hours = 168
 
 
+_Weight = Annotated[StrictInt | StrictFloat, Field(ge=-64, le=128)]
+
+
+class LinkingRules(_Rules):
+    """Match-weight thresholds, in bits, for linking a report to a person (docs/linking.md)."""
+
+    auto_link_weight: _Weight = DEFAULT_AUTO_LINK_WEIGHT
+    review_weight: _Weight = DEFAULT_REVIEW_WEIGHT
+    flag_weight: _Weight = DEFAULT_FLAG_WEIGHT
+
+    @property
+    def thresholds(self) -> Thresholds:
+        return Thresholds(
+            auto_link=float(self.auto_link_weight),
+            review=float(self.review_weight),
+            flag=float(self.flag_weight),
+        )
+
+
 class PriorityRules(_Rules):
     """Queue priorities: a higher number is more urgent."""
 
@@ -360,6 +394,7 @@ class Policy(BaseModel):
     priorities: PriorityRules = PriorityRules()
     late_reports: LateReportRules = LateReportRules()
     fatal: FatalRules = FatalRules()
+    linking: LinkingRules = LinkingRules()
     version: StrictStr = Field(default_factory=_content_version)
 
     @field_validator("program_id")
@@ -444,6 +479,13 @@ def _incoherences(policy: Policy) -> Iterable[str]:
             f"greater than escalation.hours_without_contact ({escalation.hours_without_contact})"
             ", so that a visit escalated for lack of contact is not already overdue"
         )
+    linking = policy.linking
+    if not linking.flag_weight <= linking.review_weight < linking.auto_link_weight:
+        yield (
+            f"linking.flag_weight ({linking.flag_weight}) <= linking.review_weight "
+            f"({linking.review_weight}) < linking.auto_link_weight ({linking.auto_link_weight}) "
+            "must hold"
+        )
     follow = policy.follow_ups
     if follow.window_close_hours <= follow.due_hours:
         yield (
@@ -469,6 +511,13 @@ def _incoherences(policy: Policy) -> Iterable[str]:
             f"fatal.family_support_window_close_hours ({fatal.family_support_window_close_hours})"
             f" must be greater than fatal.family_support_due_hours "
             f"({fatal.family_support_due_hours})"
+        )
+    link = policy.linking
+    if not link.flag_weight <= link.review_weight < link.auto_link_weight:
+        yield (
+            f"linking.flag_weight ({link.flag_weight}) must not exceed linking.review_weight "
+            f"({link.review_weight}), which must be less than linking.auto_link_weight "
+            f"({link.auto_link_weight})"
         )
     if policy.priorities.default > policy.priorities.max:
         yield (

@@ -194,3 +194,118 @@ async def test_a_report_10_days_late_gets_a_live_task_and_one_40_days_late_is_co
         forty = reports["forty"][0]
         assert not [t for t in await queue() if forty in (t["person"]["name"] or "")]
     assert scheduled["case_id"] != old["case_id"]
+
+
+async def _linked(kafka_bootstrap: str, report_id: str) -> dict[str, Any]:
+    (linked,) = await read_topic(
+        kafka_bootstrap,
+        SCHEDULER_CASES.name,
+        where=lambda r: (
+            (e := Envelope.from_bytes(r.value)).type == "ReportLinked"
+            and e.data.get("report_id") == report_id
+        ),
+        expect=1,
+        timeout=150,
+    )
+    data: dict[str, Any] = Envelope.from_bytes(linked.value).data
+    return data
+
+
+async def _ems(
+    intake_process: IntakeProcess, pcr: str, incident: datetime, patient: dict[str, Any]
+) -> str:
+    async with httpx.AsyncClient(base_url=intake_process.http) as intake:
+        posted = await intake.post(
+            "/v1/ems/run-reports",
+            json={
+                "pcr_number": pcr,
+                "incident_at": incident.isoformat(),
+                "patient": patient,
+                "scene": {"city": "Greensboro", "state": "NC", "county": "Guilford"},
+                "impressions": ["T40.1X1A"],
+                "peer_follow_up": "accepted",
+            },
+            headers={"Authorization": f"Bearer {intake_process.ems_key}"},
+        )
+    assert posted.status_code == 200, posted.text
+    (result,) = posted.json()["results"]
+    assert result["status"] == "accepted"
+    report_id: str = result["report_id"]
+    return report_id
+
+
+async def _ed(
+    intake_process: IntakeProcess, kafka_bootstrap: str, ref: str, **adt_fields: str
+) -> str:
+    (ack,) = await intake_process.mllp(framed(adt(ref, visit=f"V-{ref}", **adt_fields)))
+    assert ack_fields(ack)[0] == "AA"
+    (reported,) = await read_topic(
+        kafka_bootstrap,
+        INTAKE_OVERDOSES.name,
+        where=lambda r: Envelope.from_bytes(r.value).data.get("source_ref") == ref,
+        expect=1,
+    )
+    report_id: str = Envelope.from_bytes(reported.value).data["report_id"]
+    return report_id
+
+
+async def test_the_ed_visit_then_the_ems_run_of_one_overdose_are_one_case(
+    intake_process: IntakeProcess, scheduler_process: ServiceProcess, kafka_bootstrap: str
+) -> None:
+    """The ED's ADT comes first; the ePCR hours later calls her by a nickname, with day and
+    month of her birth swapped and no phone. Before issue 18 that was two people."""
+    family = f"Linkb{uuid.uuid4().hex[:6]}"
+    run = (datetime.now(UTC) - timedelta(hours=3)).replace(second=0, microsecond=0)
+    ref = f"LNK-{uuid.uuid4().hex[:10]}"
+    ed_id = await _ed(
+        intake_process,
+        kafka_bootstrap,
+        ref,
+        family=family,
+        given="Elizabeth",
+        dob="19870311",
+        admit=hl7_time(run + timedelta(minutes=40)),
+    )
+    ed = await _linked(kafka_bootstrap, ed_id)
+    assert ed["match"] == "new_person"
+
+    ems_id = await _ems(
+        intake_process,
+        f"LNK-{uuid.uuid4().hex[:8]}",
+        run,
+        {"family_name": family, "given_name": "Liz", "date_of_birth": "1987-11-03", "sex": "F"},
+    )
+    ems = await _linked(kafka_bootstrap, ems_id)
+    assert ems["match"] == "exact"
+    assert (ems["case_id"], ems["episode_id"]) == (ed["case_id"], ed["episode_id"])
+
+
+async def test_the_ems_run_then_the_ed_visit_of_one_overdose_are_one_case(
+    intake_process: IntakeProcess, scheduler_process: ServiceProcess, kafka_bootstrap: str
+) -> None:
+    """The ePCR comes first with the names in swapped fields; the ED's ADT, 40 minutes after
+    the run and without a phone, has them right."""
+    family = f"Linka{uuid.uuid4().hex[:6]}"
+    run = (datetime.now(UTC) - timedelta(hours=2)).replace(second=0, microsecond=0)
+    ems_id = await _ems(
+        intake_process,
+        f"LNK-{uuid.uuid4().hex[:8]}",
+        run,
+        {"family_name": "Jordan", "given_name": family, "date_of_birth": "1991-06-24"},
+    )
+    ems = await _linked(kafka_bootstrap, ems_id)
+    assert ems["match"] == "new_person"
+
+    ed_id = await _ed(
+        intake_process,
+        kafka_bootstrap,
+        f"LNK-{uuid.uuid4().hex[:10]}",
+        family=family,
+        given="Jordan",
+        dob="19910624",
+        phone="",
+        admit=hl7_time(run + timedelta(minutes=40)),
+    )
+    ed = await _linked(kafka_bootstrap, ed_id)
+    assert ed["match"] == "exact"
+    assert (ed["case_id"], ed["episode_id"]) == (ems["case_id"], ems["episode_id"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from datetime import timedelta
 
@@ -10,7 +11,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from services.scheduler.models import CASE, EPISODE, TASK
+from services.scheduler.models import CASE, EPISODE, POSSIBLE_MATCH, TASK
 from shared.bus import ConsumerLoop, KafkaPublisher, make_consumer
 from shared.clock import ManualClock
 from shared.db import session_factory
@@ -97,3 +98,47 @@ async def test_an_ems_and_ed_pair_is_one_episode_and_a_repeat_reprioritizes(
     assert matches == ["new_person", "exact", "exact", "exact"]
     assert [(t.status, t.priority) for t in tasks] == [("cancelled", 2), ("open", 3)]
     assert case.priority == 3
+
+
+async def test_a_later_batch_finds_a_person_by_the_overdose_alone(
+    pg_engine: AsyncEngine, pg_schema: str
+) -> None:
+    """No blind key in common (a nickname, no DOB, no phone at the scene): the episode query
+    on PostgreSQL finds the ED visit 40 minutes after the EMS run, and the pair goes to a lead
+    with its explanation."""
+    await upgrade(pg_engine, service="scheduler", schema=pg_schema)
+    sessions = session_factory(pg_engine)
+    world = World(sessions, ManualClock(INCIDENT + timedelta(hours=2)))
+    ed = world.build(
+        family="Doyle",
+        given="Elizabeth",
+        dob="1987-03-11",
+        phone=None,
+        kind="ed",
+        incident_at=INCIDENT + timedelta(minutes=40),
+    )
+    other_ed = world.build(family="Quint", given="Marcus", dob="1970-07-07", phone=None, kind="ed")
+    await world.deliver(world.scheduler.on_overdose, ed)
+    await world.deliver(world.scheduler.on_overdose, other_ed)
+    ems = world.build(family="Doyle", given="Liz", dob=None, phone=None, kind="ems")
+    await world.deliver(world.scheduler.on_overdose, ems)
+
+    assert [e["match"] for e in await world.events("ReportLinked")] == [
+        "new_person",
+        "new_person",
+        "possible",
+    ]
+    async with sessions() as s:
+        (match,) = list(await s.execute(sa.select(POSSIBLE_MATCH)))
+        (ed_person,) = list(
+            await s.execute(
+                sa.select(EPISODE.c.person_id).where(EPISODE.c.incident_at == ed.incident_at)
+            )
+        )
+    assert match.candidate_id == ed_person.person_id
+    assert match.level == "review"
+    explanation = json.loads(match.explanation)
+    levels = {e["comparison"]: e["level"] for e in explanation["evidence"]}
+    assert levels["event"] == "same_overdose"
+    assert levels["given_name"] == "nickname"
+    assert explanation["doubts"] == []

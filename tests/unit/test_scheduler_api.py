@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -15,11 +15,23 @@ import pytest
 
 from services.scheduler.api import timing_note
 from services.scheduler.app import create_app
+from services.scheduler.matching import Thresholds, explain, profile
 from services.scheduler.models import CASE, POSSIBLE_MATCH
 from shared.db import create_engine
 from shared.migrations import upgrade
 from shared.settings import Settings
 from tests.tokens import DevTokens
+
+_EXPLANATION = explain(
+    profile(family="Doyle", given="Jane", dob=date(1990, 1, 1)),
+    profile(family="Doyle", given="Jane", dob=date(1990, 1, 7)),
+)
+_WEIGHED = {
+    "level": "review",
+    "weight": _EXPLANATION.weight,
+    "explanation": json.dumps(_EXPLANATION.as_dict(Thresholds())),
+}
+"""A possible match weighed under scheduler_0010 (the other program's is from before it)."""
 
 
 class Api:
@@ -66,6 +78,7 @@ async def api(tmp_path: Path) -> AsyncIterator[Api]:
                     reasons='["dob_and_similar_name"]',
                     status="open",
                     created_at=now,
+                    **(_WEIGHED if program == "demo" else {}),
                 )
             )
     await engine.dispose()
@@ -115,6 +128,36 @@ async def test_another_programs_case_is_not_found(api: Api) -> None:
     own = await api.client.get(f"/v1/cases/{own_case}/timeline", headers=api.auth("team_lead"))
     assert own.status_code == 200
     assert own.json()["status"] == "open"
+
+
+async def test_a_lead_sees_the_explanation_and_it_stays_with_the_decision(api: Api) -> None:
+    lead = api.auth("team_lead")
+    (match,) = (await api.client.get("/v1/possible-matches", headers=lead)).json()["items"]
+    assert (match["level"], match["weight"]) == ("review", _EXPLANATION.weight)
+    explanation = match["explanation"]
+    assert explanation["thresholds"] == {"auto_link": 24, "review": 16, "flag": -1}
+    assert [(e["comparison"], e["level"]) for e in explanation["evidence"]][:3] == [
+        ("family_name", "exact"),
+        ("given_name", "exact"),
+        ("dob", "typo"),
+    ]
+    assert all(e["reason"] for e in explanation["evidence"])
+    assert "Doyle" not in json.dumps(explanation)  # levels and reasons, never values
+    split = await api.client.post(f"/v1/possible-matches/{match['id']}/split", headers=lead)
+    assert split.json()["explanation"] == explanation
+    (kept,) = (await api.client.get("/v1/possible-matches?status=split", headers=lead)).json()[
+        "items"
+    ]
+    assert (kept["status"], kept["explanation"]) == ("split", explanation)
+    # Recorded before match weights: no weight, no explanation, its old reasons.
+    (older,) = (
+        await api.client.get("/v1/possible-matches", headers=api.auth("team_lead", "other"))
+    ).json()["items"]
+    assert (older["weight"], older["explanation"], older["reasons"]) == (
+        None,
+        None,
+        ["dob_and_similar_name"],
+    )
 
 
 async def test_a_lead_decides_a_possible_match_once(api: Api) -> None:

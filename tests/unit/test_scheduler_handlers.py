@@ -66,7 +66,9 @@ class World:
     def __init__(self, sessions: async_sessionmaker[AsyncSession], clock: ManualClock) -> None:
         self.sessions = sessions
         self.clock = clock
-        self.scheduler = Scheduler(sealer=PROTECTOR.sealer, policies=PolicyBook())
+        self.scheduler = Scheduler(
+            sealer=PROTECTOR.sealer, policies=PolicyBook(), indexer=PROTECTOR.indexer
+        )
         self.runner = TimerRunner(self.uow, self.scheduler.on_timer, replica="test")
 
     def uow(self) -> UnitOfWork:
@@ -82,7 +84,7 @@ class World:
         *,
         family: str | None = "Doe",
         given: str | None = "Jane",
-        dob: str = "1990-01-01",
+        dob: str | None = "1990-01-01",
         kind: str = "ems",
         incident_at: datetime = INCIDENT,
         consent: Consent = Consent.ACCEPTED,
@@ -94,7 +96,7 @@ class World:
         identity = Identity(
             family=family,
             given=given,
-            dob=date.fromisoformat(dob),
+            dob=date.fromisoformat(dob) if dob else None,
             phones=(phone,) if phone else (),
         )
         event = OverdoseReported(
@@ -210,12 +212,26 @@ async def test_do_not_contact_is_final(world: World) -> None:
     assert [t.status for t in await world.tasks()] == ["cancelled"]
 
 
-async def test_a_near_miss_name_with_the_same_dob_is_a_possible_match_never_merged(
+async def test_a_typo_in_the_family_name_with_the_same_dob_is_one_person(world: World) -> None:
+    await world.report(family="Smith", given="Jane", phone=None)
+    await world.report(
+        family="Smtih", given="Jane", phone=None, incident_at=INCIDENT + timedelta(days=5)
+    )
+    linked = await world.events("ReportLinked")
+    assert [e["match"] for e in linked] == ["new_person", "exact"]
+    assert len(await world.events("CaseOpened")) == 1
+
+
+async def test_a_dob_one_digit_off_is_a_possible_match_never_merged(
     world: World,
 ) -> None:
     await world.report(family="Smith", given="Jane", phone=None)
     await world.report(
-        family="Smtih", given="Jane", phone=None, incident_at=INCIDENT + timedelta(days=5)
+        family="Smith",
+        given="Jane",
+        dob="1990-01-07",  # one digit off
+        phone=None,
+        incident_at=INCIDENT + timedelta(days=5),
     )
     linked = await world.events("ReportLinked")
     assert [e["match"] for e in linked] == ["new_person", "possible"]
@@ -382,7 +398,10 @@ async def test_a_batch_of_reports_has_the_effect_of_the_same_reports_one_at_a_ti
         await upgrade(engine, service="scheduler")
         world = World(session_factory(engine), clock)
         world.scheduler = Scheduler(
-            sealer=PROTECTOR.sealer, policies=PolicyBook(), new_id=_counting_ids()
+            sealer=PROTECTOR.sealer,
+            policies=PolicyBook(),
+            new_id=_counting_ids(),
+            indexer=PROTECTOR.indexer,
         )
         worlds.append((world, engine))
     one_by_one, batched = worlds[0][0], worlds[1][0]
@@ -401,13 +420,16 @@ async def test_a_batch_of_reports_has_the_effect_of_the_same_reports_one_at_a_ti
         build(kind="ed", incident_at=INCIDENT + timedelta(hours=1, minutes=20)),  # same episode
         build(incident_at=INCIDENT + timedelta(days=2)),  # repeat of a case opened in the batch
         build(family="Roe", given="Sam", dob="1980-05-05", phone="336-555-0199", kind="ed"),
+        # Jane's given name and DOB at her time, another family name: a lead reviews it.
         build(family="Smith", given="Jane", phone=None),
+        # A typo of the Smith just created: linked to her (issue 18).
         build(family="Smtih", given="Jane", phone=None, incident_at=INCIDENT + timedelta(days=5)),
         build(family=None, given=None, phone=None),  # de-identified
         jane.model_copy(update={"revision": 2}),  # a revision of a report linked in the batch
         earlier.model_copy(update={"revision": 3}),  # ... and of one linked before it
         build(family="Lee", given="Ann", dob="1975-02-02", phone=None, consent=Consent.DECLINED),
-        build(family="Doe", given="Bob", dob="1960-03-03"),  # shares Jane's phone: possible
+        # Shares Jane's phone and family name, decades older: her parent, a new person.
+        build(family="Doe", given="Bob", dob="1960-03-03"),
         jane,  # the same report again: nothing new
     ]
     for world, _engine in worlds:
@@ -428,13 +450,13 @@ async def test_a_batch_of_reports_has_the_effect_of_the_same_reports_one_at_a_ti
         "exact",
         "exact",
         "exact",
-        "new_person",
         "possible",
+        "exact",
         "new_person",
-        "possible",
+        "new_person",
     ]
     cancelled = [e[2]["reason"] for e in got["events"] if e[0] == "TaskCancelled"]
-    assert cancelled == ["superseded_by_repeat_overdose"] * 2
+    assert cancelled == ["superseded_by_repeat_overdose"] * 3
     for _world, engine in worlds:
         await engine.dispose()
 
@@ -594,7 +616,9 @@ async def test_family_support_is_opened_only_where_the_program_chooses_it(
         {"program_id": "demo", "timezone": "America/New_York", "fatal": {"family_support": True}}
     )
     world = World(sessions, clock)
-    world.scheduler = Scheduler(sealer=PROTECTOR.sealer, policies=PolicyBook({"demo": policy}))
+    world.scheduler = Scheduler(
+        sealer=PROTECTOR.sealer, policies=PolicyBook({"demo": policy}), indexer=PROTECTOR.indexer
+    )
     await world.deliver(world.scheduler.on_overdose, _with(world.build(), fatal=True))
     (task,) = await world.tasks()
     assert task.kind == "family_support"

@@ -149,10 +149,15 @@ async def _scenario(
                     reason="unreachable",
                 )
             )
-        # Days later an ED report with a typo: a new person, a possible match of the first.
+        # Days later an ED report whose date of birth is one digit off: a new person, a
+        # possible match of the first (a name typo with the same DOB links on its own).
         world.clock.advance(timedelta(days=5))
         await world.report(
-            family="Smtih", given="Jane", phone=None, incident_at=INCIDENT + timedelta(days=5)
+            family="Smith",
+            given="Jane",
+            dob="1990-01-07",
+            phone=None,
+            incident_at=INCIDENT + timedelta(days=5),
         )
         async with world.sessions() as s:
             match = (await s.execute(sa.select(POSSIBLE_MATCH))).one()
@@ -234,7 +239,11 @@ async def _possible_match(world: World) -> object:
     await world.report(family="Smith", given="Jane", phone=None)
     world.clock.advance(timedelta(days=5))
     await world.report(
-        family="Smtih", given="Jane", phone=None, incident_at=INCIDENT + timedelta(days=5)
+        family="Smith",
+        given="Jane",
+        dob="1990-01-07",  # one digit off: a possible match, never linked on its own
+        phone=None,
+        incident_at=INCIDENT + timedelta(days=5),
     )
     async with world.sessions() as s:
         return (await s.execute(sa.select(POSSIBLE_MATCH))).one()

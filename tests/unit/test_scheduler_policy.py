@@ -493,6 +493,17 @@ def test_describe_is_json_with_the_version_and_the_change_note() -> None:
             id="no-raise",
         ),
         pytest.param(
+            MINIMAL + "[linking]\nauto_link_weight = 12\nreview_weight = 16",
+            "linking.flag_weight (-1) <= linking.review_weight (16) < "
+            "linking.auto_link_weight (12) must hold",
+            id="review-above-auto-link",
+        ),
+        pytest.param(
+            MINIMAL + "[linking]\nflag_weight = 20",
+            "linking.flag_weight (20) <= linking.review_weight (16)",
+            id="flag-above-review",
+        ),
+        pytest.param(
             MINIMAL + "[priorities]\ndefault = 6",
             "priorities.default (6) must not exceed priorities.max (5)",
             id="default-above-max",

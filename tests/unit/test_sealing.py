@@ -297,6 +297,22 @@ def test_name_dob_needs_both_names() -> None:
     assert INDEXER.name_dob("Doe", " - ", "1980-01-02") is None
 
 
+def test_the_name_index_is_the_same_either_way_round_and_needs_both_names() -> None:
+    assert INDEXER.name("O'Brien", "Jane") == INDEXER.name("jane", "OBRIEN")
+    assert INDEXER.name("Doyle", "Jane") != INDEXER.name("Doyle", "Jana")
+    assert INDEXER.name("Doyle", "") is None
+    # Its own kind: never equal to a name+DOB index or another derived kind's.
+    assert INDEXER.name("Doyle", "Jane") != INDEXER.derived("name_sound", "doyle|jane")
+
+
+def test_derived_indexes_keep_to_their_own_kinds() -> None:
+    assert INDEXER.derived("name_sound", "TL|JN") == INDEXER.derived("name_sound", "TL|JN")
+    assert INDEXER.derived("name_sound", "") is None
+    for kind in ("name_dob", "name", "dob", "phone", "mrn"):
+        with pytest.raises(ValueError, match="standard blind index kind"):
+            INDEXER.derived(kind, "x")
+
+
 def test_name_dob_differs_for_different_people() -> None:
     base = INDEXER.name_dob("Doe", "Jane", "1980-01-02")
     others = {

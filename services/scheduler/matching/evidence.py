@@ -1,0 +1,203 @@
+"""Weighing the evidence: a pair's match weight, its explanation, and the verdict.
+
+:func:`explain` compares two profiles on every comparison (``comparisons.py``) and adds up the
+weights of the levels they fall in (``weights.py``): the match weight, in bits. The
+:class:`Explanation` keeps each piece of evidence with its level, weight and reason, so a lead
+sees why, and the levels stay with the lead's decision for re-estimating the weights later. It
+holds no value from the identity.
+
+:func:`verdict` turns a weight into what happens to the pair, by the program's thresholds:
+
+* ``link``: at or above ``auto_link`` with nothing to doubt: the same person, linked.
+* ``review``: at or above ``review``, or above ``auto_link`` with a doubt (two different given
+  names, a date of birth no typing error explains, a name or a date of birth missing on one
+  side where the two reports are not of one overdose, ...): a lead decides.
+* ``flag``: below ``review``, but the two reports look like one overdose (the event level
+  ``same_overdose``) and weigh at least ``flag``: a low-priority item for a lead, so that two
+  peers never chase one person unknowingly.
+* ``none``: two people.
+
+Exceptions::
+
+    ValueError   thresholds out of order (flag <= review < auto_link)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from services.scheduler.matching.comparisons import (
+    Found,
+    compare_dob,
+    compare_event,
+    compare_mrn,
+    compare_names,
+    compare_phone,
+    compare_sex,
+    compare_suffix,
+    compare_zip,
+)
+from services.scheduler.matching.profile import Profile
+from services.scheduler.matching.weights import (
+    DEFAULT_AUTO_LINK_WEIGHT,
+    DEFAULT_FLAG_WEIGHT,
+    DEFAULT_REVIEW_WEIGHT,
+    MISSING,
+    MODEL_VERSION,
+)
+
+__all__ = ["Evidence", "Explanation", "Thresholds", "Verdict", "explain", "verdict"]
+
+Verdict = Literal["link", "review", "flag", "none"]
+
+_SAME_OVERDOSE = frozenset({"same_overdose", "same_overdose_other_county"})
+
+
+@dataclass(frozen=True, slots=True)
+class Evidence:
+    """One comparison's level, its weight in bits and the reason it is evidence."""
+
+    comparison: str
+    level: str
+    weight: float
+    reason: str
+    detail: str | None = None
+    doubt: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "comparison": self.comparison,
+            "level": self.level,
+            "weight": self.weight,
+            "reason": self.reason,
+            "detail": self.detail,
+            "doubt": self.doubt,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Explanation:
+    """Why two records are (or are not) one person: every piece of evidence and the sum."""
+
+    evidence: tuple[Evidence, ...]
+
+    @property
+    def weight(self) -> float:
+        """The match weight: the sum of the evidence, in bits."""
+        return round(sum(e.weight for e in self.evidence), 2)
+
+    @property
+    def doubts(self) -> tuple[str, ...]:
+        """The comparisons a careful person would stop at (never an automatic link)."""
+        return tuple(e.comparison for e in self.evidence if e.doubt)
+
+    @property
+    def same_overdose(self) -> bool:
+        """The two records look like reports of one overdose."""
+        return any(e.comparison == "event" and e.level in _SAME_OVERDOSE for e in self.evidence)
+
+    def level(self, comparison: str) -> str | None:
+        """The level this pair fell in for a comparison; None if it did not apply."""
+        return next((e.level for e in self.evidence if e.comparison == comparison), None)
+
+    def as_dict(self, thresholds: Thresholds | None = None) -> dict[str, Any]:
+        """JSON-ready, as stored with a possible match or a link and shown to a lead."""
+        data: dict[str, Any] = {
+            "model": MODEL_VERSION,
+            "weight": self.weight,
+            "doubts": list(self.doubts),
+            "evidence": [e.as_dict() for e in self.evidence],
+        }
+        if thresholds is not None:
+            data["thresholds"] = thresholds.as_dict()
+        return data
+
+
+@dataclass(frozen=True, slots=True)
+class Thresholds:
+    """A program's match-weight thresholds, in bits (policy ``[linking]``)."""
+
+    auto_link: float = DEFAULT_AUTO_LINK_WEIGHT
+    review: float = DEFAULT_REVIEW_WEIGHT
+    flag: float = DEFAULT_FLAG_WEIGHT
+
+    def __post_init__(self) -> None:
+        if not self.flag <= self.review < self.auto_link:
+            raise ValueError(
+                f"thresholds must satisfy flag <= review < auto_link, got flag={self.flag}, "
+                f"review={self.review}, auto_link={self.auto_link}"
+            )
+
+    def as_dict(self) -> dict[str, float]:
+        return {"auto_link": self.auto_link, "review": self.review, "flag": self.flag}
+
+
+def _evidence(found: Found, detail: str | None = None) -> Evidence:
+    level, own_detail = found
+    return Evidence(
+        comparison=level.comparison,
+        level=level.name,
+        weight=level.weight,
+        reason=level.reason,
+        detail=own_detail if detail is None else detail,
+        doubt=level.doubt,
+    )
+
+
+_NAME_MISSING = (
+    "missing on one side: without it, a twin or a sibling fits the rest as well, unless the "
+    "two reports are of one overdose"
+)
+
+_DOB_MISSING = (
+    "missing on one side: without it, a parent and a child who share a name, a phone and an "
+    "address fit the rest as well, unless the two reports are of one overdose or share a "
+    "hospital's record number"
+)
+
+
+def explain(a: Profile, b: Profile) -> Explanation:
+    """Every comparison of the two profiles, with its weight (module docs). Symmetric."""
+    family, given, _swapped = compare_names(a, b)
+    event = compare_event(a, b)
+    found: list[Found | None] = [
+        family,
+        given,
+        compare_suffix(a, b),
+        compare_dob(a, b),
+        compare_sex(a, b),
+        compare_phone(a, b),
+        compare_mrn(a, b),
+        compare_zip(a, b),
+        event,
+    ]
+    evidence = [_evidence(f) for f in found if f is not None]
+    if event[0].name not in _SAME_OVERDOSE:
+        # A name missing on one side: family name, date of birth, phone and address are what
+        # a household shares, so only the overdose itself can stand in for the name. A date of
+        # birth missing on one side: a parent and a child who share a name share the phone and
+        # the address too, so only the overdose or the hospital's record number can stand in.
+        mrn = any(e.comparison == "mrn" for e in evidence)
+        evidence = [
+            dataclasses.replace(e, doubt=True, reason=_NAME_MISSING)
+            if e.comparison in ("family_name", "given_name") and e.level == MISSING
+            else dataclasses.replace(e, doubt=True, reason=_DOB_MISSING)
+            if e.comparison == "dob" and e.level == MISSING and not mrn
+            else e
+            for e in evidence
+        ]
+    return Explanation(tuple(evidence))
+
+
+def verdict(explanation: Explanation, thresholds: Thresholds) -> Verdict:
+    """What happens to the pair by the program's thresholds (module docs)."""
+    weight = explanation.weight
+    if weight >= thresholds.auto_link and not explanation.doubts:
+        return "link"
+    if weight >= thresholds.review:
+        return "review"
+    if explanation.same_overdose and weight >= thresholds.flag:
+        return "flag"
+    return "none"
