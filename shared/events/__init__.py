@@ -24,6 +24,12 @@ from shared.events.outreach import (
     VisitCompleted,
     VisitScheduled,
 )
+from shared.events.reporting import (
+    FeedRecovered,
+    FeedRejectsRising,
+    FeedSilent,
+    SpikeDetected,
+)
 from shared.events.scheduler import (
     CaseClosed,
     CaseOpened,
@@ -56,6 +62,9 @@ __all__ = [
     "DoNotContactRequested",
     "EpisodeOpened",
     "EpisodeOpenedV1",
+    "FeedRecovered",
+    "FeedRejectsRising",
+    "FeedSilent",
     "InboundRejected",
     "Location",
     "OutreachConcluded",
@@ -71,6 +80,7 @@ __all__ = [
     "ServiceItem",
     "ServicesProvided",
     "SourceKind",
+    "SpikeDetected",
     "TaskAssigned",
     "TaskCancelled",
     "TaskCompleted",
