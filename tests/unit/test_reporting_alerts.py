@@ -82,7 +82,8 @@ def test_a_flat_county_raises_nothing_and_a_spike_today_an_alert() -> None:
     assert [(f.detector, f.level, f.observed) for f in found] == [("ewma", "alert", 9)]
     (alert,) = found
     assert alert.expected == pytest.approx(1.0)
-    assert alert.p_value is not None and alert.p_value < 0.01
+    assert alert.p_value is not None
+    assert alert.p_value < 0.01
     assert alert.window_end - alert.window_start == timedelta(days=1)
     assert alert.window_start.astimezone(rules.zone).date() == TODAY
 
@@ -130,7 +131,8 @@ async def test_a_spike_after_a_baseline_raises_one_alert_published_once(world: W
     ewma = next(a for a in found if a["detector"] == "ewma")
     assert ewma["observed"] == 8
     assert ewma["expected"] == pytest.approx(0.5, abs=0.1)
-    assert ewma["status"] == "open" and ewma["state"] == "NC"
+    assert ewma["status"] == "open"
+    assert ewma["state"] == "NC"
 
     events = await published(world)
     assert sorted(e.event().detector for e in events) == ["ewma", "odmap"]  # type: ignore[attr-defined]
@@ -205,7 +207,8 @@ async def test_an_odmap_spike_that_grows_stays_one_alert(world: World) -> None:
     spike(h, 2, county="Wake", hours=1)
     await world.deliver(h.envelopes)
     (alert,) = [a for a in await alerts(world) if a["detector"] == "odmap"]
-    assert alert["observed"] == 7 and alert["threshold"] == 5
+    assert alert["observed"] == 7
+    assert alert["threshold"] == 5
     assert len([e for e in await published(world) if e.data["detector"] == "odmap"]) == 1
 
 
@@ -259,10 +262,13 @@ async def test_a_lead_acknowledges_with_a_sealed_note(world: World) -> None:
 
     async with world.runtime.sessions() as session:
         (stored,) = (await session.execute(sa.select(ALERT_DECISION.c.note_sealed))).scalars()
-    assert stored is not None and "John" not in stored and "Wake" not in stored
+    assert stored is not None
+    assert "John" not in stored
+    assert "Wake" not in stored
 
     (seen,) = [a for a in await alerts(world, role="analyst") if a["alert_id"] == alert_id]
-    assert seen["status"] == "acknowledged" and seen["note"] is None  # notes: leads only
+    assert seen["status"] == "acknowledged"
+    assert seen["note"] is None
     (seen,) = await alerts(world, role="admin", status="acknowledged")
     assert seen["note"] == note
     assert [a["detector"] for a in await alerts(world, status="open")] == ["ewma"]
@@ -273,7 +279,8 @@ async def test_a_decided_alert_cannot_be_decided_again(world: World) -> None:
     alert_id = await _one_alert(world)
     lead = world.auth("team_lead")
     r = await world.client.post(f"/v1/alerts/{alert_id}/dismiss", headers=lead)
-    assert r.status_code == 200 and r.json()["status"] == "dismissed"
+    assert r.status_code == 200
+    assert r.json()["status"] == "dismissed"
     assert r.json()["note"] is None
     again = await world.client.post(f"/v1/alerts/{alert_id}/acknowledge", headers=lead)
     assert again.status_code == 409
@@ -352,6 +359,7 @@ def test_spike_settings_reach_the_detectors() -> None:
         programs={"demo": {"spikes": {"ewma_smoothing": [0.4, 0.9], "ewma_baseline_days": 14}}}
     )
     rules = book.for_program("demo").spikes
-    assert rules.ewma.smoothing == (0.4, 0.9) and rules.ewma.baseline_days == 14
+    assert rules.ewma.smoothing == (0.4, 0.9)
+    assert rules.ewma.baseline_days == 14
     assert rules.detectors == ("ewma", "odmap")
     assert book.for_program("other").spikes.ewma.baseline_days == 28
