@@ -3,7 +3,8 @@ reporting already reads (its reports and its rejected messages), and the alerts 
 raises when it goes quiet far longer than that rate allows, or when its rejects rise.
 
 * **Usual rate.** Messages per hour for each of the 168 hours of the week, on the program's
-  clock, over the last `history_days` (28) or the partner's whole history if shorter. A
+  clock, over the last `history_days` (28) or the partner's whole history if shorter, up to
+  its last message (the quiet spell being judged does not lower its own bar). A
   partner seen for less than a week is still `learning` and raises nothing.
 * **Silent.** Quiet for `silent_min_hours` (2 h) at least, and for a spell in which its usual
   rate promised `silent_expected` (7) messages or more: with Poisson arrivals, silence by
@@ -205,8 +206,9 @@ async def feed_health(
         org = partner.source_org
         times = reports.get(org, []) + rejects.get(org, [])
         start = max(history_start, partner.first_message_at)
-        rate = UsualRate.learn(times, start, now, rules)
         last = min(partner.last_message_at, now)
+        # learned up to the last message: the quiet spell being judged is not its own norm
+        rate = UsualRate.learn(times, start, last, rules)
         expected = expected_between(rate, last, now, rules)
         quiet = max(0.0, (now - last).total_seconds() / 3600)
         recent_rejected = sum(1 for t in rejects.get(org, []) if t >= window_start)
