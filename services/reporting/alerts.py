@@ -57,9 +57,12 @@ __all__ = [
     "AlertView",
     "Decision",
     "Finding",
+    "daily_counts",
     "decide",
     "detect_program",
     "ewma_findings",
+    "findings_for",
+    "incidents_since",
     "list_alerts",
     "odmap_findings",
     "record",
@@ -179,9 +182,10 @@ def odmap_findings(
 # -- reading the counts ----------------------------------------------------------------------
 
 
-async def _daily_counts(
+async def daily_counts(
     session: AsyncSession, program_id: str, counties: Sequence[str] | None, start: date, end: date
 ) -> dict[str, dict[date, int]]:
+    """Overdoses per county and local day in [start, end] (counties of unknown excluded)."""
     query = (
         sa.select(EPISODE.c.county, EPISODE.c.day, sa.func.count())
         .where(
@@ -201,9 +205,10 @@ async def _daily_counts(
     return out
 
 
-async def _incidents(
+async def incidents_since(
     session: AsyncSession, program_id: str, counties: Sequence[str] | None, since: datetime
 ) -> dict[str, list[datetime]]:
+    """Each county's overdose times since `since`."""
     query = sa.select(EPISODE.c.county, EPISODE.c.incident_at).where(
         EPISODE.c.program_id == program_id,
         EPISODE.c.overdose,
@@ -230,12 +235,12 @@ async def findings_for(
     if "ewma" in rules.spikes.detectors:
         length = history_days(rules.spikes.ewma) + EWMA_DAYS - 1
         start = today - timedelta(days=length - 1)
-        series = await _daily_counts(session, rules.program_id, counties, start, today)
+        series = await daily_counts(session, rules.program_id, counties, start, today)
         for county in sorted(series):
             found.extend(ewma_findings(rules, county, series[county], today))
     if "odmap" in rules.spikes.detectors:
         window = rules.spikes.odmap.window
-        incidents = await _incidents(session, rules.program_id, counties, now - 2 * window)
+        incidents = await incidents_since(session, rules.program_id, counties, now - 2 * window)
         for county in sorted(incidents):
             found.extend(odmap_findings(rules, county, incidents[county], now))
     return found
