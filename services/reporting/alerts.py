@@ -395,11 +395,12 @@ async def list_alerts(
     *,
     status: AlertStatus | None = None,
     since: datetime | None = None,
+    alert_id: uuid.UUID | None = None,
     limit: int = 200,
     sealer: Sealer | None = None,
 ) -> list[AlertView]:
-    """The program's alerts, newest first: all, or those of one status, or detected since
-    a moment. With a `sealer`, the leads' notes are opened."""
+    """The program's alerts, newest first: all, or those of one status, detected since a
+    moment, or the one of that id. With a `sealer`, the leads' notes are opened."""
     query = (
         sa.select(ALERT, ALERT_DECISION)
         .outerjoin(ALERT_DECISION, ALERT_DECISION.c.alert_id == ALERT.c.alert_id)
@@ -411,6 +412,8 @@ async def list_alerts(
         query = query.where(ALERT.c.status == status)
     if since is not None:
         query = query.where(ALERT.c.detected_at >= since)
+    if alert_id is not None:
+        query = query.where(ALERT.c.alert_id == alert_id)
     out = []
     for row in await session.execute(query):
         note = None

@@ -178,8 +178,10 @@ async def _decide(
             raise ApiError(409, "alert_decided", str(error)) from None
         await uow.commit()
     async with runtime.sessions() as session:
-        views = await list_alerts(session, principal.program, sealer=_sealer(request), limit=1000)
-    return Alert.of(next(v for v in views if v.alert_id == alert_id))
+        (view,) = await list_alerts(
+            session, principal.program, alert_id=alert_id, sealer=_sealer(request)
+        )
+    return Alert.of(view)
 
 
 @router.post(

@@ -13,6 +13,8 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from services.reporting.alerts import ewma_findings, odmap_findings
 from services.reporting.models import ALERT_DECISION
@@ -109,6 +111,49 @@ def test_odmap_finds_n_in_24_hours_only_among_recent_overdoses() -> None:
     # five two days ago are no spike now
     old = [t - timedelta(days=2) for t in five]
     assert odmap_findings(rules, "Wake", old, NOW) == []
+
+
+_RANK = {None: 0, "warning": 1, "alert": 2}
+
+
+def _today_level(counts: dict[date, int]) -> str | None:
+    rules = ProgramBook().for_program("demo")
+    found = [
+        f
+        for f in ewma_findings(rules, "Guilford", counts, TODAY)
+        if f.window_start.astimezone(rules.zone).date() == TODAY
+    ]
+    return found[0].level if found else None
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    history=st.lists(st.integers(0, 6), min_size=20, max_size=90),
+    today=st.integers(0, 12),
+    more=st.integers(1, 6),
+)
+def test_more_overdoses_today_never_lower_today_s_level(
+    history: list[int], today: int, more: int
+) -> None:
+    counts = {TODAY - timedelta(days=i + 1): n for i, n in enumerate(history)}
+    before = _today_level(counts | {TODAY: today})
+    after = _today_level(counts | {TODAY: today + more})
+    assert _RANK[after] >= _RANK[before]
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    hours=st.lists(st.floats(0, 47.9), max_size=12),
+    extra=st.floats(0, 23.9),
+)
+def test_another_overdose_never_undoes_an_odmap_spike(hours: list[float], extra: float) -> None:
+    rules = ProgramBook().for_program("demo")
+    times = [NOW - timedelta(hours=h) for h in hours]
+    before = odmap_findings(rules, "Wake", times, NOW)
+    after = odmap_findings(rules, "Wake", [*times, NOW - timedelta(hours=extra)], NOW)
+    assert len(after) >= len(before)
+    if before:
+        assert after[0].observed >= before[0].observed
 
 
 # -- through the service ---------------------------------------------------------------------
