@@ -1,8 +1,8 @@
 """Spike alerts (one per program, county, detector and window) and the leads' decisions on
 them, and feed alerts (a partner's feed quiet or rejected far beyond its usual).
 
-Revision ID: reporting_0005
-Revises: reporting_0004
+Revision ID: reporting_0007
+Revises: reporting_0006
 """
 
 from collections.abc import Sequence
@@ -12,8 +12,8 @@ from alembic import op
 
 from shared.db import UTCDateTime
 
-revision: str = "reporting_0005"
-down_revision: str | None = "reporting_0004"
+revision: str = "reporting_0007"
+down_revision: str | None = "reporting_0006"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
