@@ -340,7 +340,7 @@ class Settings(BaseSettings):
     reporting_feed_reject_min: int = Field(
         default=5,
         ge=1,
-        description="The fewest rejects in the window that can raise FeedRejectsRising.",
+        description="The fewest rejects in the window that can raise FeedRejectSpikeDetected.",
     )
 
     inbox_max_attempts: int = Field(default=5, ge=1)

@@ -17,8 +17,8 @@ raises when it goes quiet far longer than that rate allows, or when its rejects 
   makes that many rejects rarer than 1 in 1,000 (binomial upper tail).
 
 `feed_health` answers the state of each feed (for `GET /v1/feeds` and the dashboard);
-`check_feeds` also keeps the program's feed alerts, publishing `FeedSilent`,
-`FeedRejectsRising` and `FeedRecovered`. The clock is the caller's `now`.
+`check_feeds` also keeps the program's feed alerts, publishing `FeedSilenceDetected`,
+`FeedRejectSpikeDetected` and `FeedRecovered`. The clock is the caller's `now`.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.reporting.models import FEED_ALERT, PARTNER, REJECTED, REPORT
 from services.reporting.programs import ProgramRules
-from shared.events import FeedRecovered, FeedRejectsRising, FeedSilent
+from shared.events import FeedRecovered, FeedRejectSpikeDetected, FeedSilenceDetected
 from shared.settings import Settings
 from shared.uow import UnitOfWork
 
@@ -253,8 +253,8 @@ async def feed_health(
 
 async def check_feeds(uow: UnitOfWork, rules: ProgramRules, feeds: FeedRules) -> list[FeedHealth]:
     """Raise and clear the program's feed alerts from the feeds' health now, publishing
-    FeedSilent, FeedRejectsRising and FeedRecovered; the caller commits. Returns the health
-    it judged by."""
+    FeedSilenceDetected, FeedRejectSpikeDetected and FeedRecovered; the caller commits.
+    Returns the health it judged by."""
     session = uow.session
     now = uow.clock.now()
     health = await feed_health(session, rules, feeds, now)
@@ -280,9 +280,9 @@ async def check_feeds(uow: UnitOfWork, rules: ProgramRules, feeds: FeedRules) ->
                         cleared_at=None,
                     )
                 )
-                event: FeedSilent | FeedRejectsRising
+                event: FeedSilenceDetected | FeedRejectSpikeDetected
                 if kind == "silent":
-                    event = FeedSilent(
+                    event = FeedSilenceDetected(
                         alert_id=alert_id,
                         **common,
                         last_message_at=feed.last_message_at,
@@ -291,7 +291,7 @@ async def check_feeds(uow: UnitOfWork, rules: ProgramRules, feeds: FeedRules) ->
                         raised_at=now,
                     )
                 else:
-                    event = FeedRejectsRising(
+                    event = FeedRejectSpikeDetected(
                         alert_id=alert_id,
                         **common,
                         rejected=feed.recent_rejected,

@@ -19,19 +19,19 @@ SPIKE_SECONDS = Gauge(
     multiprocess_mode="livemax",
 )
 FEED_SILENT = Gauge(
-    "portline_reporting_feed_silent",
+    "portline_feed_silent",
     "1 while a partner's feed is silent (quiet far longer than its usual rate allows), else 0",
     ["program", "partner"],
     multiprocess_mode="livemax",
 )
 FEED_REJECTS_RISING = Gauge(
-    "portline_reporting_feed_rejects_rising",
+    "portline_feed_reject_spike",
     "1 while a partner's recent rejects are far beyond its usual share, else 0",
     ["program", "partner"],
     multiprocess_mode="livemax",
 )
 FEED_QUIET = Gauge(
-    "portline_reporting_feed_quiet_seconds",
+    "portline_feed_quiet_seconds",
     "Seconds since a partner's last message (report or rejected)",
     ["program", "partner"],
     multiprocess_mode="livemax",

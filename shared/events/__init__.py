@@ -26,8 +26,8 @@ from shared.events.outreach import (
 )
 from shared.events.reporting import (
     FeedRecovered,
-    FeedRejectsRising,
-    FeedSilent,
+    FeedRejectSpikeDetected,
+    FeedSilenceDetected,
     SpikeDetected,
 )
 from shared.events.scheduler import (
@@ -63,8 +63,8 @@ __all__ = [
     "EpisodeOpened",
     "EpisodeOpenedV1",
     "FeedRecovered",
-    "FeedRejectsRising",
-    "FeedSilent",
+    "FeedRejectSpikeDetected",
+    "FeedSilenceDetected",
     "InboundRejected",
     "Location",
     "OutreachConcluded",

@@ -15,7 +15,7 @@ from pydantic import AwareDatetime, Field
 from shared.envelope import Event
 from shared.topics import REPORTING_ALERTS
 
-__all__ = ["FeedRecovered", "FeedRejectsRising", "FeedSilent", "SpikeDetected"]
+__all__ = ["FeedRecovered", "FeedRejectSpikeDetected", "FeedSilenceDetected", "SpikeDetected"]
 
 
 class _AlertEvent(Event):
@@ -52,11 +52,11 @@ class _FeedEvent(_AlertEvent):
     source_kind: str = Field(max_length=32)
 
 
-class FeedSilent(_FeedEvent):
+class FeedSilenceDetected(_FeedEvent):
     """A partner's feed has been quiet far longer than its usual rate at this hour of the
     week allows."""
 
-    event_type = "FeedSilent"
+    event_type = "FeedSilenceDetected"
 
     last_message_at: AwareDatetime
     quiet_hours: float = Field(ge=0)
@@ -66,10 +66,10 @@ class FeedSilent(_FeedEvent):
     raised_at: AwareDatetime
 
 
-class FeedRejectsRising(_FeedEvent):
+class FeedRejectSpikeDetected(_FeedEvent):
     """Far more of a partner's recent messages were rejected than usual."""
 
-    event_type = "FeedRejectsRising"
+    event_type = "FeedRejectSpikeDetected"
 
     rejected: int = Field(ge=0, description="Rejected messages in the window.")
     messages: int = Field(ge=0, description="All messages in the window.")

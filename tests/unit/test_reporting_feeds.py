@@ -1,6 +1,6 @@
 """Feed health through the reporting service (SQLite, its real consumer path, a clock the
-tests move): a feed that stops raises FeedSilent and one that resumes clears it; a feed
-quiet when it is always quiet raises nothing; rejects that rise raise FeedRejectsRising;
+tests move): a feed that stops raises FeedSilenceDetected and one that resumes clears it; a feed
+quiet when it is always quiet raises nothing; rejects that rise raise FeedRejectSpikeDetected;
 a new partner is still learning. And the usual rate by hour of week, on its own."""
 
 from __future__ import annotations
@@ -87,7 +87,7 @@ async def test_a_feed_that_stops_is_silent_and_clears_when_it_resumes(world: Wor
     assert feed["expected_since_last"] >= 7
     assert datetime.fromisoformat(feed["since"]) == world.clock.now()
     (silent,) = await published(world)
-    assert silent.type == "FeedSilent"
+    assert silent.type == "FeedSilenceDetected"
     assert silent.data["source_org"] == "busy-ems"
     assert silent.data["quiet_hours"] == pytest.approx(7 + 50 / 60, abs=0.01)
 
@@ -136,7 +136,7 @@ async def test_rejects_that_rise_raise_a_warning(world: World) -> None:
     assert feed["state"] == "rejects_rising"
     assert (feed["recent_rejected"], feed["recent_messages"]) == (9, 10)
     (event,) = await published(world)
-    assert event.type == "FeedRejectsRising"
+    assert event.type == "FeedRejectSpikeDetected"
     assert (event.data["rejected"], event.data["messages"]) == (9, 10)
 
     world.clock.advance(timedelta(minutes=70))
@@ -145,7 +145,7 @@ async def test_rejects_that_rise_raise_a_warning(world: World) -> None:
     await world.deliver(h.envelopes)
     await watch(world)
     assert (await feeds(world))["busy-ed"]["state"] == "ok"
-    assert [e.type for e in await published(world)] == ["FeedRejectsRising", "FeedRecovered"]
+    assert [e.type for e in await published(world)] == ["FeedRejectSpikeDetected", "FeedRecovered"]
 
 
 async def test_a_new_partner_is_learning_and_raises_nothing(world: World) -> None:
