@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # `make bench` (= `make bench-intake`): intake throughput, end to end, on real Kafka and
 # PostgreSQL, with parse-only baselines measured in the same run (tests/bench/intake_bench.py);
-# then the scheduler's and reporting's benchmarks (see the end of this file).
+# then the scheduler's, reporting's and spike detection's benchmarks (see the end of this
+# file).
 #
 # Starts a local broker and the private PostgreSQL cluster unless KAFKA_BOOTSTRAP_SERVERS /
 # DATABASE_URL name existing ones, and stops what it started. Intake runs on the
@@ -80,5 +81,11 @@ if [[ "${BENCH_NO_REPORTING:-}" != 1 ]]; then
   echo "== reporting benchmark"
   # shellcheck disable=SC2086
   "$BIN/python" -m tests.bench.reporting_bench ${REPORTING_BENCH_ARGS:-}
+fi
+# Spikes: one detection pass over 100 counties for a day (tests/bench/spikes_bench.py; drops
+# and re-creates schema bench_spikes). BENCH_NO_SPIKES=1 skips it.
+if [[ "${BENCH_NO_SPIKES:-}" != 1 ]]; then
+  echo "== spike detection benchmark"
+  "$BIN/python" -m tests.bench.spikes_bench
 fi
 echo "bench finished in $((SECONDS - started_at)) s"

@@ -317,6 +317,39 @@ class Settings(BaseSettings):
         description="For reports the scheduler never links (de-identified): received this "
         "long after the overdose counts as late (the policy's remote window).",
     )
+    reporting_watch_interval_seconds: float = Field(
+        default=60.0,
+        gt=0,
+        description="How often reporting looks for spikes in every county and checks every "
+        "partner's feed, besides looking at once at the counties a batch of reports touched.",
+    )
+    reporting_feed_silent_min_hours: float = Field(
+        default=2.0,
+        gt=0,
+        description="A feed is never called silent before it has been quiet this long.",
+    )
+    reporting_feed_silent_expected: float = Field(
+        default=7.0,
+        gt=0,
+        description="... and only once its usual rate promised at least this many messages "
+        "in the quiet spell (7: silence by chance under 1 in 1,000).",
+    )
+    reporting_feed_history_days: int = Field(
+        default=28,
+        ge=7,
+        le=366,
+        description="The history a feed's usual rate by hour of week is learned from.",
+    )
+    reporting_feed_reject_window_hours: float = Field(
+        default=1.0,
+        gt=0,
+        description="The recent window a partner's rejects are compared with its usual share.",
+    )
+    reporting_feed_reject_min: int = Field(
+        default=5,
+        ge=1,
+        description="The fewest rejects in the window that can raise FeedRejectSpikeDetected.",
+    )
 
     inbox_max_attempts: int = Field(default=5, ge=1)
     inbox_retry_backoff_seconds: float = Field(default=0.2, ge=0)

@@ -10,6 +10,7 @@ __all__ = [
     "INTAKE_REJECTED",
     "OUTREACH_ACTIVITY",
     "OUTREACH_TEAM",
+    "REPORTING_ALERTS",
     "SCHEDULER_CASES",
     "TopicSpec",
 ]
@@ -49,10 +50,15 @@ OUTREACH_TEAM = TopicSpec(
 """Whether each team member may use the team APIs: a service that starts years later still
 learns every deactivation."""
 
+REPORTING_ALERTS = TopicSpec("port.reporting.alerts.v1", key="program id", partitions=1)
+"""Spikes in a county's overdoses and partner feeds gone quiet or rejected: few events, one
+program's in order."""
+
 ALL_TOPICS: tuple[TopicSpec, ...] = (
     INTAKE_OVERDOSES,
     INTAKE_REJECTED,
     SCHEDULER_CASES,
     OUTREACH_ACTIVITY,
     OUTREACH_TEAM,
+    REPORTING_ALERTS,
 )

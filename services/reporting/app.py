@@ -1,8 +1,9 @@
 """The reporting service's HTTP application: one consumer of every topic into the read
-models, and the metrics API."""
+models, the watch over spikes and feeds (after each batch, and on a timer), and the API."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from datetime import timedelta
@@ -10,12 +11,16 @@ from datetime import timedelta
 import sqlalchemy as sa
 from fastapi import FastAPI
 
+from services.reporting.alerts_api import router as alerts_router
 from services.reporting.api import router
+from services.reporting.feeds import FeedRules
 from services.reporting.handlers import ReadModels
 from services.reporting.models import REBUILD
 from services.reporting.programs import ProgramBook
+from services.reporting.watch import Watch
 from shared.clock import Clock
 from shared.runtime import ConsumerSpec, Runtime, create_service_app
+from shared.sealing import load_keys
 from shared.settings import Settings
 from shared.topics import INTAKE_OVERDOSES, INTAKE_REJECTED, OUTREACH_ACTIVITY, SCHEDULER_CASES
 
@@ -36,21 +41,27 @@ DESCRIPTION = (
     "figure carries its metric's id and version, and its numerator and denominator where it "
     "is a rate), with small-cell suppression (primary, complementary, unstable rates) unless a "
     "team lead or admin asks for the internal view, and exports as CSV and XLSX, including the "
-    "quarterly funder report. Aggregates only: reporting never stores or shows who anyone is."
+    "quarterly funder report. Spike alerts on each county's overdoses (NSSP-ESSENCE's EWMA "
+    "and the ODMAP rule), which leads acknowledge or dismiss, and each partner feed's health. "
+    "Aggregates only: reporting never stores or shows who anyone is."
 )
 
 
-def read_models(settings: Settings, programs: ProgramBook | None = None) -> ReadModels:
+def read_models(
+    settings: Settings, programs: ProgramBook | None = None, watch: Watch | None = None
+) -> ReadModels:
     return ReadModels(
         programs or ProgramBook.from_settings(settings),
         late_after=timedelta(hours=settings.reporting_late_after_hours),
+        watch=watch,
     )
 
 
 def create_app(settings: Settings, *, clock: Clock | None = None) -> FastAPI:
     """`clock` replaces the system clock (tests move it)."""
     programs = ProgramBook.from_settings(settings)
-    models = read_models(settings, programs)
+    watch = Watch(programs, FeedRules.from_settings(settings))
+    models = read_models(settings, programs, watch)
 
     def consumers(_runtime: Runtime) -> Sequence[ConsumerSpec]:
         topics = [t.name for t in FACT_TOPICS]
@@ -63,6 +74,8 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> FastAPI:
     @asynccontextmanager
     async def extension(app: FastAPI, runtime: Runtime) -> AsyncIterator[None]:
         app.state.programs = programs
+        app.state.watch = watch
+        app.state.sealer, _ = load_keys(settings)  # seals the leads' notes on alerts
 
         async def rebuilt() -> str:
             async with runtime.sessions() as session:
@@ -74,14 +87,23 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> FastAPI:
             return f"unavailable: rebuild {state}; run `portline reporting rebuild`"
 
         runtime.add_readiness_check("read_models", rebuilt)
-        yield
+        stop = asyncio.Event()
+        timer = asyncio.create_task(
+            watch.run(runtime.uow, stop, settings.reporting_watch_interval_seconds),
+            name="reporting-watch",
+        )
+        try:
+            yield
+        finally:
+            stop.set()
+            await timer
 
     return create_service_app(
         "reporting",
         settings,
         title="PORTline reporting",
         description=DESCRIPTION,
-        routers=[router],
+        routers=[router, alerts_router],
         consumers=consumers,
         extension=extension,
         runtime_factory=lambda: Runtime("reporting", settings, clock=clock),

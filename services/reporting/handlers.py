@@ -3,7 +3,9 @@
 One path for every caller: the live consumer (the inbox's unit of work, a batch at a time),
 and `portline reporting rebuild`, which feeds the same handler from the start of each topic.
 Each batch is: the facts of its events (`facts.py`), merged into their tables (`store.py`),
-then the outcomes of the cases, people and reports they touched derived again.
+then the outcomes of the cases, people and reports they touched derived again; then, for the
+live consumer, the spike detectors on the counties whose recent overdoses it brought
+(`watch.py`), so an alert commits with the report that raised it.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from services.reporting.store import (
     lock_read_models,
     write_facts,
 )
+from services.reporting.watch import Watch
 from shared.envelope import Envelope
 from shared.uow import UnitOfWork
 
@@ -33,8 +36,17 @@ __all__ = ["ReadModels"]
 class ReadModels:
     """The handler (and batch handler) of reporting's consumer."""
 
-    def __init__(self, programs: ProgramBook, *, late_after: timedelta = timedelta(hours=72)):
+    def __init__(
+        self,
+        programs: ProgramBook,
+        *,
+        late_after: timedelta = timedelta(hours=72),
+        watch: Watch | None = None,
+    ):
+        """`watch`: detect spikes after each batch (the live consumer; a rebuild does not:
+        the timer looks at every county once it is done)."""
         self._context = FactContext(programs=programs, late_after=late_after)
+        self._watch = watch
         self._dimensions_written: set[tuple[str, tuple[object, ...]]] = set()
 
     async def apply(self, uow: UnitOfWork, envelope: Envelope) -> None:
@@ -58,6 +70,8 @@ class ReadModels:
         await derive_deidentified(session, reports)
         await derive_cases(session, batch.cases)
         await derive_people(session, batch.people)
+        if self._watch is not None:
+            await self._watch.after_batch(uow, batch.rows)
 
     def _new_dimensions(self, rows: dict[sa.Table, list[dict[str, Any]]]) -> set[Any]:
         """Leave out the days and counties this process has written already (every batch

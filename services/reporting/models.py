@@ -22,6 +22,8 @@ import sqlalchemy as sa
 from shared.db import UTCDateTime
 
 __all__ = [
+    "ALERT",
+    "ALERT_DECISION",
     "ATTEMPT",
     "CASE",
     "CASE_DECISION",
@@ -32,6 +34,7 @@ __all__ = [
     "EPISODE",
     "EPISODE_OUTCOMES",
     "FACT_TABLES",
+    "FEED_ALERT",
     "METADATA",
     "PARTNER",
     "PROGRAM",
@@ -456,6 +459,54 @@ REBUILD = sa.Table(
     _ts("started_at", nullable=False),
     _ts("finished_at"),
     sa.Column("events", sa.BigInteger(), nullable=False),
+)
+
+# -- alerts (kept by a rebuild: they are what the program was told, and what it decided) ------
+
+ALERT = sa.Table(
+    "rpt_alert",
+    METADATA,
+    sa.Column("alert_id", sa.Uuid(), primary_key=True),
+    sa.Column("program_id", sa.String(64), nullable=False),
+    sa.Column("county", sa.String(64), nullable=False),
+    sa.Column("state", sa.String(16), nullable=True),
+    sa.Column("detector", sa.String(16), nullable=False),  # ewma, odmap
+    sa.Column("level", sa.String(16), nullable=False),  # warning, alert
+    sa.Column("status", sa.String(16), nullable=False),  # open, acknowledged, dismissed
+    _ts("window_start", nullable=False),
+    _ts("window_end", nullable=False),
+    sa.Column("observed", sa.Float(), nullable=False),
+    sa.Column("expected", sa.Float(), nullable=True),
+    sa.Column("p_value", sa.Float(), nullable=True),
+    sa.Column("threshold", sa.Integer(), nullable=True),
+    _ts("detected_at", nullable=False),
+    _ts("updated_at", nullable=False),
+    sa.UniqueConstraint("program_id", "county", "detector", "window_start", name="uq_rpt_alert"),
+    sa.Index("ix_rpt_alert_program", "program_id", "detected_at"),
+)
+
+ALERT_DECISION = sa.Table(
+    "rpt_alert_decision",
+    METADATA,
+    sa.Column("alert_id", sa.Uuid(), primary_key=True),
+    sa.Column("decision", sa.String(16), nullable=False),  # acknowledged, dismissed
+    sa.Column("decided_by", sa.String(128), nullable=False),  # the lead's token subject
+    _ts("decided_at", nullable=False),
+    # The lead's note, free text: the one text reporting keeps, sealed like outreach's notes
+    # (it may name someone), and never published.
+    sa.Column("note_sealed", sa.Text(), nullable=True),
+)
+
+FEED_ALERT = sa.Table(
+    "rpt_feed_alert",
+    METADATA,
+    sa.Column("alert_id", sa.Uuid(), primary_key=True),
+    sa.Column("program_id", sa.String(64), nullable=False),
+    sa.Column("source_org", sa.String(100), nullable=False),
+    sa.Column("kind", sa.String(16), nullable=False),  # silent, rejects_rising
+    _ts("raised_at", nullable=False),
+    _ts("cleared_at"),
+    sa.Index("ix_rpt_feed_alert_partner", "program_id", "source_org", "kind", "raised_at"),
 )
 
 FACT_TABLES = (

@@ -61,6 +61,8 @@ __all__ = [
     "OdmapSpike",
     "ewma",
     "ewma_last",
+    "ewma_tail",
+    "history_days",
     "odmap",
 ]
 
@@ -203,14 +205,30 @@ def ewma(
     return out
 
 
+def history_days(params: EwmaParams | None = None) -> int:
+    """How many days before the first day tested a result depends on (to 1e-9): the
+    smoothed value forgets the past geometrically, so days further back are not read."""
+    p = params or EwmaParams()
+    forget = math.ceil(math.log(1e-9) / math.log(1 - min(p.smoothing)))
+    return p.first_tested_day + p.baseline_days + forget
+
+
+def ewma_tail(
+    counts: Sequence[float], params: EwmaParams | None = None, *, days: int = 1
+) -> list[EwmaDay | None]:
+    """The tests of the last ``days`` days of the series (the days being watched: today, and
+    yesterday while late reports still come in), oldest first."""
+    p = params or EwmaParams()
+    if days < 1:
+        raise ValueError("days must be at least 1")
+    recent = counts[-(history_days(p) + days - 1) :]
+    results = ewma(recent, p, report_from=max(0, len(recent) - days))
+    return results[-days:]
+
+
 def ewma_last(counts: Sequence[float], params: EwmaParams | None = None) -> EwmaDay | None:
     """The test of the last day of the series (the day being watched)."""
-    p = params or EwmaParams()
-    # The smoothed value forgets the past geometrically: days further back than this weigh
-    # less than 1e-9 of what they did, so they are not read.
-    forget = math.ceil(math.log(1e-9) / math.log(1 - min(p.smoothing)))
-    recent = counts[-(p.first_tested_day + p.baseline_days + forget) :]
-    results = ewma(recent, p, report_from=len(recent) - 1)
+    results = ewma_tail(counts, params)
     return results[-1] if results else None
 
 

@@ -25,6 +25,12 @@ from shared.events.outreach import (
     VisitCompleted,
     VisitScheduled,
 )
+from shared.events.reporting import (
+    FeedRecovered,
+    FeedRejectSpikeDetected,
+    FeedSilenceDetected,
+    SpikeDetected,
+)
 from shared.events.scheduler import (
     CaseClosed,
     CaseOpened,
@@ -61,6 +67,9 @@ __all__ = [
     "DoNotContactRequested",
     "EpisodeOpened",
     "EpisodeOpenedV1",
+    "FeedRecovered",
+    "FeedRejectSpikeDetected",
+    "FeedSilenceDetected",
     "InboundRejected",
     "Location",
     "OutreachConcluded",
@@ -78,6 +87,7 @@ __all__ = [
     "ServiceItem",
     "ServicesProvided",
     "SourceKind",
+    "SpikeDetected",
     "TaskAssigned",
     "TaskCancelled",
     "TaskCompleted",
