@@ -472,20 +472,24 @@ def _combine(
             else:
                 target.update(values)  # the parts measure different things
     levels: Levels = {dims: merged}
+    # what adds up of each cell, picked out once for all the margins
+    addable = [
+        (key, [(k, v) for k, v in values.items() if k not in _NOT_ADDED])
+        for key, values in merged.items()
+    ]
     for subset in wanted:
         if subset == dims:
             continue
         positions = [dims.index(d) for d in subset]
         margin: dict[Key, Measures] = {}
-        for key, values in merged.items():
+        for key, items in addable:
             outer = tuple(key[i] for i in positions)
             target = margin.get(outer)
             if target is None:
-                margin[outer] = {k: v for k, v in values.items() if k not in _NOT_ADDED}
+                margin[outer] = dict(items)
                 continue
-            for name, value in values.items():
-                if name not in _NOT_ADDED:
-                    target[name] = target.get(name, 0) + value
+            for name, value in items:
+                target[name] = target.get(name, 0) + value
         levels[subset] = margin
     for subset, groups in people_of_many.items():
         level = levels.setdefault(subset, {})
