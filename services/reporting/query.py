@@ -356,16 +356,22 @@ def _sums(
     table: sa.Table,
     sums: dict[str, sa.ColumnElement[Any]],
     where: sa.ColumnElement[bool],
+    medians: dict[str, sa.ColumnElement[float]] | None = None,
 ) -> _Job:
+    """Sums per cell; on PostgreSQL also `medians` of the same rows, in the same scan
+    (percentile_cont skips nulls, as `_median` does; a cell whose values are all null gets
+    0, where only a count of 0 values is ever shown)."""
+    medians = medians or {}
     statement = (
         sa.select(
             *[_column(table, d).label(d) for d in dims],
             *[sa.func.sum(v).label(k) for k, v in sums.items()],
+            *[sa.func.percentile_cont(0.5).within_group(v).label(k) for k, v in medians.items()],
         )
         .where(where)
         .group_by(*[_column(table, d) for d in dims])
     )
-    return _Job(statement, _cells(dims, list(sums)))
+    return _Job(statement, _cells(dims, [*sums, *medians]))
 
 
 @functools.cache
@@ -388,20 +394,24 @@ def _jobs(
         return None, (referrals,)
     late = sa.func.coalesce(R.late_by_policy, R.late_by_age, sa.false())
     timed = sa.and_(_in_scope(EPISODE), _has(E.flags, Flag.TIMED_FIRST_ATTEMPT))
+    report_sums: dict[str, sa.ColumnElement[Any]] = {
+        "reports": sa.literal(1),
+        "reports_late": _flag(late),
+        "reports_with_lag": _flag(R.lag_hours.is_not(None)),
+    }
+    if pg:  # the reports' sums and their median lag in one scan
+        reports = [
+            _sums(dims, REPORT, report_sums, _in_scope(REPORT), {"report_lag_hours": R.lag_hours})
+        ]
+    else:
+        reports = [
+            _sums(dims, REPORT, report_sums, _in_scope(REPORT)),
+            _median(dims, REPORT, R.lag_hours, _in_scope(REPORT), "report_lag_hours", pg),
+        ]
     return _people_of_many(dims, wanted, pg), (
         _episodes(dims),
         _median(dims, EPISODE, E.first_attempt_hours, timed, "first_attempt_hours", pg),
-        _sums(
-            dims,
-            REPORT,
-            {
-                "reports": sa.literal(1),
-                "reports_late": _flag(late),
-                "reports_with_lag": _flag(R.lag_hours.is_not(None)),
-            },
-            _in_scope(REPORT),
-        ),
-        _median(dims, REPORT, R.lag_hours, _in_scope(REPORT), "report_lag_hours", pg),
+        *reports,
         referrals,
     )
 
@@ -462,20 +472,24 @@ def _combine(
             else:
                 target.update(values)  # the parts measure different things
     levels: Levels = {dims: merged}
+    # what adds up of each cell, picked out once for all the margins
+    addable = [
+        (key, [(k, v) for k, v in values.items() if k not in _NOT_ADDED])
+        for key, values in merged.items()
+    ]
     for subset in wanted:
         if subset == dims:
             continue
         positions = [dims.index(d) for d in subset]
         margin: dict[Key, Measures] = {}
-        for key, values in merged.items():
+        for key, items in addable:
             outer = tuple(key[i] for i in positions)
             target = margin.get(outer)
             if target is None:
-                margin[outer] = {k: v for k, v in values.items() if k not in _NOT_ADDED}
+                margin[outer] = dict(items)
                 continue
-            for name, value in values.items():
-                if name not in _NOT_ADDED:
-                    target[name] = target.get(name, 0) + value
+            for name, value in items:
+                target[name] = target.get(name, 0) + value
         levels[subset] = margin
     for subset, groups in people_of_many.items():
         level = levels.setdefault(subset, {})
