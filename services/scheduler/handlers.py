@@ -32,6 +32,7 @@ import sqlalchemy as sa
 from services.scheduler import timers
 from services.scheduler.batch import ReportBatch, Writes
 from services.scheduler.linking import ReportIdentity, episode_for, link
+from services.scheduler.locks import lock_linking
 from services.scheduler.models import CASE, EPISODE, PERSON, POSSIBLE_MATCH, REPORT_LINK, TASK
 from services.scheduler.policy import (
     PlannedTask,
@@ -139,6 +140,7 @@ class Scheduler:
         """Reports from any source (scheduler.reports), in order, as one batch."""
         if not reports:
             return
+        await lock_linking(uow.session, reports)  # other replicas' batches of these people
         batch = await ReportBatch.load(uow.session, reports, self._open_identity)
         for report in reports:
             await self._apply_report(uow, batch, report)
