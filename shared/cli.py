@@ -244,7 +244,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     topics = sub.add_parser("topics", help="Kafka topics")
     topics_sub = topics.add_subparsers(dest="topics_command", required=True)
-    create = topics_sub.add_parser("create", help="create the topics that do not exist yet")
+    create = topics_sub.add_parser(
+        "create", help="create the topics that do not exist yet; set the settings on the rest"
+    )
     create.set_defaults(func=_cmd_topics)
 
     outbox = sub.add_parser("outbox", help="outbox rows the relay parked")
