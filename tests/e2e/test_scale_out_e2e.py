@@ -18,10 +18,11 @@ import asyncio
 import contextlib
 import json
 import os
+import socket
 import subprocess
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -41,7 +42,7 @@ from shared.topics import (
     OUTREACH_ACTIVITY,
     SCHEDULER_CASES,
 )
-from tests.e2e.conftest import PORTLINE, _start, _stop, _wait_ready, dev_token, free_port
+from tests.e2e.conftest import PORTLINE, _start, _stop, _wait_ready, dev_token
 from tests.hl7_builder import adt, hl7_time
 
 pytestmark = pytest.mark.e2e
@@ -52,6 +53,7 @@ GIVEN = (
     "Gray", "Harper", "Indigo", "Jordan", "Kendall", "Logan",
 )  # fmt: skip
 """Given names no two of which look alike, so that no two people are possible matches."""
+PORT_RANGE = range(18100, 18200)
 START_SECONDS = 240
 """Ten Python processes starting at once on two cores: about 30 s on an idle machine."""
 PROCESSES = {"intake": 3, "scheduler": 3, "outreach": 2, "reporting": 2}
@@ -102,6 +104,20 @@ async def start_where_the_topics_end(bootstrap: str, prefix: str) -> None:
             await consumer.stop()
 
 
+def private_ports() -> Iterator[int]:
+    """Free ports of PORT_RANGE, below the kernel's ephemeral range: ten services asking the
+    kernel for a free port and binding it a moment later lose some of them to other clients
+    on a busy machine."""
+    for port in PORT_RANGE:
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        yield port
+    raise AssertionError(f"no free port left in {PORT_RANGE}")
+
+
 async def eventually(probe: Callable[[], Awaitable[Any]], what: str, timeout: float) -> Any:
     deadline = time.monotonic() + timeout
     while True:
@@ -137,13 +153,14 @@ async def deployment(
     await asyncio.to_thread(portline, "intake", "seed-demo")
     await start_where_the_topics_end(bootstrap, prefix)
     started: dict[str, list[Process]] = {service: [] for service in PROCESSES}
+    ports = private_ports()
     try:
         for service, count in PROCESSES.items():
             for i in range(count):
-                port = free_port()
+                port = next(ports)
                 own = {**env, f"PORTLINE_{service.upper()}_PORT": str(port)}
                 if service == "intake":
-                    own["PORTLINE_MLLP_PORT"] = str(free_port())
+                    own["PORTLINE_MLLP_PORT"] = str(next(ports))
                 log = var / f"{service}-{i}.log"
                 proc = await asyncio.to_thread(_start, own, log, service)
                 started[service].append(Process(service, f"http://127.0.0.1:{port}", proc, log))
