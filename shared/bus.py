@@ -18,9 +18,11 @@ import contextlib
 import logging
 from collections import defaultdict
 from collections.abc import Sequence
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import (
     CorruptRecordException,
     InvalidTimestampError,
@@ -31,19 +33,22 @@ from aiokafka.errors import (
     TopicAlreadyExistsError,
     TopicAuthorizationFailedError,
     UnsupportedForMessageFormatError,
+    for_code,
 )
 
 from shared.inbox import InboxProcessor, IncomingMessage, is_transient
+from shared.kafka import KafkaConnection, kafka_connection
 from shared.metrics import CONSUMER_LAG
 from shared.outbox import OutgoingMessage, PublishFailed, Unpublishable
-from shared.topics import ALL_TOPICS, TopicSpec
+from shared.topics import ALL_TOPICS, COMPRESSION, TopicLayout, TopicSpec
 
 __all__ = [
     "ConsumerLoop",
     "InMemoryPublisher",
     "KafkaPublisher",
-    "create_topics",
+    "ensure_topics",
     "kafka_park_reason",
+    "make_admin",
     "make_consumer",
 ]
 
@@ -89,17 +94,19 @@ class KafkaPublisher:
     with OutOfOrderSequenceNumber. So after any failed delivery the producer is replaced (a
     new producer id, fresh sequences) before the next publish."""
 
-    def __init__(self, bootstrap_servers: str, *, client_id: str) -> None:
-        self._bootstrap_servers = bootstrap_servers
+    def __init__(self, bootstrap_servers: str | KafkaConnection, *, client_id: str) -> None:
+        self._connection = kafka_connection(bootstrap_servers)
         self._client_id = client_id
         self._producer = self._new_producer()
         self._started = False
         self._stale = False
 
     def _new_producer(self) -> AIOKafkaProducer:
+        compression = self._connection.compression
         return AIOKafkaProducer(
-            bootstrap_servers=self._bootstrap_servers,
+            **self._connection.options(),
             client_id=self._client_id,
+            compression_type=None if compression == "none" else COMPRESSION[compression],
             acks="all",
             enable_idempotence=True,
             linger_ms=5,
@@ -172,11 +179,15 @@ class InMemoryPublisher:
 
 
 def make_consumer(
-    bootstrap_servers: str, *, group_id: str, topics: Sequence[str], start: str = "earliest"
+    bootstrap_servers: str | KafkaConnection,
+    *,
+    group_id: str,
+    topics: Sequence[str],
+    start: str = "earliest",
 ) -> AIOKafkaConsumer:
     return AIOKafkaConsumer(
         *topics,
-        bootstrap_servers=bootstrap_servers,
+        **kafka_connection(bootstrap_servers).options(),
         group_id=group_id,
         enable_auto_commit=False,
         auto_offset_reset=start,
@@ -278,29 +289,51 @@ def _offsets(messages: Sequence[IncomingMessage], *, after: bool) -> dict[TopicP
     return offsets
 
 
-async def create_topics(
-    bootstrap_servers: str, specs: Sequence[TopicSpec] = ALL_TOPICS, *, replication: int = 1
-) -> list[str]:
-    """Create the topics that do not exist yet; returns the names created."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, client_id="portline-admin")
+def make_admin(target: str | KafkaConnection, *, client_id: str = "portline-admin") -> Any:
+    """An admin client (not started) connected as every other client is."""
+    return AIOKafkaAdminClient(**kafka_connection(target).options(), client_id=client_id)
+
+
+async def ensure_topics(
+    target: str | KafkaConnection,
+    layout: TopicLayout,
+    specs: Sequence[TopicSpec] = ALL_TOPICS,
+) -> tuple[list[str], list[str]]:
+    """Create the topics that do not exist yet with the layout's settings (shared.topics), and
+    set those settings on the ones that do (a changed retention, say). Returns the names
+    created and the names whose settings were set. Partition counts and replication factors
+    of existing topics are left alone: changing them is a deliberate operation (docs/deploy.md).
+    """
+    admin = make_admin(target)
     await admin.start()
     try:
         existing = set(await admin.list_topics())
         wanted = [s for s in specs if s.name not in existing]
-        if not wanted:
-            return []
-        with contextlib.suppress(TopicAlreadyExistsError):
-            await admin.create_topics(
+        if wanted:
+            with contextlib.suppress(TopicAlreadyExistsError):
+                await admin.create_topics(
+                    [
+                        NewTopic(
+                            name=s.name,
+                            num_partitions=layout.partitions_of(s),
+                            replication_factor=layout.replication,
+                            topic_configs=layout.configs(s),
+                        )
+                        for s in wanted
+                    ]
+                )
+        kept = [s for s in specs if s.name in existing]
+        if kept:
+            responses = await admin.alter_configs(
                 [
-                    NewTopic(
-                        name=s.name,
-                        num_partitions=s.partitions,
-                        replication_factor=replication,
-                        topic_configs=s.configs,
-                    )
-                    for s in wanted
+                    ConfigResource(ConfigResourceType.TOPIC, s.name, configs=layout.configs(s))
+                    for s in kept
                 ]
             )
-        return [s.name for s in wanted]
+            for response in responses:
+                for error_code, message, _type, name in response.resources:
+                    if error_code:
+                        raise for_code(error_code)(f"topic {name}: {message}")
+        return [s.name for s in wanted], [s.name for s in kept]
     finally:
         await admin.close()

@@ -76,16 +76,22 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
 
 
 def _cmd_topics(args: argparse.Namespace) -> int:
-    from shared.bus import create_topics
+    from shared.bus import ensure_topics
+    from shared.kafka import KafkaConnection
 
     settings = get_settings()
-    created = asyncio.run(
-        create_topics(settings.kafka_bootstrap_servers, replication=settings.kafka_replication)
-    )
+    layout = settings.topic_layout()
+    if settings.env == "production" and (layout.replication < 3 or layout.min_insync_replicas < 2):
+        print(
+            "warning: production topics want PORTLINE_KAFKA_REPLICATION=3 and "
+            "PORTLINE_KAFKA_MIN_INSYNC_REPLICAS=2 (a single broker can hold neither)",
+            file=sys.stderr,
+        )
+    created, updated = asyncio.run(ensure_topics(KafkaConnection.from_settings(settings), layout))
     for name in created:
         print(f"created {name}")
-    if not created:
-        print("all topics exist")
+    for name in updated:
+        print(f"exists {name}: settings applied")
     return 0
 
 
@@ -238,7 +244,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     topics = sub.add_parser("topics", help="Kafka topics")
     topics_sub = topics.add_subparsers(dest="topics_command", required=True)
-    create = topics_sub.add_parser("create", help="create the topics that do not exist yet")
+    create = topics_sub.add_parser(
+        "create", help="create the topics that do not exist yet; set the settings on the rest"
+    )
     create.set_defaults(func=_cmd_topics)
 
     outbox = sub.add_parser("outbox", help="outbox rows the relay parked")

@@ -30,6 +30,7 @@ from shared.edge import BodyLimit, check_routes, complete_openapi
 from shared.envelope import Envelope
 from shared.http import direct_routes, install_common_routes, install_error_handlers
 from shared.inbox import InboxProcessor, Outcome
+from shared.kafka import KafkaConnection
 from shared.metrics import EVENTS_CONSUMED, READY
 from shared.oidc import ClaimNames, KeySource, ProviderKeys, StaticKeys, TokenVerifier
 from shared.outbox import OutboxRelay
@@ -104,7 +105,7 @@ class Runtime:
         )
         self.sessions: async_sessionmaker[AsyncSession] = session_factory(self.engine)
         self.publisher = KafkaPublisher(
-            settings.kafka_bootstrap_servers, client_id=f"portline-{service}"
+            KafkaConnection.from_settings(settings), client_id=f"portline-{service}"
         )
         self.relay = OutboxRelay(
             self.sessions,
@@ -177,7 +178,7 @@ class Runtime:
         )
         while not self._stop.is_set():
             consumer = make_consumer(
-                self.settings.kafka_bootstrap_servers,
+                KafkaConnection.from_settings(self.settings),
                 # The schema prefix separates deployments (and test runs) sharing one broker.
                 group_id=f"portline-{self.settings.db_schema_prefix}{self.service}-{spec.name}",
                 topics=spec.topics,

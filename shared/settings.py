@@ -18,6 +18,8 @@ from urllib.parse import urlsplit
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from shared.topics import TopicLayout
+
 __all__ = [
     "SERVICES",
     "TEAM_TOKEN_SERVICES",
@@ -112,7 +114,64 @@ class Settings(BaseSettings):
         default="earliest",
         description="Where a new consumer group starts: every retained event, or only new ones.",
     )
-    kafka_replication: int = Field(default=1, ge=1, description="Replication factor for topics.")
+    kafka_replication: int = Field(
+        default=1,
+        ge=1,
+        description="Replication factor `portline topics create` gives new topics; 3 in "
+        "production (a single local broker can only hold 1).",
+    )
+    kafka_min_insync_replicas: int = Field(
+        default=1,
+        ge=1,
+        description="The topics' min.insync.replicas: how many replicas must hold an event "
+        "before the broker acknowledges it (producers use acks=all); 2 in production, at most "
+        "the replication factor.",
+    )
+    kafka_partitions: int = Field(
+        default=6,
+        ge=1,
+        description="Partitions of each topic (the team topic has 1): the most consumer "
+        "processes of one service that share a topic's work.",
+    )
+    kafka_compression: Literal["gzip", "none"] = Field(
+        default="gzip",
+        description="The codec producers compress batches with, and the topics' compression.type.",
+    )
+    kafka_fact_retention_days: int = Field(
+        default=0,
+        ge=0,
+        description="How long the fact topics keep events; 0 keeps them for good, so that "
+        "`portline reporting rebuild` can replay every event.",
+    )
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        default="PLAINTEXT",
+        description="How every Kafka client connects: SASL_SSL for a managed cluster.",
+    )
+    kafka_sasl_mechanism: Literal["SCRAM-SHA-256", "SCRAM-SHA-512", "PLAIN"] = Field(
+        default="SCRAM-SHA-512", description="The SASL mechanism (SASL_* protocols)."
+    )
+    kafka_sasl_username: str | None = Field(
+        default=None, description="The SASL user; required with a SASL_* protocol."
+    )
+    kafka_sasl_password: SecretStr | None = Field(
+        default=None, description="The SASL password; required with a SASL_* protocol."
+    )
+    kafka_ssl_cafile: str | None = Field(
+        default=None,
+        description="A PEM file of the CAs that sign the brokers' certificates (SSL, "
+        "SASL_SSL); unset: the system's CAs.",
+    )
+    kafka_ssl_certfile: str | None = Field(
+        default=None,
+        description="A PEM client certificate, for brokers that authenticate clients by TLS.",
+    )
+    kafka_ssl_keyfile: str | None = Field(
+        default=None, description="The client certificate's private key (PEM)."
+    )
+    kafka_ssl_check_hostname: bool = Field(
+        default=True,
+        description="Whether a broker's certificate must name the host connected to.",
+    )
     kafka_max_event_bytes: int = Field(
         default=1_000_000,
         ge=1024,
@@ -424,6 +483,36 @@ class Settings(BaseSettings):
                     f"set a real secret when PORTLINE_ENV={self.env}"
                 )
         return self
+
+    @model_validator(mode="after")
+    def _kafka_consistent(self) -> Settings:
+        if self.kafka_min_insync_replicas > self.kafka_replication:
+            raise ConfigurationError(
+                "PORTLINE_KAFKA_MIN_INSYNC_REPLICAS must not exceed PORTLINE_KAFKA_REPLICATION: "
+                "no write could ever be acknowledged"
+            )
+        if self.kafka_security_protocol.startswith("SASL_") and not (
+            self.kafka_sasl_username and self.kafka_sasl_password
+        ):
+            raise ConfigurationError(
+                f"PORTLINE_KAFKA_SECURITY_PROTOCOL={self.kafka_security_protocol} needs "
+                "PORTLINE_KAFKA_SASL_USERNAME and PORTLINE_KAFKA_SASL_PASSWORD"
+            )
+        if bool(self.kafka_ssl_certfile) != bool(self.kafka_ssl_keyfile):
+            raise ConfigurationError(
+                "PORTLINE_KAFKA_SSL_CERTFILE and PORTLINE_KAFKA_SSL_KEYFILE go together"
+            )
+        return self
+
+    def topic_layout(self) -> TopicLayout:
+        """The deployment's topic settings (shared.topics)."""
+        return TopicLayout(
+            partitions=self.kafka_partitions,
+            replication=self.kafka_replication,
+            min_insync_replicas=self.kafka_min_insync_replicas,
+            compression=self.kafka_compression,
+            fact_retention_days=self.kafka_fact_retention_days,
+        )
 
     @field_validator("oidc_issuer", "oidc_jwks_url", mode="before")
     @classmethod

@@ -4,6 +4,7 @@ client certificates it signs. Valid from a day before now for a year: never a li
 from __future__ import annotations
 
 import datetime as dt
+import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -84,6 +85,9 @@ class CertificateAuthority:
         )
         if server:
             builder = builder.add_extension(
-                x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False
+                x509.SubjectAlternativeName(
+                    [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+                ),
+                critical=False,
             )
         return _write(self.directory, common, builder.sign(self._key, hashes.SHA256()), key)

@@ -21,6 +21,15 @@
 #   KAFKA_WAIT_SECONDS       readiness timeout for start/wait, default 90
 #   KAFKA_LIB_DIR            jar dir, default deploy/local/target/kafka-libs
 #   KAFKA_HEAP_OPTS          default "-Xms256m -Xmx1g"
+#   KAFKA_SCRAM_PORT         if set, a second client listener, SASL_PLAINTEXT
+#                            with SCRAM-SHA-256 and -512, on this port (for
+#                            testing the clients' SASL settings); its user is
+#                            KAFKA_SCRAM_USER / KAFKA_SCRAM_PASSWORD (default
+#                            portline / portline-dev-scram), added when the
+#                            storage is formatted (first start only)
+#   KAFKA_SCRAM_TLS_CERT     with KAFKA_SCRAM_TLS_KEY (PEM files, the key
+#                            unencrypted PKCS#8): that listener is SASL_SSL,
+#                            with this server certificate
 #   KAFKA_JVM_OPTS           extra JVM options, after the defaults
 #                            (-XX:+UseSerialGC -XX:TieredStopAtLevel=1: light
 #                            on a 2-core machine; -XX:TieredStopAtLevel=4 here
@@ -58,6 +67,11 @@ KAFKA_PORT_FROM_ENV="${KAFKA_PORT:-}"
 KAFKA_PORT="${KAFKA_PORT:-9092}"
 KAFKA_CONTROLLER_PORT="${KAFKA_CONTROLLER_PORT:-9093}"
 KAFKA_WAIT_SECONDS="${KAFKA_WAIT_SECONDS:-90}"
+KAFKA_SCRAM_PORT="${KAFKA_SCRAM_PORT:-}"
+KAFKA_SCRAM_USER="${KAFKA_SCRAM_USER:-portline}"
+KAFKA_SCRAM_PASSWORD="${KAFKA_SCRAM_PASSWORD:-portline-dev-scram}"
+KAFKA_SCRAM_TLS_CERT="${KAFKA_SCRAM_TLS_CERT:-}"
+KAFKA_SCRAM_TLS_KEY="${KAFKA_SCRAM_TLS_KEY:-}"
 STOP_GRACE_SECONDS=30
 READY_MARKER="Kafka Server started"
 
@@ -176,6 +190,31 @@ render_props() {
         -e "s|@KAFKA_CONTROLLER_PORT@|$KAFKA_CONTROLLER_PORT|g" \
         -e "s|@KAFKA_DATA_DIR@|$DATA_DIR|g" \
         "$PROPS_TEMPLATE" >"$tmp"
+    if [[ -n "$KAFKA_SCRAM_PORT" ]]; then
+        [[ "$KAFKA_SCRAM_PORT" =~ ^[0-9]+$ ]] || die "KAFKA_SCRAM_PORT must be a port number"
+        local protocol=SASL_PLAINTEXT
+        [[ -z "$KAFKA_SCRAM_TLS_CERT" ]] || protocol=SASL_SSL
+        local scram="$protocol://127.0.0.1:$KAFKA_SCRAM_PORT" prefix="listener.name.${protocol,,}"
+        sed -i -e "s|^listeners=PLAINTEXT://\([^,]*\),|listeners=PLAINTEXT://\1,$scram,|" \
+            -e "s|^advertised\.listeners=\(.*\)$|advertised.listeners=\1,$scram|" \
+            -e "s|^listener\.security\.protocol\.map=\(.*\)$|listener.security.protocol.map=\1,$protocol:$protocol|" \
+            "$tmp"
+        cat >>"$tmp" <<EOF_SCRAM
+sasl.enabled.mechanisms=SCRAM-SHA-256,SCRAM-SHA-512
+$prefix.scram-sha-256.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+$prefix.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+EOF_SCRAM
+        if [[ -n "$KAFKA_SCRAM_TLS_CERT" ]]; then
+            [[ -r "$KAFKA_SCRAM_TLS_CERT" && -r "$KAFKA_SCRAM_TLS_KEY" ]] \
+                || die "KAFKA_SCRAM_TLS_CERT and KAFKA_SCRAM_TLS_KEY must be readable PEM files"
+            # A PEM key store is one file: the private key, then the certificate chain.
+            cat "$KAFKA_SCRAM_TLS_KEY" "$KAFKA_SCRAM_TLS_CERT" >"$STATE_DIR/scram-keystore.pem"
+            cat >>"$tmp" <<EOF_TLS
+$prefix.ssl.keystore.type=PEM
+$prefix.ssl.keystore.location=$STATE_DIR/scram-keystore.pem
+EOF_TLS
+        fi
+    fi
     mv "$tmp" "$PROPS_FILE"
 }
 
@@ -185,6 +224,13 @@ format_storage() {
         return 0
     fi
     log "formatting KRaft storage in $DATA_DIR (first start)"
+    local scram_users=()
+    if [[ -n "$KAFKA_SCRAM_PORT" ]]; then
+        local mechanism
+        for mechanism in SCRAM-SHA-256 SCRAM-SHA-512; do
+            scram_users+=(--add-scram "$mechanism=[name=$KAFKA_SCRAM_USER,password=$KAFKA_SCRAM_PASSWORD]")
+        done
+    fi
     mkdir -p "$DATA_DIR"
     cluster_id="$(java -cp "$LIB_DIR/*" -Dlog4j2.configurationFile="$LOG4J_CONFIG" \
         -Dkafka.logs.dir="$LOG_DIR" kafka.tools.StorageTool random-uuid)"
@@ -194,7 +240,7 @@ format_storage() {
     # (controller.quorum.bootstrap.servers).
     java -cp "$LIB_DIR/*" -Dlog4j2.configurationFile="$LOG4J_CONFIG" \
         -Dkafka.logs.dir="$LOG_DIR" \
-        kafka.tools.StorageTool format -t "$cluster_id" -c "$PROPS_FILE" \
+        kafka.tools.StorageTool format -t "$cluster_id" -c "$PROPS_FILE" "${scram_users[@]}" \
         >"$LOG_DIR/format.out" 2>&1 \
         || { cat "$LOG_DIR/format.out" >&2; die "formatting the Kafka storage failed"; }
     log "cluster id $cluster_id"

@@ -29,13 +29,14 @@ from datetime import UTC, datetime
 from typing import IO, Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.reporting.app import BATCH, CONSUMER, FACT_TOPICS, read_models
 from services.reporting.models import READ_MODEL_TABLES, REBUILD
+from shared.bus import make_admin
 from shared.clock import Clock, SystemClock
 from shared.inbox import INBOX, InboxProcessor, IncomingMessage
+from shared.kafka import KafkaConnection, kafka_connection
 from shared.settings import Settings
 from shared.uow import UnitOfWork
 
@@ -173,7 +174,7 @@ class KafkaSource:
     """Every partition of the topics, from its first retained record to where it ended when
     the rebuild began (records published since are the live consumer's)."""
 
-    bootstrap: str
+    bootstrap: str | KafkaConnection
     batch_size: int = BATCH
     total: int = 0
     oldest_ms: int | None = None
@@ -182,7 +183,7 @@ class KafkaSource:
 
     async def open(self) -> None:
         consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.bootstrap,
+            **kafka_connection(self.bootstrap).options(),
             group_id=None,
             enable_auto_commit=False,
             isolation_level="read_committed",
@@ -205,7 +206,7 @@ class KafkaSource:
         names = [t.name for t in FACT_TOPICS if t.name in existing]
         if not names:
             return []
-        admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap)
+        admin = make_admin(self.bootstrap, client_id="portline-reporting-rebuild")
         await admin.start()
         try:
             described = await admin.describe_topics(names)
@@ -285,7 +286,7 @@ async def rebuild(
         backoff_seconds=settings.inbox_retry_backoff_seconds,
         batch_handler=models.apply_all,
     )
-    source = KafkaSource(settings.kafka_bootstrap_servers, batch_size=batch_size)
+    source = KafkaSource(KafkaConnection.from_settings(settings), batch_size=batch_size)
     result = RebuildResult()
     started = time.monotonic()
     try:

@@ -40,6 +40,7 @@ from services.scheduler.linking import (
     link,
     merge_people,
 )
+from services.scheduler.locks import lock_linking
 from services.scheduler.matching import blocking
 from services.scheduler.models import (
     CASE,
@@ -221,6 +222,8 @@ class Scheduler:
         lookups = {
             report_id: self._lookup_keys(identity) for report_id, identity in identities.items()
         }
+        # other replicas' batches of these people wait, and these wait for theirs (locks.py)
+        await lock_linking(uow.session, reports, lookups)
         batch = await ReportBatch.load(uow.session, reports, self._open_identity, lookups)
         for n, report in enumerate(reports):
             with uow.caused_by(causes[n] if causes else None):

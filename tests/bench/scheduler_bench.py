@@ -54,7 +54,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from services.intake.records import Identity
 from services.intake.reports import Protector
 from services.scheduler.timers import TIMER, TIMER_FIRING
-from shared.bus import KafkaPublisher, create_topics
+from shared.bus import KafkaPublisher, ensure_topics
 from shared.clock import SystemClock
 from shared.db import create_engine, resolve_url
 from shared.envelope import Envelope
@@ -63,7 +63,7 @@ from shared.migrations import upgrade
 from shared.outbox import OutgoingMessage
 from shared.sealing import load_keys
 from shared.settings import Settings
-from shared.topics import INTAKE_OVERDOSES, SCHEDULER_CASES
+from shared.topics import INTAKE_OVERDOSES, SCHEDULER_CASES, TopicLayout
 from tests.bench.intake_bench import BenchError, Report, free_port, percentile
 from tests.bench.prepare import portline, refuse_unless_resettable
 from tests.integration.timer_replica import FIRED_LOG, fired_log_metadata
@@ -452,7 +452,7 @@ async def skip_backlog(bootstrap: str, group_id: str, topic: str, partitions: in
     )
     await consumer.start()
     try:
-        tps = [TopicPartition(topic, p) for p in range(partitions)]  # as create_topics made it
+        tps = [TopicPartition(topic, p) for p in range(partitions)]  # as ensure_topics made it
         consumer.assign(tps)
         ends = await consumer.end_offsets(tps)
         skipped = 0
@@ -489,7 +489,7 @@ async def latency_phase(
     n = round(rate * seconds)
     result = LatencyRun(rate, n)
     await drop_schema(database_url, LATENCY_SCHEMA)
-    await create_topics(bootstrap)
+    await ensure_topics(bootstrap, TopicLayout())
     env = {
         **os.environ,
         "PORTLINE_ENV": "development",
@@ -512,7 +512,7 @@ async def latency_phase(
         bootstrap,
         f"portline-{PREFIX}scheduler-overdoses",
         INTAKE_OVERDOSES.name,
-        INTAKE_OVERDOSES.partitions,
+        TopicLayout().partitions_of(INTAKE_OVERDOSES),
     )
     if skipped:
         print(f"latency: skipped {skipped:,} older events on {INTAKE_OVERDOSES.name}")

@@ -110,8 +110,10 @@ def _start(
         )
 
 
-async def _wait_ready(proc: subprocess.Popen[bytes], base: str, log: Path) -> None:
-    deadline = time.monotonic() + 60
+async def _wait_ready(
+    proc: subprocess.Popen[bytes], base: str, log: Path, *, timeout: float = 60
+) -> None:
+    deadline = time.monotonic() + timeout
     async with httpx.AsyncClient() as client:
         while True:
             assert proc.poll() is None, log.read_text()[-3000:]

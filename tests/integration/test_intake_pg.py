@@ -21,7 +21,7 @@ from services.intake.reports import Protector
 from services.intake.seed import seed_demo
 from services.intake.store import InboundRecord, Known, RoutineResult, RoutineWrites
 from services.intake.store.postgres import PostgresStore
-from shared.bus import KafkaPublisher, create_topics
+from shared.bus import KafkaPublisher, ensure_topics
 from shared.clock import SystemClock
 from shared.db import session_factory
 from shared.envelope import Envelope
@@ -29,7 +29,7 @@ from shared.events import OverdoseReported
 from shared.migrations import upgrade
 from shared.outbox import OutboxRelay
 from shared.sealing import BlindIndexer, Keyring, Sealer
-from shared.topics import INTAKE_OVERDOSES
+from shared.topics import INTAKE_OVERDOSES, TopicLayout
 from tests.hl7_builder import ack_fields, adt
 from tests.intake_store_contract import CHECKS, Check
 from tests.support import read_topic, wait_for
@@ -82,7 +82,7 @@ async def _ems_intake(
 async def test_overdose_reaches_kafka_keyed_by_person_with_identity_sealed(
     pg_engine: AsyncEngine, pg_schema: str, postgres_url: str, kafka_bootstrap: str, tmp_path: Path
 ) -> None:
-    await create_topics(kafka_bootstrap)
+    await ensure_topics(kafka_bootstrap, TopicLayout())
     store = _store(postgres_url, pg_schema)
     intake = await _intake(pg_engine, pg_schema, tmp_path, store)
     control = f"IT-{uuid.uuid4().hex[:12]}"

@@ -17,9 +17,9 @@ import pytest
 import sqlalchemy as sa
 
 from services.reporting.models import ALERT, FEED_ALERT
-from shared.bus import create_topics, make_consumer
+from shared.bus import ensure_topics, make_consumer
 from shared.envelope import Envelope
-from shared.topics import REPORTING_ALERTS
+from shared.topics import REPORTING_ALERTS, TopicLayout
 from tests.reporting_world import History, World, reporting_world
 from tests.unit.test_reporting_alerts import NOW, baseline, spike
 from tests.unit.test_reporting_feeds import hourly
@@ -31,7 +31,7 @@ pytestmark = pytest.mark.integration
 async def world(postgres_url: str, kafka_bootstrap: str, tmp_path: Path) -> AsyncIterator[World]:
     from shared.db import create_engine
 
-    await create_topics(kafka_bootstrap, [REPORTING_ALERTS], replication=1)
+    await ensure_topics(kafka_bootstrap, TopicLayout(), [REPORTING_ALERTS])
     prefix = f"it{uuid.uuid4().hex[:8]}_"
     try:
         async with reporting_world(

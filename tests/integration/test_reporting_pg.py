@@ -16,9 +16,10 @@ import sqlalchemy as sa
 
 from services.reporting.models import REBUILD
 from services.reporting.rebuild import rebuild
-from shared.bus import KafkaPublisher, create_topics
+from shared.bus import KafkaPublisher, ensure_topics
 from shared.outbox import OutgoingMessage
 from shared.settings import Settings
+from shared.topics import TopicLayout
 from tests.reporting_world import World, reporting_world
 from tests.unit.test_reporting_read_models import NOW, RANGE, answers, history
 
@@ -67,7 +68,7 @@ async def _metrics_on_sqlite(path: Path, h: Any, by: list[str], view: str) -> An
 async def test_the_live_consumer_and_a_rebuild_from_kafka(
     postgres_url: str, kafka_bootstrap: str, tmp_path: Path
 ) -> None:
-    await create_topics(kafka_bootstrap, replication=1)
+    await ensure_topics(kafka_bootstrap, TopicLayout())
     program = f"it{uuid.uuid4().hex[:8]}"
     h = history(program)  # a program of its own: the broker is shared with other tests
     async with reporting_world(tmp_path / "expected", now=NOW) as lite:
