@@ -5,13 +5,14 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: help venv run test lint format typecheck unit integration e2e fuzz bench bench-intake \
+.PHONY: help venv run test lint format typecheck unit integration e2e k8s fuzz bench bench-intake \
         kafka-up kafka-down pg-up pg-down infra-up infra-down clean
 
 help:
 	@echo "make run        start Kafka and all four services on the embedded defaults"
 	@echo "make test       lint, type-check and run every test (starts Kafka and PostgreSQL)"
 	@echo "make lint | typecheck | unit | integration | e2e | format"
+	@echo "make k8s        render the Kubernetes overlays (deploy/k8s) and validate them"
 	@echo "make fuzz       the parser fuzz tests with FUZZ_SCALE (50) times the examples"
 	@echo "make bench      intake throughput: MLLP and EMS, with same-run parse baselines"
 	@echo "make kafka-up | kafka-down | pg-up | pg-down"
@@ -44,6 +45,9 @@ typecheck: venv
 
 unit: venv
 	$(BIN)/pytest tests/unit -q
+
+k8s: venv
+	$(BIN)/pytest tests/deploy -q
 
 FUZZ_SCALE ?= 50
 

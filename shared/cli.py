@@ -48,6 +48,8 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
     from shared.migrations import current_revision, upgrade
 
     settings = get_settings()
+    if args.check:
+        return _check_migrated(settings, _services(args.services))
 
     async def go() -> None:
         for service in _services(args.services):
@@ -61,6 +63,37 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
 
     asyncio.run(go())
     return 0
+
+
+def _check_migrated(settings: Settings, services: Sequence[ServiceName]) -> int:
+    """0 when every service's schema is at the head revision its code expects; 1 (and why on
+    stderr) otherwise. Changes nothing: what a service's pod waits on before it starts."""
+    from shared.db import create_engine
+    from shared.migrations import current_revision, head_revision
+
+    async def go() -> list[str]:
+        behind: list[str] = []
+        for service in services:
+            engine = create_engine(
+                settings.db_url, service=service, schema=settings.schema_for(service)
+            )
+            try:
+                current = await current_revision(engine)
+            except Exception as exc:  # not reachable yet, or no schema: not migrated
+                current = f"unreadable ({type(exc).__name__})"
+            finally:
+                await engine.dispose()
+            head = head_revision(service)
+            if current != head:
+                behind.append(f"{service}: at {current}, code expects {head}")
+            else:
+                print(f"{service}: at {head}")
+        return behind
+
+    behind = asyncio.run(go())
+    for line in behind:
+        print(f"portline migrate --check: {line}", file=sys.stderr)
+    return 1 if behind else 0
 
 
 def _cmd_topics(args: argparse.Namespace) -> int:
@@ -218,6 +251,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     migrate = sub.add_parser("migrate", help="apply database migrations (default: all services)")
     migrate.add_argument("services", nargs="*", metavar="SERVICE")
+    migrate.add_argument(
+        "--check",
+        action="store_true",
+        help="change nothing; exit 1 unless every named schema is at its head revision",
+    )
     migrate.set_defaults(func=_cmd_migrate)
 
     topics = sub.add_parser("topics", help="Kafka topics")

@@ -21,6 +21,7 @@ __all__ = [
     "add_outbox_parking_v2",
     "create_plumbing_tables_v1",
     "current_revision",
+    "head_revision",
     "run_env",
     "upgrade",
 ]
@@ -50,6 +51,13 @@ async def upgrade(
 
     async with engine.begin() as conn:
         await conn.run_sync(_run)
+
+
+def head_revision(service: str) -> str | None:
+    """The revision a service's code expects: the head of its migrations."""
+    from alembic.script import ScriptDirectory
+
+    return ScriptDirectory.from_config(_config(service)).get_current_head()
 
 
 async def current_revision(engine: AsyncEngine) -> str | None:
