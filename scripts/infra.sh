@@ -2,7 +2,8 @@
 # Sourced by test.sh and bench.sh: start the local Kafka broker and PostgreSQL cluster unless
 # KAFKA_BOOTSTRAP_SERVERS / DATABASE_URL name existing ones, and stop on exit what was started.
 # After `start_infra`, both variables are exported (DATABASE_URL only when it was given, or
-# pointing at the private cluster's portline_test database).
+# pointing at the private cluster's portline_test database as the owner role, with
+# PORTLINE_TEST_RUNTIME_DATABASE_URL pointing at it as the runtime role).
 
 started_infra=()
 
@@ -23,11 +24,17 @@ start_infra() {
   fi
   if [[ -z "${DATABASE_URL:-}" ]]; then
     if ! deploy/local/postgres.sh status >/dev/null 2>&1; then
-      deploy/local/postgres.sh start
       started_infra+=(postgres)
     fi
+    # Also when it runs already: start makes sure of the owner and runtime roles.
+    deploy/local/postgres.sh start
     DATABASE_URL="$(deploy/local/postgres.sh url)"
     DATABASE_URL="${DATABASE_URL%/*}/portline_test"
+    if [[ -z "${PORTLINE_TEST_RUNTIME_DATABASE_URL:-}" ]]; then
+      PORTLINE_TEST_RUNTIME_DATABASE_URL="$(deploy/local/postgres.sh runtime-url)"
+      PORTLINE_TEST_RUNTIME_DATABASE_URL="${PORTLINE_TEST_RUNTIME_DATABASE_URL%/*}/portline_test"
+      export PORTLINE_TEST_RUNTIME_DATABASE_URL
+    fi
   fi
   export DATABASE_URL
   echo "Kafka at $KAFKA_BOOTSTRAP_SERVERS; PostgreSQL at ${DATABASE_URL%%@*}@…"

@@ -30,6 +30,9 @@ fi
 export PORTLINE_ENV="${PORTLINE_ENV:-development}"
 
 "$BIN/portline" topics create
+# On SQLite (the default) there are no database roles. With DATABASE_URL on PostgreSQL, set
+# DATABASE_OWNER_URL too: migrations then run as the owner and grant DATABASE_URL's role
+# (deploy/local/postgres.sh creates both: `url` and `runtime-url`) row access only.
 "$BIN/portline" migrate
 if [[ "$PORTLINE_ENV" == "development" ]]; then
   "$BIN/portline" intake seed-demo

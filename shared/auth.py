@@ -1,45 +1,52 @@
-"""Team users' bearer tokens: JWTs carrying a role and a program.
+"""Team users' bearer tokens: who is calling, with which role, for which program.
 
-Roles are `peer`, `team_lead`, `deputy`, `analyst` and `admin`. A token is HS256-signed with
-PORTLINE_JWT_SECRET and issued by PORTLINE_JWT_ISSUER; in development a secret is generated
-under the var dir (with a warning), elsewhere a missing secret stops the service at start.
-`portline dev-token --role ROLE [--program demo]` mints one for development.
+Roles are `peer`, `team_lead`, `deputy`, `analyst` and `admin`. Tokens are JWTs issued by the
+program's OpenID Connect provider and verified against its published keys (`shared.oidc`):
+no service holds a key that can sign one. In development, `portline dev-token --role ROLE
+[--program demo]` mints one with a development key that only development trusts
+(`shared.devtokens`). A team member whom outreach's roster marks inactive is refused at
+once, whatever their token says (`shared.team_access`).
+
+`require(*roles)` is the dependency routes use; it answers
+
+- 401 `missing_token` / `invalid_token`: no token, or one this service does not accept;
+- 403 `member_deactivated`: a valid token of a member the program deactivated;
+- 403 `forbidden_role`: a valid token whose role may not call this operation;
+- 503 `identity_provider_unavailable`: the provider's keys cannot be fetched (none cached);
+- 503 `team_access_unavailable`: the deactivated members could not be read yet.
 
 Exceptions:
 
-    AuthError            - the token is missing, malformed, expired or signed by someone else
-    └── ForbiddenError   - a valid token whose role or program may not do this
+    AuthError              - the token is missing, malformed, expired or signed by someone else
+    └── ForbiddenError     - a valid token whose role or program may not do this
+    ProviderUnavailable    - the provider's keys cannot be fetched, and none are cached
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import secrets
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
-from pathlib import Path
-from typing import Literal
+from typing import Literal, Protocol
 
-import jwt
 from fastapi import APIRouter, Request
 from fastapi.routing import APIRoute
 
 from shared.http import ApiError
-from shared.settings import Settings
 
 __all__ = [
     "ROLES",
     "AuthError",
     "ForbiddenError",
     "Principal",
+    "ProviderUnavailable",
     "Role",
-    "TokenService",
+    "TeamIdentity",
+    "authenticate",
     "declared_roles",
     "document_roles",
-    "jwt_secret",
     "require",
+    "takes_team_tokens",
 ]
 
 log = logging.getLogger(__name__)
@@ -56,6 +63,10 @@ class ForbiddenError(AuthError):
     """Authenticated, but not allowed."""
 
 
+class ProviderUnavailable(Exception):
+    """The provider's keys cannot be fetched, and none are cached: nobody can be verified."""
+
+
 @dataclass(frozen=True, slots=True)
 class Principal:
     subject: str
@@ -63,71 +74,26 @@ class Principal:
     program: str
 
 
-def jwt_secret(settings: Settings) -> str:
-    """The signing secret: from settings, or generated once for development."""
-    if settings.jwt_secret is not None:
-        return settings.jwt_secret.get_secret_value()
-    if not settings.is_development:
-        raise AuthError("PORTLINE_JWT_SECRET is required outside development")
-    path = Path(settings.var_dir) / "jwt.secret"
-    if path.exists():
-        return path.read_text().strip()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    value = secrets.token_urlsafe(48)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(value)
-    os.chmod(tmp, 0o600)
-    try:
-        os.link(tmp, path)  # first writer wins when several services start at once
-    except FileExistsError:
-        value = path.read_text().strip()
-    finally:
-        tmp.unlink(missing_ok=True)
-    log.warning("generated a development JWT secret; never use it in production")
-    return value
+class Verifier(Protocol):
+    async def verify(self, token: str) -> Principal: ...
 
 
-class TokenService:
-    def __init__(self, secret: str, *, issuer: str) -> None:
-        self._secret = secret
-        self._issuer = issuer
+class AccessList(Protocol):
+    @property
+    def loaded(self) -> bool: ...
 
-    def mint(
-        self,
-        *,
-        role: Role,
-        program: str,
-        subject: str,
-        now: datetime,
-        ttl: timedelta = timedelta(hours=12),
-    ) -> str:
-        if role not in ROLES:
-            raise ValueError(f"unknown role {role!r}")
-        claims = {
-            "sub": subject,
-            "role": role,
-            "program": program,
-            "iss": self._issuer,
-            "iat": int(now.timestamp()),
-            "exp": int((now + ttl).timestamp()),
-        }
-        return jwt.encode(claims, self._secret, algorithm="HS256")
+    def deactivated(self, program: str, subject: str) -> bool: ...
 
-    def verify(self, token: str) -> Principal:
-        try:
-            claims = jwt.decode(
-                token,
-                self._secret,
-                algorithms=["HS256"],
-                issuer=self._issuer,
-                options={"require": ["exp", "iss", "sub"]},
-            )
-        except jwt.PyJWTError as exc:
-            raise AuthError(f"invalid token: {type(exc).__name__}") from None
-        role, program = claims.get("role"), claims.get("program")
-        if role not in ROLES or not isinstance(program, str) or not program:
-            raise AuthError("the token has no valid role or program")
-        return Principal(subject=str(claims["sub"]), role=role, program=program)
+    def apply(self, program: str, member: str, *, active: bool) -> None:
+        """A change this process just committed, in force before anything rereads it."""
+
+
+@dataclass(frozen=True)
+class TeamIdentity:
+    """What a service that takes team tokens checks them with (app.state.team_identity)."""
+
+    verifier: Verifier
+    access: AccessList
 
 
 def _bearer(request: Request) -> str:
@@ -139,18 +105,43 @@ def _bearer(request: Request) -> str:
     return header[7:].strip()
 
 
-def require(*roles: Role) -> Callable[[Request], Principal]:
+async def authenticate(request: Request) -> Principal:
+    """The caller, from their bearer token; an ApiError when they cannot be let in."""
+    identity: TeamIdentity = request.app.state.team_identity
+    token = _bearer(request)
+    try:
+        principal = await identity.verifier.verify(token)
+    except ProviderUnavailable:
+        raise ApiError(
+            503,
+            "identity_provider_unavailable",
+            "The identity provider's keys cannot be fetched; try again shortly.",
+            headers={"Retry-After": "5"},
+        ) from None
+    except AuthError as exc:
+        raise ApiError(
+            401, "invalid_token", str(exc), headers={"WWW-Authenticate": "Bearer"}
+        ) from None
+    if not identity.access.loaded:
+        raise ApiError(
+            503,
+            "team_access_unavailable",
+            "The list of deactivated team members cannot be read yet; try again shortly.",
+            headers={"Retry-After": "2"},
+        )
+    if identity.access.deactivated(principal.program, principal.subject):
+        raise ApiError(
+            403, "member_deactivated", "Your membership of this team has been deactivated."
+        )
+    return principal
+
+
+def require(*roles: Role) -> Callable[[Request], Awaitable[Principal]]:
     """A dependency that authenticates the caller and checks their role."""
     allowed: Sequence[Role] = roles or ROLES
 
-    def dependency(request: Request) -> Principal:
-        tokens: TokenService = request.app.state.tokens
-        try:
-            principal = tokens.verify(_bearer(request))
-        except AuthError as exc:
-            raise ApiError(
-                401, "invalid_token", str(exc), headers={"WWW-Authenticate": "Bearer"}
-            ) from None
+    async def dependency(request: Request) -> Principal:
+        principal = await authenticate(request)
         if principal.role not in allowed:
             raise ApiError(403, "forbidden_role", f"The {principal.role} role may not do this.")
         return principal
@@ -184,3 +175,13 @@ def document_roles(router: APIRouter) -> None:
         route.openapi_extra = {**(route.openapi_extra or {}), "x-roles": list(roles)}
         note = f"Roles: {', '.join(roles)}."
         route.description = f"{route.description}\n\n{note}" if route.description else note
+
+
+def takes_team_tokens(routers: Sequence[APIRouter]) -> bool:
+    """Whether any route of these routers admits team users (declares its roles)."""
+    return any(
+        declared_roles(route) is not None
+        for router in routers
+        for route in router.routes
+        if isinstance(route, APIRoute)
+    )

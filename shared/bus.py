@@ -269,7 +269,7 @@ async def create_topics(
                         name=s.name,
                         num_partitions=s.partitions,
                         replication_factor=replication,
-                        topic_configs={"retention.ms": str(s.retention_ms)},
+                        topic_configs=s.configs,
                     )
                     for s in wanted
                 ]

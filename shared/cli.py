@@ -11,7 +11,14 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
-from shared.settings import SERVICES, ServiceName, Settings, get_settings
+from shared.settings import (
+    SERVICES,
+    TEAM_TOKEN_SERVICES,
+    ConfigurationError,
+    ServiceName,
+    Settings,
+    get_settings,
+)
 
 if TYPE_CHECKING:  # the CLI imports the database plumbing only for the commands that use it
     from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -45,19 +52,24 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def _cmd_migrate(args: argparse.Namespace) -> int:
     from shared.db import create_engine
-    from shared.migrations import current_revision, upgrade
+    from shared.migrations import current_revision, grant_runtime_access, runtime_role, upgrade
 
     settings = get_settings()
     if args.check:
         return _check_migrated(settings, _services(args.services))
+    owner_url = settings.database_owner_url or settings.db_url
+    role = runtime_role(settings)
 
     async def go() -> None:
         for service in _services(args.services):
             schema = settings.schema_for(service)
-            engine = create_engine(settings.db_url, service=service, schema=schema)
+            engine = create_engine(owner_url, service=service, schema=schema)
             try:
                 await upgrade(engine, service=service, schema=schema)
-                print(f"{service}: at {await current_revision(engine)}")
+                if role is not None:
+                    await grant_runtime_access(engine, schema=schema, role=role)
+                granted = f"; {role} may read and write rows" if role else ""
+                print(f"{service}: at {await current_revision(engine)}{granted}")
             finally:
                 await engine.dispose()
 
@@ -118,23 +130,27 @@ def _cmd_keys(_args: argparse.Namespace) -> int:
 
     print(f"PORTLINE_SEAL_KEYS={generate_key_setting('k1')}")
     print(f"PORTLINE_BLIND_INDEX_KEY={base64.b64encode(os.urandom(32)).decode()}")
-    print(f"PORTLINE_JWT_SECRET={base64.urlsafe_b64encode(os.urandom(32)).decode()}")
     return 0
 
 
 def _cmd_dev_token(args: argparse.Namespace) -> int:
     from datetime import UTC, datetime
 
-    from shared.auth import TokenService, jwt_secret
+    from shared.devtokens import DevelopmentKey
 
     settings = get_settings()
     if not settings.is_development:
         print("portline dev-token: only in development", file=sys.stderr)
         return 2
-    tokens = TokenService(jwt_secret(settings), issuer=settings.jwt_issuer)
+    key = DevelopmentKey.load(settings.var_dir)
+    audience = [settings.token_audience(s) for s in TEAM_TOKEN_SERVICES]
     print(
-        tokens.mint(
-            role=args.role, program=args.program, subject=args.subject, now=datetime.now(UTC)
+        key.mint(
+            role=args.role,
+            program=args.program,
+            subject=args.subject,
+            audience=audience,
+            now=datetime.now(UTC),
         )
     )
     return 0
@@ -311,6 +327,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValidationError as exc:  # the settings: say what is wrong, never the values
         problems = "; ".join(str(e["msg"]).removeprefix("Value error, ") for e in exc.errors())
         print(f"portline: the configuration is invalid: {problems}", file=sys.stderr)
+        return 2
+    except ConfigurationError as exc:
+        print(f"portline: the configuration is invalid: {exc}", file=sys.stderr)
         return 2
     return result
 

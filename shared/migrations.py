@@ -1,30 +1,48 @@
 """Running each service's own Alembic migrations, and the plumbing tables they all share.
 
 Migrations run on a connection handed to Alembic, so they work inside a running event loop
-(the CLI, the services' start-up and the tests all use the same path).
+(the CLI and the tests use the same path).
+
+On PostgreSQL two roles keep the audit logs honest: migrations run as the **owner** of the
+schemas (DATABASE_OWNER_URL), and the services connect as a **runtime** role (DATABASE_URL)
+that `grant_runtime_access` gives only row access: SELECT, INSERT, UPDATE and DELETE on the
+service's tables, INSERT and SELECT only on its append-only tables, and nothing on the schema
+itself. Only a table's owner can drop or disable its triggers, so the runtime role can neither
+edit the audit log nor take away what stops it being edited.
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import sqlalchemy as sa
 from alembic import command, op
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from shared.db import UTCDateTime, bigint_pk, ensure_schema
+from shared.db import UTCDateTime, bigint_pk, ensure_schema, is_postgres, resolve_url
+from shared.settings import Settings
 
 __all__ = [
+    "APPEND_ONLY_TABLES",
     "add_outbox_parking_v2",
     "create_plumbing_tables_v1",
+    "create_team_access_v1",
     "current_revision",
+    "grant_runtime_access",
     "head_revision",
+    "protect_append_only_v1",
     "run_env",
+    "runtime_role",
     "upgrade",
 ]
+
+APPEND_ONLY_TABLES = ("audit_log",)
+"""Tables no service may change or delete a row of: the runtime role may only add and read."""
+_ROLE = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
 _SERVICES_DIR = Path(__file__).resolve().parent.parent / "services"
 
@@ -143,3 +161,85 @@ def add_outbox_parking_v2() -> None:
         postgresql_where=sa.text("parked_at IS NOT NULL"),
         sqlite_where=sa.text("parked_at IS NOT NULL"),
     )
+
+
+def create_team_access_v1() -> None:
+    """The `team_access` table (frozen, like v1): each member's latest state as outreach
+    published it on port.outreach.team.v1 (see shared.team_access)."""
+    op.create_table(
+        "team_access",
+        sa.Column("program_id", sa.String(64), primary_key=True),
+        sa.Column("member_id", sa.String(128), primary_key=True),
+        sa.Column("active", sa.Boolean(), nullable=False),
+        sa.Column("changed_at", UTCDateTime(), nullable=False),
+    )
+
+
+def protect_append_only_v1(table: str) -> None:
+    """Make a table append-only in the database itself (frozen, like v1): UPDATE, DELETE and
+    TRUNCATE raise, whoever sends them, until the table's owner drops the triggers."""
+    if not _ROLE.match(table):
+        raise ValueError(f"invalid table name {table!r}")
+    if op.get_bind().dialect.name == "postgresql":
+        op.execute(
+            f"CREATE FUNCTION {table}_append_only() RETURNS trigger LANGUAGE plpgsql AS "
+            f"$$ BEGIN RAISE EXCEPTION '{table} is append-only'; END $$"
+        )
+        op.execute(
+            f"CREATE TRIGGER {table}_no_update BEFORE UPDATE OR DELETE ON {table} "
+            f"FOR EACH ROW EXECUTE FUNCTION {table}_append_only()"
+        )
+        op.execute(
+            f"CREATE TRIGGER {table}_no_truncate BEFORE TRUNCATE ON {table} "
+            f"FOR EACH STATEMENT EXECUTE FUNCTION {table}_append_only()"
+        )
+        return
+    for verb in ("UPDATE", "DELETE"):
+        op.execute(
+            f"CREATE TRIGGER {table}_no_{verb.lower()} BEFORE {verb} ON {table} "
+            f"BEGIN SELECT RAISE(ABORT, '{table} is append-only'); END"
+        )
+
+
+def runtime_role(settings: Settings) -> str | None:
+    """The role the services connect as, when migrations run as another (the owner) on
+    PostgreSQL; None when there is one role only (or SQLite, which has none)."""
+    if not settings.database_owner_url:
+        return None
+    runtime = make_url(resolve_url(settings.db_url, "any"))
+    owner = make_url(resolve_url(settings.database_owner_url, "any"))
+    if not runtime.drivername.startswith("postgresql") or runtime.username == owner.username:
+        return None
+    return runtime.username
+
+
+async def grant_runtime_access(engine: AsyncEngine, *, schema: str, role: str) -> None:
+    """Give the runtime role row access to a migrated schema, and no more (run as its owner,
+    after every migration: new tables get their grants then)."""
+    if not is_postgres(engine):
+        return
+    if not _ROLE.match(role) or not _ROLE.match(schema):
+        raise ValueError("invalid role or schema name")
+    async with engine.begin() as conn:
+        tables = set(
+            (
+                await conn.execute(
+                    sa.text("SELECT tablename FROM pg_tables WHERE schemaname = :schema"),
+                    {"schema": schema},
+                )
+            ).scalars()
+        )
+        statements = [
+            f'REVOKE ALL ON ALL TABLES IN SCHEMA "{schema}" FROM "{role}"',
+            f'GRANT USAGE ON SCHEMA "{schema}" TO "{role}"',
+            f'GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA "{schema}" TO "{role}"',
+            f'GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA "{schema}" TO "{role}"',
+        ]
+        statements += [
+            f'REVOKE UPDATE, DELETE ON "{schema}"."{table}" FROM "{role}"'
+            for table in sorted(tables & {*APPEND_ONLY_TABLES, "alembic_version"})
+        ]
+        if "alembic_version" in tables:
+            statements.append(f'REVOKE INSERT ON "{schema}"."alembic_version" FROM "{role}"')
+        for statement in statements:
+            await conn.execute(sa.text(statement))

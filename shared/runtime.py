@@ -13,22 +13,32 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
+import httpx
 import sqlalchemy as sa
 from fastapi import APIRouter, FastAPI
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from shared.auth import TokenService, document_roles, jwt_secret
+from shared.auth import TeamIdentity, document_roles, takes_team_tokens
 from shared.bus import ConsumerLoop, KafkaPublisher, make_consumer
 from shared.clock import Clock, SystemClock
 from shared.db import create_engine, session_factory
+from shared.devtokens import DEV_ISSUER, DevelopmentKey
 from shared.envelope import Envelope
 from shared.http import direct_routes, install_common_routes, install_error_handlers
 from shared.inbox import InboxProcessor, Outcome
 from shared.metrics import EVENTS_CONSUMED
+from shared.oidc import ClaimNames, KeySource, ProviderKeys, StaticKeys, TokenVerifier
 from shared.outbox import OutboxRelay
-from shared.settings import ServiceName, Settings
+from shared.settings import ConfigurationError, ServiceName, Settings
+from shared.team_access import (
+    DeactivatedMembers,
+    TeamAccess,
+    apply_team_event,
+    deactivated_in_table,
+)
+from shared.topics import OUTREACH_TEAM
 from shared.uow import UnitOfWork
 
 __all__ = ["ConsumerSpec", "Runtime", "create_service_app"]
@@ -45,6 +55,9 @@ class ConsumerSpec:
     topics: Sequence[str]
     handler: Callable[[UnitOfWork, Envelope], Awaitable[None]]
     batch_handler: Callable[[UnitOfWork, Sequence[Envelope]], Awaitable[None]] | None = None
+    start: Literal["earliest", "latest"] | None = None
+    """Where a new consumer group starts; None: PORTLINE_KAFKA_CONSUMER_START. A consumer
+    that must never skip an event (the team's deactivations) says `earliest`."""
 
 
 class _CountingProcessor(InboxProcessor[UnitOfWork]):
@@ -160,7 +173,7 @@ class Runtime:
                 # The schema prefix separates deployments (and test runs) sharing one broker.
                 group_id=f"portline-{self.settings.db_schema_prefix}{self.service}-{spec.name}",
                 topics=spec.topics,
-                start=self.settings.kafka_consumer_start,
+                start=spec.start or self.settings.kafka_consumer_start,
             )
             try:
                 await consumer.start()
@@ -213,30 +226,40 @@ def create_service_app(
     extension: Callable[[FastAPI, Runtime], AbstractAsyncContextManager[None]] | None = None,
     runtime_factory: Callable[[], Runtime] | None = None,
     direct: Sequence[tuple[str, str]] = (),
+    team_roster: DeactivatedMembers | None = None,
 ) -> FastAPI:
     """A FastAPI app whose lifespan owns a Runtime (available as app.state.runtime).
 
     `extension` is the service's own start-up and shutdown (listeners, batchers, seeds),
     entered after the runtime started and left before it closes. `direct` names hot
     (method, path) routes served past FastAPI's routing (see `shared.http.direct_routes`).
+
+    A service whose routes admit team users (`require`) takes team tokens: it verifies them
+    against the program's provider (`shared.oidc`) and refuses deactivated members
+    (`shared.team_access`), which it learns from port.outreach.team.v1 into its own
+    `team_access` table, unless it owns the roster and reads it itself (`team_roster`:
+    outreach). Outside development such a service does not start without a provider.
     """
+    team = takes_team_tokens(routers)
+    if team and (problem := settings.team_identity_problem(service)):
+        raise ConfigurationError(problem)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         runtime = runtime_factory() if runtime_factory else Runtime(service, settings)
         app.state.runtime = runtime
-        app.state.tokens = TokenService(jwt_secret(settings), issuer=settings.jwt_issuer)
         for spec in consumers(runtime) if consumers else ():
             runtime.add_consumer(spec)
-        await runtime.start()
-        try:
-            if extension is None:
-                yield
-            else:
-                async with extension(app, runtime):
-                    yield
-        finally:
-            await runtime.close()
+        async with contextlib.AsyncExitStack() as stack:  # left in reverse order
+            stack.push_async_callback(runtime.close)
+            if team:
+                app.state.team_identity = await stack.enter_async_context(
+                    _team_identity(service, settings, runtime, team_roster)
+                )
+            await runtime.start()
+            if extension is not None:
+                await stack.enter_async_context(extension(app, runtime))
+            yield
 
     app = FastAPI(title=title, description=description, version=version, lifespan=lifespan)
     install_error_handlers(app)
@@ -254,3 +277,52 @@ def create_service_app(
 
     install_common_routes(app, service=service, readiness=readiness)
     return app
+
+
+@asynccontextmanager
+async def _team_identity(
+    service: ServiceName,
+    settings: Settings,
+    runtime: Runtime,
+    roster: DeactivatedMembers | None,
+) -> AsyncIterator[TeamIdentity]:
+    """The token verifier and the deactivated members, for as long as the service runs."""
+    access = TeamAccess(
+        runtime.sessions,
+        roster or deactivated_in_table,
+        refresh_seconds=settings.team_access_refresh_seconds,
+    )
+    if roster is None:
+        runtime.add_consumer(
+            ConsumerSpec("team", [OUTREACH_TEAM.name], apply_team_event, start="earliest")
+        )
+    runtime.add_readiness_check("team_access", access.readiness)
+    async with httpx.AsyncClient(follow_redirects=False) as client:
+        issuers: dict[str, KeySource] = {}
+        if settings.oidc_issuer:
+            issuers[settings.oidc_issuer] = ProviderKeys(
+                settings.oidc_issuer,
+                client=client,
+                jwks_url=settings.oidc_jwks_url,
+                ttl=settings.oidc_jwks_cache_seconds,
+                min_interval=settings.oidc_jwks_refetch_seconds,
+                timeout=settings.oidc_http_timeout_seconds,
+            )
+        if settings.is_development:
+            issuers[DEV_ISSUER] = StaticKeys(DevelopmentKey.load(settings.var_dir).jwks)
+        verifier = TokenVerifier(
+            issuers=issuers,
+            audience=settings.token_audience(service),
+            algorithms=settings.token_algorithms,
+            leeway=settings.oidc_leeway_seconds,
+            claims=ClaimNames(role=settings.oidc_role_claim, program=settings.oidc_program_claim),
+        )
+        with contextlib.suppress(Exception):  # not fatal: the loop below keeps trying
+            await access.refresh()
+        stop = asyncio.Event()
+        task = asyncio.create_task(access.run(stop), name="team-access")
+        try:
+            yield TeamIdentity(verifier=verifier, access=access)
+        finally:
+            stop.set()
+            await task

@@ -22,7 +22,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from shared.logging import configure_logging
-from shared.settings import SERVICES, ServiceName, Settings, get_settings
+from shared.settings import SERVICES, ConfigurationError, ServiceName, Settings, get_settings
 
 __all__ = ["run_all", "serve"]
 
@@ -62,7 +62,11 @@ def serve(service: ServiceName, app_factory: Callable[[Settings], FastAPI]) -> N
             )
         )
     configure_logging(service=service, level=settings.log_level)
-    app = app_factory(settings)
+    try:
+        app = app_factory(settings)
+    except ConfigurationError as exc:
+        print(f"portline: {service} cannot start: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
     config = uvicorn.Config(
         app,
         host=settings.host,

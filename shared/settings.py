@@ -8,18 +8,35 @@ generated only in development).
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["SERVICES", "PlaceholderSecretError", "ServiceName", "Settings", "get_settings"]
+__all__ = [
+    "SERVICES",
+    "TEAM_TOKEN_SERVICES",
+    "TOKEN_ALGORITHMS",
+    "ConfigurationError",
+    "PlaceholderSecretError",
+    "ServiceName",
+    "Settings",
+    "get_settings",
+    "insecure_url_problem",
+]
 
 ServiceName = Literal["intake", "scheduler", "outreach", "reporting"]
 SERVICES: tuple[ServiceName, ...] = ("intake", "scheduler", "outreach", "reporting")
+TEAM_TOKEN_SERVICES: tuple[ServiceName, ...] = ("scheduler", "outreach", "reporting")
+"""The services whose APIs team users call with bearer tokens (intake takes partners' keys)."""
+TOKEN_ALGORITHMS = ("RS256", "ES256", "EdDSA")
+"""The only signature algorithms a team token may use: asymmetric, so no service holds a key
+that could sign one."""
 
 _PLACEHOLDER = re.compile(
     r"^(|changeme|change[-_ ]?me|placeholder|secret|password|dev|test|todo|xxx+|<.*>|\$\{.*\})$",
@@ -29,6 +46,26 @@ _PLACEHOLDER = re.compile(
 
 class PlaceholderSecretError(ValueError):
     """A secret setting is empty or a placeholder where real secrets are required."""
+
+
+class ConfigurationError(ValueError):
+    """A setting one service needs is missing or unusable: that service does not start."""
+
+
+def insecure_url_problem(url: str) -> str | None:
+    """Why a URL may not be used to fetch keys (None when it may): HTTPS, except on this
+    machine's loopback (tests, a local provider in development)."""
+    parts = urlsplit(url)
+    if parts.scheme == "https" and parts.hostname:
+        return None
+    if parts.scheme == "http" and parts.hostname:
+        try:
+            loopback = ipaddress.ip_address(parts.hostname).is_loopback
+        except ValueError:
+            loopback = parts.hostname == "localhost"
+        if loopback:
+            return None
+    return f"{url!r} is not an https:// URL (plain http only on loopback)"
 
 
 def _is_placeholder(value: str) -> bool:
@@ -51,7 +88,16 @@ class Settings(BaseSettings):
         validation_alias="DATABASE_URL",
         description="One URL for all services; on PostgreSQL each service gets its own schema, "
         "on SQLite '{service}' in the path gives each service its own file. Unset: SQLite "
-        "files under the var dir.",
+        "files under the var dir. On PostgreSQL the services connect as this URL's role, the "
+        "runtime role: it may read and write rows, never change a schema.",
+    )
+    database_owner_url: str | None = Field(
+        default=None,
+        validation_alias="DATABASE_OWNER_URL",
+        description="The URL `portline migrate` connects with, as the role that owns the "
+        "schemas; it then grants DATABASE_URL's role only the row access the services need "
+        "(append-only tables: INSERT and SELECT). Give it to the migration job only, never "
+        "to a service. Unset: DATABASE_URL (one role, no separation).",
     )
     db_schema_prefix: str = Field(
         default="",
@@ -86,8 +132,66 @@ class Settings(BaseSettings):
     # PHI sealing: "kid:base64key[,kid:base64key...]"; the first key seals, all keys open.
     seal_keys: SecretStr | None = None
     blind_index_key: SecretStr | None = None
-    jwt_secret: SecretStr | None = None
-    jwt_issuer: str = "portline"
+
+    # Team identity: the program's OpenID Connect provider (scheduler, outreach, reporting;
+    # intake takes no team tokens). See docs/adr/0015-team-identity-from-the-oidc-provider.md.
+    oidc_issuer: str | None = Field(
+        default=None,
+        description="The program's OpenID Connect issuer (the tokens' `iss`); its keys are "
+        "found through <issuer>/.well-known/openid-configuration. Required outside "
+        "development by every service that takes team tokens.",
+    )
+    oidc_jwks_url: str | None = Field(
+        default=None,
+        description="The provider's JWKS URL, when discovery should be skipped.",
+    )
+    oidc_algorithms: str = Field(
+        default="RS256,ES256,EdDSA",
+        description="Signature algorithms accepted, comma-separated: a subset of RS256, ES256 "
+        "and EdDSA (asymmetric only: HS256 and none are never accepted).",
+    )
+    oidc_leeway_seconds: int = Field(
+        default=60, ge=0, le=300, description="Clock skew allowed on exp, nbf and iat."
+    )
+    oidc_role_claim: str = Field(
+        default="role",
+        pattern=r"^[A-Za-z0-9_:/.-]{1,128}$",
+        description="The claim holding the PORTline role: a string, or a list holding exactly "
+        "one PORTline role. A dotted path reaches into objects (`realm_access.roles`).",
+    )
+    oidc_program_claim: str = Field(
+        default="program",
+        pattern=r"^[A-Za-z0-9_:/.-]{1,128}$",
+        description="The claim holding the program id (a string); a dotted path as above.",
+    )
+    oidc_jwks_cache_seconds: int = Field(
+        default=3600, ge=60, description="How long the provider's keys are used before refetching."
+    )
+    oidc_jwks_refetch_seconds: int = Field(
+        default=30,
+        ge=1,
+        description="The shortest time between two fetches of the keys: a token with an "
+        "unknown key id refetches them (a rotation) at most this often.",
+    )
+    oidc_http_timeout_seconds: float = Field(
+        default=5.0, gt=0, le=30, description="Timeout of each request to the provider."
+    )
+    scheduler_token_audience: str = Field(
+        default="portline-scheduler", description="The `aud` the scheduler's tokens must carry."
+    )
+    outreach_token_audience: str = Field(
+        default="portline-outreach", description="The `aud` outreach's tokens must carry."
+    )
+    reporting_token_audience: str = Field(
+        default="portline-reporting", description="The `aud` reporting's tokens must carry."
+    )
+    team_access_refresh_seconds: float = Field(
+        default=1.0,
+        gt=0,
+        le=60,
+        description="How often each process rereads the deactivated team members: the longest "
+        "a deactivation takes to reach another replica once its event is applied.",
+    )
 
     # intake
     intake_max_message_bytes: int = Field(default=1_048_576, ge=1024)
@@ -222,7 +326,7 @@ class Settings(BaseSettings):
     def _refuse_placeholders(self) -> Settings:
         if self.is_development:
             return self
-        for name in ("seal_keys", "blind_index_key", "jwt_secret"):
+        for name in ("seal_keys", "blind_index_key"):
             secret: SecretStr | None = getattr(self, name)
             if secret is None:
                 if self.env == "production":
@@ -236,6 +340,49 @@ class Settings(BaseSettings):
                     f"set a real secret when PORTLINE_ENV={self.env}"
                 )
         return self
+
+    @field_validator("oidc_issuer", "oidc_jwks_url", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("oidc_algorithms")
+    @classmethod
+    def _asymmetric_only(cls, value: str) -> str:
+        names = [name.strip() for name in value.split(",") if name.strip()]
+        refused = [name for name in names if name not in TOKEN_ALGORITHMS]
+        if not names or refused:
+            raise ValueError(
+                f"PORTLINE_OIDC_ALGORITHMS must name some of {', '.join(TOKEN_ALGORITHMS)}"
+                + (f", not {', '.join(refused)}" if refused else "")
+            )
+        return ",".join(names)
+
+    @property
+    def token_algorithms(self) -> tuple[str, ...]:
+        return tuple(self.oidc_algorithms.split(","))
+
+    def token_audience(self, service: ServiceName) -> str:
+        """The audience a service's team tokens must carry."""
+        audience: str = getattr(self, f"{service}_token_audience")
+        return audience
+
+    def team_identity_problem(self, service: ServiceName) -> str | None:
+        """Why this service cannot verify team tokens with these settings, or None.
+
+        Outside development a service that takes team tokens needs the program's provider:
+        with none configured it would accept nobody, or (worse) something else."""
+        for name in ("oidc_issuer", "oidc_jwks_url"):
+            url: str | None = getattr(self, name)
+            problem = insecure_url_problem(url) if url else None
+            if problem:
+                return f"PORTLINE_{name.upper()}: {problem}"
+        if self.is_development or self.oidc_issuer:
+            return None
+        return (
+            f"PORTLINE_OIDC_ISSUER is required for {service} when PORTLINE_ENV={self.env}: "
+            "it takes team tokens, which only the program's OpenID Connect provider issues"
+        )
 
     def port_for(self, service: ServiceName) -> int:
         port: int = getattr(self, f"{service}_port")

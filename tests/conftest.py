@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from shared.db import create_engine
@@ -47,6 +48,17 @@ def postgres_url() -> str:
         return given
     _from_script("postgres.sh", "start")
     return _from_script("postgres.sh", "url").rsplit("/", 1)[0] + "/portline_test"
+
+
+@pytest.fixture(scope="session")
+def runtime_postgres_url(postgres_url: str) -> str:
+    """The same database as the runtime role the services connect as (rows only): given by
+    PORTLINE_TEST_RUNTIME_DATABASE_URL (scripts/test.sh), or deploy/local/postgres.sh's."""
+    given = os.environ.get("PORTLINE_TEST_RUNTIME_DATABASE_URL")
+    if given:
+        return given
+    url = make_url(postgres_url).set(username="portline_app", password="portline_app")
+    return url.render_as_string(hide_password=False)
 
 
 @pytest.fixture

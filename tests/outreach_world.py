@@ -17,7 +17,6 @@ import sqlalchemy as sa
 
 from services.outreach.app import create_app
 from services.outreach.projection import on_case_event, on_overdose
-from shared.auth import TokenService, jwt_secret
 from shared.db import create_engine
 from shared.envelope import Envelope, Event
 from shared.events import (
@@ -33,6 +32,7 @@ from shared.events.scheduler import TaskKind
 from shared.migrations import upgrade
 from shared.outbox import OutboxRecord
 from shared.settings import Settings
+from tests.tokens import DevTokens
 
 SECRET_WORDS = ("Jordan", "Rivera", "1984", "MRN-99", "fentanyl", "heroin", "Elm St")
 """Planted in the identity, notes and referrals: a deputy must never see any of them."""
@@ -47,19 +47,14 @@ class Seeded:
 
 
 class World:
-    def __init__(self, app: Any, client: httpx.AsyncClient, tokens: TokenService) -> None:
+    def __init__(self, app: Any, client: httpx.AsyncClient, tokens: DevTokens) -> None:
         self.app = app
         self.client = client
         self.tokens = tokens
+        self._seal_with: Any = None
 
     def auth(self, role: str, program: str = "demo", subject: str | None = None) -> dict[str, str]:
-        token = self.tokens.mint(
-            role=role,  # type: ignore[arg-type]
-            program=program,
-            subject=subject or f"{role}-1",
-            now=datetime.now(UTC),
-        )
-        return {"Authorization": f"Bearer {token}"}
+        return self.tokens.headers(role, program, subject or f"{role}-1")
 
     @property
     def runtime(self) -> Any:
@@ -84,7 +79,7 @@ class World:
     ) -> Seeded:
         now = datetime.now(UTC)
         case_id, person_id, episode_id, report_id, task_id = (uuid.uuid4() for _ in range(5))
-        sealer = self.app.state.sealer
+        sealer = self._seal_with or self.app.state.sealer
         identity = {
             "given": name[0],
             "family": name[1],
@@ -161,6 +156,10 @@ class World:
         )
         return Seeded(case_id, task_id, episode_id, report_id)
 
+    def seal_with(self, sealer: Any) -> None:
+        """Seal what seed_case reports with another sealer (None: the service's own)."""
+        self._seal_with = sealer
+
     async def member(
         self, member_id: str, program: str = "demo", phone: str = "+13365550199"
     ) -> None:
@@ -198,7 +197,7 @@ async def outreach_world(
     await engine.dispose()
     app = create_app(settings, sms_transport=sms_transport)
     async with app.router.lifespan_context(app):
-        tokens = TokenService(jwt_secret(settings), issuer=settings.jwt_issuer)
+        tokens = DevTokens(settings)
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://outreach") as client:
             yield World(app, client, tokens)

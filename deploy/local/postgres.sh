@@ -1,15 +1,19 @@
 #!/usr/bin/env bash
 # Private local PostgreSQL cluster for PORTline development and tests.
 #
-# Usage: deploy/local/postgres.sh {start|stop|status|url}
+# Usage: deploy/local/postgres.sh {start|stop|status|url|runtime-url}
 #
-#   start   initdb on first use, start the cluster (pg_ctl -w), make sure role
-#           'portline' (password 'portline', LOGIN CREATEDB) and databases
-#           'portline' and 'portline_test' owned by it exist; prints the
-#           SQLAlchemy/asyncpg URL on its last line. No-op start if running.
-#   stop    pg_ctl stop -m fast; no-op if not running
-#   status  running or not, data dir, log file (exit 0 running, 3 not)
-#   url     print postgresql+asyncpg://portline:portline@127.0.0.1:<port>/portline
+#   start        initdb on first use, start the cluster (pg_ctl -w), make sure
+#                the owner role 'portline' (password 'portline', LOGIN CREATEDB),
+#                databases 'portline' and 'portline_test' owned by it, and the
+#                runtime role 'portline_app' (password 'portline_app', LOGIN
+#                only: it owns nothing, so `portline migrate` grants it row
+#                access) exist; prints the owner's SQLAlchemy/asyncpg URL on its
+#                last line. If the cluster is running, only makes sure of those.
+#   stop         pg_ctl stop -m fast; no-op if not running
+#   status       running or not, data dir, log file (exit 0 running, 3 not)
+#   url          print postgresql+asyncpg://portline:portline@127.0.0.1:<port>/portline
+#   runtime-url  the same as the runtime role portline_app
 #
 # Environment:
 #   DATABASE_URL       if set, an external database is used: start/stop do
@@ -38,6 +42,9 @@ PG_OS_USER=postgres
 DB_ROLE=portline
 DB_PASSWORD=portline
 DB_NAMES=(portline portline_test)
+# The role the services connect as: what the migrations (run as DB_ROLE) grant it, no more.
+RUNTIME_ROLE=portline_app
+RUNTIME_PASSWORD=portline_app
 
 PRIMARY_STATE_DIR="$VAR_DIR/pg"
 FALLBACK_STATE_DIR="/tmp/portline-pg-$(printf '%s' "$VAR_DIR" | sha256sum | cut -c1-12)"
@@ -50,7 +57,7 @@ log() { printf 'postgres.sh: %s\n' "$*"; }
 die() { printf 'postgres.sh: error: %s\n' "$*" >&2; exit 1; }
 
 usage() {
-    echo "usage: $0 {start|stop|status|url}" >&2
+    echo "usage: $0 {start|stop|status|url|runtime-url}" >&2
     exit 2
 }
 
@@ -221,6 +228,10 @@ local_url() {
     echo "postgresql+asyncpg://$DB_ROLE:$DB_PASSWORD@127.0.0.1:$1/${DB_NAMES[0]}"
 }
 
+runtime_url() {
+    echo "postgresql+asyncpg://$RUNTIME_ROLE:$RUNTIME_PASSWORD@127.0.0.1:$1/${DB_NAMES[0]}"
+}
+
 init_cluster() {
     [[ -f "$DATA_DIR/PG_VERSION" ]] && return 0
     log "initdb in $DATA_DIR (first start)"
@@ -260,6 +271,13 @@ BEGIN
         CREATE ROLE $DB_ROLE LOGIN CREATEDB PASSWORD '$DB_PASSWORD';
     ELSE
         ALTER ROLE $DB_ROLE LOGIN CREATEDB PASSWORD '$DB_PASSWORD';
+    END IF;
+    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '$RUNTIME_ROLE') THEN
+        CREATE ROLE $RUNTIME_ROLE LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOINHERIT
+            PASSWORD '$RUNTIME_PASSWORD';
+    ELSE
+        ALTER ROLE $RUNTIME_ROLE LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOINHERIT
+            PASSWORD '$RUNTIME_PASSWORD';
     END IF;
 END
 \$\$;
@@ -313,7 +331,7 @@ cmd_start() {
         log "started in $((SECONDS - started))s"
     fi
     ensure_role_and_dbs "$port"
-    log "role '$DB_ROLE' and databases ${DB_NAMES[*]} ready"
+    log "roles '$DB_ROLE' (owner) and '$RUNTIME_ROLE' (runtime), databases ${DB_NAMES[*]} ready"
     local_url "$port"
 }
 
@@ -365,7 +383,7 @@ cmd_url() {
     check_settings
     find_pg_bin
     resolve_state_dir
-    local_url "$(current_port)"
+    "$1" "$(current_port)"
 }
 
 main() {
@@ -374,7 +392,8 @@ main() {
         start) cmd_start ;;
         stop) cmd_stop ;;
         status) cmd_status ;;
-        url) cmd_url ;;
+        url) cmd_url local_url ;;
+        runtime-url) cmd_url runtime_url ;;
         *) usage ;;
     esac
 }

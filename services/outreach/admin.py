@@ -1,5 +1,8 @@
 """The team roster and the audit log.
 
+Deactivating a member (`active: false`) refuses their tokens at once, in every service
+(services.outreach.roster); reactivating lets them back in.
+
 The audit log is append-only: no route edits or deletes it, and the database refuses UPDATE,
 DELETE and TRUNCATE on it (triggers installed by migration outreach_0002).
 """
@@ -23,6 +26,7 @@ from services.outreach.access import (
 )
 from services.outreach.api import ERRORS
 from services.outreach.models import AUDIT, TEAM_MEMBER
+from services.outreach.roster import access_changed, enforce_now
 from services.outreach.schemas import AuditEntry, Page, TeamMemberBody, TeamMemberView
 from shared.auth import Principal, require
 from shared.http import ApiError
@@ -56,11 +60,14 @@ async def list_members(principal: Staff, request: Request) -> list[TeamMemberVie
     "/team/members/{member_id}",
     summary="Add a team member or change one (id = the member's token subject)",
     description="Send If-Match with the ETag to change an existing member; without it the "
-    "request only creates (412 if the member exists).",
+    "request only creates (412 if the member exists). `active: false` deactivates the "
+    "member: every PORTline service refuses their tokens from then on (403 "
+    "`member_deactivated`), in this process at once and everywhere within seconds; "
+    "`active: true` lets them back in.",
     responses=ERRORS,
 )
 async def put_member(
-    member_id: Annotated[str, Path(min_length=1, max_length=128, pattern=r"^[\w.@-]+$")],
+    member_id: Annotated[str, Path(min_length=1, max_length=128, pattern=r"^[\w.@|:+-]+$")],
     body: TeamMemberBody,
     principal: Manager,
     request: Request,
@@ -96,7 +103,16 @@ async def put_member(
                 .values(**values, version=row.version + 1, updated_at=now)
             )
         fresh = (await s.execute(sa.select(TEAM_MEMBER).where(*mine))).one()
+        changed = access_changed(
+            uow,
+            program=access.program,
+            member_id=member_id,
+            was_active=None if row is None else row.active,
+            active=fresh.active,
+        )
         await uow.commit()
+    if changed:
+        enforce_now(request, program=access.program, member_id=member_id, active=fresh.active)
     set_etag(response, fresh.version)
     return _member_view(fresh)
 

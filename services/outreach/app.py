@@ -12,6 +12,7 @@ from sqlalchemy.exc import DBAPIError
 
 from services.outreach import admin, api, community, texts, visits
 from services.outreach.projection import on_case_event, on_overdose
+from services.outreach.roster import deactivated_members
 from services.outreach.sms import SmsConfig, TemplateBook, TwilioStyleProvider
 from shared.http import error_response
 from shared.identity import Protector
@@ -25,9 +26,10 @@ __all__ = ["create_app"]
 DESCRIPTION = (
     "The team's REST API: the task queue, attempts, contacts, in-person visits (with a "
     "restricted deputy view), services, referrals, case conclusion and the audit log.\n\n"
-    "* **Auth**: bearer JWTs with a role (`peer`, `team_lead`, `deputy`, `analyst`, `admin`) "
-    "and a program; every operation lists its roles (`x-roles`). Another program's records "
-    "are 404.\n"
+    "* **Auth**: bearer JWTs from the program's OpenID Connect provider (audience "
+    "`portline-outreach` by default), with a role (`peer`, `team_lead`, `deputy`, `analyst`, "
+    "`admin`) and a program; every operation lists its roles (`x-roles`). Another program's "
+    "records are 404. A deactivated team member is refused (403 `member_deactivated`).\n"
     '* **Errors**: `{"error": {"code", "message", "details"}}` with stable codes.\n'
     "* **Concurrency**: records two people may edit carry a `version` and an `ETag`; edits "
     "need `If-Match` (428 `precondition_required` without, 412 `version_mismatch` when stale).\n"
@@ -100,6 +102,7 @@ def create_app(
         ],
         consumers=consumers,
         extension=extension,
+        team_roster=deactivated_members,  # outreach owns the roster: it reads it directly
     )
 
     async def storage_unavailable(_request: Request, _exc: Exception) -> Response:

@@ -3,6 +3,7 @@ per row). Sealed fields are opened here and only for the fields a view shows."""
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
@@ -43,6 +44,7 @@ from services.outreach.schemas import (
     VisitView,
 )
 from shared.events import ServiceItem
+from shared.sealing import SealingError
 
 __all__ = [
     "NOTE",
@@ -59,6 +61,8 @@ __all__ = [
 NOTE = "outreach.note"
 PLACE = "outreach.place"
 PROVIDER = "outreach.provider"
+
+log = logging.getLogger(__name__)
 
 
 async def _reports(
@@ -77,13 +81,30 @@ async def _reports(
     return by_case
 
 
+def _open(access: Access, report: Any, token: str, context: str) -> dict[str, Any] | None:
+    """A report's sealed part, or None when this service's keys cannot open it (a key id it
+    does not hold, or damaged data): that report's person shows as unknown, and the rest of
+    the page is still served."""
+    try:
+        opened: dict[str, Any] = access.sealer.open_json(token, context=context)
+    except SealingError as exc:
+        log.error(
+            "a report's %s could not be opened: %s",
+            context,
+            type(exc).__name__,
+            extra={"report_id": str(getattr(report, "id", "")), "context": context},
+        )
+        return None
+    return opened
+
+
 def _person(access: Access, reports: Sequence[Any]) -> PersonView:
     with_identity = next((r for r in reports if r.identity_sealed), None)
     identity = address = None
     if with_identity is not None:
-        identity = access.sealer.open_json(with_identity.identity_sealed, context="identity")
+        identity = _open(access, with_identity, with_identity.identity_sealed, "identity")
         if with_identity.address_sealed:
-            address = access.sealer.open_json(with_identity.address_sealed, context="address")
+            address = _open(access, with_identity, with_identity.address_sealed, "address")
     card = person_card(identity, address)
     return PersonView(
         name=card.name, phones=list(card.phones), address=card.address, language=card.language
@@ -97,10 +118,10 @@ def _overdose(access: Access, reports: Sequence[Any]) -> OverdoseView:
         )
     received = [r.received_at for r in reports if r.received_at is not None]
     first = min(reports, key=lambda r: r.incident_at)
-    place = next((r.address_sealed for r in reports if r.address_sealed), None)
+    placed = next((r for r in reports if r.address_sealed), None)
     address = None
-    if place:
-        parts = access.sealer.open_json(place, context="address")
+    if placed is not None:
+        parts = _open(access, placed, placed.address_sealed, "address") or {}
         address = ", ".join(str(parts[k]) for k in ("street", "city") if parts.get(k)) or None
     return OverdoseView(
         incident_at=first.incident_at,

@@ -1,19 +1,26 @@
-"""The scheduler's HTTP API for team leads: the policy in force, a case's timeline, and the
-uncertain person matches waiting for a decision."""
+"""The scheduler's HTTP API for team leads: the policy in force, a case's timeline, the
+uncertain person matches waiting for a decision, and the audit log of who read them.
+
+Every role, admins included, sees only its own program: another program's records are "not
+found" (404), never "forbidden". Every read of a person's data, and every match decision, is
+written to the scheduler's append-only audit log (services.scheduler.audit)."""
 
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
 import sqlalchemy as sa
 from fastapi import APIRouter, Depends, Query, Request
-from pydantic import BaseModel, Field
+from pydantic import AwareDatetime, BaseModel, Field
 
+from services.scheduler.audit import Reader
 from services.scheduler.handlers import PolicyBook
 from services.scheduler.models import (
+    AUDIT,
     CASE,
     EPISODE,
     PERSON_KEY,
@@ -32,6 +39,7 @@ router = APIRouter(prefix="/v1", tags=["scheduler"])
 
 Lead = Annotated[Principal, Depends(require("team_lead", "admin"))]
 Anyone = Annotated[Principal, Depends(require())]
+Admin = Annotated[Principal, Depends(require("admin"))]
 ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorResponse},
     403: {"model": ErrorResponse},
@@ -50,21 +58,26 @@ def _policies(request: Request) -> PolicyBook:
 
 
 def _own_program(principal: Principal, program_id: str) -> None:
-    if principal.program != program_id and principal.role != "admin":
+    """Another program's records do not exist for the caller, whatever their role: an admin
+    administers their own program (its token names it), not every program."""
+    if principal.program != program_id:
         raise ApiError(404, "not_found", "No such record in your program.")
 
 
 @router.get(
     "/policy",
-    summary="The outreach policy in force for a program",
+    summary="The outreach policy in force for the caller's program",
     description="Changes to a policy apply to tasks scheduled after the change, not "
-    "retroactively; every task records the policy version that set its times.",
+    "retroactively; every task records the policy version that set its times. Only the "
+    "caller's own program: another program is 404, for every role.",
     responses=ERRORS,
 )
 async def get_policy(
     principal: Anyone,
     request: Request,
-    program: Annotated[str | None, Query(description="Default: the caller's program.")] = None,
+    program: Annotated[
+        str | None, Query(max_length=64, description="The caller's program (the default).")
+    ] = None,
 ) -> dict[str, Any]:
     program_id = program or principal.program
     _own_program(principal, program_id)
@@ -117,15 +130,20 @@ class Timeline(BaseModel):
 @router.get(
     "/cases/{case_id}/timeline",
     summary="Why is this due now: every report, episode, task and timer of a case, in order",
+    description="Audited: the read is written to the audit log (send `X-Purpose` to say why).",
     responses=ERRORS,
 )
 async def get_timeline(case_id: uuid.UUID, principal: Lead, request: Request) -> Timeline:
     runtime = _runtime(request)
+    reader = Reader.of(request, principal, "review a case's timeline")
     async with runtime.sessions() as s:
-        case = (await s.execute(sa.select(CASE).where(CASE.c.id == case_id))).first()
+        case = (
+            await s.execute(
+                sa.select(CASE).where(CASE.c.id == case_id, CASE.c.program_id == principal.program)
+            )
+        ).first()
         if case is None:
-            raise ApiError(404, "not_found", "No such case.")
-        _own_program(principal, case.program_id)
+            raise ApiError(404, "not_found", "No such case in your program.")
         items: list[TimelineItem] = []
         episodes = list(await s.execute(sa.select(EPISODE).where(EPISODE.c.case_id == case_id)))
         for e in episodes:
@@ -200,6 +218,8 @@ async def get_timeline(case_id: uuid.UUID, principal: Lead, request: Request) ->
                     },
                 )
             )
+        await reader.audit(s, "read", "case_timeline", [(case.id, case.id)])
+        await s.commit()
     items.sort(key=lambda i: (i.at, i.kind))
     return Timeline(case_id=case.id, status=case.status, priority=case.priority, items=items)
 
@@ -217,6 +237,7 @@ class PossibleMatchOut(BaseModel):
 @router.get(
     "/possible-matches",
     summary="Uncertain person matches, for a team lead to confirm or split",
+    description="Audited: the read is written to the audit log, one entry per match.",
     responses=ERRORS,
 )
 async def list_possible_matches(
@@ -224,15 +245,20 @@ async def list_possible_matches(
     request: Request,
     status: Literal["open", "confirmed", "split"] = "open",
 ) -> list[PossibleMatchOut]:
+    reader = Reader.of(request, principal, "review possible matches")
     async with _runtime(request).sessions() as s:
-        rows = await s.execute(
-            sa.select(POSSIBLE_MATCH)
-            .where(
-                POSSIBLE_MATCH.c.program_id == principal.program,
-                POSSIBLE_MATCH.c.status == status,
+        rows = list(
+            await s.execute(
+                sa.select(POSSIBLE_MATCH)
+                .where(
+                    POSSIBLE_MATCH.c.program_id == principal.program,
+                    POSSIBLE_MATCH.c.status == status,
+                )
+                .order_by(POSSIBLE_MATCH.c.created_at)
             )
-            .order_by(POSSIBLE_MATCH.c.created_at)
         )
+        await reader.audit(s, "read", "possible_match", [(r.id, None) for r in rows])
+        await s.commit()
         return [
             PossibleMatchOut(
                 id=r.id,
@@ -250,6 +276,7 @@ async def list_possible_matches(
 @router.post(
     "/possible-matches/{match_id}/{decision}",
     summary="Confirm (the two are one person: merge) or split (two people: keep apart)",
+    description="Audited, as a change of the match.",
     responses={**ERRORS, 409: {"model": ErrorResponse}},
 )
 async def decide_possible_match(
@@ -259,6 +286,7 @@ async def decide_possible_match(
     request: Request,
 ) -> PossibleMatchOut:
     runtime = _runtime(request)
+    reader = Reader.of(request, principal, f"{decision} a possible match")
     async with runtime.uow() as uow:
         s = uow.session
         row = (
@@ -304,6 +332,7 @@ async def decide_possible_match(
             .where(POSSIBLE_MATCH.c.id == match_id)
             .values(status=status, resolved_at=now)
         )
+        await reader.audit(s, "update", "possible_match", [(match_id, None)], at=now)
         await uow.commit()
     return PossibleMatchOut(
         id=row.id,
@@ -313,4 +342,79 @@ async def decide_possible_match(
         reasons=json.loads(row.reasons),
         status=status,
         created_at=row.created_at,
+    )
+
+
+class AuditEntry(BaseModel):
+    id: int
+    at: datetime
+    actor_id: str
+    role: str
+    action: Literal["read", "update"]
+    resource: Literal["case_timeline", "possible_match"]
+    resource_id: str | None
+    case_id: uuid.UUID | None
+    purpose: str = Field(description="What the caller stated (X-Purpose), else the operation's.")
+
+
+class AuditPage(BaseModel):
+    items: list[AuditEntry]
+    next_cursor: str | None = Field(
+        description="Pass as ?cursor= for the next page; null on the last page."
+    )
+
+
+@router.get(
+    "/audit",
+    summary="Who read or decided whose records here, when and why (admins; newest first)",
+    description="Append-only: nobody can edit or delete an entry. Only the caller's program.",
+    responses={**ERRORS, 400: {"model": ErrorResponse}},
+)
+async def read_audit(
+    principal: Admin,
+    request: Request,
+    actor_id: Annotated[str | None, Query(max_length=128)] = None,
+    case_id: uuid.UUID | None = None,
+    resource: Literal["case_timeline", "possible_match"] | None = None,
+    since: AwareDatetime | None = None,
+    until: AwareDatetime | None = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+    cursor: Annotated[str | None, Query(description="next_cursor of the previous page")] = None,
+) -> AuditPage:
+    reader = Reader.of(request, principal, "review the audit log")
+    query = sa.select(AUDIT).where(AUDIT.c.program_id == principal.program)
+    if actor_id:
+        query = query.where(AUDIT.c.actor_id == actor_id)
+    if case_id:
+        query = query.where(AUDIT.c.case_id == case_id)
+    if resource:
+        query = query.where(AUDIT.c.resource == resource)
+    if since:
+        query = query.where(AUDIT.c.at >= since)
+    if until:
+        query = query.where(AUDIT.c.at < until)
+    if cursor:
+        if not re.fullmatch(r"[0-9]{1,18}", cursor):
+            raise ApiError(400, "invalid_cursor", "The cursor is not one this API gave out.")
+        query = query.where(AUDIT.c.id < int(cursor))
+    query = query.order_by(AUDIT.c.id.desc()).limit(limit + 1)
+    async with _runtime(request).sessions() as s:
+        rows = list(await s.execute(query))
+    page = rows[:limit]
+    return AuditPage(
+        items=[
+            AuditEntry(
+                id=r.id,
+                at=r.at,
+                actor_id=r.actor_id,
+                role=r.role,
+                action=r.action,
+                resource=r.resource,
+                resource_id=r.resource_id,
+                case_id=r.case_id,
+                purpose=reader.stated(r.purpose_sealed) or r.purpose,
+            )
+            for r in page
+        ],
+        next_cursor=str(page[-1].id) if len(rows) > limit else None,
     )

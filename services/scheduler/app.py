@@ -17,7 +17,7 @@ from services.scheduler.handlers import PolicyBook, Scheduler
 from services.scheduler.policy import load_policies
 from services.scheduler.timers import TimerRunner
 from shared.runtime import ConsumerSpec, Runtime, create_service_app
-from shared.sealing import load_keys
+from shared.sealing import Sealer, load_keys
 from shared.settings import Settings
 from shared.topics import INTAKE_OVERDOSES, OUTREACH_ACTIVITY
 
@@ -40,12 +40,17 @@ def create_app(settings: Settings) -> FastAPI:
         load_policies(settings.scheduler_policy_dir) if settings.scheduler_policy_dir else {}
     )
     holder: dict[str, Scheduler] = {}
+    sealers: list[Sealer] = []
+
+    def sealer() -> Sealer:
+        if not sealers:  # keys are read when the service starts, not when the app is built
+            sealers.append(load_keys(settings)[0])
+        return sealers[0]
 
     def scheduler() -> Scheduler:
         if "scheduler" not in holder:
-            sealer, _indexer = load_keys(settings)
             holder["scheduler"] = Scheduler(
-                sealer=sealer,
+                sealer=sealer(),
                 policies=policies,
                 episode_window=timedelta(hours=settings.scheduler_episode_window_hours),
             )
@@ -63,6 +68,7 @@ def create_app(settings: Settings) -> FastAPI:
     @asynccontextmanager
     async def extension(app: FastAPI, runtime: Runtime) -> AsyncIterator[None]:
         app.state.policies = policies
+        app.state.sealer = sealer()  # the audit log seals what callers state
         runner = TimerRunner(
             runtime.uow,
             scheduler().on_timer,

@@ -1,4 +1,5 @@
-"""The scheduler's own tables: people, their keys, cases, episodes, report links, tasks."""
+"""The scheduler's own tables: people, their keys, cases, episodes, report links, tasks, and
+the append-only audit log of who read a person's data here."""
 
 from __future__ import annotations
 
@@ -8,9 +9,10 @@ from datetime import datetime
 import sqlalchemy as sa
 from sqlmodel import Field, SQLModel
 
-from shared.db import UTCDateTime
+from shared.db import UTCDateTime, bigint_pk
 
 __all__ = [
+    "AUDIT",
     "CASE",
     "EPISODE",
     "PERSON",
@@ -18,6 +20,7 @@ __all__ = [
     "POSSIBLE_MATCH",
     "REPORT_LINK",
     "TASK",
+    "AuditRecord",
     "Case",
     "Episode",
     "Person",
@@ -149,6 +152,28 @@ class Task(SQLModel, table=True):
     outcome: str | None = Field(default=None, sa_column=sa.Column(sa.String(32)))
 
 
+class AuditRecord(SQLModel, table=True):
+    """Who read or changed a person's data, when and why: append-only (the database refuses
+    UPDATE, DELETE and TRUNCATE, and the services' role may only INSERT and SELECT)."""
+
+    __tablename__ = "audit_log"
+    __table_args__ = (sa.Index("ix_audit_log_program_id_id", "program_id", "id"),)
+
+    id: int | None = Field(default=None, sa_column=bigint_pk())
+    at: datetime = Field(sa_column=_ts())
+    actor_id: str = Field(sa_column=sa.Column(sa.String(128), nullable=False))
+    role: str = Field(sa_column=sa.Column(sa.String(16), nullable=False))
+    program_id: str = Field(sa_column=sa.Column(sa.String(64), nullable=False))
+    action: str = Field(sa_column=sa.Column(sa.String(16), nullable=False))  # read | update
+    resource: str = Field(sa_column=sa.Column(sa.String(32), nullable=False))
+    resource_id: str | None = Field(default=None, sa_column=sa.Column(sa.String(64)))
+    case_id: uuid.UUID | None = Field(default=None, sa_column=sa.Column(sa.Uuid(), index=True))
+    purpose: str = Field(sa_column=sa.Column(sa.String(200), nullable=False))
+    purpose_sealed: str | None = Field(default=None, sa_column=sa.Column(sa.Text()))
+    request_id: str | None = Field(default=None, sa_column=sa.Column(sa.String(64)))
+
+
+AUDIT: sa.Table = AuditRecord.__table__  # type: ignore[attr-defined]
 PERSON: sa.Table = Person.__table__  # type: ignore[attr-defined]
 PERSON_KEY: sa.Table = PersonKey.__table__  # type: ignore[attr-defined]
 POSSIBLE_MATCH: sa.Table = PossibleMatch.__table__  # type: ignore[attr-defined]

@@ -41,6 +41,7 @@ from shared.events.scheduler import (
     TaskScheduled,
     TaskScheduledV1,
 )
+from shared.events.team import TeamMemberDeactivated, TeamMemberReactivated
 
 __all__ = [
     "AttemptLogged",
@@ -79,6 +80,8 @@ __all__ = [
     "TaskOverdue",
     "TaskScheduled",
     "TaskScheduledV1",
+    "TeamMemberDeactivated",
+    "TeamMemberReactivated",
     "VisitCompleted",
     "VisitScheduled",
 ]

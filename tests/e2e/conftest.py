@@ -134,32 +134,54 @@ async def _stop(proc: subprocess.Popen[bytes]) -> None:
 
 @pytest.fixture(scope="session")
 async def intake_process(
-    postgres_url: str, kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory
+    postgres_url: str,
+    runtime_postgres_url: str,
+    kafka_bootstrap: str,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> AsyncIterator[IntakeProcess]:
+    """Intake, and the scheduler and outreach beside it, connect as the runtime role (rows
+    only), as in production; migrations run as the owner."""
     async with intake_deployment(
-        postgres_url, kafka_bootstrap, tmp_path_factory.mktemp("intake-e2e")
+        postgres_url,
+        kafka_bootstrap,
+        tmp_path_factory.mktemp("intake-e2e"),
+        runtime_url=runtime_postgres_url,
     ) as intake:
         yield intake
 
 
 @asynccontextmanager
 async def intake_deployment(
-    postgres_url: str, kafka_bootstrap: str, var: Path, *, own_process_group: bool = False
+    postgres_url: str,
+    kafka_bootstrap: str,
+    var: Path,
+    *,
+    own_process_group: bool = False,
+    runtime_url: str | None = None,
 ) -> AsyncIterator[IntakeProcess]:
     """Intake as a process of its own, on its own schemas (dropped afterwards), behind a
-    database proxy the tests can cut. `own_process_group` lets a test SIGKILL it."""
+    database proxy the tests can cut. `own_process_group` lets a test SIGKILL it. With
+    `runtime_url` (the same server as another role), the services connect as that role and
+    `portline migrate` as `postgres_url`'s, the owner."""
     var.mkdir(parents=True, exist_ok=True)
     target = urlsplit(postgres_url)
     proxy = TcpProxy(target.hostname or "127.0.0.1", target.port or 5432)
     await proxy.up()
-    netloc = target.netloc.rsplit(":", 1)[0] + f":{proxy.port}"
+
+    def proxied(url: str) -> str:
+        parts = urlsplit(url)
+        return urlunsplit(parts._replace(netloc=parts.netloc.rsplit(":", 1)[0] + f":{proxy.port}"))
+
+    roles = {"DATABASE_URL": proxied(postgres_url)}
+    if runtime_url is not None:
+        roles = {"DATABASE_URL": proxied(runtime_url), "DATABASE_OWNER_URL": proxied(postgres_url)}
     prefix = f"e2e{uuid.uuid4().hex[:8]}_"
     http_port, mllp_port = free_port(), free_port()
     env = {
         **os.environ,
         "PORTLINE_ENV": "development",
         "PORTLINE_HOST": "127.0.0.1",  # loopback only, whatever the caller's environment
-        "DATABASE_URL": urlunsplit(target._replace(netloc=netloc)),
+        **roles,
         "PORTLINE_DB_SCHEMA_PREFIX": prefix,
         "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
         "PORTLINE_VAR_DIR": str(var),
@@ -209,6 +231,22 @@ async def intake_deployment(
 class ServiceProcess:
     http: str
     env: dict[str, str]
+
+
+async def dev_token(
+    env: dict[str, str], role: str, subject: str, program: str = "demo"
+) -> dict[str, str]:
+    """An Authorization header with a `portline dev-token` for this deployment."""
+    done = await asyncio.to_thread(
+        subprocess.run,
+        [PORTLINE, "dev-token", "--role", role, "--program", program, "--subject", subject],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    return {"Authorization": f"Bearer {done.stdout.strip()}"}
 
 
 @pytest.fixture(scope="session")

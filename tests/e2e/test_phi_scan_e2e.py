@@ -10,11 +10,12 @@ birth, phone, street and city, MRN and a free-text note. They go in as
   with the identifiers substituted), each with the note in its narrative;
 - two rejected HL7 messages (unsupported trigger A31, over MLLP and HTTP), kept sealed for replay;
 - refused EMS input: a JSON report that fails validation, and a PCR without its number;
+- a law-enforcement report (`POST /v1/le/overdose-reports`) with the person and their address;
 - outreach, as a peer and a lead: attempt notes, a visit's meeting place (scheduled and moved),
   the visit's outcome notes, a contact note, a referral's provider and notes (made and moved
   along), a decline note and a conclusion note, each carrying the identifiers; two refused
-  attempts (an impossible outcome, notes over the limit); and the free-text `X-Purpose` header
-  the audit log keeps.
+  attempts (an impossible outcome, notes over the limit); a community referral with the
+  person, their address and a note; and the free-text `X-Purpose` header the audit log keeps.
 
 Not covered: texts (SMS is not configured in this deployment, so those routes answer 503
 before reading anything) and the deputy's safety note (the default policy never sends a
@@ -162,6 +163,34 @@ def _nemsis(p: Planted, pcr: str, incident: datetime) -> str:
         assert old in xml, old
         xml = xml.replace(old, new)
     return _FIXTURE_TIME.sub(moved, xml)
+
+
+async def _le_key(intake: IntakeProcess) -> str:
+    """A law-enforcement partner of the demo program, and its API key."""
+    partner = f"pd-{uuid.uuid4().hex[:6]}"
+    added = await intake.cli(
+        "partners", "add", "--id", partner, "--program", "demo",
+        "--kind", "law_enforcement", "--name", "Police",
+    )  # fmt: skip
+    assert added.returncode == 0, added.stderr
+    issued = await intake.cli("partners", "issue-key", partner)
+    assert issued.returncode == 0, issued.stderr
+    match = re.search(r"(plk_\S+)", issued.stdout)
+    assert match
+    return match.group(1)
+
+
+def _person(p: Planted) -> dict[str, Any]:
+    return {
+        "family_name": p.family,
+        "given_name": p.given,
+        "date_of_birth": p.dob.isoformat(),
+        "phones": [p.phone_dashed],
+    }
+
+
+def _address(p: Planted) -> dict[str, Any]:
+    return {"street": p.street, "city": p.city, "state": "NC", "postal_code": "27401"}
 
 
 def _note(p: Planted, what: str) -> str:
@@ -488,6 +517,61 @@ async def test_no_plaintext_phi_in_the_database_the_broker_or_the_logs(
             return got["status"] == "closed" and all(t["status"] != "open" for t in got["tasks"])
 
         await _eventually(closed_everywhere, "the scheduler to close the case")
+
+    # 4. Law enforcement and the community: a police report of an earlier overdose, and a
+    # referral a peer enters from a syringe services program, both about the same person.
+    le_key = await _le_key(intake_process)
+    le_number = f"PHI-LE-{run}"
+    earlier = incident - timedelta(days=3)
+    async with httpx.AsyncClient(base_url=intake_process.http, timeout=30) as intake:
+        le = await intake.post(
+            "/v1/le/overdose-reports",
+            json={
+                "incident_number": le_number,
+                "occurred_at": earlier.isoformat(),
+                "location": {"address": {**_address(person), "county": "Guilford"}},
+                "fatal": False,
+                "naloxone": {"given": True, "doses": 2},
+                "consent": "accepted",
+                "person": {**_person(person), "address": _address(person)},
+            },
+            headers={"Authorization": f"Bearer {le_key}"},
+        )
+    assert le.status_code == 202, le.text
+    async with httpx.AsyncClient(base_url=outreach_process.http, timeout=30) as api:
+        community = await api.post(
+            "/v1/community-referrals",
+            json={
+                "referrer": "syringe_services",
+                "person": {**_person(person), **_address(person), "county": "Guilford"},
+                "consent": "accepted",
+                "overdose": True,
+                "overdose_at": (incident - timedelta(days=6)).isoformat(),
+                "notes": _note(person, "community referral"),
+            },
+            headers=peer | why,
+        )
+    assert community.status_code == 201, community.text
+    le_reported = await read_topic(
+        kafka_bootstrap,
+        INTAKE_OVERDOSES.name,
+        where=lambda r: Envelope.from_bytes(r.value).data.get("source_ref") == le_number,
+        expect=1,
+        settle=0,
+    )
+    both = {Envelope.from_bytes(le_reported[0].value).data["report_id"], community.json()["id"]}
+    linked_too = await read_topic(
+        kafka_bootstrap,
+        SCHEDULER_CASES.name,
+        where=lambda r: (
+            Envelope.from_bytes(r.value).type == "ReportLinked"
+            and Envelope.from_bytes(r.value).data.get("report_id") in both
+        ),
+        expect=2,
+        timeout=60,
+        settle=0,
+    )
+    assert {Envelope.from_bytes(r.value).data["report_id"] for r in linked_too} == both
 
     # The rejected messages were published, and are kept sealed with the person inside.
     prefix = intake_process.env["PORTLINE_DB_SCHEMA_PREFIX"]

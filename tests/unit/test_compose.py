@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import yaml
 
-from shared.settings import SERVICES, Settings
+from shared.settings import SERVICES, TEAM_TOKEN_SERVICES, Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
@@ -38,9 +38,10 @@ COMPLETED_DEPENDENCIES = set(ONE_SHOT_COMMANDS)
 REQUIRED_SECRETS = (
     "PORTLINE_SEAL_KEYS",
     "PORTLINE_BLIND_INDEX_KEY",
-    "PORTLINE_JWT_SECRET",
     "POSTGRES_PASSWORD",
+    "POSTGRES_APP_PASSWORD",
 )
+REQUIRED_SETTINGS = ("PORTLINE_OIDC_ISSUER",)
 HEALTHCHECK_KEYS = ("test", "interval", "timeout", "retries")
 
 # `${NAME}`, `${NAME:-default}`, `${NAME:?message}` and the other Compose forms.
@@ -456,11 +457,46 @@ def test_kafka_bootstrap_servers_name_the_kafka_service_listener() -> None:
         assert set(servers) <= advertised_addresses
 
 
-def test_database_url_points_at_the_postgres_service_with_asyncpg() -> None:
-    variables = {"POSTGRES_PASSWORD": "pw"}
+def test_database_url_points_at_the_postgres_service_with_asyncpg_as_the_runtime_role() -> None:
+    variables = {"POSTGRES_PASSWORD": "owner-pw", "POSTGRES_APP_PASSWORD": "app-pw"}
     for svc in _portline_services().values():
         url = _interpolate(_environment(svc)["DATABASE_URL"], variables)
-        assert url == "postgresql+asyncpg://portline:pw@postgres:5432/portline"
+        assert url == "postgresql+asyncpg://portline_app:app-pw@postgres:5432/portline"
+
+
+def test_only_the_migration_job_connects_as_the_owner() -> None:
+    owners = {
+        name: _interpolate(_environment(svc)["DATABASE_OWNER_URL"], {"POSTGRES_PASSWORD": "pw"})
+        for name, svc in _portline_services().items()
+        if "DATABASE_OWNER_URL" in _environment(svc)
+    }
+    assert owners == {"migrate": "postgresql+asyncpg://portline:pw@postgres:5432/portline"}
+
+
+def test_postgres_creates_the_runtime_role_on_first_start() -> None:
+    postgres = _services()["postgres"]
+    assert _environment(postgres)["POSTGRES_APP_PASSWORD"].startswith("${POSTGRES_APP_PASSWORD:?")
+    mounts = [str(volume) for volume in postgres["volumes"]]
+    assert "./deploy/postgres-init:/docker-entrypoint-initdb.d:ro" in mounts
+    script = (ROOT / "deploy" / "postgres-init" / "10-runtime-role.sh").read_text()
+    assert "CREATE ROLE portline_app LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE" in script
+
+
+@pytest.mark.parametrize("name", TEAM_TOKEN_SERVICES)
+def test_services_that_take_team_tokens_require_the_programs_provider(name: str) -> None:
+    environment = _environment(_services()[name])
+    assert environment["PORTLINE_OIDC_ISSUER"].startswith("${PORTLINE_OIDC_ISSUER:?")
+    assert environment[f"PORTLINE_{name.upper()}_TOKEN_AUDIENCE"]
+
+
+def test_intake_holds_no_team_token_setting_at_all() -> None:
+    for name in ("intake", "topics", "migrate"):
+        team = {
+            key
+            for key in _environment(_services()[name])
+            if "OIDC" in key or "TOKEN_AUDIENCE" in key or "JWT" in key
+        }
+        assert team == set(), name
 
 
 def test_portline_environment_names_are_settings_fields() -> None:
@@ -480,20 +516,26 @@ def test_portline_environment_with_real_secrets_is_valid_production_settings(
     key = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="  # base64 of 32 bytes
     variables = {
         "POSTGRES_PASSWORD": "Zk3v9Qm2Rt8xWp4L",
+        "POSTGRES_APP_PASSWORD": "Hs8v2Lm4Qr7xWk3P",
         "PORTLINE_SEAL_KEYS": f"k1:{key}",
         "PORTLINE_BLIND_INDEX_KEY": key,
-        "PORTLINE_JWT_SECRET": "q7Jd0sXw3Lr9Vt2Nh6Bk1Ym5Pc8Ze4Ua",
+        "PORTLINE_OIDC_ISSUER": "https://login.example.org/realms/port",
     }
-    for name in _settings_env_names():
-        monkeypatch.delenv(name, raising=False)
-    for name, value in _environment(_services()["intake"]).items():
-        monkeypatch.setenv(name, _interpolate(value, variables))
+    for service in SERVICES:
+        for name in _settings_env_names():
+            monkeypatch.delenv(name, raising=False)
+        for name, value in _environment(_services()[service]).items():
+            monkeypatch.setenv(name, _interpolate(value, variables))
 
-    settings = Settings()
+        settings = Settings()
 
-    assert settings.env == "production"
-    assert settings.kafka_bootstrap_servers == "kafka:9092"
-    assert settings.host == "0.0.0.0"
+        assert settings.env == "production"
+        assert settings.kafka_bootstrap_servers == "kafka:9092"
+        assert settings.host == "0.0.0.0"
+        assert settings.team_identity_problem(service) is None or service == "intake"
+        if service in TEAM_TOKEN_SERVICES:
+            assert settings.oidc_issuer == variables["PORTLINE_OIDC_ISSUER"]
+            assert settings.oidc_jwks_url is None  # empty: discovery
 
 
 def test_every_interpolated_variable_is_documented_in_env_example() -> None:
@@ -502,7 +544,7 @@ def test_every_interpolated_variable_is_documented_in_env_example() -> None:
     assert interpolated - documented == set()
 
 
-@pytest.mark.parametrize("secret", REQUIRED_SECRETS)
+@pytest.mark.parametrize("secret", REQUIRED_SECRETS + REQUIRED_SETTINGS)
 def test_env_example_leaves_each_secret_empty(secret: str) -> None:
     assert re.search(rf"^{secret}=$", ENV_EXAMPLE.read_text(), re.MULTILINE)
 

@@ -13,6 +13,7 @@ import sqlalchemy as sa
 from services.outreach.models import ATTEMPT, AUDIT
 from shared.events import TaskCompleted
 from shared.events.scheduler import TaskKind
+from shared.sealing import Keyring, Sealer
 from tests.outreach_world import World, outreach_world
 
 
@@ -49,6 +50,27 @@ async def test_queue_shows_what_a_peer_needs_and_nothing_more(world: World) -> N
     assert "MRN-99" not in text
     assert "dob" not in text
     assert "mrn" not in text
+
+
+async def test_a_report_sealed_under_a_key_outreach_lacks_does_not_break_the_queue(
+    world: World, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A key id this service does not hold (a misconfigured rotation, another deployment's
+    data) shows that person as unknown; the queue is still served, and the log says why
+    without any identifier."""
+    other = Sealer(Keyring({"elsewhere": bytes(range(32))}, active="elsewhere"))
+    world.seal_with(other)
+    lost = await world.seed_case(name=("Morgan", "Lost"))
+    world.seal_with(None)
+    kept = await world.seed_case()
+    r = await world.client.get("/v1/tasks", headers=world.auth("peer", subject="peer-1"))
+    assert r.status_code == 200, r.text
+    by_id = {t["id"]: t for t in r.json()["items"]}
+    assert by_id[str(lost.task_id)]["person"]["name"] is None
+    assert by_id[str(lost.task_id)]["overdose"]["address"] is None
+    assert by_id[str(kept.task_id)]["person"]["name"] == "Jordan Rivera"
+    assert "Lost" not in caplog.text
+    assert "could not be opened: UnknownKeyError" in caplog.text
 
 
 async def test_queue_is_sorted_by_due_time_then_priority_and_pages(world: World) -> None:

@@ -16,26 +16,20 @@ import pytest
 from services.scheduler.api import timing_note
 from services.scheduler.app import create_app
 from services.scheduler.models import CASE, POSSIBLE_MATCH
-from shared.auth import TokenService, jwt_secret
 from shared.db import create_engine
 from shared.migrations import upgrade
 from shared.settings import Settings
+from tests.tokens import DevTokens
 
 
 class Api:
-    def __init__(self, client: httpx.AsyncClient, tokens: TokenService, app: Any) -> None:
+    def __init__(self, client: httpx.AsyncClient, tokens: DevTokens, app: Any) -> None:
         self.client = client
         self.tokens = tokens
         self.app = app
 
     def auth(self, role: str, program: str = "demo") -> dict[str, str]:
-        token = self.tokens.mint(
-            role=role,  # type: ignore[arg-type]
-            program=program,
-            subject="u",
-            now=datetime.now(UTC),
-        )
-        return {"Authorization": f"Bearer {token}"}
+        return self.tokens.headers(role, program)
 
 
 @pytest.fixture
@@ -77,7 +71,7 @@ async def api(tmp_path: Path) -> AsyncIterator[Api]:
     await engine.dispose()
     app = create_app(settings)
     async with app.router.lifespan_context(app):
-        tokens = TokenService(jwt_secret(settings), issuer=settings.jwt_issuer)
+        tokens = DevTokens(settings)
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://s") as client:
             yield Api(client, tokens, app)

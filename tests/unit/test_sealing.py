@@ -53,7 +53,6 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
         "PORTLINE_SEAL_KEYS",
         "PORTLINE_BLIND_INDEX_KEY",
         "PORTLINE_VAR_DIR",
-        "PORTLINE_JWT_SECRET",
     ):
         monkeypatch.delenv(name, raising=False)
 
