@@ -175,14 +175,19 @@ async def _on_database(
     settings: Settings,
     service: str,
     work: Callable[[async_sessionmaker[AsyncSession]], Awaitable[T]],
+    *,
+    as_owner: bool = False,
 ) -> T:
-    """Run `work` on one service's database: its schema on PostgreSQL, its file on SQLite."""
+    """Run `work` on one service's database: its schema on PostgreSQL, its file on SQLite;
+    `as_owner`: as DATABASE_OWNER_URL's role when set (what may lift an append-only table's
+    triggers)."""
     from shared.db import create_engine, session_factory
 
     missing = _missing_sqlite_file(settings, service)
     if missing is not None:
         raise _NoDatabase(missing)
-    engine = create_engine(settings.db_url, service=service, schema=settings.schema_for(service))
+    url = (settings.database_owner_url or settings.db_url) if as_owner else settings.db_url
+    engine = create_engine(url, service=service, schema=settings.schema_for(service))
     try:
         return await work(session_factory(engine))
     finally:
@@ -258,6 +263,8 @@ def _cmd_outbox_retry(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from shared import ops_cli
+
     parser = argparse.ArgumentParser(prog="portline", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -297,6 +304,8 @@ def build_parser() -> argparse.ArgumentParser:
     keys_sub = keys.add_subparsers(dest="keys_command", required=True)
     generate = keys_sub.add_parser("generate", help="print fresh secrets for a deployment")
     generate.set_defaults(func=_cmd_keys)
+    ops_cli.register_keys(keys_sub)
+    ops_cli.register(sub)
 
     token = sub.add_parser("dev-token", help="print a bearer token for development")
     token.add_argument(

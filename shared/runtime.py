@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -31,6 +32,7 @@ from shared.inbox import InboxProcessor, Outcome
 from shared.metrics import EVENTS_CONSUMED
 from shared.oidc import ClaimNames, KeySource, ProviderKeys, StaticKeys, TokenVerifier
 from shared.outbox import OutboxRelay
+from shared.retention import Maintenance
 from shared.settings import ConfigurationError, ServiceName, Settings
 from shared.team_access import (
     DeactivatedMembers,
@@ -41,7 +43,7 @@ from shared.team_access import (
 from shared.topics import OUTREACH_TEAM
 from shared.uow import UnitOfWork
 
-__all__ = ["ConsumerSpec", "Runtime", "create_service_app"]
+__all__ = ["ConsumerSpec", "Runtime", "consumer_specs", "create_service_app", "group_id"]
 
 log = logging.getLogger(__name__)
 
@@ -132,6 +134,10 @@ class Runtime:
 
     async def start(self) -> None:
         self._tasks.append(asyncio.create_task(self._connect_kafka(), name="kafka-connect"))
+        if self.settings.worker in ("", f"{self.service}-0"):
+            # One process per replica prunes and counts (worker processes share its tables).
+            maintenance = Maintenance(self.service, self.sessions, self.settings, clock=self.clock)
+            self._tasks.append(asyncio.create_task(maintenance.run(self._stop), name="maintenance"))
 
     async def _connect_kafka(self) -> None:
         delay = 0.5
@@ -157,8 +163,10 @@ class Runtime:
                 asyncio.create_task(self._consume(spec), name=f"consumer-{spec.name}")
             )
 
-    async def _consume(self, spec: ConsumerSpec) -> None:
-        processor = _CountingProcessor(
+    def processor(self, spec: ConsumerSpec) -> InboxProcessor[UnitOfWork]:
+        """The inbox processor of one of this service's consumers (also what replays its
+        dead letters)."""
+        return _CountingProcessor(
             self.service,
             f"{self.service}.{spec.name}",
             self.uow,
@@ -167,11 +175,13 @@ class Runtime:
             backoff_seconds=self.settings.inbox_retry_backoff_seconds,
             batch_handler=spec.batch_handler,
         )
+
+    async def _consume(self, spec: ConsumerSpec) -> None:
+        processor = self.processor(spec)
         while not self._stop.is_set():
             consumer = make_consumer(
                 self.settings.kafka_bootstrap_servers,
-                # The schema prefix separates deployments (and test runs) sharing one broker.
-                group_id=f"portline-{self.settings.db_schema_prefix}{self.service}-{spec.name}",
+                group_id=group_id(self.settings, self.service, spec.name),
                 topics=spec.topics,
                 start=spec.start or self.settings.kafka_consumer_start,
             )
@@ -212,6 +222,22 @@ class Runtime:
                 log.exception("task failed during shutdown", extra={"task": task.get_name()})
         await self.publisher.stop()
         await self.engine.dispose()
+
+
+def consumer_specs(
+    service: ServiceName, settings: Settings, runtime: Runtime
+) -> list[ConsumerSpec]:
+    """The consumers a service runs, exactly as its app declares them, built on `runtime`
+    (which need not be started): for the tools that replay dead letters or move offsets."""
+    module = importlib.import_module(f"services.{service}.app")
+    app: FastAPI = module.create_app(settings)
+    factory: Callable[[Runtime], Sequence[ConsumerSpec]] | None = app.state.consumer_factory
+    return list(factory(runtime)) if factory else []
+
+
+def group_id(settings: Settings, service: str, consumer: str) -> str:
+    """A consumer's Kafka group; the schema prefix separates deployments sharing a broker."""
+    return f"portline-{settings.db_schema_prefix}{service}-{consumer}"
 
 
 def create_service_app(
@@ -262,6 +288,8 @@ def create_service_app(
             yield
 
     app = FastAPI(title=title, description=description, version=version, lifespan=lifespan)
+    # Tools that act as a consumer (replaying dead letters, rewinding groups) read them here.
+    app.state.consumer_factory = consumers
     install_error_handlers(app)
     for router in routers:
         document_roles(router)
