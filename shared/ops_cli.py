@@ -16,9 +16,10 @@ import asyncio
 import json
 import sys
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Literal, TypeVar
 
 from shared.settings import SERVICES, ServiceName, Settings, get_settings
 
@@ -462,20 +463,30 @@ def _cmd_prune(args: argparse.Namespace) -> int:
 # --- Kafka's side of backups ---------------------------------------------------------------------
 
 
-def _groups(settings: Settings) -> dict[str, tuple[ServiceName, str, tuple[str, ...]]]:
-    """Every PORTline consumer group: group id -> (service, inbox consumer key, topics)."""
+@dataclass(frozen=True)
+class _Group:
+    service: ServiceName
+    consumer: str
+    """The inbox's consumer key (service.name)."""
+    topics: tuple[str, ...]
+    start: Literal["earliest", "latest"]
+
+
+def _groups(settings: Settings) -> dict[str, _Group]:
+    """Every PORTline consumer group, by group id."""
     from shared.runtime import consumer_specs, group_id
 
     async def specs(runtime: Runtime) -> list[ConsumerSpec]:
         return consumer_specs(runtime.service, settings, runtime)
 
-    found: dict[str, tuple[ServiceName, str, tuple[str, ...]]] = {}
+    found: dict[str, _Group] = {}
     for service in SERVICES:
         for spec in asyncio.run(_with_service(settings, service, specs)):
-            found[group_id(settings, service, spec.name)] = (
+            found[group_id(settings, service, spec.name)] = _Group(
                 service,
                 f"{service}.{spec.name}",
                 tuple(spec.topics),
+                spec.start or settings.kafka_consumer_start,
             )
     return found
 
@@ -484,7 +495,7 @@ def _cmd_consumers_position(args: argparse.Namespace) -> int:
     from shared.recovery import take_position
 
     settings = get_settings()
-    groups = {g: topics for g, (_s, _c, topics) in _groups(settings).items()}
+    groups = {g: group.topics for g, group in _groups(settings).items()}
     position = asyncio.run(take_position(settings.kafka_bootstrap_servers, groups, now=_now()))
     text = position.to_json()
     if args.output:
@@ -511,7 +522,12 @@ def _cmd_consumers_restore(args: argparse.Namespace) -> int:
     bootstrap = settings.kafka_bootstrap_servers
     try:
         moved = asyncio.run(
-            rewind(bootstrap, position, {g: t for g, (_s, _c, t) in groups.items()})
+            rewind(
+                bootstrap,
+                position,
+                {g: group.topics for g, group in groups.items()},
+                starts={g: group.start for g, group in groups.items()},
+            )
         )
     except Exception as exc:
         print(
@@ -520,8 +536,8 @@ def _cmd_consumers_restore(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 1
-    for group, count in moved.items():
-        print(f"{group}: {count} partition(s) back to the backup's offsets")
+    for name, count in moved.items():
+        print(f"{name}: {count} partition(s) back to the backup's offsets")
     for topic, producer in REGENERATED_TOPICS.items():
         candidates = asyncio.run(ghost_candidates(bootstrap, topic, position.ends.get(topic, {})))
 
@@ -531,9 +547,10 @@ def _cmd_consumers_restore(args: argparse.Namespace) -> int:
             return await known_event_ids(sessions, ids)
 
         ghosts = candidates - asyncio.run(_sessions_of(settings, producer, known))
-        for service, consumer, topics in groups.values():
-            if topic not in topics:
+        for group in groups.values():
+            if topic not in group.topics:
                 continue
+            service, consumer = group.service, group.consumer
 
             async def mark(
                 sessions: async_sessionmaker[AsyncSession],

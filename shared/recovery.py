@@ -31,7 +31,7 @@ import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 import sqlalchemy as sa
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -91,12 +91,25 @@ class KafkaPosition:
         )
 
 
-async def _partitions(consumer: AIOKafkaConsumer, topics: Iterable[str]) -> list[TopicPartition]:
-    await consumer.topics()  # fetch metadata
+async def _partitions(bootstrap_servers: str, topics: Iterable[str]) -> list[TopicPartition]:
+    """The partitions of the topics that exist."""
+    wanted = sorted(set(topics))
+    if not wanted:
+        return []
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, client_id="portline-backup")
+    await admin.start()
+    try:
+        described = await admin.describe_topics(wanted)
+    finally:
+        await admin.close()
     found: list[TopicPartition] = []
-    for topic in sorted(set(topics)):
-        parts = consumer.partitions_for_topic(topic) or set()
-        found.extend(TopicPartition(topic, p) for p in sorted(parts))
+    for topic in described:
+        if topic.get("error_code", 0) != 0:
+            continue  # not there (yet): nothing to record or move
+        found.extend(
+            TopicPartition(topic["topic"], p["partition"])
+            for p in sorted(topic["partitions"], key=lambda p: int(p["partition"]))
+        )
     return found
 
 
@@ -120,7 +133,7 @@ async def take_position(
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap_servers, enable_auto_commit=False)
     await consumer.start()
     try:
-        partitions = await _partitions(consumer, {t for ts in groups.values() for t in ts})
+        partitions = await _partitions(bootstrap_servers, {t for ts in groups.values() for t in ts})
         ends = await consumer.end_offsets(partitions)
         for tp, offset in ends.items():
             position.ends.setdefault(tp.topic, {})[tp.partition] = offset
@@ -130,29 +143,38 @@ async def take_position(
 
 
 async def rewind(
-    bootstrap_servers: str, position: KafkaPosition, groups: Mapping[str, Sequence[str]]
+    bootstrap_servers: str,
+    position: KafkaPosition,
+    groups: Mapping[str, Sequence[str]],
+    *,
+    starts: Mapping[str, Literal["earliest", "latest"]] | None = None,
 ) -> dict[str, int]:
-    """Commit each group's offsets as the position recorded them (a partition it had not
-    committed then starts from its first retained record); partitions moved per group.
-    Kafka refuses this while a group has members: stop the services first."""
+    """Commit each group's offsets as the position recorded them; partitions moved per group.
+    A partition a group had not committed at the backup starts where the group's start policy
+    said then (`starts`, earliest by default): its first retained record, or (latest) the
+    topic's end at the backup. Kafka refuses this while a group has members: stop the
+    services first."""
     moved: dict[str, int] = {}
     for group, topics in groups.items():
+        start = (starts or {}).get(group, "earliest")
         consumer = AIOKafkaConsumer(
             bootstrap_servers=bootstrap_servers, group_id=group, enable_auto_commit=False
         )
         await consumer.start()
         try:
-            partitions = await _partitions(consumer, topics)
+            partitions = await _partitions(bootstrap_servers, topics)
             if not partitions:
                 moved[group] = 0
                 continue
             consumer.assign(partitions)
             first = await consumer.beginning_offsets(partitions)
             saved = position.groups.get(group, {})
-            offsets = {
-                tp: max(saved.get(tp.topic, {}).get(tp.partition, first[tp]), first[tp])
-                for tp in partitions
-            }
+            offsets: dict[TopicPartition, int] = {}
+            for tp in partitions:
+                unsaved = first[tp]
+                if start == "latest":
+                    unsaved = position.ends.get(tp.topic, {}).get(tp.partition, first[tp])
+                offsets[tp] = max(saved.get(tp.topic, {}).get(tp.partition, unsaved), first[tp])
             await consumer.commit(offsets)
             moved[group] = len(offsets)
         finally:
@@ -172,7 +194,7 @@ async def ghost_candidates(
     await consumer.start()
     ids: set[str] = set()
     try:
-        partitions = await _partitions(consumer, [topic])
+        partitions = await _partitions(bootstrap_servers, [topic])
         ends = await consumer.end_offsets(partitions)
         todo = {tp for tp in partitions if ends[tp] > since.get(tp.partition, ends[tp])}
         if not todo:

@@ -270,11 +270,20 @@ def create_service_app(
     if team and (problem := settings.team_identity_problem(service)):
         raise ConfigurationError(problem)
 
+    def all_consumers(runtime: Runtime) -> list[ConsumerSpec]:
+        specs = list(consumers(runtime)) if consumers else []
+        if team and team_roster is None:
+            # The deactivated members, learnt into this service's own team_access table.
+            specs.append(
+                ConsumerSpec("team", [OUTREACH_TEAM.name], apply_team_event, start="earliest")
+            )
+        return specs
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         runtime = runtime_factory() if runtime_factory else Runtime(service, settings)
         app.state.runtime = runtime
-        for spec in consumers(runtime) if consumers else ():
+        for spec in all_consumers(runtime):
             runtime.add_consumer(spec)
         async with contextlib.AsyncExitStack() as stack:  # left in reverse order
             stack.push_async_callback(runtime.close)
@@ -289,7 +298,7 @@ def create_service_app(
 
     app = FastAPI(title=title, description=description, version=version, lifespan=lifespan)
     # Tools that act as a consumer (replaying dead letters, rewinding groups) read them here.
-    app.state.consumer_factory = consumers
+    app.state.consumer_factory = all_consumers
     install_error_handlers(app)
     for router in routers:
         document_roles(router)
@@ -320,10 +329,6 @@ async def _team_identity(
         roster or deactivated_in_table,
         refresh_seconds=settings.team_access_refresh_seconds,
     )
-    if roster is None:
-        runtime.add_consumer(
-            ConsumerSpec("team", [OUTREACH_TEAM.name], apply_team_event, start="earliest")
-        )
     runtime.add_readiness_check("team_access", access.readiness)
     async with httpx.AsyncClient(follow_redirects=False) as client:
         issuers: dict[str, KeySource] = {}
