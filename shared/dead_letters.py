@@ -21,6 +21,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+import shared.events  # noqa: F401  (every event model registers itself: `show` needs them all)
 from shared.envelope import Envelope, EnvelopeError
 from shared.inbox import DEAD_LETTER, InboxProcessor, Outcome, is_transient
 from shared.uow import UnitOfWork
