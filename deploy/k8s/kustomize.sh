@@ -12,10 +12,16 @@ tools="${PORTLINE_TOOLS_DIR:-$root/var/tools}"
 bin="$tools/kustomize-$version/kustomize"
 if [[ ! -x "$bin" ]]; then
   command -v go >/dev/null || { echo "kustomize.sh: Go is needed to build kustomize" >&2; exit 2; }
-  echo "kustomize.sh: building kustomize $version from the Go module proxy (once)" >&2
   mkdir -p "$tools"
-  GOBIN="$tools/kustomize-$version" GOMODCACHE="$tools/go/mod" GOCACHE="$tools/go/cache" \
-    GOPATH="$tools/go" GOTOOLCHAIN=local GOFLAGS=-buildvcs=false \
-    go install "sigs.k8s.io/kustomize/kustomize/v5@$version" >&2
+  # One build at a time: `make test` starts one in the background, the tests wait for it.
+  exec 9>"$tools/.kustomize.lock"
+  flock 9
+  if [[ ! -x "$bin" ]]; then
+    echo "kustomize.sh: building kustomize $version from the Go module proxy (once)" >&2
+    GOBIN="$tools/kustomize-$version" GOMODCACHE="$tools/go/mod" GOCACHE="$tools/go/cache" \
+      GOPATH="$tools/go" GOTOOLCHAIN=local GOFLAGS="-buildvcs=false -trimpath" CGO_ENABLED=0 \
+      go install "sigs.k8s.io/kustomize/kustomize/v5@$version" >&2
+  fi
+  exec 9>&-
 fi
 echo "$bin"
