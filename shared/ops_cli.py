@@ -75,9 +75,13 @@ async def _sessions_of(
 
 
 def _problem(command: str, service: str, exc: Exception) -> None:
-    from shared.cli import _cannot_read
+    from shared.cli import _NoDatabase
 
-    print(f"portline {command}: {_cannot_read(service, exc)}", file=sys.stderr)
+    if isinstance(exc, _NoDatabase):
+        why = f"no database at {exc} (run `portline migrate`)"
+    else:  # the error's type only: its text could quote rows
+        why = f"cannot use its database ({type(exc).__name__}; run `portline migrate`?)"
+    print(f"portline {command}: {service}: {why}", file=sys.stderr)
 
 
 # --- dead letters --------------------------------------------------------------------------------

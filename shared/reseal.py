@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib
 import re
 import time
 from collections import Counter
@@ -41,7 +40,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from shared.inbox import DEAD_LETTER
 from shared.outbox import OUTBOX
-from shared.retention import append_only_lifted
+from shared.retention import append_only_lifted, service_declared
 from shared.sealing import Sealer, SealingError
 
 __all__ = [
@@ -107,14 +106,7 @@ PLUMBING_COLUMNS: tuple[SealedColumn, ...] = (
 
 def columns_for(service: str) -> tuple[SealedColumn, ...]:
     """The plumbing's sealed columns, then the service's own (`services/<name>/sealed.py`)."""
-    try:
-        module = importlib.import_module(f"services.{service}.sealed")
-    except ModuleNotFoundError as exc:
-        if exc.name != f"services.{service}.sealed":
-            raise
-        return PLUMBING_COLUMNS
-    own: tuple[SealedColumn, ...] = module.COLUMNS
-    return (*PLUMBING_COLUMNS, *own)
+    return (*PLUMBING_COLUMNS, *service_declared(service, "sealed", "COLUMNS"))
 
 
 def _kid(token: str) -> str | None:

@@ -49,9 +49,11 @@ __all__ = [
     "Maintenance",
     "RetentionRule",
     "append_only_lifted",
+    "audit_rule",
     "count_dead_letters",
     "prune",
     "rules_for",
+    "service_declared",
 ]
 
 log = logging.getLogger(__name__)
@@ -122,16 +124,36 @@ PLUMBING_RULES: tuple[RetentionRule, ...] = (
 )
 
 
+def service_declared(service: str, module: str, name: str) -> tuple[Any, ...]:
+    """What a service declares in `services/<service>/<module>.py` under `name` (a tuple), or
+    nothing when it has no such module."""
+    path = f"services.{service}.{module}"
+    try:
+        found = importlib.import_module(path)
+    except ModuleNotFoundError as exc:
+        if exc.name != path:
+            raise
+        return ()
+    declared: tuple[Any, ...] = getattr(found, name)
+    return declared
+
+
 def rules_for(service: str) -> tuple[RetentionRule, ...]:
     """The plumbing rules, then the service's own (`services/<name>/retention.py`, RULES)."""
-    try:
-        module = importlib.import_module(f"services.{service}.retention")
-    except ModuleNotFoundError as exc:
-        if exc.name != f"services.{service}.retention":
-            raise
-        return PLUMBING_RULES
-    own: tuple[RetentionRule, ...] = module.RULES
-    return (*PLUMBING_RULES, *own)
+    return (*PLUMBING_RULES, *service_declared(service, "retention", "RULES"))
+
+
+def audit_rule(table: sa.Table) -> RetentionRule:
+    """A service's audit log: PORTLINE_AUDIT_RETENTION_DAYS, only by `portline prune
+    --audit-log` with PORTLINE_AUDIT_PRUNE, never by the service itself."""
+    return RetentionRule(
+        "audit_log",
+        table,
+        "at",
+        lambda s: s.audit_retention_days,
+        "PORTLINE_AUDIT_RETENTION_DAYS",
+        append_only=True,
+    )
 
 
 def _key(table: sa.Table) -> sa.ColumnElement[Any]:

@@ -4,17 +4,8 @@ allows it and only through `portline prune --audit-log` (see shared/retention.py
 from __future__ import annotations
 
 from services.outreach.models import AUDIT
-from shared.retention import RetentionRule
+from shared.retention import RetentionRule, audit_rule
 
 __all__ = ["RULES"]
 
-RULES: tuple[RetentionRule, ...] = (
-    RetentionRule(
-        "audit_log",
-        AUDIT,
-        "at",
-        lambda s: s.audit_retention_days,
-        "PORTLINE_AUDIT_RETENTION_DAYS",
-        append_only=True,
-    ),
-)
+RULES: tuple[RetentionRule, ...] = (audit_rule(AUDIT),)

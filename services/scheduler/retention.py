@@ -5,17 +5,8 @@ PORTLINE_AUDIT_PRUNE allows it and only through `portline prune --audit-log`
 from __future__ import annotations
 
 from services.scheduler.models import AUDIT
-from shared.retention import RetentionRule
+from shared.retention import RetentionRule, audit_rule
 
 __all__ = ["RULES"]
 
-RULES: tuple[RetentionRule, ...] = (
-    RetentionRule(
-        "audit_log",
-        AUDIT,
-        "at",
-        lambda s: s.audit_retention_days,
-        "PORTLINE_AUDIT_RETENTION_DAYS",
-        append_only=True,
-    ),
-)
+RULES: tuple[RetentionRule, ...] = (audit_rule(AUDIT),)

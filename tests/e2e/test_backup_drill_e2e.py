@@ -28,6 +28,7 @@ from tests.e2e.conftest import (
     _stop,
     _until_consuming,
     _wait_ready,
+    db_scalar,
     free_port,
     intake_deployment,
 )
@@ -90,15 +91,6 @@ async def _case_events(kafka: str, report_id: str, expect: int) -> list[str]:
     return [Envelope.from_bytes(r.value).id for r in found]
 
 
-async def _scalar(url: str, schema: str, query: str, **params: object) -> object:
-    engine = create_engine(url, service="drill", schema=schema)
-    try:
-        async with engine.connect() as conn:
-            return await conn.scalar(sa.text(query), params)
-    finally:
-        await engine.dispose()
-
-
 async def test_backup_loss_restore_resume(
     postgres_url: str,
     runtime_postgres_url: str,
@@ -111,15 +103,7 @@ async def test_backup_loss_restore_resume(
         tmp_path / "var",
         runtime_url=runtime_postgres_url,
     ) as intake:
-        try:
-            await _drill(postgres_url, kafka_bootstrap, tmp_path, intake)
-        finally:
-            # intake_deployment drops the other schemas.
-            admin = create_engine(postgres_url, service="admin", schema="public")
-            async with admin.begin() as conn:
-                prefix = intake.env["PORTLINE_DB_SCHEMA_PREFIX"]
-                await conn.execute(sa.text(f'DROP SCHEMA IF EXISTS "{prefix}reporting" CASCADE'))
-            await admin.dispose()
+        await _drill(postgres_url, kafka_bootstrap, tmp_path, intake)
 
 
 async def _drill(
@@ -176,15 +160,15 @@ async def _drill(
     # documented loss), but its event is on Kafka and reaches the scheduler again.
     intake_schema = f"{prefix}intake"
     reports = "SELECT count(*) FROM report WHERE id = :rid"
-    assert await _scalar(postgres_url, intake_schema, reports, rid=uuid.UUID(before)) == 1
-    assert await _scalar(postgres_url, intake_schema, reports, rid=uuid.UUID(after)) == 0
+    assert await db_scalar(postgres_url, intake_schema, reports, rid=uuid.UUID(before)) == 1
+    assert await db_scalar(postgres_url, intake_schema, reports, rid=uuid.UUID(after)) == 0
     scheduler_schema = f"{prefix}scheduler"
     links = "SELECT count(*) FROM report_link WHERE report_id = :rid"
-    assert await _scalar(postgres_url, scheduler_schema, links, rid=uuid.UUID(before)) == 1
-    assert await _scalar(postgres_url, scheduler_schema, links, rid=uuid.UUID(after)) == 0
+    assert await db_scalar(postgres_url, scheduler_schema, links, rid=uuid.UUID(before)) == 1
+    assert await db_scalar(postgres_url, scheduler_schema, links, rid=uuid.UUID(after)) == 0
     # The scheduler's event of before the loss is marked as applied downstream.
     marked = "SELECT count(*) FROM inbox WHERE consumer = 'outreach.cases' AND event_id = :e"
-    assert await _scalar(postgres_url, f"{prefix}outreach", marked, e=ghost) == 1
+    assert await db_scalar(postgres_url, f"{prefix}outreach", marked, e=ghost) == 1
 
     await intake.start()
     scheduler = await asyncio.to_thread(_start, env, scheduler_log, "scheduler")
@@ -194,9 +178,9 @@ async def _drill(
         ids = await _case_events(kafka_bootstrap, after, 2)
         assert ghost in ids
         [again] = [i for i in ids if i != ghost]
-        assert await _scalar(postgres_url, f"{prefix}outreach", marked, e=again) == 0
-        assert await _scalar(postgres_url, scheduler_schema, links, rid=uuid.UUID(after)) == 1
-        assert await _scalar(postgres_url, scheduler_schema, links, rid=uuid.UUID(before)) == 1
+        assert await db_scalar(postgres_url, f"{prefix}outreach", marked, e=again) == 0
+        assert await db_scalar(postgres_url, scheduler_schema, links, rid=uuid.UUID(after)) == 1
+        assert await db_scalar(postgres_url, scheduler_schema, links, rid=uuid.UUID(before)) == 1
         # The report of before the backup is not linked twice.
         assert len(await _case_events(kafka_bootstrap, before, 1)) == 1
     finally:

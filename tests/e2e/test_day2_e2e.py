@@ -26,7 +26,6 @@ import sqlalchemy as sa
 
 from services.scheduler.audit import PURPOSE
 from shared.bus import KafkaPublisher
-from shared.db import create_engine
 from shared.envelope import Envelope
 from shared.events import OverdoseReported
 from shared.identity import Identity, Protector
@@ -40,6 +39,8 @@ from tests.e2e.conftest import (
     _stop,
     _until_consuming,
     _wait_ready,
+    db_execute,
+    db_scalar,
     free_port,
     intake_deployment,
 )
@@ -108,38 +109,13 @@ async def _report(bootstrap: str, protector: Protector, given: str = "Ann") -> s
     return str(event.report_id)
 
 
-async def _scalar(url: str, schema: str, query: str, **params: object) -> Any:
-    engine = create_engine(url, service="day2", schema=schema)
-    try:
-        async with engine.begin() as conn:
-            return await conn.scalar(sa.text(query), params)
-    finally:
-        await engine.dispose()
-
-
-async def _execute(url: str, schema: str, statement: str, **params: object) -> None:
-    engine = create_engine(url, service="day2", schema=schema)
-    try:
-        async with engine.begin() as conn:
-            await conn.execute(sa.text(statement), params)
-    finally:
-        await engine.dispose()
-
-
 async def test_dead_letters_then_key_rotation(
     postgres_url: str, runtime_postgres_url: str, kafka_bootstrap: str, tmp_path: Path
 ) -> None:
     async with intake_deployment(
         postgres_url, kafka_bootstrap, tmp_path / "var", runtime_url=runtime_postgres_url
     ) as intake:
-        try:
-            await _day2(postgres_url, kafka_bootstrap, tmp_path, intake)
-        finally:
-            admin = create_engine(postgres_url, service="admin", schema="public")
-            async with admin.begin() as conn:
-                prefix = intake.env["PORTLINE_DB_SCHEMA_PREFIX"]
-                await conn.execute(sa.text(f'DROP SCHEMA IF EXISTS "{prefix}reporting" CASCADE'))
-            await admin.dispose()
+        await _day2(postgres_url, kafka_bootstrap, tmp_path, intake)
 
 
 async def _day2(
@@ -204,7 +180,7 @@ async def _day2(
 
         links = "SELECT count(*) FROM report_link WHERE report_id = :rid"
         for report_id in (first, second):
-            assert await _scalar(postgres_url, scheduler_schema, links, rid=uuid.UUID(report_id))
+            assert await db_scalar(postgres_url, scheduler_schema, links, rid=uuid.UUID(report_id))
             await read_topic(
                 kafka_bootstrap,
                 SCHEDULER_CASES.name,
@@ -219,14 +195,14 @@ async def _day2(
 
     # --- rotate the sealing key, re-seal, run on the new key alone -------------------------
     persons = "SELECT count(*) FROM person"
-    people = await _scalar(postgres_url, scheduler_schema, persons)
+    people = await db_scalar(postgres_url, scheduler_schema, persons)
     assert people >= 1
     audit = (
         "INSERT INTO audit_log (at, actor_id, role, program_id, action, resource, purpose, "
         "purpose_sealed) VALUES (now(), 'a', 'team_lead', 'demo', 'read', 'person', 'p', :s)"
     )
     old_sealer = Sealer(Keyring.from_setting(fixed["PORTLINE_SEAL_KEYS"]))
-    await _execute(
+    await db_execute(
         postgres_url,
         scheduler_schema,
         audit,
@@ -257,8 +233,10 @@ async def _day2(
         assert f"{kid}: no token left in the database" in status.stdout
     # Still append-only: the triggers are back, they refuse even the owner.
     with pytest.raises(sa.exc.DBAPIError, match="append-only"):
-        await _execute(postgres_url, scheduler_schema, "UPDATE audit_log SET role = 'x'")
-    purpose = await _scalar(postgres_url, scheduler_schema, "SELECT purpose_sealed FROM audit_log")
+        await db_execute(postgres_url, scheduler_schema, "UPDATE audit_log SET role = 'x'")
+    purpose = await db_scalar(
+        postgres_url, scheduler_schema, "SELECT purpose_sealed FROM audit_log"
+    )
     only_new = new_keys.split(",")[0]
     assert Sealer(Keyring.from_setting(only_new)).open(purpose, context=PURPOSE) == (
         "a follow-up call"
@@ -274,11 +252,11 @@ async def _day2(
         links = "SELECT count(*) FROM report_link WHERE report_id = :rid"
 
         async def linked() -> bool:
-            found = await _scalar(postgres_url, scheduler_schema, links, rid=uuid.UUID(third))
+            found = await db_scalar(postgres_url, scheduler_schema, links, rid=uuid.UUID(third))
             return bool(found)
 
         await _eventually(linked, "the report under the new key linked", timeout=90)
-        assert await _scalar(postgres_url, scheduler_schema, persons) == people
+        assert await db_scalar(postgres_url, scheduler_schema, persons) == people
         listed = await _portline(alone, "dlq", "list")
         assert listed.stdout.strip() == "no dead letters"
     finally:
