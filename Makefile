@@ -14,7 +14,7 @@ help:
 	@echo "make lint | typecheck | unit | integration | e2e | format"
 	@echo "make k8s        render the Kubernetes overlays (deploy/k8s) and validate them"
 	@echo "make fuzz       the parser fuzz tests with FUZZ_SCALE (50) times the examples"
-	@echo "make bench      intake throughput: MLLP and EMS, with same-run parse baselines"
+	@echo "make bench      intake (MLLP, EMS), scheduler and reporting benchmarks"
 	@echo "make kafka-up | kafka-down | pg-up | pg-down"
 
 $(STAMP): pyproject.toml

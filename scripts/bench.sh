@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # `make bench` (= `make bench-intake`): intake throughput, end to end, on real Kafka and
-# PostgreSQL, with parse-only baselines measured in the same run (tests/bench/intake_bench.py).
+# PostgreSQL, with parse-only baselines measured in the same run (tests/bench/intake_bench.py);
+# then the scheduler's and reporting's benchmarks (see the end of this file).
 #
 # Starts a local broker and the private PostgreSQL cluster unless KAFKA_BOOTSTRAP_SERVERS /
 # DATABASE_URL name existing ones, and stops what it started. Intake runs on the
@@ -70,5 +71,14 @@ fi
 if [[ "${BENCH_NO_SCHEDULER:-}" != 1 ]]; then
   echo "== scheduler benchmark"
   "$BIN/python" -m tests.bench.scheduler_bench
+fi
+# Reporting: events applied per second into the read models (the consumer's own path), and
+# GET /v1/metrics p50/p99 for a year by month by county with 1,000,000 events loaded
+# (tests/bench/reporting_bench.py says exactly how; drops and re-creates schema
+# bench_reporting). BENCH_NO_REPORTING=1 skips it; REPORTING_BENCH_ARGS go to it.
+if [[ "${BENCH_NO_REPORTING:-}" != 1 ]]; then
+  echo "== reporting benchmark"
+  # shellcheck disable=SC2086
+  "$BIN/python" -m tests.bench.reporting_bench ${REPORTING_BENCH_ARGS:-}
 fi
 echo "bench finished in $((SECONDS - started_at)) s"

@@ -5,6 +5,7 @@ from __future__ import annotations
 from prometheus_client import Counter, Gauge, Histogram
 
 __all__ = [
+    "CONSUMER_LAG",
     "DEAD_LETTERS",
     "EVENTS_CONSUMED",
     "EVENTS_PUBLISHED",
@@ -13,6 +14,7 @@ __all__ = [
     "OUTBOX_OLDEST_UNPUBLISHED",
     "OUTBOX_PARKED",
     "OUTBOX_PARKED_ROWS",
+    "READY",
     "RETENTION_FAILURES",
     "RETENTION_LAST_SUCCESS",
     "RETENTION_PRUNED",
@@ -73,4 +75,18 @@ RETENTION_FAILURES = Counter(
     "portline_retention_failures_total",
     "Maintenance rounds (retention or the dead-letter count) that failed and will be retried",
     ["service"],
+)
+CONSUMER_LAG = Gauge(
+    "portline_consumer_lag_records",
+    "Records of a partition not yet applied by this consumer (the broker's high watermark "
+    "minus the consumer's committed offset), as of its last fetch",
+    ["service", "consumer", "topic", "partition"],
+    multiprocess_mode="livemax",
+)
+READY = Gauge(
+    "portline_ready",
+    "1 when the service's readiness check passes (what /readyz answers), 0 when it does not, "
+    "by check (database, kafka, and the service's own)",
+    ["service", "check"],
+    multiprocess_mode="livemin",
 )

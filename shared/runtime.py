@@ -21,6 +21,7 @@ import sqlalchemy as sa
 from fastapi import APIRouter, FastAPI
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from shared import tracing
 from shared.auth import TeamIdentity, document_roles, takes_team_tokens
 from shared.bus import ConsumerLoop, KafkaPublisher, make_consumer
 from shared.clock import Clock, SystemClock
@@ -29,7 +30,7 @@ from shared.devtokens import DEV_ISSUER, DevelopmentKey
 from shared.envelope import Envelope
 from shared.http import direct_routes, install_common_routes, install_error_handlers
 from shared.inbox import InboxProcessor, Outcome
-from shared.metrics import EVENTS_CONSUMED
+from shared.metrics import EVENTS_CONSUMED, READY
 from shared.oidc import ClaimNames, KeySource, ProviderKeys, StaticKeys, TokenVerifier
 from shared.outbox import OutboxRelay
 from shared.retention import Maintenance
@@ -47,6 +48,9 @@ __all__ = ["ConsumerSpec", "Runtime", "consumer_specs", "create_service_app", "g
 
 log = logging.getLogger(__name__)
 
+READINESS_REPORT_SECONDS = 15.0
+"""How often a service refreshes portline_ready on its own (a probe refreshes it too)."""
+
 
 @dataclass(frozen=True)
 class ConsumerSpec:
@@ -57,6 +61,8 @@ class ConsumerSpec:
     topics: Sequence[str]
     handler: Callable[[UnitOfWork, Envelope], Awaitable[None]]
     batch_handler: Callable[[UnitOfWork, Sequence[Envelope]], Awaitable[None]] | None = None
+    batch_size: int = 50
+    """The most records applied in one unit of work (a batch handler makes large ones pay)."""
     start: Literal["earliest", "latest"] | None = None
     """Where a new consumer group starts; None: PORTLINE_KAFKA_CONSUMER_START. A consumer
     that must never skip an event (the team's deactivations) says `earliest`."""
@@ -138,6 +144,7 @@ class Runtime:
             # One process per replica prunes and counts (worker processes share its tables).
             maintenance = Maintenance(self.service, self.sessions, self.settings, clock=self.clock)
             self._tasks.append(asyncio.create_task(maintenance.run(self._stop), name="maintenance"))
+        self._tasks.append(asyncio.create_task(self._watch_readiness(), name="readiness"))
 
     async def _connect_kafka(self) -> None:
         delay = 0.5
@@ -187,7 +194,7 @@ class Runtime:
             )
             try:
                 await consumer.start()
-                await ConsumerLoop(consumer, processor).run(self._stop)
+                await ConsumerLoop(consumer, processor, batch_size=spec.batch_size).run(self._stop)
             except Exception:
                 log.exception("consumer crashed; restarting", extra={"consumer": spec.name})
                 with contextlib.suppress(TimeoutError):
@@ -209,7 +216,17 @@ class Runtime:
                 checks[name] = await check()
             except Exception as exc:
                 checks[name] = f"unavailable: {type(exc).__name__}"
+        for name, state in checks.items():
+            READY.labels(self.service, name).set(1 if state == "ok" else 0)
         return checks
+
+    async def _watch_readiness(self) -> None:
+        """Keep portline_ready current between probes: alerts read it, not /readyz."""
+        while not self._stop.is_set():
+            with contextlib.suppress(Exception):
+                await self.readiness()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), READINESS_REPORT_SECONDS)
 
     async def close(self) -> None:
         self._stop.set()
@@ -286,6 +303,8 @@ def create_service_app(
         for spec in all_consumers(runtime):
             runtime.add_consumer(spec)
         async with contextlib.AsyncExitStack() as stack:  # left in reverse order
+            if tracing.configure(settings, service) is not None:
+                stack.callback(tracing.shutdown)  # last: the spans of the shutdown too
             stack.push_async_callback(runtime.close)
             if team:
                 app.state.team_identity = await stack.enter_async_context(

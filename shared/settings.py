@@ -282,6 +282,34 @@ class Settings(BaseSettings):
         "signatures cover it).",
     )
 
+    # reporting
+    reporting_timezone: str = Field(
+        default="America/New_York",
+        description="The programs' clock for days, weeks, months and quarters, unless the "
+        "reporting programs file or the program's scheduler policy file names another.",
+    )
+    reporting_programs: Path | None = Field(
+        default=None,
+        description="TOML file of [programs.<id>] tables: timezone, suppression_threshold, "
+        "unstable_max, per program.",
+    )
+    reporting_suppression_threshold: int = Field(
+        default=10,
+        ge=1,
+        description="Published counts from 1 to this minus one are hidden (CDC WONDER: 10).",
+    )
+    reporting_unstable_max: int = Field(
+        default=20,
+        ge=1,
+        description="Rates on this many events or fewer are flagged unstable (CDC WISQARS: 20).",
+    )
+    reporting_late_after_hours: int = Field(
+        default=72,
+        ge=1,
+        description="For reports the scheduler never links (de-identified): received this "
+        "long after the overdose counts as late (the policy's remote window).",
+    )
+
     inbox_max_attempts: int = Field(default=5, ge=1)
     inbox_retry_backoff_seconds: float = Field(default=0.2, ge=0)
     relay_poll_interval_seconds: float = Field(default=0.2, gt=0)
@@ -334,6 +362,21 @@ class Settings(BaseSettings):
         default=False,
         description="Allow `portline prune --audit-log` to delete audit rows older than "
         "PORTLINE_AUDIT_RETENTION_DAYS. Off: the audit log is never pruned.",
+    )
+
+    # Tracing (shared/tracing.py): off unless an OTLP endpoint is given.
+    otel_exporter_otlp_endpoint: str | None = Field(
+        default=None,
+        description="OTLP/HTTP traces endpoint (e.g. http://otel-collector:4318/v1/traces). "
+        "Unset: tracing is off, nothing is recorded and no traceparent is stored or sent. "
+        "Needs the `otlp` extra (the container image has it).",
+    )
+    otel_sample_ratio: float = Field(
+        default=1.0,
+        ge=0.0,
+        le=1.0,
+        description="The share of traces kept, decided once per trace where it starts "
+        "(intake); every later span follows that decision.",
     )
 
     @property

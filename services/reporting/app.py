@@ -1,21 +1,88 @@
-"""The reporting service's HTTP application."""
+"""The reporting service's HTTP application: one consumer of every topic into the read
+models, and the metrics API."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from datetime import timedelta
+
+import sqlalchemy as sa
 from fastapi import FastAPI
 
-from shared.runtime import create_service_app
+from services.reporting.api import router
+from services.reporting.handlers import ReadModels
+from services.reporting.models import REBUILD
+from services.reporting.programs import ProgramBook
+from shared.clock import Clock
+from shared.runtime import ConsumerSpec, Runtime, create_service_app
 from shared.settings import Settings
+from shared.topics import INTAKE_OVERDOSES, INTAKE_REJECTED, OUTREACH_ACTIVITY, SCHEDULER_CASES
 
-__all__ = ["create_app"]
+__all__ = ["BATCH", "CONSUMER", "FACT_TOPICS", "create_app", "read_models"]
+
+FACT_TOPICS = (INTAKE_OVERDOSES, INTAKE_REJECTED, SCHEDULER_CASES, OUTREACH_ACTIVITY)
+"""The topics whose events become facts (the team topic is read by the runtime's own
+team-access consumer, not into the read models)."""
+
+CONSUMER = "events"
+"""Reporting's one consumer (of every topic); its inbox key is `reporting.events`."""
+BATCH = 1000
+"""Events applied per transaction at most: a batch costs a few statements per table whatever
+its size, so under a backlog large batches apply several times faster (tests/bench)."""
 
 DESCRIPTION = (
-    "The program's read models: versioned metrics, funder exports with small-cell "
-    "suppression, a dashboard and spike alerts."
+    "The program's read models and its numbers: metrics defined as versioned code (every "
+    "figure carries its metric's id and version, and its numerator and denominator where it "
+    "is a rate), with small-cell suppression (primary, complementary, unstable rates) unless a "
+    "team lead or admin asks for the internal view, and exports as CSV and XLSX, including the "
+    "quarterly funder report. Aggregates only: reporting never stores or shows who anyone is."
 )
 
 
-def create_app(settings: Settings) -> FastAPI:
+def read_models(settings: Settings, programs: ProgramBook | None = None) -> ReadModels:
+    return ReadModels(
+        programs or ProgramBook.from_settings(settings),
+        late_after=timedelta(hours=settings.reporting_late_after_hours),
+    )
+
+
+def create_app(settings: Settings, *, clock: Clock | None = None) -> FastAPI:
+    """`clock` replaces the system clock (tests move it)."""
+    programs = ProgramBook.from_settings(settings)
+    models = read_models(settings, programs)
+
+    def consumers(_runtime: Runtime) -> Sequence[ConsumerSpec]:
+        topics = [t.name for t in FACT_TOPICS]
+        return [
+            ConsumerSpec(
+                CONSUMER, topics, models.apply, batch_handler=models.apply_all, batch_size=BATCH
+            )
+        ]
+
+    @asynccontextmanager
+    async def extension(app: FastAPI, runtime: Runtime) -> AsyncIterator[None]:
+        app.state.programs = programs
+
+        async def rebuilt() -> str:
+            async with runtime.sessions() as session:
+                state = (
+                    await session.execute(sa.select(REBUILD.c.state).where(REBUILD.c.id == 1))
+                ).scalar_one_or_none()
+            if state in (None, "done"):
+                return "ok"
+            return f"unavailable: rebuild {state}; run `portline reporting rebuild`"
+
+        runtime.add_readiness_check("read_models", rebuilt)
+        yield
+
     return create_service_app(
-        "reporting", settings, title="PORTline reporting", description=DESCRIPTION
+        "reporting",
+        settings,
+        title="PORTline reporting",
+        description=DESCRIPTION,
+        routers=[router],
+        consumers=consumers,
+        extension=extension,
+        runtime_factory=lambda: Runtime("reporting", settings, clock=clock),
     )
