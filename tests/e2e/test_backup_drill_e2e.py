@@ -75,6 +75,7 @@ async def _report(kafka: str, intake: IntakeProcess, ref: str) -> str:
         INTAKE_OVERDOSES.name,
         where=lambda r: Envelope.from_bytes(r.value).data.get("source_ref") == ref,
         expect=1,
+        timeout=120,  # a loaded machine (CI's two cores) can be slow to relay it
     )
     return str(Envelope.from_bytes(reported.value).data["report_id"])
 
