@@ -5,13 +5,14 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: help venv run test lint format typecheck unit integration e2e fuzz bench bench-intake eval-linking \
+.PHONY: help venv run test lint format typecheck unit integration e2e k8s fuzz bench bench-intake eval-linking \
         kafka-up kafka-down pg-up pg-down infra-up infra-down clean
 
 help:
 	@echo "make run        start Kafka and all four services on the embedded defaults"
 	@echo "make test       lint, type-check and run every test (starts Kafka and PostgreSQL)"
 	@echo "make lint | typecheck | unit | integration | e2e | format"
+	@echo "make k8s        render the Kubernetes overlays (deploy/k8s) and validate them"
 	@echo "make fuzz       the parser fuzz tests with FUZZ_SCALE (50) times the examples"
 	@echo "make bench      intake (MLLP, EMS), scheduler and reporting benchmarks"
 	@echo "make eval-linking  linking on a synthetic population: auto-linked, reviewed, missed"
@@ -45,6 +46,9 @@ typecheck: venv
 
 unit: venv
 	$(BIN)/pytest tests/unit -q
+
+k8s: venv
+	$(BIN)/pytest tests/deploy -q
 
 FUZZ_SCALE ?= 50
 

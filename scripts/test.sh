@@ -19,6 +19,11 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
+# The Kubernetes tests need kustomize, built once from the Go module proxy (minutes on a fresh
+# machine): build it beside lint and the other tests; tests/deploy runs last and waits for it.
+mkdir -p var
+deploy/k8s/kustomize.sh >/dev/null 2>var/kustomize-build.log &
+
 if [[ $lint == 1 ]]; then
   echo "== ruff"
   "$BIN/ruff" check .

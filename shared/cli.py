@@ -55,6 +55,8 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
     from shared.migrations import current_revision, grant_runtime_access, runtime_role, upgrade
 
     settings = get_settings()
+    if args.check:
+        return _check_migrated(settings, _services(args.services))
     owner_url = settings.database_owner_url or settings.db_url
     role = runtime_role(settings)
 
@@ -73,6 +75,37 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
 
     asyncio.run(go())
     return 0
+
+
+def _check_migrated(settings: Settings, services: Sequence[ServiceName]) -> int:
+    """0 when every service's schema is at the head revision its code expects; 1 (and why on
+    stderr) otherwise. Changes nothing: what a service's pod waits on before it starts."""
+    from shared.db import create_engine
+    from shared.migrations import current_revision, head_revision
+
+    async def go() -> list[str]:
+        behind: list[str] = []
+        for service in services:
+            engine = create_engine(
+                settings.db_url, service=service, schema=settings.schema_for(service)
+            )
+            try:
+                current = await current_revision(engine)
+            except Exception as exc:  # not reachable yet, or no schema: not migrated
+                current = f"unreadable ({type(exc).__name__})"
+            finally:
+                await engine.dispose()
+            head = head_revision(service)
+            if current != head:
+                behind.append(f"{service}: at {current}, code expects {head}")
+            else:
+                print(f"{service}: at {head}")
+        return behind
+
+    behind = asyncio.run(go())
+    for line in behind:
+        print(f"portline migrate --check: {line}", file=sys.stderr)
+    return 1 if behind else 0
 
 
 def _cmd_topics(args: argparse.Namespace) -> int:
@@ -148,14 +181,19 @@ async def _on_database(
     settings: Settings,
     service: str,
     work: Callable[[async_sessionmaker[AsyncSession]], Awaitable[T]],
+    *,
+    as_owner: bool = False,
 ) -> T:
-    """Run `work` on one service's database: its schema on PostgreSQL, its file on SQLite."""
+    """Run `work` on one service's database: its schema on PostgreSQL, its file on SQLite;
+    `as_owner`: as DATABASE_OWNER_URL's role when set (what may lift an append-only table's
+    triggers)."""
     from shared.db import create_engine, session_factory
 
     missing = _missing_sqlite_file(settings, service)
     if missing is not None:
         raise _NoDatabase(missing)
-    engine = create_engine(settings.db_url, service=service, schema=settings.schema_for(service))
+    url = (settings.database_owner_url or settings.db_url) if as_owner else settings.db_url
+    engine = create_engine(url, service=service, schema=settings.schema_for(service))
     try:
         return await work(session_factory(engine))
     finally:
@@ -231,6 +269,8 @@ def _cmd_outbox_retry(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from shared import ops_cli
+
     parser = argparse.ArgumentParser(prog="portline", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -240,6 +280,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     migrate = sub.add_parser("migrate", help="apply database migrations (default: all services)")
     migrate.add_argument("services", nargs="*", metavar="SERVICE")
+    migrate.add_argument(
+        "--check",
+        action="store_true",
+        help="change nothing; exit 1 unless every named schema is at its head revision",
+    )
     migrate.set_defaults(func=_cmd_migrate)
 
     topics = sub.add_parser("topics", help="Kafka topics")
@@ -267,6 +312,8 @@ def build_parser() -> argparse.ArgumentParser:
     keys_sub = keys.add_subparsers(dest="keys_command", required=True)
     generate = keys_sub.add_parser("generate", help="print fresh secrets for a deployment")
     generate.set_defaults(func=_cmd_keys)
+    ops_cli.register_keys(keys_sub)
+    ops_cli.register(sub)
 
     token = sub.add_parser("dev-token", help="print a bearer token for development")
     token.add_argument(

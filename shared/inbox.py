@@ -371,6 +371,11 @@ class InboxProcessor(Generic[U]):
                 ],
             )
 
+    async def apply(self, envelope: Envelope) -> Outcome:
+        """Apply one event once, as the consumer loop would, but without retries or
+        dead-lettering: the handler's failure is raised (replaying a dead letter)."""
+        return await self._apply(envelope)
+
     async def _apply(self, envelope: Envelope) -> Outcome:
         async with self._uow_factory() as uow:
             seen = await uow.session.get(InboxRecord, (self.consumer, envelope.id))

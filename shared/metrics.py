@@ -6,6 +6,7 @@ from prometheus_client import Counter, Gauge, Histogram
 
 __all__ = [
     "CONSUMER_LAG",
+    "DEAD_LETTERS",
     "EVENTS_CONSUMED",
     "EVENTS_PUBLISHED",
     "HTTP_REQUESTS",
@@ -14,6 +15,9 @@ __all__ = [
     "OUTBOX_PARKED",
     "OUTBOX_PARKED_ROWS",
     "READY",
+    "RETENTION_FAILURES",
+    "RETENTION_LAST_SUCCESS",
+    "RETENTION_PRUNED",
 ]
 
 EVENTS_PUBLISHED = Counter(
@@ -49,6 +53,28 @@ HTTP_REQUESTS = Counter(
 )
 HTTP_SECONDS = Histogram(
     "portline_http_request_seconds", "HTTP request latency", ["service", "method", "route"]
+)
+DEAD_LETTERS = Gauge(
+    "portline_dead_letters",
+    "Dead letters not yet resolved (replayed or marked), per consumer, as last counted",
+    ["service", "consumer"],
+    multiprocess_mode="livemax",  # every worker counts the same table
+)
+RETENTION_PRUNED = Counter(
+    "portline_retention_pruned_rows_total",
+    "Rows removed (or, for rejected messages, their sealed text cleared) by retention, per rule",
+    ["service", "rule"],
+)
+RETENTION_LAST_SUCCESS = Gauge(
+    "portline_retention_last_success_timestamp_seconds",
+    "When the service's retention rules last ran to the end (Unix time)",
+    ["service"],
+    multiprocess_mode="livemax",
+)
+RETENTION_FAILURES = Counter(
+    "portline_retention_failures_total",
+    "Maintenance rounds (retention or the dead-letter count) that failed and will be retried",
+    ["service"],
 )
 CONSUMER_LAG = Gauge(
     "portline_consumer_lag_records",

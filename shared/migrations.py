@@ -34,6 +34,7 @@ __all__ = [
     "create_team_access_v1",
     "current_revision",
     "grant_runtime_access",
+    "head_revision",
     "protect_append_only_v1",
     "run_env",
     "runtime_role",
@@ -69,6 +70,13 @@ async def upgrade(
 
     async with engine.begin() as conn:
         await conn.run_sync(_run)
+
+
+def head_revision(service: str) -> str | None:
+    """The revision a service's code expects: the head of its migrations."""
+    from alembic.script import ScriptDirectory
+
+    return ScriptDirectory.from_config(_config(service)).get_current_head()
 
 
 async def current_revision(engine: AsyncEngine) -> str | None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -34,6 +35,7 @@ from shared.kafka import KafkaConnection
 from shared.metrics import EVENTS_CONSUMED, READY
 from shared.oidc import ClaimNames, KeySource, ProviderKeys, StaticKeys, TokenVerifier
 from shared.outbox import OutboxRelay
+from shared.retention import Maintenance
 from shared.settings import ConfigurationError, ServiceName, Settings
 from shared.team_access import (
     DeactivatedMembers,
@@ -44,7 +46,7 @@ from shared.team_access import (
 from shared.topics import OUTREACH_TEAM
 from shared.uow import UnitOfWork
 
-__all__ = ["ConsumerSpec", "Runtime", "create_service_app"]
+__all__ = ["ConsumerSpec", "Runtime", "consumer_specs", "create_service_app", "group_id"]
 
 log = logging.getLogger(__name__)
 
@@ -140,6 +142,10 @@ class Runtime:
 
     async def start(self) -> None:
         self._tasks.append(asyncio.create_task(self._connect_kafka(), name="kafka-connect"))
+        if self.settings.worker in ("", f"{self.service}-0"):
+            # One process per replica prunes and counts (worker processes share its tables).
+            maintenance = Maintenance(self.service, self.sessions, self.settings, clock=self.clock)
+            self._tasks.append(asyncio.create_task(maintenance.run(self._stop), name="maintenance"))
         self._tasks.append(asyncio.create_task(self._watch_readiness(), name="readiness"))
 
     async def _connect_kafka(self) -> None:
@@ -166,8 +172,10 @@ class Runtime:
                 asyncio.create_task(self._consume(spec), name=f"consumer-{spec.name}")
             )
 
-    async def _consume(self, spec: ConsumerSpec) -> None:
-        processor = _CountingProcessor(
+    def processor(self, spec: ConsumerSpec) -> InboxProcessor[UnitOfWork]:
+        """The inbox processor of one of this service's consumers (also what replays its
+        dead letters)."""
+        return _CountingProcessor(
             self.service,
             f"{self.service}.{spec.name}",
             self.uow,
@@ -176,11 +184,14 @@ class Runtime:
             backoff_seconds=self.settings.inbox_retry_backoff_seconds,
             batch_handler=spec.batch_handler,
         )
+
+    async def _consume(self, spec: ConsumerSpec) -> None:
+        processor = self.processor(spec)
         while not self._stop.is_set():
             consumer = make_consumer(
                 KafkaConnection.from_settings(self.settings),
                 # The schema prefix separates deployments (and test runs) sharing one broker.
-                group_id=f"portline-{self.settings.db_schema_prefix}{self.service}-{spec.name}",
+                group_id=group_id(self.settings, self.service, spec.name),
                 topics=spec.topics,
                 start=spec.start or self.settings.kafka_consumer_start,
             )
@@ -233,6 +244,22 @@ class Runtime:
         await self.engine.dispose()
 
 
+def consumer_specs(
+    service: ServiceName, settings: Settings, runtime: Runtime
+) -> list[ConsumerSpec]:
+    """The consumers a service runs, exactly as its app declares them, built on `runtime`
+    (which need not be started): for the tools that replay dead letters or move offsets."""
+    module = importlib.import_module(f"services.{service}.app")
+    app: FastAPI = module.create_app(settings)
+    factory: Callable[[Runtime], Sequence[ConsumerSpec]] | None = app.state.consumer_factory
+    return list(factory(runtime)) if factory else []
+
+
+def group_id(settings: Settings, service: str, consumer: str) -> str:
+    """A consumer's Kafka group; the schema prefix separates deployments sharing a broker."""
+    return f"portline-{settings.db_schema_prefix}{service}-{consumer}"
+
+
 def create_service_app(
     service: ServiceName,
     settings: Settings,
@@ -263,11 +290,20 @@ def create_service_app(
     if team and (problem := settings.team_identity_problem(service)):
         raise ConfigurationError(problem)
 
+    def all_consumers(runtime: Runtime) -> list[ConsumerSpec]:
+        specs = list(consumers(runtime)) if consumers else []
+        if team and team_roster is None:
+            # The deactivated members, learnt into this service's own team_access table.
+            specs.append(
+                ConsumerSpec("team", [OUTREACH_TEAM.name], apply_team_event, start="earliest")
+            )
+        return specs
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         runtime = runtime_factory() if runtime_factory else Runtime(service, settings)
         app.state.runtime = runtime
-        for spec in consumers(runtime) if consumers else ():
+        for spec in all_consumers(runtime):
             runtime.add_consumer(spec)
         async with contextlib.AsyncExitStack() as stack:  # left in reverse order
             if tracing.configure(settings, service) is not None:
@@ -283,6 +319,8 @@ def create_service_app(
             yield
 
     app = FastAPI(title=title, description=description, version=version, lifespan=lifespan)
+    # Tools that act as a consumer (replaying dead letters, rewinding groups) read them here.
+    app.state.consumer_factory = all_consumers
     install_error_handlers(app)
     for router in routers:
         check_routes(router.routes)
@@ -317,10 +355,6 @@ async def _team_identity(
         roster or deactivated_in_table,
         refresh_seconds=settings.team_access_refresh_seconds,
     )
-    if roster is None:
-        runtime.add_consumer(
-            ConsumerSpec("team", [OUTREACH_TEAM.name], apply_team_event, start="earliest")
-        )
     runtime.add_readiness_check("team_access", access.readiness)
     async with httpx.AsyncClient(follow_redirects=False) as client:
         issuers: dict[str, KeySource] = {}

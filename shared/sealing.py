@@ -48,6 +48,8 @@ __all__ = [
     "normalize_mrn",
     "normalize_name",
     "normalize_phone",
+    "rotate_development_keys",
+    "rotated_setting",
 ]
 
 KEY_BYTES = 32
@@ -414,6 +416,46 @@ def generate_key_setting(kid: str) -> str:
     """A fresh ``"kid:base64key"`` entry for ``PORTLINE_SEAL_KEYS`` (prepend it to rotate)."""
     _check_kid(kid)
     return f"{kid}:{base64.b64encode(secrets.token_bytes(KEY_BYTES)).decode('ascii')}"
+
+
+_NUMBERED_KID = re.compile(r"^k(\d{1,9})$")
+
+
+def rotated_setting(current: str, kid: str | None = None) -> tuple[str, str]:
+    """``(kid, setting)``: a fresh key put first in a ``PORTLINE_SEAL_KEYS`` value, the old
+    keys kept after it so that what they sealed still opens. Without ``kid``, the next of
+    k1, k2, ... that the keyring does not hold."""
+    keyring = Keyring.from_setting(current)
+    if kid is None:
+        numbers = [int(m[1]) for k in keyring.kids if (m := _NUMBERED_KID.match(k))]
+        n = max(numbers, default=0) + 1
+        while f"k{n}" in keyring:
+            n += 1
+        kid = f"k{n}"
+    if kid in keyring:
+        raise KeyConfigError(f"key id {kid!r} is already in the keyring")
+    return kid, f"{generate_key_setting(kid)},{current.strip()}"
+
+
+def rotate_development_keys(var_dir: Path, kid: str | None = None) -> str:
+    """Put a fresh sealing key first in the development key file; the new key id."""
+    path = Path(var_dir) / _KEYS_FILE
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        current = str(data["seal_keys"])
+    except (OSError, ValueError, KeyError, TypeError):
+        raise KeyConfigError(
+            f"development key file {path} is unreadable or malformed; delete it to regenerate"
+        ) from None
+    new_kid, data["seal_keys"] = rotated_setting(current, kid)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(json.dumps(data, indent=2) + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    return new_kid
 
 
 def _secret(value: SecretStr | None) -> str | None:

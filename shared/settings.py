@@ -421,6 +421,50 @@ class Settings(BaseSettings):
     )
     relay_batch_size: int = Field(default=200, ge=1)
 
+    # Retention (shared/retention.py): each service prunes what only its plumbing needs.
+    # 0 keeps those rows for ever.
+    retention_interval_seconds: float = Field(
+        default=3600.0, gt=0, description="How often each service runs its retention rules."
+    )
+    retention_outbox_days: int = Field(
+        default=7, ge=0, description="Published outbox rows are deleted this many days after."
+    )
+    retention_inbox_days: int = Field(
+        default=0,
+        ge=0,
+        description="Inbox ids (processed event ids) are deleted this many days after the "
+        "event was applied; 0 keeps them. They guard against redelivery, so they must be kept "
+        "as long as the topics keep events: for good while the fact topics keep theirs for good "
+        "(PORTLINE_KAFKA_FACT_RETENTION_DAYS 0, the default), else at least that many days.",
+    )
+    retention_dead_letter_days: int = Field(
+        default=90, ge=0, description="Resolved dead letters are deleted this many days after."
+    )
+    retention_idempotency_days: int = Field(
+        default=7,
+        ge=0,
+        description="intake: Idempotency-Key records are deleted this many days after the "
+        "request; a partner retrying later is treated as a new request.",
+    )
+    retention_rejected_days: int = Field(
+        default=30,
+        ge=0,
+        description="intake: the replay window of rejected messages. After it, their sealed "
+        "raw text is cleared (the record, its ACK and dedupe key stay).",
+    )
+    audit_retention_days: int = Field(
+        default=2192,
+        ge=1,
+        description="How long audit logs are kept: six years (with leap days) by default, after "
+        "HIPAA's documentation rule (45 CFR 164.316(b)(2)). Pruned only when "
+        "PORTLINE_AUDIT_PRUNE is true, and then only by `portline prune --audit-log`.",
+    )
+    audit_prune: bool = Field(
+        default=False,
+        description="Allow `portline prune --audit-log` to delete audit rows older than "
+        "PORTLINE_AUDIT_RETENTION_DAYS. Off: the audit log is never pruned.",
+    )
+
     # Tracing (shared/tracing.py): off unless an OTLP endpoint is given.
     otel_exporter_otlp_endpoint: str | None = Field(
         default=None,
@@ -464,6 +508,28 @@ class Settings(BaseSettings):
     @property
     def is_development(self) -> bool:
         return self.env == "development"
+
+    @model_validator(mode="after")
+    def _inbox_outlives_kafka(self) -> Settings:
+        from shared.topics import ALL_TOPICS
+
+        if self.retention_inbox_days == 0:
+            return self
+        # A compacted topic holds current states: applying one again changes nothing.
+        kept = [
+            self.kafka_fact_retention_days if t.retention_days is None else t.retention_days
+            for t in ALL_TOPICS
+            if not t.compact
+        ]
+        longest_days = -1 if any(days == 0 for days in kept) else max(kept)
+        if longest_days < 0 or self.retention_inbox_days < longest_days:
+            limit = "for ever (set 0)" if longest_days < 0 else f"at least {longest_days} days"
+            raise ValueError(
+                f"PORTLINE_RETENTION_INBOX_DAYS must keep inbox ids {limit}: the topics keep "
+                "events that long, and a redelivered event whose id is gone would be applied "
+                "twice"
+            )
+        return self
 
     @model_validator(mode="after")
     def _refuse_placeholders(self) -> Settings:

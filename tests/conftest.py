@@ -19,6 +19,13 @@ from shared.db import create_engine
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The Kubernetes tests last: `make test` builds kustomize for them in the background
+    meanwhile (scripts/test.sh)."""
+    deploy = ROOT / "tests" / "deploy"
+    items.sort(key=lambda item: item.path.is_relative_to(deploy))
+
+
 def _from_script(script: str, *args: str) -> str:
     out = subprocess.run(
         [str(ROOT / "deploy" / "local" / script), *args],

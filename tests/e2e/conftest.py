@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
@@ -223,7 +224,7 @@ async def intake_deployment(
         await proxy.up() if proxy._server is None else None
         engine = create_engine(postgres_url, service="admin", schema="public")
         async with engine.begin() as conn:
-            for service in ("intake", "scheduler", "outreach"):
+            for service in ("intake", "scheduler", "outreach", "reporting"):
                 await conn.execute(sa.text(f'DROP SCHEMA IF EXISTS "{prefix}{service}" CASCADE'))
         await engine.dispose()
         await proxy.down()
@@ -235,6 +236,26 @@ timezone = "America/New_York"
 [escalation]
 deputy = "on_request"
 """
+
+
+async def db_scalar(url: str, schema: str, query: str, **params: object) -> Any:
+    """One value a query answers, in a schema of the database, in a transaction of its own."""
+    engine = create_engine(url, service="e2e", schema=schema)
+    try:
+        async with engine.begin() as conn:
+            return await conn.scalar(sa.text(query), params)
+    finally:
+        await engine.dispose()
+
+
+async def db_execute(url: str, schema: str, statement: str, **params: object) -> None:
+    """Run one statement in a schema of the database, in a transaction of its own."""
+    engine = create_engine(url, service="e2e", schema=schema)
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(sa.text(statement), params)
+    finally:
+        await engine.dispose()
 
 
 @dataclass
