@@ -17,7 +17,6 @@ from typing import Any
 import httpx
 
 from services.reporting.app import create_app
-from shared.auth import TokenService, jwt_secret
 from shared.clock import ManualClock
 from shared.db import create_engine
 from shared.envelope import Envelope, Event
@@ -50,6 +49,7 @@ from shared.events.scheduler import TaskKind
 from shared.inbox import InboxProcessor, IncomingMessage
 from shared.migrations import upgrade
 from shared.settings import Settings
+from tests.tokens import DevTokens
 
 SEALED = "v1.k1.c2VhbGVkLWlkZW50aXR5LW5ldmVyLXN0b3JlZA"
 """A sealed token as intake would put in a report: reporting must never keep it."""
@@ -487,7 +487,7 @@ def shuffled_across_topics(envelopes: Sequence[Envelope], seed: int) -> list[Env
 
 
 class World:
-    def __init__(self, app: Any, client: httpx.AsyncClient, tokens: TokenService) -> None:
+    def __init__(self, app: Any, client: httpx.AsyncClient, tokens: DevTokens) -> None:
         self.app = app
         self.client = client
         self.tokens = tokens
@@ -504,13 +504,7 @@ class World:
         return clock
 
     def auth(self, role: str, program: str = "demo") -> dict[str, str]:
-        token = self.tokens.mint(
-            role=role,  # type: ignore[arg-type]
-            program=program,
-            subject=f"{role}-1",
-            now=datetime.now(UTC),
-        )
-        return {"Authorization": f"Bearer {token}"}
+        return self.tokens.headers(role, program, f"{role}-1")
 
     def processor(self) -> InboxProcessor[Any]:
         if self._processor is None:
@@ -588,7 +582,7 @@ async def reporting_world(
     clock = ManualClock(now or datetime.now(UTC))
     app = create_app(settings, clock=clock)
     async with app.router.lifespan_context(app):
-        tokens = TokenService(jwt_secret(settings), issuer=settings.jwt_issuer)
+        tokens = DevTokens(settings)
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://reporting") as client:
             yield World(app, client, tokens)

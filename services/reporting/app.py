@@ -11,6 +11,9 @@ import sqlalchemy as sa
 from fastapi import FastAPI
 
 from services.reporting.api import router
+from services.reporting.dashboard.render import SvgRenderer
+from services.reporting.dashboard.signals import NOT_YET_BUILT, Signals
+from services.reporting.dashboard.views import router as dashboard_router
 from services.reporting.handlers import ReadModels
 from services.reporting.models import REBUILD
 from services.reporting.programs import ProgramBook
@@ -36,7 +39,8 @@ DESCRIPTION = (
     "figure carries its metric's id and version, and its numerator and denominator where it "
     "is a rate), with small-cell suppression (primary, complementary, unstable rates) unless a "
     "team lead or admin asks for the internal view, and exports as CSV and XLSX, including the "
-    "quarterly funder report. Aggregates only: reporting never stores or shows who anyone is."
+    "quarterly funder report; and the dashboard (`GET /dashboard`). Aggregates only: "
+    "reporting never stores or shows who anyone is."
 )
 
 
@@ -47,8 +51,11 @@ def read_models(settings: Settings, programs: ProgramBook | None = None) -> Read
     )
 
 
-def create_app(settings: Settings, *, clock: Clock | None = None) -> FastAPI:
-    """`clock` replaces the system clock (tests move it)."""
+def create_app(
+    settings: Settings, *, clock: Clock | None = None, signals: Signals = NOT_YET_BUILT
+) -> FastAPI:
+    """`clock` replaces the system clock (tests move it); `signals` gives the dashboard its
+    open alerts and feed health."""
     programs = ProgramBook.from_settings(settings)
     models = read_models(settings, programs)
 
@@ -63,6 +70,9 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> FastAPI:
     @asynccontextmanager
     async def extension(app: FastAPI, runtime: Runtime) -> AsyncIterator[None]:
         app.state.programs = programs
+        app.state.signals = signals
+        app.state.renderer = renderer = SvgRenderer()
+        await renderer.warm()  # the first chart would otherwise take a second or more
 
         async def rebuilt() -> str:
             async with runtime.sessions() as session:
@@ -74,14 +84,17 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> FastAPI:
             return f"unavailable: rebuild {state}; run `portline reporting rebuild`"
 
         runtime.add_readiness_check("read_models", rebuilt)
-        yield
+        try:
+            yield
+        finally:
+            renderer.close()
 
     return create_service_app(
         "reporting",
         settings,
         title="PORTline reporting",
         description=DESCRIPTION,
-        routers=[router],
+        routers=[router, dashboard_router],
         consumers=consumers,
         extension=extension,
         runtime_factory=lambda: Runtime("reporting", settings, clock=clock),

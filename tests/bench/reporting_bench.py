@@ -59,7 +59,6 @@ import sqlalchemy as sa
 
 from services.reporting.app import BATCH, read_models
 from services.reporting.models import EPISODE, REFERRAL, REPORT, TASK
-from shared.auth import TokenService, jwt_secret
 from shared.clock import SystemClock
 from shared.db import create_engine, session_factory
 from shared.envelope import Envelope
@@ -71,6 +70,7 @@ from shared.uow import UnitOfWork
 from tests.bench.intake_bench import BenchError, free_port, percentile
 from tests.bench.prepare import portline, refuse_unless_resettable
 from tests.reporting_world import History, Person, shuffled_across_topics
+from tests.tokens import DevTokens
 
 PREFIX = "bench_"
 SCHEMA = f"{PREFIX}reporting"
@@ -376,9 +376,7 @@ async def query_latency(
         [portline(), "run", "reporting"], env=env, stdout=log, stderr=log
     )
     base = f"http://127.0.0.1:{port}"
-    tokens = TokenService(jwt_secret(settings), issuer=settings.jwt_issuer)
-    token = tokens.mint(role="team_lead", program=PROGRAM, subject="bench", now=datetime.now(UTC))
-    headers = {"Authorization": f"Bearer {token}"}
+    headers = DevTokens(settings).headers("team_lead", PROGRAM, "bench")
     results: dict[str, list[float]] = {}
     try:
         async with httpx.AsyncClient(base_url=base, timeout=60) as client:
