@@ -67,8 +67,15 @@ def test_weekly_chart_draws_shown_cells_and_never_a_hidden_one(renderer: SvgRend
     cells |= {(w, "ed"): row(10) for w in ("2025-W04", "2025-W05")}
     totals = {w: row(n) for w, n in zip(WEEKS, [12, 19, 17, 30, 21], strict=True)}
     chart = overdoses_by_week(WEEKS, ["ems", "ed"], cells, totals)
-    # 5 EMS bars, 2 ED bars: the zero and the two hidden figures are not drawn
+    # W01: EMS (ED is 0); W02, W03: their totals alone, grey (ED hidden, so EMS would tell
+    # it); W04, W05: EMS and ED
     assert (chart.marks, chart.hidden) == (7, 2)
+    bars = [d for d in chart.spec["data"]["values"] if d["kind"] == "bar"]
+    assert [(d["week"], d["source"], d["n"]) for d in bars][:3] == [
+        ("2025-W01", "EMS", 12),
+        ("2025-W02", "All (split hidden)", 19),
+        ("2025-W03", "All (split hidden)", 17),
+    ]
     assert chart.columns == ("Week", "EMS", "ED", "All", "4-week average")
     assert chart.rows[1] == ("2025-W02", "15", "<10", "19", "")
     assert chart.rows[2][2] == "*"

@@ -9,13 +9,15 @@ never show what the API would hide:
   (with the monthly totals, the county totals and the period's figures);
 - for one county: by week and county, and by month and county, each narrowed to that county's
   rows (its weekly chart has no split by source: three breakdowns would be a question the API
-  does not answer, so the suppression of one could not be checked against the other).
+  does not answer, so the suppression of one could not be checked against the other);
+- and the medians (hours to a first attempt) of the period and of each month (or of the
+  county), measured as cells of their own, as the API measures them.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
@@ -33,6 +35,7 @@ from services.reporting.dashboard.charts import (
     supplies_by_month,
 )
 from services.reporting.figures import View, build_figures, group_label, periods_between
+from services.reporting.metrics import METRICS
 from services.reporting.programs import ProgramRules
 from services.reporting.query import Dimension, Levels, Scope, measure
 
@@ -101,9 +104,15 @@ def _labels(dim: Dimension, start: date, end: date) -> list[str]:
     return [group_label(dim, p) for p in periods_between(dim, start, end)]
 
 
+HOURS = frozenset(m.id for m in METRICS if m.unit == "hours")
+"""Medians are measured for a question's own cells only (a margin's median is never taken),
+so the board measures the groups it shows medians for as cells of their own."""
+
+
 def assemble(
     levels_by_week: Levels,
     levels_by_month: Levels,
+    medians: Mapping[tuple[Dimension, ...], Levels],
     *,
     program_id: str,
     filters: Filters,
@@ -113,6 +122,20 @@ def assemble(
     """The board from the measures (pure: the unit tests feed it measures of their own)."""
 
     def figures(levels: Levels, *dims: Dimension) -> list[dict[str, Any]]:
+        rows = _figures(levels, *dims)
+        if dims not in medians:
+            return rows
+        exact = {
+            (r["metric"], tuple(r["group"].items())): r
+            for r in _figures(medians[dims], *dims)
+            if r["metric"] in HOURS
+        }
+        return [
+            exact.get((r["metric"], tuple(r["group"].items())), r) if r["metric"] in HOURS else r
+            for r in rows
+        ]
+
+    def _figures(levels: Levels, *dims: Dimension) -> list[dict[str, Any]]:
         return build_figures(
             levels,
             program_id=program_id,
@@ -202,10 +225,20 @@ async def gather(
     weekly: tuple[Dimension, ...] = (
         ("week", "source") if filters.county is None else ("week", "county")
     )
-    by_week, by_month = await asyncio.gather(
+    exact: tuple[tuple[Dimension, ...], ...] = (
+        ((), ("month",)) if filters.county is None else (("county",),)
+    )
+    by_week, by_month, *precise = await asyncio.gather(
         measure(sessions, scope, weekly, margins=True),
         measure(sessions, scope, ("month", "county"), margins=True),
+        *(measure(sessions, scope, dims, margins=True) for dims in exact),
     )
     return assemble(
-        by_week, by_month, program_id=rules.program_id, filters=filters, as_of=as_of, rules=rules
+        by_week,
+        by_month,
+        dict(zip(exact, precise, strict=True)),
+        program_id=rules.program_id,
+        filters=filters,
+        as_of=as_of,
+        rules=rules,
     )

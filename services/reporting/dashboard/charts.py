@@ -44,7 +44,9 @@ SOURCE_COLORS = {
     "Law enforcement": "#5b8c2a",
     "Community": "#8e5ea2",
     "All sources": "#1f5f8b",
+    "All (split hidden)": "#9aa5b1",
 }
+SPLIT_HIDDEN = "All (split hidden)"
 
 FUNNEL: tuple[tuple[str, str], ...] = (
     ("people_referred", "Referred"),
@@ -61,6 +63,8 @@ FUNNEL_RATES = {"people_reached": "reach_rate", "people_engaged": "engagement_ra
 TREND_WEEKS = 4
 """The trend is the moving average of the weekly totals over this many weeks."""
 WIDTH = 640
+WIDE = 1040
+"""The weekly chart spans the page on a desk (SVG scales down to a phone)."""
 FONT = "DejaVu Sans, Verdana, sans-serif"
 CONFIG: dict[str, Any] = {
     "font": FONT,
@@ -138,22 +142,30 @@ def overdoses_by_week(
     cells: Mapping[tuple[str, str], Row],
     totals: Mapping[str, Row],
 ) -> Chart:
-    """Stacked bars of overdoses per week and source, with the 4-week moving average of the
-    weekly totals as a line."""
+    """Bars of overdoses per week, stacked by source, with the 4-week moving average of the
+    weekly totals as a line. A week whose split by source is (partly) hidden shows its total
+    alone, in grey, when the total itself is shown: the split would reveal a small number,
+    the total is published anyway."""
     labels = [SOURCE_LABELS.get(s, s) for s in sources]
     averages = trend(weeks, totals)
     data: list[dict[str, Any]] = []
+    split_hidden = False
     for week in weeks:
-        for source, label in zip(sources, labels, strict=True):
-            row = cells.get((week, source))
-            if _drawn(row) and row and row["value"] > 0:
-                data.append({"kind": "bar", "week": week, "source": label, "n": row["value"]})
+        week_cells = [cells.get((week, source)) for source in sources]
+        if all(_drawn(row) or row is None for row in week_cells):
+            for label, row in zip(labels, week_cells, strict=True):
+                if row is not None and row["value"] > 0:
+                    data.append({"kind": "bar", "week": week, "source": label, "n": row["value"]})
+        elif _drawn(total := totals.get(week)) and total and total["value"] > 0:
+            split_hidden = True
+            data.append({"kind": "bar", "week": week, "source": SPLIT_HIDDEN, "n": total["value"]})
     bars = len(data)
     data += [
         {"kind": "trend", "week": w, "n": a}
         for w, a in zip(weeks, averages, strict=True)
         if a is not None
     ]
+    domain = [*labels, *([SPLIT_HIDDEN] if split_hidden else [])]
     hidden = _hidden([cells.get((w, s)) for w in weeks for s in sources])
     shown_totals = [(w, totals[w]["value"]) for w in weeks if _drawn(totals.get(w))]
     summary = f"Overdoses reported each week from {weeks[0]} to {weeks[-1]}, by source"
@@ -171,13 +183,13 @@ def overdoses_by_week(
         "field": "week",
         "type": "ordinal",
         "title": None,
-        "sort": list(weeks),
+        "scale": {"domain": list(weeks)},
         "axis": {"labelAngle": -60, "labelOverlap": True},
     }
     spec = _spec(
         summary,
         data,
-        width=WIDTH,
+        width=WIDE,
         height=220,
         layer=[
             {
@@ -195,8 +207,8 @@ def overdoses_by_week(
                         "field": "source",
                         "type": "nominal",
                         "scale": {
-                            "domain": labels,
-                            "range": [SOURCE_COLORS.get(label, "#777") for label in labels],
+                            "domain": domain,
+                            "range": [SOURCE_COLORS.get(label, "#777") for label in domain],
                         },
                     },
                     "order": {"field": "source"},
@@ -228,7 +240,8 @@ def overdoses_by_week(
         marks=bars,
         hidden=hidden,
         note=f"The dashed line is the average of the last {TREND_WEEKS} weeks' totals; it "
-        "breaks where a week's total is hidden.",
+        "breaks where a week's total is hidden. A grey bar is a week's total whose split by "
+        "source would reveal a small number.",
     )
 
 
@@ -322,7 +335,7 @@ def first_attempt_by_month(
             "field": "month",
             "type": "ordinal",
             "title": None,
-            "sort": list(months),
+            "scale": {"domain": list(months)},
             "axis": {"labelAngle": 0, "labelOverlap": True},
         },
         "y": {
@@ -397,7 +410,7 @@ def supplies_by_month(
                 "field": "month",
                 "type": "ordinal",
                 "title": None,
-                "sort": list(months),
+                "scale": {"domain": list(months)},
                 "axis": {"labelAngle": 0, "labelOverlap": True},
             },
             "xOffset": {"field": "item", "type": "nominal", "sort": [n for n, _r in series]},
