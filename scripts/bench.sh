@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # `make bench` (= `make bench-intake`): intake throughput, end to end, on real Kafka and
 # PostgreSQL, with parse-only baselines measured in the same run (tests/bench/intake_bench.py);
-# then the scheduler's and reporting's benchmarks (see the end of this file).
+# then the scheduler's, reporting's and the dashboard's benchmarks (see the end of this file).
 #
 # Starts a local broker and the private PostgreSQL cluster unless KAFKA_BOOTSTRAP_SERVERS /
 # DATABASE_URL name existing ones, and stops what it started. Intake runs on the
@@ -80,5 +80,13 @@ if [[ "${BENCH_NO_REPORTING:-}" != 1 ]]; then
   echo "== reporting benchmark"
   # shellcheck disable=SC2086
   "$BIN/python" -m tests.bench.reporting_bench ${REPORTING_BENCH_ARGS:-}
+fi
+# Dashboard: GET /dashboard p50/p95 for one program's year of 1,000,000 events
+# (tests/bench/dashboard_bench.py says exactly how; re-creates schema bench_reporting after the
+# reporting benchmark). BENCH_NO_DASHBOARD=1 skips it; DASHBOARD_BENCH_ARGS go to it.
+if [[ "${BENCH_NO_DASHBOARD:-}" != 1 ]]; then
+  echo "== dashboard benchmark"
+  # shellcheck disable=SC2086
+  "$BIN/python" -m tests.bench.dashboard_bench ${DASHBOARD_BENCH_ARGS:-}
 fi
 echo "bench finished in $((SECONDS - started_at)) s"

@@ -25,6 +25,8 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.reporting.dashboard.charts import (
+    FUNNEL,
+    FUNNEL_RATES,
     SOURCE_LABELS,
     Chart,
     Row,
@@ -35,7 +37,7 @@ from services.reporting.dashboard.charts import (
     supplies_by_month,
 )
 from services.reporting.figures import View, build_figures, group_label, periods_between
-from services.reporting.metrics import METRICS
+from services.reporting.metrics import METRICS, METRICS_BY_ID, Metric
 from services.reporting.programs import ProgramRules
 from services.reporting.query import Dimension, Levels, Scope, measure
 
@@ -104,6 +106,38 @@ def _labels(dim: Dimension, start: date, end: date) -> list[str]:
     return [group_label(dim, p) for p in periods_between(dim, start, end)]
 
 
+def _metrics(*ids: str) -> tuple[Metric, ...]:
+    return tuple(METRICS_BY_ID[i] for i in dict.fromkeys(ids))
+
+
+OVERALL = _metrics(
+    *(m for m, _label in TILES),
+    *(m for m, _label in FUNNEL),
+    *FUNNEL_RATES.values(),
+    "first_attempt_within_24h",
+    "first_attempt_within_72h",
+    "median_hours_to_first_attempt",
+)
+MONTHLY = _metrics(
+    "overdoses_reported",
+    "first_attempt_within_24h",
+    "first_attempt_within_72h",
+    "median_hours_to_first_attempt",
+    "naloxone_kits_distributed",
+    "test_strips_distributed",
+)
+_WANTED: dict[frozenset[str], tuple[Metric, ...]] = {
+    frozenset(): OVERALL,
+    frozenset({"county"}): OVERALL,
+    frozenset({"month"}): MONTHLY,
+    frozenset({"month", "county"}): MONTHLY,
+    frozenset({"week"}): _metrics("overdoses_reported"),
+    frozenset({"week", "source"}): _metrics("overdoses_reported"),
+    frozenset({"week", "county"}): _metrics("overdoses_reported"),
+}
+"""The metrics each breakdown is asked for (suppression is decided per metric, so asking for
+fewer changes no figure; it only saves the work of the others)."""
+
 HOURS = frozenset(m.id for m in METRICS if m.unit == "hours")
 """Medians are measured for a question's own cells only (a margin's median is never taken),
 so the board measures the groups it shows medians for as cells of their own."""
@@ -122,20 +156,22 @@ def assemble(
     """The board from the measures (pure: the unit tests feed it measures of their own)."""
 
     def figures(levels: Levels, *dims: Dimension) -> list[dict[str, Any]]:
-        rows = _figures(levels, *dims)
+        wanted = _WANTED[frozenset(dims)]
+        rows = _figures(levels, dims, wanted)
         if dims not in medians:
             return rows
         exact = {
             (r["metric"], tuple(r["group"].items())): r
-            for r in _figures(medians[dims], *dims)
-            if r["metric"] in HOURS
+            for r in _figures(medians[dims], dims, [m for m in wanted if m.id in HOURS])
         }
         return [
             exact.get((r["metric"], tuple(r["group"].items())), r) if r["metric"] in HOURS else r
             for r in rows
         ]
 
-    def _figures(levels: Levels, *dims: Dimension) -> list[dict[str, Any]]:
+    def _figures(
+        levels: Levels, dims: tuple[Dimension, ...], wanted: Sequence[Metric]
+    ) -> list[dict[str, Any]]:
         return build_figures(
             levels,
             program_id=program_id,
@@ -145,6 +181,7 @@ def assemble(
             view=filters.view,
             as_of=as_of,
             rules=rules,
+            metrics=wanted,
         ).rows
 
     weeks = _labels("week", filters.start, filters.end)

@@ -16,6 +16,7 @@ from typing import Any
 
 __all__ = [
     "FUNNEL",
+    "FUNNEL_RATES",
     "SOURCE_LABELS",
     "TREND_WEEKS",
     "Chart",
