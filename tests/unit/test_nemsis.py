@@ -638,7 +638,9 @@ def test_deeply_nested_medication_groups_stay_linear() -> None:
     )
     start = time.perf_counter()
     assert len(one(doc(pcr("P-1", meds))).medications) == depth
-    assert time.perf_counter() - start < 5  # quadratic, this took minutes
+    # Quadratic, this took many minutes; linear takes well under a second. The bound is
+    # loose on purpose: a shared, loaded machine must not fail a correct parser.
+    assert time.perf_counter() - start < 60
 
 
 @pytest.mark.parametrize("value", ["0001-01-01T00:00:00+01:00", "9999-12-31T23:30:00-01:00"])
@@ -680,7 +682,7 @@ def test_many_repeated_elements_stay_linear() -> None:
     assert len(data) <= DEFAULT_MAX_BYTES
     started = time.monotonic()
     report = one(data)
-    assert time.monotonic() - started < 20
+    assert time.monotonic() - started < 120  # quadratic takes far longer; loose for loaded machines
     assert len(report.drug_use_indicators) == n
     assert len(report.impressions) == n // 2
 
