@@ -21,6 +21,7 @@ from services.reporting.dashboard.charts import (
     trend,
 )
 from services.reporting.dashboard.render import SvgRenderer
+from services.reporting.dashboard.signals import AlertView, FeedView
 from services.reporting.dashboard.views import COOKIE, SESSION_SECONDS
 from tests.reporting_world import History, World, reporting_world
 
@@ -317,3 +318,35 @@ async def test_static_files_are_served_from_the_service(world: World) -> None:
     assert "replaceState" in js.text
     missing = await world.client.get("/dashboard/static/../app.py")
     assert missing.status_code == 404
+
+
+class _Signals:
+    """What spike alerts and feed health will give the dashboard (issue 16's second half)."""
+
+    async def open_alerts(self, program_id: str) -> list[AlertView]:
+        assert program_id == "demo"
+        return [
+            AlertView(
+                county="Guilford",
+                detector="ewma",
+                level="alert",
+                observed=9,
+                expected=2.25,
+                window_start=NOW - timedelta(days=1),
+                window_end=NOW,
+            )
+        ]
+
+    async def feeds(self, program_id: str) -> list[FeedView]:
+        return [FeedView("cone-health", "ed", "silent", NOW - timedelta(hours=5), "quiet 5 h")]
+
+
+async def test_alerts_and_feeds_panels_show_what_signals_give(world: World) -> None:
+    world.app.state.signals = _Signals()
+    r = await world.client.get("/dashboard", params=Q1, headers=world.auth("analyst"))
+    assert r.status_code == 200
+    alerts = r.text.split('id="alerts"', 1)[1].split("</section>", 1)[0]
+    assert '<th scope="row">Guilford</th><td>alert</td><td>ewma</td><td>9</td><td>2.2' in alerts
+    feeds = r.text.split('id="feeds"', 1)[1].split("</section>", 1)[0]
+    assert "cone-health" in feeds
+    assert "<td>silent</td>" in feeds
