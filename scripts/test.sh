@@ -27,6 +27,11 @@ if [[ $lint == 1 ]]; then
   "$BIN/mypy"
 fi
 
+echo "== promtool"
+# Debian's prometheus package, for the alert rules' checks (tests/unit/test_alerts.py).
+PORTLINE_PROMTOOL="$(scripts/promtool.sh | tail -n 1)"
+export PORTLINE_PROMTOOL
+
 echo "== infrastructure"
 start_infra
 # The dashboard's browser tests drive Debian's chromium (installed here when missing).

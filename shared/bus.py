@@ -34,6 +34,7 @@ from aiokafka.errors import (
 )
 
 from shared.inbox import InboxProcessor, IncomingMessage, is_transient
+from shared.metrics import CONSUMER_LAG
 from shared.outbox import OutgoingMessage, PublishFailed, Unpublishable
 from shared.topics import ALL_TOPICS, TopicSpec
 
@@ -199,6 +200,8 @@ class ConsumerLoop:
         self._consumer = consumer
         self._processor = processor
         self._retry_backoff = retry_backoff
+        self._committed: dict[TopicPartition, int] = {}
+        self._lagging: set[TopicPartition] = set()
 
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
@@ -212,11 +215,31 @@ class ConsumerLoop:
                     offset=record.offset,
                     key=record.key,
                     value=record.value,
+                    headers=tuple(record.headers or ()),
                 )
                 for records in fetched.values()
                 for record in records
             ]
             await self._drain(messages, stop)
+            self._report_lag()
+
+    def _report_lag(self) -> None:
+        """How far each assigned partition's committed offset is behind its high watermark."""
+        consumer = self._processor.consumer
+        service = consumer.split(".", 1)[0]
+        assigned = set(self._consumer.assignment())
+        for tp in self._lagging - assigned:  # moved to another replica: it reports them now
+            CONSUMER_LAG.remove(service, consumer, tp.topic, str(tp.partition))
+        self._lagging &= assigned
+        for tp in assigned:
+            highwater = self._consumer.highwater(tp)
+            committed = self._committed.get(tp)
+            if highwater is None or committed is None:
+                continue
+            CONSUMER_LAG.labels(service, consumer, tp.topic, str(tp.partition)).set(
+                max(0, highwater - committed)
+            )
+            self._lagging.add(tp)
 
     async def _drain(self, messages: Sequence[IncomingMessage], stop: asyncio.Event) -> None:
         for start in range(0, len(messages), self._batch_size):
@@ -235,7 +258,9 @@ class ConsumerLoop:
                     self._consumer.seek(tp, offset)
                 await asyncio.sleep(self._retry_backoff)
                 return
-            await self._consumer.commit(_offsets(chunk, after=True))
+            committed = _offsets(chunk, after=True)
+            await self._consumer.commit(committed)
+            self._committed.update(committed)
             if stop.is_set():
                 return
 

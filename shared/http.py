@@ -7,6 +7,7 @@ Every error response has the same shape, so clients handle them in one place:
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
 import os
@@ -29,6 +30,7 @@ from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from shared import tracing
 from shared.metrics import HTTP_REQUESTS, HTTP_SECONDS
 
 __all__ = [
@@ -203,6 +205,9 @@ def _metrics_registry() -> CollectorRegistry:
     return registry
 
 
+_UNTRACED = frozenset({"/healthz", "/readyz", "/metrics"})
+
+
 class _RequestMetrics:
     """Counts and times requests by route template (plain ASGI: no per-request task)."""
 
@@ -216,6 +221,7 @@ class _RequestMetrics:
             return
         status = 500
         started = time.perf_counter()
+        method = scope["method"]
 
         async def capture(message: Message) -> None:
             nonlocal status
@@ -223,13 +229,30 @@ class _RequestMetrics:
                 status = message["status"]
             await send(message)
 
-        try:
-            await self._app(scope, receive, capture)
-        finally:
-            route = getattr(scope.get("route"), "path", "unmatched")
-            method = scope["method"]
-            HTTP_SECONDS.labels(self._service, method, route).observe(time.perf_counter() - started)
-            HTTP_REQUESTS.labels(self._service, method, route, str(status)).inc()
+        # A new trace per request (a caller's traceparent is not continued: shared.tracing);
+        # probes and scrapes are not traced.
+        with contextlib.ExitStack() as stack:
+            span = None
+            if scope.get("path") not in _UNTRACED:
+                span = stack.enter_context(tracing.span(method, kind=tracing.SpanKind.SERVER))
+            try:
+                await self._app(scope, receive, capture)
+            finally:
+                route = getattr(scope.get("route"), "path", "unmatched")
+                elapsed = time.perf_counter() - started
+                HTTP_SECONDS.labels(self._service, method, route).observe(elapsed)
+                HTTP_REQUESTS.labels(self._service, method, route, str(status)).inc()
+                if span is not None:
+                    span.update_name(f"{method} {route}")
+                    tracing.set_attributes(
+                        span,
+                        {
+                            "http.request.method": method,
+                            "http.route": route,
+                            "http.response.status_code": status,
+                            "portline.service": self._service,
+                        },
+                    )
 
 
 class _DirectRoutes:

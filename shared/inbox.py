@@ -16,6 +16,10 @@ pointer to the message's topic, partition and offset (Kafka keeps it for its ret
 A consumer may also give a batch handler, which applies several events in one call (with
 set-based reads and writes) exactly as the handler would apply them one after another; a
 batch of one goes through the batch handler too, so there is one way to apply an event.
+
+Every message is applied inside a consumer span that continues the trace in its record's
+`traceparent` header (shared.tracing); in a batch, each event's span is lent to the unit of
+work (`UnitOfWork.caused_by`).
 """
 
 from __future__ import annotations
@@ -34,6 +38,16 @@ from sqlmodel import Field, SQLModel
 from shared.db import UTCDateTime, bigint_pk
 from shared.envelope import Envelope, EnvelopeError
 from shared.sealing import SealingError
+from shared.tracing import (
+    Context,
+    Span,
+    SpanKind,
+    context_from_headers,
+    in_context,
+    set_attributes,
+    start_span,
+)
+from shared.tracing import span as trace_span
 from shared.uow import UnitOfWork
 
 __all__ = [
@@ -100,6 +114,8 @@ class IncomingMessage:
     key: bytes | None
     value: bytes | None
     """None for a tombstone: no PORTline producer sends one, so it is dead-lettered."""
+    headers: tuple[tuple[str, bytes], ...] = ()
+    """The record's headers; a `traceparent` among them is continued (shared.tracing)."""
 
 
 class Outcome(StrEnum):
@@ -197,7 +213,29 @@ class InboxProcessor(Generic[U]):
         self._backoff = backoff_seconds
         self._sleep = sleep
 
+    def _span_attributes(self, message: IncomingMessage) -> dict[str, Any]:
+        return {
+            "messaging.system": "kafka",
+            "messaging.operation.type": "process",
+            "messaging.destination.name": message.topic,
+            "messaging.destination.partition.id": str(message.partition),
+            "messaging.kafka.offset": message.offset,
+            "messaging.consumer.group.name": self.consumer,
+        }
+
     async def process(self, message: IncomingMessage) -> Outcome:
+        """Apply one message, inside a consumer span that continues its producer's trace."""
+        with trace_span(
+            f"process {message.topic}",
+            kind=SpanKind.CONSUMER,
+            parent=context_from_headers(message.headers),
+            attributes=self._span_attributes(message),
+        ) as span:
+            outcome = await self._process(message, span)
+            set_attributes(span, {"portline.outcome": outcome.value})
+            return outcome
+
+    async def _process(self, message: IncomingMessage, span: Span) -> Outcome:
         if message.value is None:
             error = "not a PORTline envelope (a tombstone: no value)"
             return await self._dead_letter(message, None, error, attempts=1)
@@ -205,6 +243,9 @@ class InboxProcessor(Generic[U]):
             envelope = Envelope.from_bytes(message.value)
         except EnvelopeError as exc:
             return await self._dead_letter(message, None, str(exc), attempts=1)
+        set_attributes(
+            span, {"messaging.message.id": envelope.id, "portline.event_type": envelope.type}
+        )
 
         last_error = ""
         for attempt in range(1, self._max_attempts + 1):
@@ -250,16 +291,41 @@ class InboxProcessor(Generic[U]):
         if any(e is None for e in decoded):
             return [await self.process(m) for m in messages]
         envelopes = [e for e in decoded if e is not None]
+        spans = [self._start_span(m, e) for m, e in zip(messages, envelopes, strict=True)]
+        outcomes: list[Outcome] | None = None
         try:
-            outcomes = await self._apply_all(envelopes)
+            outcomes = await self._apply_all(envelopes, spans)
         except Exception as exc:
             if is_transient(exc):
                 raise
+        finally:
+            for n, span in enumerate(spans):
+                if outcomes is not None:
+                    set_attributes(span, {"portline.outcome": outcomes[n].value})
+                span.end()
+        if outcomes is None:  # a handler failed: one at a time, each in a span of its own
             return [await self.process(m) for m in messages]
         return outcomes
 
-    async def _apply_all(self, envelopes: Sequence[Envelope]) -> list[Outcome]:
+    def _start_span(self, message: IncomingMessage, envelope: Envelope) -> Span:
+        """A consumer span for one message of a batch, continuing its producer's trace."""
+        return start_span(
+            f"process {message.topic}",
+            kind=SpanKind.CONSUMER,
+            parent=context_from_headers(message.headers),
+            attributes={
+                **self._span_attributes(message),
+                "messaging.message.id": envelope.id,
+                "portline.event_type": envelope.type,
+            },
+        )
+
+    async def _apply_all(
+        self, envelopes: Sequence[Envelope], spans: Sequence[Span] = ()
+    ) -> list[Outcome]:
         async with self._uow_factory() as uow:
+            for envelope, span in zip(envelopes, spans, strict=False):
+                uow.trace_contexts[envelope.id] = in_context(Context(), span)
             ids = [e.id for e in envelopes]
             seen = set(
                 (

@@ -5,6 +5,7 @@ from __future__ import annotations
 from prometheus_client import Counter, Gauge, Histogram
 
 __all__ = [
+    "CONSUMER_LAG",
     "EVENTS_CONSUMED",
     "EVENTS_PUBLISHED",
     "HTTP_REQUESTS",
@@ -12,6 +13,7 @@ __all__ = [
     "OUTBOX_OLDEST_UNPUBLISHED",
     "OUTBOX_PARKED",
     "OUTBOX_PARKED_ROWS",
+    "READY",
 ]
 
 EVENTS_PUBLISHED = Counter(
@@ -47,4 +49,18 @@ HTTP_REQUESTS = Counter(
 )
 HTTP_SECONDS = Histogram(
     "portline_http_request_seconds", "HTTP request latency", ["service", "method", "route"]
+)
+CONSUMER_LAG = Gauge(
+    "portline_consumer_lag_records",
+    "Records of a partition not yet applied by this consumer (the broker's high watermark "
+    "minus the consumer's committed offset), as of its last fetch",
+    ["service", "consumer", "topic", "partition"],
+    multiprocess_mode="livemax",
+)
+READY = Gauge(
+    "portline_ready",
+    "1 when the service's readiness check passes (what /readyz answers), 0 when it does not, "
+    "by check (database, kafka, and the service's own)",
+    ["service", "check"],
+    multiprocess_mode="livemin",
 )

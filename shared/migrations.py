@@ -29,6 +29,7 @@ from shared.settings import Settings
 __all__ = [
     "APPEND_ONLY_TABLES",
     "add_outbox_parking_v2",
+    "add_outbox_traceparent_v1",
     "create_plumbing_tables_v1",
     "create_team_access_v1",
     "current_revision",
@@ -153,6 +154,14 @@ def add_outbox_parking_v2() -> None:
         postgresql_where=sa.text("parked_at IS NOT NULL"),
         sqlite_where=sa.text("parked_at IS NOT NULL"),
     )
+
+
+def add_outbox_traceparent_v1() -> None:
+    """The outbox row's trace context (frozen, like v1): the W3C traceparent of the span that
+    published the event, sent as the Kafka record's `traceparent` header (shared.tracing).
+    Nullable: tracing is off by default, and rows written before it have none."""
+    with op.batch_alter_table("outbox") as batch:
+        batch.add_column(sa.Column("traceparent", sa.String(64), nullable=True))
 
 
 def create_team_access_v1() -> None:

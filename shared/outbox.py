@@ -42,6 +42,7 @@ from shared.metrics import (
     OUTBOX_PARKED,
     OUTBOX_PARKED_ROWS,
 )
+from shared.tracing import TRACEPARENT
 
 __all__ = [
     "OUTBOX",
@@ -94,6 +95,8 @@ class OutboxRecord(SQLModel, table=True):
     park_reason: str | None = Field(
         default=None, sa_column=sa.Column(sa.String(PARK_REASON_LENGTH), nullable=True)
     )
+    traceparent: str | None = Field(default=None, sa_column=sa.Column(sa.String(64), nullable=True))
+    """The W3C trace context of the span that published the event (shared.tracing)."""
 
 
 OUTBOX: sa.Table = OutboxRecord.__table__  # type: ignore[attr-defined]
@@ -107,6 +110,7 @@ class OutgoingMessage:
     headers: tuple[tuple[str, bytes], ...] = field(
         default=(("content-type", b"application/cloudevents+json"),)
     )
+    """CloudEvents' content type, and the event's `traceparent` when it was traced."""
 
 
 class Unpublishable(Exception):
@@ -178,6 +182,7 @@ class _Row:
     key: str
     payload: str
     created_at: datetime
+    traceparent: str | None = None
 
 
 _Pending = tuple[_Row, OutgoingMessage]
@@ -199,8 +204,15 @@ class _Pass:
         self.held.add(row.key)
 
 
+_CONTENT_TYPE = ("content-type", b"application/cloudevents+json")
+
+
 def _message(row: _Row) -> OutgoingMessage:
-    return OutgoingMessage(row.topic, row.key.encode(), row.payload.encode())
+    headers: tuple[tuple[str, bytes], ...] = (_CONTENT_TYPE,)
+    if row.traceparent:
+        # The consumer's span continues the trace of the span that published the event.
+        headers = (_CONTENT_TYPE, (TRACEPARENT, row.traceparent.encode("ascii")))
+    return OutgoingMessage(row.topic, row.key.encode(), row.payload.encode(), headers)
 
 
 def _waiting() -> sa.ColumnElement[bool]:
@@ -339,12 +351,19 @@ class OutboxRelay:
             .exists()
         )
         result = await session.execute(
-            sa.select(table.c.id, table.c.topic, table.c.key, table.c.payload, table.c.created_at)
+            sa.select(
+                table.c.id,
+                table.c.topic,
+                table.c.key,
+                table.c.payload,
+                table.c.created_at,
+                table.c.traceparent,
+            )
             .where(_waiting(), ~held)
             .order_by(table.c.id)
             .limit(self._batch_size)
         )
-        return [_Row(r.id, r.topic, r.key, r.payload, r.created_at) for r in result]
+        return [_Row(r.id, r.topic, r.key, r.payload, r.created_at, r.traceparent) for r in result]
 
     async def _send(self, rows: Sequence[_Row], done: _Pass) -> None:
         """Publish the rows as one batch. If the broker refuses part of it for good, the rows

@@ -26,7 +26,7 @@ __all__ = [
     "outbox_row",
 ]
 
-OUTBOX_COLUMNS = ("event_id", "topic", "key", "payload", "created_at")
+OUTBOX_COLUMNS = ("event_id", "topic", "key", "payload", "created_at", "traceparent")
 
 
 class EventTooLargeError(ValueError):
@@ -38,8 +38,11 @@ class EventTooLargeError(ValueError):
         super().__init__(f"event of {size} bytes exceeds the {limit}-byte limit")
 
 
-def outbox_row(envelope: Envelope, *, max_bytes: int | None = None) -> dict[str, Any]:
-    """The outbox row that carries an event: its topic, key (the subject) and payload.
+def outbox_row(
+    envelope: Envelope, *, max_bytes: int | None = None, traceparent: str | None = None
+) -> dict[str, Any]:
+    """The outbox row that carries an event: its topic, key (the subject) and payload, and
+    the trace context of the span that published it (``shared.tracing``), if any.
 
     With ``max_bytes``, an envelope (with its key) larger than that raises
     :class:`EventTooLargeError` before anything is written.
@@ -55,23 +58,25 @@ def outbox_row(envelope: Envelope, *, max_bytes: int | None = None) -> dict[str,
         "key": envelope.subject,
         "payload": payload,
         "created_at": envelope.time,
+        "traceparent": traceparent,
     }
 
 
 def outbox_insert_sql(first: int) -> str:
     """The final part of a one-statement write (after data-modifying CTEs): insert the outbox
-    rows passed as parameters ``$first`` to ``$first + 4`` (see :func:`outbox_params`).
+    rows passed as parameters ``$first`` to ``$first + 5`` (see :func:`outbox_params`).
 
     The rows keep their staging order (``WITH ORDINALITY``), so one key's events get ids, and
     leave, in the order they were published.
     """
     p = [f"${first + i}" for i in range(len(OUTBOX_COLUMNS))]
     return (
-        "INSERT INTO outbox (event_id, topic, key, payload, created_at)\n"
-        "SELECT t.event_id, t.topic, t.key, t.payload, t.created_at\n"
+        "INSERT INTO outbox (event_id, topic, key, payload, created_at, traceparent)\n"
+        "SELECT t.event_id, t.topic, t.key, t.payload, t.created_at, t.traceparent\n"
         f"FROM unnest({p[0]}::text[], {p[1]}::text[], {p[2]}::text[], {p[3]}::text[], "
-        f"{p[4]}::timestamptz[])\n"
-        "     WITH ORDINALITY AS t(event_id, topic, key, payload, created_at, position)\n"
+        f"{p[4]}::timestamptz[], {p[5]}::text[])\n"
+        "     WITH ORDINALITY AS t(event_id, topic, key, payload, created_at, traceparent,\n"
+        "                          position)\n"
         "ORDER BY t.position"
     )
 

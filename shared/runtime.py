@@ -20,6 +20,7 @@ import sqlalchemy as sa
 from fastapi import APIRouter, FastAPI
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from shared import tracing
 from shared.auth import TeamIdentity, document_roles, takes_team_tokens
 from shared.bus import ConsumerLoop, KafkaPublisher, make_consumer
 from shared.clock import Clock, SystemClock
@@ -28,7 +29,7 @@ from shared.devtokens import DEV_ISSUER, DevelopmentKey
 from shared.envelope import Envelope
 from shared.http import direct_routes, install_common_routes, install_error_handlers
 from shared.inbox import InboxProcessor, Outcome
-from shared.metrics import EVENTS_CONSUMED
+from shared.metrics import EVENTS_CONSUMED, READY
 from shared.oidc import ClaimNames, KeySource, ProviderKeys, StaticKeys, TokenVerifier
 from shared.outbox import OutboxRelay
 from shared.settings import ConfigurationError, ServiceName, Settings
@@ -44,6 +45,9 @@ from shared.uow import UnitOfWork
 __all__ = ["ConsumerSpec", "Runtime", "create_service_app"]
 
 log = logging.getLogger(__name__)
+
+READINESS_REPORT_SECONDS = 15.0
+"""How often a service refreshes portline_ready on its own (a probe refreshes it too)."""
 
 
 @dataclass(frozen=True)
@@ -134,6 +138,7 @@ class Runtime:
 
     async def start(self) -> None:
         self._tasks.append(asyncio.create_task(self._connect_kafka(), name="kafka-connect"))
+        self._tasks.append(asyncio.create_task(self._watch_readiness(), name="readiness"))
 
     async def _connect_kafka(self) -> None:
         delay = 0.5
@@ -201,7 +206,17 @@ class Runtime:
                 checks[name] = await check()
             except Exception as exc:
                 checks[name] = f"unavailable: {type(exc).__name__}"
+        for name, state in checks.items():
+            READY.labels(self.service, name).set(1 if state == "ok" else 0)
         return checks
+
+    async def _watch_readiness(self) -> None:
+        """Keep portline_ready current between probes: alerts read it, not /readyz."""
+        while not self._stop.is_set():
+            with contextlib.suppress(Exception):
+                await self.readiness()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), READINESS_REPORT_SECONDS)
 
     async def close(self) -> None:
         self._stop.set()
@@ -253,6 +268,8 @@ def create_service_app(
         for spec in consumers(runtime) if consumers else ():
             runtime.add_consumer(spec)
         async with contextlib.AsyncExitStack() as stack:  # left in reverse order
+            if tracing.configure(settings, service) is not None:
+                stack.callback(tracing.shutdown)  # last: the spans of the shutdown too
             stack.push_async_callback(runtime.close)
             if team:
                 app.state.team_identity = await stack.enter_async_context(

@@ -321,6 +321,21 @@ class Settings(BaseSettings):
     )
     relay_batch_size: int = Field(default=200, ge=1)
 
+    # Tracing (shared/tracing.py): off unless an OTLP endpoint is given.
+    otel_exporter_otlp_endpoint: str | None = Field(
+        default=None,
+        description="OTLP/HTTP traces endpoint (e.g. http://otel-collector:4318/v1/traces). "
+        "Unset: tracing is off, nothing is recorded and no traceparent is stored or sent. "
+        "Needs the `otlp` extra (the container image has it).",
+    )
+    otel_sample_ratio: float = Field(
+        default=1.0,
+        ge=0.0,
+        le=1.0,
+        description="The share of traces kept, decided once per trace where it starts "
+        "(intake); every later span follows that decision.",
+    )
+
     @property
     def db_url(self) -> str:
         """DATABASE_URL, or the embedded default: one SQLite file per service in var_dir."""

@@ -3,11 +3,16 @@
 Published events are kept in memory and their outbox rows inserted just before the commit,
 in one statement, inside the same transaction: a rollback (or an abandoned unit of work)
 leaves no row behind, and a commit always carries every event published through it.
+
+Each row keeps the trace context current when its event was published (``shared.tracing``):
+a consumer's span for a single event, or, in a batch, the span of the incoming event named by
+:meth:`UnitOfWork.caused_by`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from types import TracebackType
 from typing import Self
 
@@ -17,6 +22,7 @@ from shared.clock import Clock
 from shared.envelope import Envelope, Event
 from shared.outbox import OUTBOX
 from shared.outbox_rows import outbox_row
+from shared.tracing import Context, current_traceparent, use_context
 
 __all__ = ["UnitOfWork"]
 
@@ -39,12 +45,17 @@ class UnitOfWork:
         self.clock = clock
         self.source = source
         self.published: list[Envelope] = []
+        self.trace_contexts: dict[str, Context] = {}
+        """The consumer span's context of each incoming event (the inbox sets them)."""
+        self._traceparents: dict[str, str] = {}
         self._outboxed = 0
         self._committed = False
 
     async def __aenter__(self) -> Self:
         self.session = self._sessions()
         self.published = []
+        self.trace_contexts = {}
+        self._traceparents = {}
         self._outboxed = 0
         self._committed = False
         return self
@@ -85,7 +96,16 @@ class UnitOfWork:
             causation_id=causation_id,
         )
         self.published.append(envelope)
+        if (traceparent := current_traceparent()) is not None:
+            self._traceparents[envelope.id] = traceparent
         return envelope
+
+    @contextmanager
+    def caused_by(self, event_id: str | None) -> Iterator[None]:
+        """Events published inside continue the trace of the incoming event `event_id` (a
+        batch handler applying several events names each one's in turn)."""
+        with use_context(self.trace_contexts.get(event_id) if event_id else None):
+            yield
 
     async def flush(self) -> None:
         """Insert the outbox rows of the events staged so far, in one statement; they still
@@ -94,7 +114,10 @@ class UnitOfWork:
         self._outboxed = min(self._outboxed, len(self.published))
         staged = self.published[self._outboxed :]
         if staged:
-            await self.session.execute(OUTBOX.insert(), [outbox_row(e) for e in staged])
+            await self.session.execute(
+                OUTBOX.insert(),
+                [outbox_row(e, traceparent=self._traceparents.get(e.id)) for e in staged],
+            )
             self._outboxed = len(self.published)
         await self.session.flush()
 

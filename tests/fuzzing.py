@@ -80,11 +80,11 @@ def note(outcome: str) -> None:
 
 # Time: 1 s per call, plus 4 s per MiB of input, of this process's CPU time (not the wall
 # clock, which a machine busy elsewhere stretches without the code being at fault), measured
-# without tracemalloc (which makes hl7apy four times slower). On this project's slow 2-core machine the worst linear shapes
-# measured 0.25-0.9 s per MiB unloaded (classifying a 1 MiB chief complaint, 5 MiB of
-# NEMSIS elements), and a loaded machine has been seen to take five times as long, so the
-# bound leaves at least 4x. What it exists to catch is super-linear: the quadratic shapes
-# and the hl7apy object trees this fuzzing found took 10 s to minutes at the size limits.
+# without tracemalloc (which makes hl7apy four times slower). On this project's slow 2-core
+# machine the worst linear shapes measured 0.25-0.9 s per MiB unloaded (classifying a 1 MiB
+# chief complaint, 5 MiB of NEMSIS elements), so the bound leaves at least 4x. What it
+# exists to catch is super-linear: the quadratic shapes and the hl7apy object trees this
+# fuzzing found took 10 s to minutes at the size limits.
 SECONDS_PER_CALL = 1.0
 SECONDS_PER_MIB = 4.0
 

@@ -30,8 +30,9 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from services.intake.hl7 import HL7Error, build_ack, normalize, read_header
-from services.intake.metrics import MLLP_CONNECTIONS
+from services.intake.metrics import INTAKE_MESSAGES, MLLP_CONNECTIONS
 from services.intake.mllp import FramingError, MllpDecoder, frame
+from shared import tracing
 from shared.inbox import is_transient
 
 __all__ = ["FramingRejected", "MllpListener", "MllpPeer"]
@@ -235,6 +236,13 @@ class MllpListener:
             handle.cancel()
 
     async def _answer(self, payload: bytes, peer: MllpPeer) -> str:
+        # Each frame starts a trace: its report's outbox row carries it on (shared.tracing).
+        with tracing.span(
+            "mllp frame", kind=tracing.SpanKind.SERVER, attributes={"portline.channel": "mllp"}
+        ):
+            return await self._answer_frame(payload, peer)
+
+    async def _answer_frame(self, payload: bytes, peer: MllpPeer) -> str:
         try:
             partners = await self._authenticate(peer)  # cached: a removal takes effect soon
             return await self._handle(payload, partners)
@@ -243,6 +251,7 @@ class MllpListener:
                 log.warning("partner registry unavailable; answering AE")
             else:
                 log.exception("message handling failed; answering AE")
+            INTAKE_MESSAGES.labels("hl7", "error").inc()
             try:  # echo MSH-10 when the header can be read, so the sender can match the AE
                 header = read_header(normalize(payload))
             except HL7Error:

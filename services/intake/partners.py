@@ -443,17 +443,34 @@ class MllpRule:
         )
 
 
+_MEMO_ENTRIES = 1024
+"""Peers whose answer one set of rules remembers (a listener asks again on every frame)."""
+
+
 @dataclass(frozen=True, slots=True)
 class MllpRules:
     """Every active hospital's MLLP rule: who a connection may speak for."""
 
     rules: tuple[MllpRule, ...] = field(default=())
+    _memo: dict[tuple[str | None, str | None], frozenset[str]] = field(
+        default_factory=dict, compare=False, repr=False
+    )
+    """Answers already given under these rules: a new set of rules (the directory reads
+    them again once its cache expires) starts empty, so a change is never masked."""
 
     def partners_for(self, peer: str | None, fingerprint: str | None) -> frozenset[str]:
         """The hospitals a connection from ``peer`` (an IP address) presenting a client
         certificate with ``fingerprint`` (or none) may speak for; empty: nobody."""
+        key = (peer, fingerprint)
+        known = self._memo.get(key)
+        if known is not None:
+            return known
         address = _address(peer)
-        return frozenset(r.partner_id for r in self.rules if r.admits(address, fingerprint))
+        answer = frozenset(r.partner_id for r in self.rules if r.admits(address, fingerprint))
+        if len(self._memo) >= _MEMO_ENTRIES:  # bounded, whatever peers connect
+            self._memo.clear()
+        self._memo[key] = answer
+        return answer
 
     def authenticates_anyone(self, *, client_certificates: bool) -> bool:
         """Whether any hospital can be authenticated at all (with client certificates

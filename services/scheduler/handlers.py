@@ -132,16 +132,23 @@ class Scheduler:
 
     async def on_overdoses(self, uow: UnitOfWork, envelopes: Sequence[Envelope]) -> None:
         """Apply reports in their order, reading and writing the batch's rows once (batch.py)."""
-        reports = [r for r in (report_of(env.event()) for env in envelopes) if r is not None]
-        await self.apply_reports(uow, reports)
+        pairs = [(env.id, report_of(env.event())) for env in envelopes]
+        reports = [(event_id, r) for event_id, r in pairs if r is not None]
+        await self.apply_reports(
+            uow, [r for _, r in reports], causes=[event_id for event_id, _ in reports]
+        )
 
-    async def apply_reports(self, uow: UnitOfWork, reports: Sequence[Report]) -> None:
-        """Reports from any source (scheduler.reports), in order, as one batch."""
+    async def apply_reports(
+        self, uow: UnitOfWork, reports: Sequence[Report], *, causes: Sequence[str] = ()
+    ) -> None:
+        """Reports from any source (scheduler.reports), in order, as one batch. `causes`, when
+        given, are the reports' event ids: what each publishes continues that event's trace."""
         if not reports:
             return
         batch = await ReportBatch.load(uow.session, reports, self._open_identity)
-        for report in reports:
-            await self._apply_report(uow, batch, report)
+        for n, report in enumerate(reports):
+            with uow.caused_by(causes[n] if causes else None):
+                await self._apply_report(uow, batch, report)
         await batch.writes.flush(uow.session)
 
     def _open_identity(self, sealed: str) -> dict[str, Any]:

@@ -52,6 +52,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import Field, SQLModel
 
+from services.scheduler.metrics import TIMER_LATENESS, TIMERS_OVERDUE
 from shared.db import UTCDateTime, bigint_pk
 from shared.uow import UnitOfWork
 
@@ -277,6 +278,8 @@ class TimerRunner:
             now = uow.clock.now()
             timers = await self._claim(uow.session, now)
             self._claimed = len(timers)
+            # Claimed oldest first: the first is the longest waiting.
+            TIMERS_OVERDUE.set((now - timers[0].due_at).total_seconds() if timers else 0)
             if not timers:
                 return 0
             isolated = isolated or any(t.id in self._failures for t in timers)
@@ -299,6 +302,7 @@ class TimerRunner:
             await uow.commit()
         for timer in fired:
             self._failures.pop(timer.id, None)
+            TIMER_LATENESS.observe(max(0.0, (now - timer.due_at).total_seconds()))
         return len(fired)
 
     async def run(self, stop: asyncio.Event) -> None:

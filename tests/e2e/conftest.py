@@ -303,7 +303,7 @@ async def _until_consuming(env: dict[str, str]) -> None:
     await publisher.start()
     sent: set[str] = set()
     try:
-        deadline = time.monotonic() + 90
+        deadline = time.monotonic() + 180  # a loaded machine starts slowly
         while time.monotonic() < deadline:
             identity = Identity(
                 family=f"Warm{_uuid.uuid4().hex[:6]}", given="Up", dob=_date(1980, 1, 1)
@@ -383,7 +383,7 @@ async def _until_outreach_consumes(env: dict[str, str], base: str) -> None:
     publisher = KafkaPublisher(env["KAFKA_BOOTSTRAP_SERVERS"], client_id="e2e-outreach-warmup")
     await publisher.start()
     try:
-        deadline = time.monotonic() + 90
+        deadline = time.monotonic() + 180  # a loaded machine starts slowly
         async with httpx.AsyncClient(base_url=base) as client:
             while time.monotonic() < deadline:
                 now = _datetime.now(UTC)

@@ -49,7 +49,7 @@ async def schemas(postgres_url: str, runtime_postgres_url: str) -> AsyncIterator
         )
         assert done.returncode == 0, done.stderr
         runtime = make_url(runtime_postgres_url).username
-        assert f"scheduler: at scheduler_0008; {runtime} may read and write rows" in done.stdout
+        assert f"scheduler: at scheduler_0013; {runtime} may read and write rows" in done.stdout
         yield prefix
     finally:
         engine = create_engine(postgres_url, service="admin", schema="public")
@@ -155,6 +155,6 @@ async def test_the_runtime_role_reads_and_writes_the_rows_of_every_other_table(
                 values,
             )
             version = await conn.execute(sa.text("SELECT version_num FROM alembic_version"))
-            assert version.scalar() == "scheduler_0008"
+            assert version.scalar() == "scheduler_0013"
     finally:
         await engine.dispose()

@@ -10,6 +10,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from aiokafka import TopicPartition
+from prometheus_client import REGISTRY
 
 from shared.bus import ConsumerLoop
 from shared.inbox import IncomingMessage, Outcome
@@ -24,6 +25,7 @@ class Record:
     offset: int
     key: bytes | None = None
     value: bytes = b"{}"
+    headers: tuple[tuple[str, bytes], ...] = ()
 
 
 class FakeConsumer:
@@ -34,6 +36,7 @@ class FakeConsumer:
         self._stop = stop
         self.commits: list[dict[TopicPartition, int]] = []
         self.seeks: dict[TopicPartition, int] = {}
+        self.highwaters: dict[TopicPartition, int] = {}
 
     async def getmany(self, **_kwargs: Any) -> dict[TopicPartition, list[Record]]:
         fetched, self._fetched = self._fetched, {}
@@ -47,8 +50,16 @@ class FakeConsumer:
     def seek(self, tp: TopicPartition, offset: int) -> None:
         self.seeks[tp] = offset
 
+    def assignment(self) -> set[TopicPartition]:
+        return set(self.highwaters)
+
+    def highwater(self, tp: TopicPartition) -> int | None:
+        return self.highwaters.get(tp)
+
 
 class FakeProcessor:
+    consumer = "test.consumer"
+
     def __init__(self, fail_on_batch: int | None = None) -> None:
         self.batches: list[list[tuple[int, int]]] = []
         self._fail_on_batch = fail_on_batch
@@ -117,3 +128,27 @@ async def test_a_fetch_is_at_least_as_large_as_a_batch() -> None:
     stop.clear()
     await run(Recording(fetch(p0=range(0, 3)), stop), FakeProcessor(), batch_size=50)
     assert asked[-1] == 200  # the default fetch stays as it was
+
+
+async def test_the_lag_is_the_high_watermark_less_the_committed_offset() -> None:
+    stop = asyncio.Event()
+    consumer = FakeConsumer(fetch(p0=range(0, 3), p1=range(7, 10)), stop)
+    p0, p1 = TopicPartition(TOPIC, 0), TopicPartition(TOPIC, 1)
+    consumer.highwaters = {p0: 8, p1: 10}
+    processor = FakeProcessor()
+    processor.consumer = "test.lagging"
+    await run(consumer, processor, batch_size=10)
+
+    def lag(partition: int) -> float | None:
+        return REGISTRY.get_sample_value(
+            "portline_consumer_lag_records",
+            {
+                "service": "test",
+                "consumer": "test.lagging",
+                "topic": TOPIC,
+                "partition": str(partition),
+            },
+        )
+
+    assert lag(0) == 5  # applied up to offset 2 of 8
+    assert lag(1) == 0

@@ -47,6 +47,21 @@ def rules(*items: MllpRule | None) -> MllpRules:
     return MllpRules(tuple(r for r in items if r is not None))
 
 
+def test_a_set_of_rules_remembers_its_answers_boundedly_and_a_new_set_starts_afresh() -> None:
+    """The listener asks on every frame: one set of rules answers a peer from memory, never
+    holds more than its bound, and rules read again later (a network removed) decide anew."""
+    hospital = MllpRule.of("h", None, ["10.1.0.0/16"], [])
+    first = rules(hospital)
+    assert first.partners_for("10.1.2.3", None) == {"h"}
+    assert first.partners_for("10.1.2.3", None) == {"h"}  # remembered
+    assert first.partners_for("10.9.0.1", None) == frozenset()
+    for n in range(3000):  # many peers: memory stays bounded, answers stay right
+        assert first.partners_for(f"10.1.{n // 250}.{n % 250}", None) == {"h"}
+    assert len(first._memo) <= 1024
+    removed = rules(MllpRule.of("h", None, ["10.2.0.0/16"], []))
+    assert removed.partners_for("10.1.2.3", None) == frozenset()
+
+
 @pytest.mark.parametrize(
     ("mode", "networks", "prints", "peer", "fingerprint", "admitted"),
     [

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from prometheus_client import REGISTRY
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.scheduler import timers
@@ -405,3 +406,30 @@ async def test_two_runners_on_one_sqlite_file_fire_each_timer_once(
     assert await count(sessions, OUTBOX) == 200
     rows = (await timer_rows(sessions)).values()
     assert all(r.late is False for r in rows), "each claimed under the lock, none found fired"
+
+
+async def test_how_late_timers_fire_is_measured(
+    uow_factory: Callable[[], UnitOfWork], clock: ManualClock
+) -> None:
+    def sample(name: str, labels: dict[str, str] | None = None) -> float:
+        return REGISTRY.get_sample_value(name, labels or {}) or 0.0
+
+    late_before = sample("portline_scheduler_timer_lateness_seconds_count")
+    slow_before = sample("portline_scheduler_timer_lateness_seconds_bucket", {"le": "300.0"})
+    await add(uow_factory, "late:due", T0)
+    await add(uow_factory, "later:due", T0 + timedelta(minutes=5))
+    clock.advance(timedelta(minutes=10))
+    r = runner(uow_factory, Effects(), batch_size=1)
+
+    assert await r.run_once() == 1
+    assert sample("portline_scheduler_oldest_due_timer_seconds") == 600  # waited 10 minutes
+    assert await r.run_once() == 1
+    assert sample("portline_scheduler_oldest_due_timer_seconds") == 300
+    assert await r.run_once() == 0
+    assert sample("portline_scheduler_oldest_due_timer_seconds") == 0
+    assert sample("portline_scheduler_timer_lateness_seconds_count") == late_before + 2
+    # 600 s and 300 s late: only the second is within the 300 s bucket.
+    assert (
+        sample("portline_scheduler_timer_lateness_seconds_bucket", {"le": "300.0"})
+        == slow_before + 1
+    )

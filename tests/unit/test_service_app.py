@@ -51,6 +51,9 @@ async def test_service_serves_operations_endpoints_and_reports_kafka_not_ready(
                 f'portline_outbox_oldest_unpublished_seconds{{service="{service}"}} 0.0'
                 in metrics.text
             )
+            # Readiness as alerts read it: each check's state, the one /readyz just answered.
+            assert f'portline_ready{{check="kafka",service="{service}"}} 0.0' in metrics.text
+            assert f'portline_ready{{check="database",service="{service}"}} 1.0' in metrics.text
 
             assert (await client.get("/docs")).status_code == 200
             spec = (await client.get("/openapi.json")).json()

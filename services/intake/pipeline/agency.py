@@ -41,6 +41,8 @@ class AgencyRecord:
     revise_only: bool = False
     """Not an overdose by itself but says the person died: it revises the number's report to
     fatal, and creates none (``not_overdose`` when there is none)."""
+    traceparent: str | None = None
+    """The trace of the request it came in (shared.tracing): its event carries it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,7 +104,9 @@ class AgencyReports:
             report_id, revision, (current.opioid, current.any_drug) if current else None
         )
         try:
-            writes.publish(event, subject=person_key(event.blind_keys, report_id))
+            writes.publish(
+                event, subject=person_key(event.blind_keys, report_id), traceparent=r.traceparent
+            )
         except EventTooLargeError:
             return AgencyOutcome(
                 "rejected",

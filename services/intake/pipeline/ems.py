@@ -14,7 +14,7 @@ import asyncio
 import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal
 
@@ -32,6 +32,7 @@ from services.intake.store import InboundRecord, IntakeStore, RoutineWrites
 from shared.clock import Clock
 from shared.events import OverdoseReported
 from shared.ids import new_uuid
+from shared.tracing import current_traceparent
 
 __all__ = ["EmsIntake", "EmsOutcome", "EmsStatus", "EmsSubmission", "classify_run"]
 
@@ -47,6 +48,8 @@ class EmsSubmission:
     report: EmsRunReport | None
     error_code: str | None = None
     error_message: str | None = None
+    traceparent: str | None = field(default_factory=current_traceparent)
+    """The trace of the request it came in (shared.tracing): its event carries it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -251,6 +254,7 @@ class EmsIntake:
                 (run, decision),
                 build,
                 revise_only=not overdose,
+                traceparent=s.traceparent,
             )
 
         stored = await self._agency.store(

@@ -33,7 +33,7 @@ import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, tzinfo
 from typing import Literal
 from zoneinfo import ZoneInfo
@@ -71,6 +71,7 @@ from shared.events import InboundRejected
 from shared.ids import new_uuid
 from shared.inbox import is_transient
 from shared.outbox_rows import EventTooLargeError
+from shared.tracing import current_traceparent
 
 __all__ = [
     "EventTooLarge",
@@ -99,6 +100,8 @@ class HL7Submission:
     replay_of: uuid.UUID | None = None
     """The rejected inbound record this is a replay of: a replay that fails again updates
     that record instead of adding another."""
+    traceparent: str | None = field(default_factory=current_traceparent)
+    """The trace of the request or frame it came in (shared.tracing): its events carry it."""
 
 
 class UnknownFacilityError(HL7Error):
@@ -137,6 +140,7 @@ class _Prepared:
     """The partner a rejection is recorded under; None: the message is refused, not kept."""
     settled: bool = False
     """The commit that stored this message (or failed to) is over: its ACK may leave."""
+    traceparent: str | None = None
 
 
 PreparedSubmission = list[_Prepared]
@@ -295,6 +299,7 @@ class HL7Intake:
         now = self._clock.now()
         for p in prepared:
             p.replay_of = submission.replay_of
+            p.traceparent = submission.traceparent
             if p.recorded_for is None and not p.transient:
                 self._refuse_unkept(p, now, unauthenticated=not submission.sender)
         return prepared
@@ -493,6 +498,7 @@ class HL7Intake:
                 received_at=now,
             ),
             subject=partner_id,
+            traceparent=p.traceparent,
         )
         writes.inbound.append(
             InboundRecord(
@@ -552,7 +558,9 @@ class HL7Intake:
             protector=self._protector,
             kept=(current.opioid, current.any_drug) if current else None,
         )
-        writes.publish(event, subject=person_key(event.blind_keys, report_id))  # may refuse
+        writes.publish(  # may refuse
+            event, subject=person_key(event.blind_keys, report_id), traceparent=p.traceparent
+        )
         reports.put(key, p.partner.partner_id, "ed", event, digest)
         return report_id, revision
 

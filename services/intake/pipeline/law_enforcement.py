@@ -21,6 +21,7 @@ from services.intake.store import IntakeStore
 from shared.clock import Clock
 from shared.events import OverdoseReported
 from shared.ids import new_uuid
+from shared.tracing import current_traceparent
 
 __all__ = ["LawEnforcementIntake"]
 
@@ -67,7 +68,16 @@ class LawEnforcementIntake:
 
         key = source_key("law_enforcement", partner.partner_id, report.incident_number)
         (outcome,) = await self._agency.store(
-            [AgencyRecord(partner.partner_id, key, (report,), build)], now
+            [
+                AgencyRecord(
+                    partner.partner_id,
+                    key,
+                    (report,),
+                    build,
+                    traceparent=current_traceparent(),
+                )
+            ],
+            now,
         )
         INTAKE_MESSAGES.labels("law_enforcement", outcome.status).inc()
         return outcome

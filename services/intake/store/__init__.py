@@ -115,8 +115,8 @@ class Known:
 class BatchWrites:
     """What one batch writes, beside its routine messages: one commit.
 
-    :meth:`publish` has the signature of ``UnitOfWork.publish``; it turns the event into its
-    outbox row at once, so an event too large for the broker raises
+    :meth:`publish` is ``UnitOfWork.publish`` with the trace context given, not current; it
+    turns the event into its outbox row at once, so an event too large for the broker raises
     (``shared.outbox_rows.EventTooLargeError``) before the batch has changed anything for it.
     """
 
@@ -132,9 +132,12 @@ class BatchWrites:
         """Rejected records whose replay was accepted now."""
         self.outbox: list[dict[str, Any]] = []
 
-    def publish(self, event: Event, *, subject: str) -> Envelope:
+    def publish(self, event: Event, *, subject: str, traceparent: str | None = None) -> Envelope:
+        """Stage an event; `traceparent` is the trace of the request or frame it came in."""
         envelope = Envelope.wrap(event, source=self.source, subject=subject, time=self.now)
-        self.outbox.append(outbox_row(envelope, max_bytes=self._max_event_bytes))
+        self.outbox.append(
+            outbox_row(envelope, max_bytes=self._max_event_bytes, traceparent=traceparent)
+        )
         return envelope
 
     def __bool__(self) -> bool:
