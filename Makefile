@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
 .PHONY: help venv run test lint format typecheck unit integration e2e k8s fuzz bench bench-intake eval-linking \
-        kafka-up kafka-down pg-up pg-down infra-up infra-down clean
+        kafka-up kafka-down pg-up pg-down infra-up infra-down clean dashboard-screenshot
 
 help:
 	@echo "make run        start Kafka and all four services on the embedded defaults"
@@ -14,8 +14,9 @@ help:
 	@echo "make lint | typecheck | unit | integration | e2e | format"
 	@echo "make k8s        render the Kubernetes overlays (deploy/k8s) and validate them"
 	@echo "make fuzz       the parser fuzz tests with FUZZ_SCALE (50) times the examples"
-	@echo "make bench      intake (MLLP, EMS), scheduler and reporting benchmarks"
+	@echo "make bench      intake (MLLP, EMS), scheduler, reporting and dashboard benchmarks"
 	@echo "make eval-linking  linking on a synthetic population: auto-linked, reviewed, missed"
+	@echo "make dashboard-screenshot   the browser test, refreshing docs/img/dashboard.png"
 	@echo "make kafka-up | kafka-down | pg-up | pg-down"
 
 $(STAMP): pyproject.toml
@@ -60,6 +61,9 @@ integration: venv
 
 e2e: venv
 	@scripts/test.sh --no-lint tests/e2e
+
+dashboard-screenshot: venv
+	@PORTLINE_REFRESH_SCREENSHOT=1 scripts/test.sh --no-lint tests/e2e/test_dashboard_e2e.py
 
 bench: venv
 	@scripts/bench.sh $(BENCH_ARGS)

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # `make bench` (= `make bench-intake`): intake throughput, end to end, on real Kafka and
 # PostgreSQL, with parse-only baselines measured in the same run (tests/bench/intake_bench.py);
-# then the scheduler's, reporting's and spike detection's benchmarks (see the end of this
-# file).
+# then the scheduler's, reporting's, spike detection's and the dashboard's benchmarks (see the
+# end of this file).
 #
 # Starts a local broker and the private PostgreSQL cluster unless KAFKA_BOOTSTRAP_SERVERS /
 # DATABASE_URL name existing ones, and stops what it started. Intake runs on the
@@ -87,5 +87,14 @@ fi
 if [[ "${BENCH_NO_SPIKES:-}" != 1 ]]; then
   echo "== spike detection benchmark"
   "$BIN/python" -m tests.bench.spikes_bench
+fi
+
+# Dashboard: GET /dashboard p50/p95 for one program's year of 1,000,000 events
+# (tests/bench/dashboard_bench.py says exactly how; re-creates schema bench_reporting after the
+# reporting benchmark). BENCH_NO_DASHBOARD=1 skips it; DASHBOARD_BENCH_ARGS go to it.
+if [[ "${BENCH_NO_DASHBOARD:-}" != 1 ]]; then
+  echo "== dashboard benchmark"
+  # shellcheck disable=SC2086
+  "$BIN/python" -m tests.bench.dashboard_bench ${DASHBOARD_BENCH_ARGS:-}
 fi
 echo "bench finished in $((SECONDS - started_at)) s"

@@ -36,5 +36,13 @@ export PORTLINE_ENV="${PORTLINE_ENV:-development}"
 "$BIN/portline" migrate
 if [[ "$PORTLINE_ENV" == "development" ]]; then
   "$BIN/portline" intake seed-demo
+  # The dashboard for the demo program, signed in as its team lead. The token is in the
+  # link's fragment, which a browser never sends: the page trades it for a cookie and drops
+  # it from the address bar and history, so it reaches no server log.
+  host="${PORTLINE_HOST:-127.0.0.1}"
+  [[ "$host" == "0.0.0.0" || "$host" == "::" ]] && host=127.0.0.1
+  token="$("$BIN/portline" dev-token --role team_lead --program demo --subject demo-lead)"
+  echo "dashboard (demo, team lead; open within 12 h):"
+  echo "  http://$host:${PORTLINE_REPORTING_PORT:-8004}/dashboard#token=$token"
 fi
 "$BIN/portline" run all

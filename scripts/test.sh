@@ -39,6 +39,9 @@ export PORTLINE_PROMTOOL
 
 echo "== infrastructure"
 start_infra
+# The dashboard's browser tests drive Debian's chromium (installed here when missing).
+PORTLINE_CHROMIUM="$(scripts/chromium.sh | tail -n 1)"
+export PORTLINE_CHROMIUM
 
 echo "== pytest"
 "$BIN/pytest" "${@:-tests}"

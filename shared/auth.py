@@ -43,6 +43,7 @@ __all__ = [
     "Role",
     "TeamIdentity",
     "authenticate",
+    "authenticate_token",
     "declared_roles",
     "document_roles",
     "require",
@@ -107,8 +108,13 @@ def _bearer(request: Request) -> str:
 
 async def authenticate(request: Request) -> Principal:
     """The caller, from their bearer token; an ApiError when they cannot be let in."""
+    return await authenticate_token(request, _bearer(request))
+
+
+async def authenticate_token(request: Request, token: str) -> Principal:
+    """The caller, from a bearer token that came another way than the Authorization header
+    (the dashboard's session cookie); the same checks and errors as `authenticate`."""
     identity: TeamIdentity = request.app.state.team_identity
-    token = _bearer(request)
     try:
         principal = await identity.verifier.verify(token)
     except ProviderUnavailable:

@@ -13,6 +13,9 @@ from fastapi import FastAPI
 
 from services.reporting.alerts_api import router as alerts_router
 from services.reporting.api import router
+from services.reporting.dashboard.render import SvgRenderer
+from services.reporting.dashboard.signals import LiveSignals, Signals
+from services.reporting.dashboard.views import router as dashboard_router
 from services.reporting.feeds import FeedRules
 from services.reporting.handlers import ReadModels
 from services.reporting.models import REBUILD
@@ -41,9 +44,10 @@ DESCRIPTION = (
     "figure carries its metric's id and version, and its numerator and denominator where it "
     "is a rate), with small-cell suppression (primary, complementary, unstable rates) unless a "
     "team lead or admin asks for the internal view, and exports as CSV and XLSX, including the "
-    "quarterly funder report. Spike alerts on each county's overdoses (NSSP-ESSENCE's EWMA "
-    "and the ODMAP rule), which leads acknowledge or dismiss, and each partner feed's health. "
-    "Aggregates only: reporting never stores or shows who anyone is."
+    "quarterly funder report; the dashboard (`GET /dashboard`). Spike alerts on each county's "
+    "overdoses (NSSP-ESSENCE's EWMA and the ODMAP rule), which leads acknowledge or dismiss, "
+    "and each partner feed's health. Aggregates only: reporting never stores or shows who "
+    "anyone is."
 )
 
 
@@ -57,8 +61,11 @@ def read_models(
     )
 
 
-def create_app(settings: Settings, *, clock: Clock | None = None) -> FastAPI:
-    """`clock` replaces the system clock (tests move it)."""
+def create_app(
+    settings: Settings, *, clock: Clock | None = None, signals: Signals | None = None
+) -> FastAPI:
+    """`clock` replaces the system clock (tests move it); `signals` gives the dashboard its
+    open alerts and feed health (by default, reporting's own: `LiveSignals`)."""
     programs = ProgramBook.from_settings(settings)
     watch = Watch(programs, FeedRules.from_settings(settings))
     models = read_models(settings, programs, watch)
@@ -76,6 +83,11 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> FastAPI:
         app.state.programs = programs
         app.state.watch = watch
         app.state.sealer, _ = load_keys(settings)  # seals the leads' notes on alerts
+        app.state.signals = signals or LiveSignals(
+            runtime.sessions, programs, watch.feeds, runtime.clock.now
+        )
+        app.state.renderer = renderer = SvgRenderer()
+        await renderer.warm()  # the first chart would otherwise take a second or more
 
         async def rebuilt() -> str:
             async with runtime.sessions() as session:
@@ -97,13 +109,14 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> FastAPI:
         finally:
             stop.set()
             await timer
+            renderer.close()
 
     return create_service_app(
         "reporting",
         settings,
         title="PORTline reporting",
         description=DESCRIPTION,
-        routers=[router, alerts_router],
+        routers=[router, alerts_router, dashboard_router],
         consumers=consumers,
         extension=extension,
         runtime_factory=lambda: Runtime("reporting", settings, clock=clock),
