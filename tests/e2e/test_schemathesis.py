@@ -21,6 +21,7 @@ from tests.e2e.conftest import IntakeProcess, ServiceProcess, dev_token
 pytestmark = pytest.mark.e2e
 
 SCHEMATHESIS = str(Path(sys.executable).parent / "schemathesis")
+ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = int(os.environ.get("PORTLINE_SCHEMATHESIS_EXAMPLES", "8"))
 
 CHECKS = "all"
@@ -57,8 +58,13 @@ async def _run(base: str, headers: dict[str, str], *filters: str) -> None:
     ]
     for name, value in headers.items():
         command += ["--header", f"{name}: {value}"]
+    env = {
+        **os.environ,
+        "SCHEMATHESIS_HOOKS": "tests.e2e.schemathesis_hooks",  # HL7's media types as text
+        "PYTHONPATH": str(ROOT),
+    }
     done = await asyncio.to_thread(
-        subprocess.run, command, capture_output=True, text=True, timeout=900
+        subprocess.run, command, capture_output=True, text=True, timeout=900, env=env, cwd=ROOT
     )
     report = done.stdout[-6000:] + done.stderr[-2000:]
     assert done.returncode == 0, report
