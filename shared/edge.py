@@ -55,6 +55,7 @@ __all__ = [
     "Body",
     "BodyLimit",
     "Cursor",
+    "DateTimeText",
     "EdgeRoute",
     "Instant",
     "Page",
@@ -98,6 +99,10 @@ def _utc_in_range(value: datetime) -> datetime:
         raise ValueError(f"a date-time from {EARLIEST:%Y} to {LATEST:%Y} is expected")
     return utc
 
+
+DateTimeText = Annotated[datetime, BeforeValidator(_text_only)]
+"""A date-time given as ISO 8601 text, never a number; whether it needs an offset is the
+route's to say (with its own error code)."""
 
 Instant = Annotated[AwareDatetime, BeforeValidator(_text_only), AfterValidator(_utc_in_range)]
 """A date-time the API accepts: ISO 8601 text with an offset (never a number), from 1970 to

@@ -29,7 +29,7 @@ from services.reporting.feeds import FeedHealth, FeedState, feed_health
 from services.reporting.programs import ProgramBook
 from services.reporting.watch import Watch
 from shared.auth import Principal
-from shared.edge import EdgeRoute, guard
+from shared.edge import DateTimeText, EdgeRoute, guard
 from shared.http import ApiError, ErrorResponse
 from shared.runtime import Runtime
 from shared.sealing import Sealer
@@ -139,7 +139,9 @@ async def alerts(
     principal: Reader,
     request: Request,
     status: Annotated[AlertStatus | None, Query(description="Only alerts in this state.")] = None,
-    since: Annotated[datetime | None, Query(description="Only alerts detected since.")] = None,
+    since: Annotated[
+        DateTimeText | None, Query(description="Only alerts detected since (ISO 8601 with offset).")
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 200,
 ) -> AlertsAnswer:
     if since is not None and since.tzinfo is None:

@@ -18,7 +18,7 @@ from typing import Annotated, Literal
 
 import jwt
 from fastapi import APIRouter, Query, Request, Response
-from fastapi.responses import HTMLResponse, RedirectResponse
+from fastapi.responses import HTMLResponse
 
 from services.reporting.answers import Question, QuestionError
 from services.reporting.dashboard.board import Filters, gather
@@ -134,8 +134,17 @@ Text = Annotated[str | None, Query()]
     summary="The dashboard: the program's figures as charts, tables and panels (HTML)",
     description="Filters: `from`, `to` (incident dates; default the last 13 weeks), `county`, "
     "`view=internal` (team leads and admins). Bearer token in the Authorization header, or "
-    "the session cookie `POST /dashboard/session` sets. Roles: analyst, team_lead, admin.",
+    "the session cookie `POST /dashboard/session` sets. Roles: analyst, team_lead, admin. "
+    "Refusals are pages too, with the error's status and code.",
     response_class=HTMLResponse,
+    responses={
+        status: {"description": why, "content": {"text/html": {}}}
+        for status, why in (
+            (401, "Not signed in: a sign-in note."),
+            (403, "A role that may not see the figures, or the internal view asked for."),
+            (422, "Bad filters (`validation_error`, `invalid_range`, `range_too_large`)."),
+        )
+    },
 )
 async def dashboard(
     request: Request,
@@ -213,9 +222,31 @@ async def session(request: Request) -> Response:
     return response
 
 
-@router.post("/dashboard/signout", summary="End the dashboard's cookie session")
+@router.post(
+    "/dashboard/signout",
+    summary="End the dashboard's cookie session",
+    description="Clears the cookie and sends the browser back to `/dashboard` (303), which "
+    "then answers its sign-in note, or the page for a bearer token a proxy forwards.",
+    status_code=303,
+    response_class=HTMLResponse,
+    responses={
+        303: {"description": "Signed out: to /dashboard."},
+        200: {
+            "description": "/dashboard, for a client that follows the redirect.",
+            "content": {"text/html": {}},
+        },
+        401: {
+            "description": "/dashboard's sign-in note, for a client that follows the redirect.",
+            "content": {"text/html": {}},
+        },
+    },
+)
 async def signout() -> Response:
-    response = RedirectResponse("/dashboard", status_code=303, headers=SECURITY_HEADERS)
+    response = HTMLResponse(  # a short page for the rare client that shows a 303's body
+        '<!doctype html><title>Signed out</title><a href="/dashboard">Signed out</a>',
+        status_code=303,
+        headers={**SECURITY_HEADERS, "Location": "/dashboard"},
+    )
     response.delete_cookie(COOKIE, path="/dashboard")
     return response
 
