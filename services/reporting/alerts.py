@@ -332,13 +332,18 @@ async def record(uow: UnitOfWork, findings: Sequence[Finding]) -> list[SpikeDete
             await session.execute(ALERT.insert().values(row))
         else:
             upgrade = _RANK[finding.level] > _RANK[old.level]
-            grew = finding.observed > old.observed or finding.window_end > old.window_end
+            grew = (
+                finding.observed > old.observed
+                or finding.window_end > old.window_end
+                or finding.window_start < old.window_start  # an earlier overdose, late
+            )
             if not upgrade and not grew:
                 continue
             if not upgrade:  # never lowered: a larger count at the level it has
                 values["level"] = old.level
                 if finding.level != old.level:
                     values.update(expected=old.expected, p_value=old.p_value)
+            values["window_start"] = min(old.window_start, finding.window_start)
             values["window_end"] = max(old.window_end, finding.window_end)
             values["observed"] = max(old.observed, finding.observed)
             await session.execute(

@@ -109,7 +109,11 @@ async def test_the_maintenance_loop_prunes_as_the_runtime_role(
             )  # fmt: skip
         before = _sample("portline_retention_pruned_rows_total", service="intake", rule="inbox")
         maintenance = Maintenance(
-            "intake", session_factory(engine), Settings(env="development"), clock=clock
+            "intake",
+            session_factory(engine),
+            # fact topics kept 30 days, so inbox ids may go after 60 (kept for good otherwise)
+            Settings(env="development", kafka_fact_retention_days=30, retention_inbox_days=60),
+            clock=clock,
         )
         stop = asyncio.Event()
         loop = asyncio.create_task(maintenance.run(stop))

@@ -257,6 +257,19 @@ async def test_an_odmap_spike_that_grows_stays_one_alert(world: World) -> None:
     assert len([e for e in await published(world) if e.data["detector"] == "odmap"]) == 1
 
 
+async def test_an_earlier_overdose_reported_late_widens_the_spike_backwards(world: World) -> None:
+    """Found by the e2e on a loaded machine: reports arrive in any order."""
+    h = History()
+    spike(h, 5, county="Wake", hours=4)  # from 4 h ago, 20 minutes apart
+    await world.deliver(h.envelopes)
+    h.envelopes.clear()
+    h.overdose(at=NOW - timedelta(hours=5), county="Wake")  # before them, sent last
+    await world.deliver(h.envelopes)
+    (alert,) = [a for a in await alerts(world) if a["detector"] == "odmap"]
+    assert alert["observed"] == 6
+    assert datetime.fromisoformat(alert["window_start"]) == NOW - timedelta(hours=5)
+
+
 async def test_history_replayed_raises_nothing(world: World) -> None:
     """A spike long ago (a backlog, a replay): today's test is all that is asked."""
     h = History()
