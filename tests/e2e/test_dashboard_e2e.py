@@ -14,13 +14,14 @@ writes the README's docs/img/dashboard.png.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import random
 import string
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -65,15 +66,27 @@ async def _eventually(
     raise AssertionError(f"timed out waiting for {what}")
 
 
+GIVEN = (
+    "Avery", "Blake", "Casey", "Dakota", "Emerson", "Finley", "Gray", "Harper", "Indigo",
+    "Jordan", "Kendall", "Logan", "Marlow", "Noel", "Oakley", "Peyton", "Quinn", "Rowan",
+    "Sawyer", "Tatum", "Umber", "Vesper", "Wren", "Xavi", "Yael", "Zion",
+)  # fmt: skip
+_PEOPLE = itertools.count()
+
+
 def _run_report(family: str, county: str, incident: datetime, consent: str) -> dict[str, Any]:
+    """A run report of a person of their own: linking (issue 18) weighs names, date of birth,
+    phone and the overdose itself, so people who share a given name and a birthday and whose
+    family names differ by a digit are rightly taken for one. Each report here differs in all."""
+    n = next(_PEOPLE)
     return {
         "pcr_number": f"PCR-{uuid.uuid4().hex[:10]}",
         "incident_at": incident.isoformat(),
         "patient": {
             "family_name": family,
-            "given_name": "Robin",
-            "date_of_birth": f"19{random.randint(60, 99)}-04-05",
-            "phones": [f"336-555-{random.randint(1000, 9999)}"],
+            "given_name": GIVEN[n % len(GIVEN)],
+            "date_of_birth": (date(1960, 1, 1) + timedelta(days=113 * n)).isoformat(),
+            "phones": [f"336-555-{1000 + n:04d}"],
         },
         "scene": {"street": "10 Main St", "city": "Greensboro", "county": county},
         "impressions": ["T40.1X1A"],
