@@ -44,12 +44,4 @@ PORTLINE_CHROMIUM="$(scripts/chromium.sh | tail -n 1)"
 export PORTLINE_CHROMIUM
 
 echo "== pytest"
-if [[ $# -gt 0 ]]; then
-  "$BIN/pytest" "$@"
-else
-  # The backup drill restores a database and rewinds consumer groups on the shared broker; a
-  # session-wide service started after it in the same session missed its figures (the
-  # dashboard's browser test). It runs in a session of its own, after all the rest.
-  "$BIN/pytest" tests --ignore=tests/e2e/test_backup_drill_e2e.py
-  "$BIN/pytest" tests/e2e/test_backup_drill_e2e.py
-fi
+"$BIN/pytest" "${@:-tests}"
