@@ -293,7 +293,16 @@ async def test_every_service_scaled_out_gives_one_persons_worth_of_everything(
                 == PEOPLE
             )
             assert await count("scheduler", "SELECT count(*) FROM {s}.task") == PEOPLE
-            assert await count("scheduler", "SELECT count(*) FROM {s}.possible_match") == 0
+            # Linking may still hold a hint for a lead (issue 18 flags overdoses with little
+            # else agreeing); the replicas must never make one person twice or merge two (the
+            # counts above), and no possible match may have been decided by anyone.
+            assert (
+                await count(
+                    "scheduler",
+                    "SELECT count(*) FROM {s}.possible_match WHERE status <> 'open'",
+                )
+                == 0
+            )
 
             async def outreach_tasks() -> bool:
                 return await count("outreach", "SELECT count(*) FROM {s}.task") >= PEOPLE
