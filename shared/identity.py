@@ -63,18 +63,26 @@ class Protector:
             return None
         return self.sealer.seal_json(_identity_dict(identity), context="identity")
 
+    def blind_fields(self, identity: Identity, *, facility: str | None) -> dict[str, Any]:
+        """A report event's blind-key fields (``BlindKeyVersions``): the keys under the active
+        version, that version, and the keys under every other version held."""
+        return {
+            "blind_keys": self.blind_keys(identity, facility=facility),
+            "blind_keys_version": self.indexer.version,
+            "other_blind_keys": self.other_blind_keys(identity, facility=facility),
+        }
+
     def blind_keys(self, identity: Identity, *, facility: str | None) -> BlindKeys:
-        name_dob = None
-        if identity.family and identity.given and identity.dob:
-            name_dob = self.indexer.name_dob(identity.family, identity.given, identity.dob)
-        phone = next(
-            (k for k in (self.indexer.phone(p) for p in identity.phones) if k is not None), None
-        )
-        mrn = None
-        if identity.mrn and facility:
-            mrn = self.indexer.mrn(facility, identity.mrn)
-        dob = self.indexer.dob(identity.dob) if identity.dob else None
-        return BlindKeys(name_dob=name_dob, phone=phone, mrn=mrn, dob=dob)
+        """The blind keys under the active version (``indexer.version``)."""
+        return _blind_keys(self.indexer, identity, facility)
+
+    def other_blind_keys(self, identity: Identity, *, facility: str | None) -> dict[str, BlindKeys]:
+        """The same blind keys under every other version held (during a key rotation), for
+        an event's ``other_blind_keys``; empty when only one version is held."""
+        return {
+            indexer.version: _blind_keys(indexer, identity, facility)
+            for indexer in self.indexer.held[1:]
+        }
 
     def location(self, address: Address | None) -> Location:
         if address is None:
@@ -90,6 +98,18 @@ class Protector:
                 context="address",
             )
         return Location(county=address.county, state=address.state, address=sealed)
+
+
+def _blind_keys(indexer: BlindIndexer, identity: Identity, facility: str | None) -> BlindKeys:
+    name_dob = None
+    if identity.family and identity.given and identity.dob:
+        name_dob = indexer.name_dob(identity.family, identity.given, identity.dob)
+    phone = next((k for k in (indexer.phone(p) for p in identity.phones) if k is not None), None)
+    mrn = None
+    if identity.mrn and facility:
+        mrn = indexer.mrn(facility, identity.mrn)
+    dob = indexer.dob(identity.dob) if identity.dob else None
+    return BlindKeys(name_dob=name_dob, phone=phone, mrn=mrn, dob=dob)
 
 
 def _identity_dict(identity: Identity) -> dict[str, Any]:

@@ -21,7 +21,7 @@ import os
 import re
 import secrets
 import unicodedata
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import date, datetime
 from pathlib import Path
 from types import MappingProxyType
@@ -35,6 +35,7 @@ from shared.settings import Settings
 
 __all__ = [
     "KEY_BYTES",
+    "LEGACY_BLIND_VERSION",
     "BlindIndexer",
     "KeyConfigError",
     "Keyring",
@@ -60,7 +61,10 @@ _KID = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
 _B64URL = re.compile(r"^[A-Za-z0-9_-]+$")
 _DEV_KID = "dev1"
 _KEYS_FILE = "keys.json"
-_ENV_VARS = "PORTLINE_SEAL_KEYS / PORTLINE_BLIND_INDEX_KEY"
+_ENV_VARS = "PORTLINE_SEAL_KEYS / PORTLINE_BLIND_INDEX_KEYS (or PORTLINE_BLIND_INDEX_KEY)"
+LEGACY_BLIND_VERSION = "b1"
+"""The version of the blind indexes computed with ``PORTLINE_BLIND_INDEX_KEY``, the one key there
+was before blind-index keys had versions (and of every index stored before then)."""
 
 
 class SealingError(Exception):
@@ -346,22 +350,99 @@ class BlindIndexer:
     Equal people give equal indexes across formatting differences; each kind of index is
     domain-separated, so equal normalized strings of different kinds never collide. The
     methods return None when there is nothing to index after normalization.
+
+    Blind-index keys have versions (``b1``, ``b2``, ...) so that they can rotate: an indexer
+    computes under its own (the active) version and holds the other versions configured beside
+    it (``others``), so a service can compute a value under every version during a rotation
+    (``held``). Indexes under different keys never collide, so they can be stored side by side.
     """
 
-    __slots__ = ("_key",)
+    __slots__ = ("_key", "_others", "_version")
+    _key: bytes
+    _others: tuple[BlindIndexer, ...]
+    _version: str
 
-    def __init__(self, key: bytes) -> None:
+    def __init__(
+        self,
+        key: bytes,
+        *,
+        version: str = LEGACY_BLIND_VERSION,
+        others: Sequence[BlindIndexer] = (),
+    ) -> None:
         if not isinstance(key, bytes) or len(key) != KEY_BYTES:
             raise KeyConfigError(f"blind index key must be exactly {KEY_BYTES} bytes")
+        _check_kid(version)
+        seen = {version}
+        for other in others:
+            if other._others:
+                raise KeyConfigError("a blind indexer held beside another holds no others itself")
+            if other.version in seen:
+                raise KeyConfigError(f"duplicate blind index version {other.version!r}")
+            seen.add(other.version)
         self._key = key
+        self._version = version
+        self._others = tuple(others)
 
     @classmethod
     def from_setting(cls, value: str) -> BlindIndexer:
-        """Build from the base64 ``PORTLINE_BLIND_INDEX_KEY`` value."""
+        """Build from the base64 ``PORTLINE_BLIND_INDEX_KEY`` value (version ``b1``)."""
         return cls(_decode_key(value, what="blind index key"))
 
+    @classmethod
+    def from_versions(cls, value: str | None, *, legacy: str | None = None) -> BlindIndexer:
+        """Build from ``PORTLINE_BLIND_INDEX_KEYS`` (``"b2:base64key,b1:base64key"``: the first
+        version is the active one, all are held) and ``PORTLINE_BLIND_INDEX_KEY`` (``legacy``:
+        version ``b1``, held last unless the versions list ``b1`` themselves)."""
+        keys: dict[str, bytes] = {}
+        entries = value.strip().split(",") if value and value.strip() else []
+        for position, entry in enumerate(entries, start=1):
+            version, sep, encoded = entry.strip().partition(":")
+            version = version.strip()
+            if not sep or not version or not encoded.strip():
+                raise KeyConfigError(
+                    f"blind index key entry {position} is malformed; expected 'version:base64key'"
+                )
+            _check_kid(version)
+            if version in keys:
+                raise KeyConfigError(f"duplicate version {version!r} in blind index keys")
+            keys[version] = _decode_key(encoded, what=f"blind index key {version!r}")
+        if legacy is not None:
+            key = _decode_key(legacy, what="blind index key")
+            held = keys.setdefault(LEGACY_BLIND_VERSION, key)
+            if not hmac.compare_digest(held, key):
+                raise KeyConfigError(
+                    f"PORTLINE_BLIND_INDEX_KEY and version {LEGACY_BLIND_VERSION!r} of "
+                    "PORTLINE_BLIND_INDEX_KEYS differ; set one of them"
+                )
+        if not keys:
+            raise KeyConfigError("no blind index key given")
+        (active, key), *rest = keys.items()
+        return cls(key, version=active, others=[cls(k, version=v) for v, k in rest])
+
+    @property
+    def version(self) -> str:
+        """The version this indexer computes under (the active one)."""
+        return self._version
+
+    @property
+    def held(self) -> tuple[BlindIndexer, ...]:
+        """This indexer and the other versions held beside it, active first."""
+        return (self, *self._others)
+
+    @property
+    def versions(self) -> tuple[str, ...]:
+        """Every version held, active first."""
+        return tuple(i.version for i in self.held)
+
+    def at(self, version: str) -> BlindIndexer:
+        """The indexer of a version held; `UnknownKeyError` if it is not."""
+        for indexer in self.held:
+            if indexer.version == version:
+                return indexer
+        raise UnknownKeyError(f"no blind index key of version {version!r} is configured")
+
     def __repr__(self) -> str:
-        return "BlindIndexer(key=<hidden>)"
+        return f"BlindIndexer(versions={self.versions!r}, keys=<hidden>)"
 
     def _digest(self, kind: str, normalized: str) -> str | None:
         if not normalized:
@@ -475,14 +556,15 @@ def load_keys(
     """
     log = logger or logging.getLogger(__name__)
     seal_setting = _secret(settings.seal_keys)
+    versions_setting = _secret(settings.blind_index_keys)
     index_setting = _secret(settings.blind_index_key)
-    if seal_setting is None or index_setting is None:
+    if seal_setting is None or (index_setting is None and versions_setting is None):
         if not settings.is_development:
             missing = [
                 name
                 for name, value in (
                     ("PORTLINE_SEAL_KEYS", seal_setting),
-                    ("PORTLINE_BLIND_INDEX_KEY", index_setting),
+                    ("PORTLINE_BLIND_INDEX_KEYS", versions_setting or index_setting),
                 )
                 if value is None
             ]
@@ -493,10 +575,11 @@ def load_keys(
             )
         dev = _development_keys(Path(settings.var_dir) / _KEYS_FILE, log)
         seal_setting = seal_setting or dev["seal_keys"]
-        index_setting = index_setting or dev["blind_index_key"]
+        if versions_setting is None:
+            index_setting = index_setting or dev["blind_index_key"]
     return (
         Sealer(Keyring.from_setting(seal_setting)),
-        BlindIndexer.from_setting(index_setting),
+        BlindIndexer.from_versions(versions_setting, legacy=index_setting),
     )
 
 

@@ -198,6 +198,9 @@ class Settings(BaseSettings):
 
     # PHI sealing: "kid:base64key[,kid:base64key...]"; the first key seals, all keys open.
     seal_keys: SecretStr | None = None
+    # Blind-index keys: "version:base64key[,...]", the first version active, all held (a
+    # rotation); the single PORTLINE_BLIND_INDEX_KEY is version b1 (docs/deploy.md).
+    blind_index_keys: SecretStr | None = None
     blind_index_key: SecretStr | None = None
 
     # Team identity: the program's OpenID Connect provider (scheduler, outreach, reporting;
@@ -535,15 +538,19 @@ class Settings(BaseSettings):
     def _refuse_placeholders(self) -> Settings:
         if self.is_development:
             return self
-        for name in ("seal_keys", "blind_index_key"):
+        if self.env == "production":
+            if self.seal_keys is None:
+                raise PlaceholderSecretError(
+                    f"PORTLINE_SEAL_KEYS is required when PORTLINE_ENV={self.env}"
+                )
+            if self.blind_index_key is None and self.blind_index_keys is None:
+                raise PlaceholderSecretError(
+                    f"PORTLINE_BLIND_INDEX_KEY is required when PORTLINE_ENV={self.env} "
+                    "(or PORTLINE_BLIND_INDEX_KEYS, its versioned form)"
+                )
+        for name in ("seal_keys", "blind_index_key", "blind_index_keys"):
             secret: SecretStr | None = getattr(self, name)
-            if secret is None:
-                if self.env == "production":
-                    raise PlaceholderSecretError(
-                        f"PORTLINE_{name.upper()} is required when PORTLINE_ENV={self.env}"
-                    )
-                continue
-            if _is_placeholder(secret.get_secret_value()):
+            if secret is not None and _is_placeholder(secret.get_secret_value()):
                 raise PlaceholderSecretError(
                     f"PORTLINE_{name.upper()} looks like a placeholder; "
                     f"set a real secret when PORTLINE_ENV={self.env}"

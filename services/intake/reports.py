@@ -58,8 +58,7 @@ def ed_report(
 ) -> OverdoseReported:
     """``kept``: the report's (opioid, any_drug) when this message revises it without being an
     overdose by itself (an A03 that only says the patient expired)."""
-    facility = adt.header.sending_facility
-    blind = protector.blind_keys(adt.identity, facility=facility)
+    blind = protector.blind_fields(adt.identity, facility=adt.header.sending_facility)
     naloxone = any(r.code == ReasonCode.TEXT_NALOXONE_TERM for r in decision.reasons)
     death = death_of_adt(adt)
     opioid, any_drug = decision.opioid, decision.any_drug
@@ -75,7 +74,7 @@ def ed_report(
         incident_at=adt.admit_at or received_at,
         received_at=received_at,
         identity=protector.seal_identity(adt.identity),
-        blind_keys=blind,
+        **blind,
         deidentified=adt.identity.deidentified,
         location=protector.location(adt.identity.address),
         opioid=opioid,
@@ -103,7 +102,7 @@ def ems_report(
 ) -> OverdoseReported:
     """``kept``: the report's (opioid, any_drug) when this record revises it without being an
     overdose by itself (a later version that only says the patient died)."""
-    blind = protector.blind_keys(run.identity, facility=None)
+    blind = protector.blind_fields(run.identity, facility=None)
     death = death_of_run(run)
     opioid, any_drug = decision.opioid, decision.any_drug
     if kept is not None:
@@ -118,7 +117,7 @@ def ems_report(
         incident_at=run.incident_at or received_at,
         received_at=received_at,
         identity=protector.seal_identity(run.identity),
-        blind_keys=blind,
+        **blind,
         deidentified=run.identity.deidentified,
         location=protector.location(run.scene or run.identity.address),
         opioid=opioid,
@@ -171,7 +170,7 @@ def le_report(
         incident_at=report.occurred_at,
         received_at=received_at,
         identity=protector.seal_identity(identity),
-        blind_keys=protector.blind_keys(identity, facility=None),
+        **protector.blind_fields(identity, facility=None),
         deidentified=identity.deidentified,
         location=_scene(report, protector),
         opioid=bool(LE_OPIOIDS.intersection(drugs)),

@@ -66,6 +66,8 @@ __all__ = [
     "ReportBatch",
     "Writes",
     "blind_pairs",
+    "report_pairs",
+    "versioned_pairs",
 ]
 
 KEY_KINDS = ("name_dob", "phone", "mrn", "dob")
@@ -81,6 +83,19 @@ _TABLES = (PERSON, PERSON_KEY, POSSIBLE_MATCH, CASE, EPISODE, REPORT_LINK, TASK,
 def blind_pairs(blind: BlindKeys) -> list[tuple[str, str]]:
     """The report's blind keys as (kind, value) pairs, as person_key holds them."""
     return [(k, v) for k in KEY_KINDS if (v := getattr(blind, k))]
+
+
+def versioned_pairs(report: Report) -> list[tuple[str, str, str]]:
+    """(version, kind, value) of the report's blind keys under every version it carries."""
+    return [
+        (version, k, v) for version, blind in report.blind_sets() for k, v in blind_pairs(blind)
+    ]
+
+
+def report_pairs(report: Report) -> list[tuple[str, str]]:
+    """The report's blind keys under every version it carries, as (kind, value) pairs: a
+    person indexed under any of those versions holds one of them."""
+    return [(k, v) for _, k, v in versioned_pairs(report)]
 
 
 def _key_of(table: sa.Table, row: dict[str, Any]) -> tuple[Any, ...]:
@@ -243,7 +258,7 @@ class ReportBatch:
             p
             for r in reports
             if not r.deidentified
-            for p in (*blind_pairs(r.blind_keys), *(lookups or {}).get(r.report_id, ()))
+            for p in (*report_pairs(r), *(lookups or {}).get(r.report_id, ()))
         }
         near: dict[uuid.UUID, list[EpisodeRef]] = {}
         near_filter = _near_episodes(reports)
@@ -421,16 +436,15 @@ class ReportBatch:
         self.writes.insert(PERSON, row)
         return person
 
-    def remember_keys(
-        self, person: KnownPerson, blind: BlindKeys, derived: Iterable[tuple[str, str]] = ()
-    ) -> None:
-        """Record the report's blind keys (and those derived from it) the person is not known
-        by yet."""
-        for kind, value in (*blind_pairs(blind), *derived):
+    def remember_keys(self, person: KnownPerson, keys: Iterable[tuple[str, str, str]]) -> None:
+        """Record the report's keys, (version, kind, value) (its blind keys under every version
+        it carries and the keys derived from it), that the person is not known by yet."""
+        for version, kind, value in keys:
             if (kind, value) not in person.keys:
                 person.keys.add((kind, value))
                 self.writes.insert(
-                    PERSON_KEY, {"person_id": person.id, "kind": kind, "value": value}
+                    PERSON_KEY,
+                    {"person_id": person.id, "kind": kind, "value": value, "version": version},
                 )
 
     async def reseal(self, session: AsyncSession, person: KnownPerson, sealed: str) -> None:

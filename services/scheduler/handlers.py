@@ -30,7 +30,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from services.scheduler import timers
-from services.scheduler.batch import ReportBatch, Writes, blind_pairs
+from services.scheduler.batch import ReportBatch, Writes, blind_pairs, versioned_pairs
 from services.scheduler.linking import (
     CaseFacts,
     LinkDecision,
@@ -244,11 +244,15 @@ class Scheduler:
         """Who the report is about and the overdose it reports, opened in memory."""
         identity = self._open_identity(event.identity) if event.identity else {}
         address = identity.get("address")
-        derived: list[tuple[str, str]] = []
-        if self._indexer is not None:
-            derived = blocking.stored_keys(
-                self._indexer, family=identity.get("family"), given=identity.get("given")
-            )
+        derived: list[tuple[str, str, str]] = []
+        for indexer in self._indexer.held if self._indexer is not None else ():
+            derived += [
+                (indexer.version, kind, value)
+                for kind, value in blocking.stored_keys(
+                    indexer, family=identity.get("family"), given=identity.get("given")
+                )
+            ]
+        active = self._indexer.version if self._indexer is not None else None
         return ReportIdentity(
             family=identity.get("family"),
             given=identity.get("given"),
@@ -259,7 +263,8 @@ class Scheduler:
             phones=tuple(identity.get("phones") or ()),
             mrn=identity.get("mrn"),
             blind=event.blind_keys,
-            derived_keys=tuple(derived),
+            derived_keys=tuple((k, v) for version, k, v in derived if version == active),
+            versioned_keys=(*versioned_pairs(event), *derived),
             source_kind=event.source_kind,
             incident_at=effective_incident(event.incident_at, event.received_at)[0],
             county=event.county,
@@ -268,9 +273,10 @@ class Scheduler:
     def _lookup_keys(self, report: ReportIdentity) -> list[tuple[str, str]]:
         """Every key to find the report's candidates by: intake's and the derived ones."""
         keys = blind_pairs(report.blind) + list(report.derived_keys)
-        if self._indexer is not None:
-            keys += blocking.dob_variant_keys(self._indexer, report.dob)
-        return keys
+        keys += [(kind, value) for _, kind, value in report.versioned_keys]
+        for indexer in self._indexer.held if self._indexer is not None else ():
+            keys += blocking.dob_variant_keys(indexer, report.dob)
+        return list(dict.fromkeys(keys))
 
     async def _apply_report(
         self,
@@ -341,7 +347,7 @@ class Scheduler:
                         "created_at": now,
                     },
                 )
-        batch.remember_keys(person, event.blind_keys, report.derived_keys)
+        batch.remember_keys(person, report.versioned_keys)
         if event.identity and person.identity_sealed != event.identity:
             await batch.reseal(s, person, event.identity)
 
@@ -999,7 +1005,9 @@ class Scheduler:
         ):
             if (k.kind, k.value) not in have:
                 await s.execute(
-                    PERSON_KEY.insert().values(person_id=kept_id, kind=k.kind, value=k.value)
+                    PERSON_KEY.insert().values(
+                        person_id=kept_id, kind=k.kind, value=k.value, version=k.version
+                    )
                 )
         await s.execute(PERSON_KEY.delete().where(PERSON_KEY.c.person_id == merged_id))
         await s.execute(

@@ -157,6 +157,10 @@ class ReportIdentity:
     blind: BlindKeys = field(default_factory=BlindKeys)
     derived_keys: tuple[tuple[str, str], ...] = ()
     """Keys the scheduler derived itself (the name key: matching.blocking)."""
+    versioned_keys: tuple[tuple[str, str, str], ...] = ()
+    """(version, kind, value) of every key above under every blind-index key version the
+    report carries or the scheduler holds (a key rotation): a person indexed under any version
+    shares one of them. What the person is recorded under when linked."""
     source_kind: str | None = None
     incident_at: datetime | None = None
     county: str | None = None
@@ -173,7 +177,7 @@ class ReportIdentity:
         for kind in ("name_dob", "phone", "mrn", "dob"):
             if value := getattr(self.blind, kind):
                 keys.setdefault(kind, set()).add(value)
-        for kind, value in self.derived_keys:
+        for kind, value in (*self.derived_keys, *((k, v) for _, k, v in self.versioned_keys)):
             keys.setdefault(kind, set()).add(value)
         events: tuple[Event, ...] = ()
         if self.incident_at is not None and self.source_kind in EVENT_KINDS:

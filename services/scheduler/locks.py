@@ -16,6 +16,13 @@ transaction-level advisory locks, held until it commits or rolls back:
    a key another report of that person lacks, and both must not open a case or an episode for
    them at once.
 
+Blind-index keys have versions (a key rotation, ADR 0026): the keys locked are the report's
+under every version it carries and the derived ones under every version this replica holds.
+Indexes under two versions differ, so two batches lock the same thing only if they share a
+version; the rotation keeps one version held by every producer and replica at every step (b1
+until all hold b2 beside it; b2 from then on), so two reports of one person always share a key
+of that version and take turns, whichever replica and configuration reads them.
+
 Each kind of lock is taken in one statement, in ascending order of its number, and every
 batch takes all its key locks before any person lock: two batches never wait for each other
 in a circle, so no deadlock. The working set is read after the locks, so it holds everything
@@ -33,7 +40,7 @@ from collections.abc import Iterable, Mapping, Sequence
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.scheduler.batch import blind_pairs
+from services.scheduler.batch import report_pairs
 from services.scheduler.models import PERSON, PERSON_KEY
 from services.scheduler.reports import Report
 
@@ -66,7 +73,7 @@ def _blocking_keys(
         (r.program_id, kind, value)
         for r in reports
         if not r.deidentified
-        for kind, value in [*blind_pairs(r.blind_keys), *lookups.get(r.report_id, ())]
+        for kind, value in [*report_pairs(r), *lookups.get(r.report_id, ())]
     }
 
 

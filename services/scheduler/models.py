@@ -50,13 +50,18 @@ class Person(SQLModel, table=True):
 
 
 class PersonKey(SQLModel, table=True):
-    """A blind index a person is known by (from any of their linked reports)."""
+    """A blind index a person is known by (from any of their linked reports), under the
+    blind-index key version that computed it (a rotation holds two: ADR 0026)."""
 
     __tablename__ = "person_key"
+    __table_args__ = (sa.Index("ix_person_key_version_person", "version", "person_id"),)
 
     person_id: uuid.UUID = Field(sa_column=sa.Column(sa.Uuid(), primary_key=True))
     kind: str = Field(sa_column=sa.Column(sa.String(16), primary_key=True))
     value: str = Field(sa_column=sa.Column(sa.String(64), primary_key=True))
+    version: str = Field(
+        default="b1", sa_column=sa.Column(sa.String(32), nullable=False, server_default="b1")
+    )
 
 
 class PossibleMatch(SQLModel, table=True):

@@ -9,11 +9,13 @@ decided the same way for every source.
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from shared.envelope import Event
 from shared.events import BlindKeys, CommunityReferralReceived, Consent, OverdoseReported
+from shared.sealing import LEGACY_BLIND_VERSION
 
 __all__ = ["Report", "report_of"]
 
@@ -40,6 +42,14 @@ class Report:
     """The partner that sent it (for a community referral: the referrer kind)."""
     county: str | None = None
     state: str | None = None
+    blind_keys_version: str = LEGACY_BLIND_VERSION
+    """The blind-index key version of ``blind_keys``."""
+    other_blind_keys: Mapping[str, BlindKeys] = field(default_factory=dict)
+    """The same keys under the other versions the sender held (a key rotation)."""
+
+    def blind_sets(self) -> tuple[tuple[str, BlindKeys], ...]:
+        """Every (version, blind keys) the report carries, ``blind_keys`` first."""
+        return ((self.blind_keys_version, self.blind_keys), *self.other_blind_keys.items())
 
 
 def report_of(event: Event) -> Report | None:
@@ -61,6 +71,8 @@ def report_of(event: Event) -> Report | None:
             source_org=event.source_org,
             county=event.location.county,
             state=event.location.state,
+            blind_keys_version=event.blind_keys_version,
+            other_blind_keys=dict(event.other_blind_keys),
         )
     if isinstance(event, CommunityReferralReceived):
         return Report(
@@ -78,5 +90,7 @@ def report_of(event: Event) -> Report | None:
             source_org=event.referrer,
             county=event.location.county,
             state=event.location.state,
+            blind_keys_version=event.blind_keys_version,
+            other_blind_keys=dict(event.other_blind_keys),
         )
     return None

@@ -1,17 +1,26 @@
 """Versioned event models for every PORTline topic; importing this registers them all."""
 
-from shared.events.common import BlindKeys, Consent, DecisionReason, SealedToken
+from shared.events.common import (
+    BlindKeys,
+    BlindKeyVersion,
+    BlindKeyVersions,
+    Consent,
+    DecisionReason,
+    SealedToken,
+)
 from shared.events.intake import (
     InboundRejected,
     Location,
     OverdoseReported,
     OverdoseReportedV1,
+    OverdoseReportedV2,
     SourceKind,
 )
 from shared.events.outreach import (
     FAILED_OUTCOMES,
     AttemptLogged,
     CommunityReferralReceived,
+    CommunityReferralReceivedV1,
     ContactMade,
     DoNotContactRequested,
     OutreachConcluded,
@@ -56,10 +65,13 @@ from shared.events.team import TeamMemberDeactivated, TeamMemberReactivated
 __all__ = [
     "FAILED_OUTCOMES",
     "AttemptLogged",
+    "BlindKeyVersion",
+    "BlindKeyVersions",
     "BlindKeys",
     "CaseClosed",
     "CaseOpened",
     "CommunityReferralReceived",
+    "CommunityReferralReceivedV1",
     "Consent",
     "ContactMade",
     "DeathRecorded",
@@ -76,6 +88,7 @@ __all__ = [
     "OutreachDeclined",
     "OverdoseReported",
     "OverdoseReportedV1",
+    "OverdoseReportedV2",
     "PersonsMerged",
     "QuietHours",
     "ReferralMade",

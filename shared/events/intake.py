@@ -12,10 +12,23 @@ from typing import Literal
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from shared.envelope import Event
-from shared.events.common import BlindKeys, Consent, DecisionReason, SealedToken
+from shared.events.common import (
+    BlindKeys,
+    BlindKeyVersions,
+    Consent,
+    DecisionReason,
+    SealedToken,
+)
 from shared.topics import INTAKE_OVERDOSES, INTAKE_REJECTED
 
-__all__ = ["InboundRejected", "Location", "OverdoseReported", "OverdoseReportedV1", "SourceKind"]
+__all__ = [
+    "InboundRejected",
+    "Location",
+    "OverdoseReported",
+    "OverdoseReportedV1",
+    "OverdoseReportedV2",
+    "SourceKind",
+]
 
 SourceKind = Literal["ems", "ed", "law_enforcement"]
 """Who reported an overdose to intake: an EMS agency, a hospital ED, a law-enforcement agency."""
@@ -62,7 +75,7 @@ class OverdoseReportedV1(Event):
     leave_behind: list[str] = Field(default_factory=list)
 
 
-class OverdoseReported(OverdoseReportedV1):
+class OverdoseReportedV2(OverdoseReportedV1):
     """v2: law-enforcement reports, and whether the person died."""
 
     event_type = "OverdoseReported"
@@ -81,6 +94,14 @@ class OverdoseReported(OverdoseReportedV1):
     suspected_drugs: list[str] = Field(
         default_factory=list, description="Codes of the drugs suspected (law enforcement)."
     )
+
+
+class OverdoseReported(OverdoseReportedV2, BlindKeyVersions):
+    """v3: the version of the blind keys, and the same keys under the other versions during a
+    blind-index key rotation (``BlindKeyVersions``)."""
+
+    event_type = "OverdoseReported"
+    version = 3
 
 
 class InboundRejected(Event):

@@ -11,7 +11,7 @@ from typing import Literal
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from shared.envelope import Event
-from shared.events.common import BlindKeys, Consent, SealedToken
+from shared.events.common import BlindKeys, BlindKeyVersions, Consent, SealedToken
 from shared.events.intake import Location
 from shared.topics import OUTREACH_ACTIVITY
 
@@ -19,6 +19,7 @@ __all__ = [
     "FAILED_OUTCOMES",
     "AttemptLogged",
     "CommunityReferralReceived",
+    "CommunityReferralReceivedV1",
     "ContactMade",
     "DoNotContactRequested",
     "OutreachConcluded",
@@ -164,7 +165,7 @@ class OutreachConcluded(_ActivityEvent):
     reason: ConclusionReason
 
 
-class CommunityReferralReceived(Event):
+class CommunityReferralReceivedV1(Event):
     """A team member entered a referral from the community: the person themself, family or a
     friend, a syringe services program, a jail at release, another community partner.
 
@@ -192,3 +193,11 @@ class CommunityReferralReceived(Event):
     )
     received_at: AwareDatetime
     entered_by: str = Field(description="The team member who entered it.")
+
+
+class CommunityReferralReceived(CommunityReferralReceivedV1, BlindKeyVersions):
+    """v2: the version of the blind keys, and the same keys under the other versions during a
+    blind-index key rotation (``BlindKeyVersions``)."""
+
+    event_type = "CommunityReferralReceived"
+    version = 2

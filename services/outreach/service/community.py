@@ -56,7 +56,7 @@ async def enter_referral(
             "Give the person's name or a phone number: a referral must say whom to reach.",
         )
     referral_id = new_uuid()
-    keys = protector.blind_keys(identity, facility=None)
+    keys = protector.blind_fields(identity, facility=None)
     location = protector.location(address)
     sealed = protector.seal_identity(identity)
     s = uow.session
@@ -93,7 +93,7 @@ async def enter_referral(
             program_id=access.program,
             referrer=body.referrer,
             identity=sealed,
-            blind_keys=keys,
+            **keys,
             deidentified=False,
             location=location,
             consent=Consent(body.consent),
@@ -102,7 +102,7 @@ async def enter_referral(
             received_at=now,
             entered_by=access.actor,
         ),
-        subject=person_key(keys, referral_id),
+        subject=person_key(keys["blind_keys"], referral_id),
     )
     await access.audit(s, "create", "community_referral", [(referral_id, None)])
     await uow.commit()
