@@ -564,7 +564,7 @@ def load_keys(
                 name
                 for name, value in (
                     ("PORTLINE_SEAL_KEYS", seal_setting),
-                    ("PORTLINE_BLIND_INDEX_KEYS", versions_setting or index_setting),
+                    ("PORTLINE_BLIND_INDEX_KEY", versions_setting or index_setting),
                 )
                 if value is None
             ]
