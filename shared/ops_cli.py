@@ -2,7 +2,7 @@
 retention, and Kafka's side of a backup and restore (docs/deploy.md is their runbook).
 
     portline dlq list | show ID | replay ID... | replay --all | resolve ID
-    portline keys rotate | reseal | status
+    portline keys rotate | reseal | status | reindex | retire-index VERSION
     portline prune [--dry-run] [--audit-log]
     portline consumers position | restore --position FILE
 
@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
     from shared.runtime import ConsumerSpec, Runtime
+    from shared.sealing import BlindIndexer
 
 __all__ = ["register", "register_keys"]
 
@@ -376,7 +377,7 @@ def _cmd_keys_status(args: argparse.Namespace) -> int:
 
     settings = get_settings()
     try:
-        sealer, _indexer = load_keys(settings)
+        sealer, indexer = load_keys(settings)
     except KeyConfigError as exc:
         print(f"portline keys status: {exc}", file=sys.stderr)
         return 2
@@ -419,7 +420,121 @@ def _cmd_keys_status(args: argparse.Namespace) -> int:
     if unknown:
         print(f"tokens under keys not configured here: {', '.join(unknown)}")
         status = 1
+    if "scheduler" in _chosen(args.service):
+        status = max(status, _blind_index_status(settings, indexer))
     return status
+
+
+# --- blind-index keys ----------------------------------------------------------------------------
+
+
+def _blind_index_status(settings: Settings, indexer: BlindIndexer) -> int:
+    """How far each blind-index key version has got in the scheduler's person keys."""
+    from services.scheduler.reindex import usage
+
+    try:
+        found = asyncio.run(_sessions_of(settings, "scheduler", usage))
+    except Exception as exc:
+        _problem("keys status", "scheduler", exc)
+        return 1
+    everyone = found.total
+    print(f"active blind index version: {indexer.version}")
+    for version in sorted(set(found.people) | set(indexer.versions)):
+        people = found.people.get(version, 0)
+        state = (
+            "active"
+            if version == indexer.version
+            else ("held" if version in indexer.versions else "not configured here")
+        )
+        share = f" ({people / everyone:.0%} of people with keys)" if everyone else ""
+        line = f"blind index {version} ({state}): {people} people{share}"
+        if found.only.get(version):
+            line += f", {found.only[version]} under {version} only"
+        print(line)
+    behind = sum(n for v, n in found.only.items() if v != indexer.version)
+    if behind:
+        print(f"{behind} people not indexed under {indexer.version}: run `portline keys reindex`")
+    return 0
+
+
+def _cmd_keys_reindex(args: argparse.Namespace) -> int:
+    from services.scheduler.reindex import ReindexReport, reindex
+    from shared.reseal import Progress
+    from shared.sealing import KeyConfigError, load_keys
+
+    settings = get_settings()
+    try:
+        sealer, indexer = load_keys(settings)
+    except KeyConfigError as exc:
+        print(f"portline keys reindex: {exc}", file=sys.stderr)
+        return 2
+
+    def write(text: str) -> None:
+        sys.stderr.write(text)
+        sys.stderr.flush()
+
+    print(
+        f"re-indexing people under blind index {indexer.version}, at most {args.rate:g} people "
+        "a second (safe to stop and run again)",
+        file=sys.stderr,
+    )
+
+    async def work(sessions: async_sessionmaker[AsyncSession]) -> ReindexReport:
+        return await reindex(
+            sessions,
+            sealer,
+            indexer,
+            rate=args.rate,
+            batch=args.batch,
+            progress=Progress(write, bar=sys.stderr.isatty()),
+        )
+
+    try:
+        report = asyncio.run(_sessions_of(settings, "scheduler", work))
+    except Exception as exc:
+        _problem("keys reindex", "scheduler", exc)
+        return 1
+    line = f"scheduler person_key: {report.reindexed} people re-indexed under {indexer.version}"
+    if report.passed_over:
+        line += f", {report.passed_over} with no sealed identity to index (passed over)"
+    if report.failed:
+        line += f", {report.failed} whose identity opened under no sealing key given"
+    print(line)
+    return 1 if report.failed else 0
+
+
+def _cmd_keys_retire_index(args: argparse.Namespace) -> int:
+    from services.scheduler.reindex import RetireRefused, retire
+    from shared.sealing import KeyConfigError, load_keys
+
+    settings = get_settings()
+    try:
+        _sealer, indexer = load_keys(settings)
+    except KeyConfigError as exc:
+        print(f"portline keys retire-index: {exc}", file=sys.stderr)
+        return 2
+    if args.version in indexer.versions:
+        print(
+            f"portline keys retire-index: {args.version} is still configured here "
+            f"(PORTLINE_BLIND_INDEX_KEYS holds {', '.join(indexer.versions)}): remove it from "
+            "every service's settings and restart them first",
+            file=sys.stderr,
+        )
+        return 2
+
+    async def work(sessions: async_sessionmaker[AsyncSession]) -> int:
+        return await retire(sessions, args.version)
+
+    try:
+        deleted = asyncio.run(_sessions_of(settings, "scheduler", work))
+    except RetireRefused as exc:
+        print(f"portline keys retire-index: {exc}", file=sys.stderr)
+        return 1
+    except Exception as exc:
+        _problem("keys retire-index", "scheduler", exc)
+        return 1
+    print(f"scheduler person_key: {deleted} key(s) under {args.version} deleted")
+    return 0
 
 
 # --- retention -----------------------------------------------------------------------------------
@@ -578,7 +693,8 @@ def _cmd_consumers_restore(args: argparse.Namespace) -> int:
 
 
 def register_keys(keys_sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """`portline keys rotate | reseal | status` (beside `keys generate`)."""
+    """`portline keys rotate | reseal | status | reindex | retire-index` (beside `keys
+    generate`)."""
     rotate = keys_sub.add_parser(
         "rotate", help="put a new sealing key first (new writes use it; old keys still open)"
     )
@@ -591,9 +707,26 @@ def register_keys(keys_sub: argparse._SubParsersAction[argparse.ArgumentParser])
     reseal.add_argument("--rate", type=float, default=500.0, help="rows per second at most")
     reseal.add_argument("--batch", type=int, default=200, help="rows per transaction")
     reseal.set_defaults(func=_cmd_keys_reseal)
-    status = keys_sub.add_parser("status", help="stored tokens under each key id")
+    status = keys_sub.add_parser(
+        "status", help="stored tokens under each key id; people under each blind index version"
+    )
     status.add_argument("--service", choices=SERVICES, help="only this service")
     status.set_defaults(func=_cmd_keys_status)
+    reindex = keys_sub.add_parser(
+        "reindex",
+        help="compute people's blind keys under the active blind index version from their "
+        "sealed identity (resumable, throttled)",
+    )
+    reindex.add_argument("--rate", type=float, default=200.0, help="people per second at most")
+    reindex.add_argument("--batch", type=int, default=200, help="people per transaction")
+    reindex.set_defaults(func=_cmd_keys_reindex)
+    retire = keys_sub.add_parser(
+        "retire-index",
+        help="delete the blind keys of a version no service holds any more (refused while "
+        "people hold keys under it only)",
+    )
+    retire.add_argument("version", metavar="VERSION", help="the retired version, e.g. b1")
+    retire.set_defaults(func=_cmd_keys_retire_index)
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
