@@ -83,11 +83,12 @@ async def inbound(request: Request) -> Response:
     ):
         raise ApiError(403, "invalid_signature", "The webhook signature does not match.")
     kind = classify_inbound(params.get("Body", ""))
-    phone_key = texting.indexer.phone(params.get("From", ""))
-    if phone_key is not None and kind in ("opt_out", "opt_in"):
+    sender = params.get("From", "")
+    phone_keys = [k for indexer in texting.indexer.held if (k := indexer.phone(sender))]
+    if phone_keys and kind in ("opt_out", "opt_in"):
         runtime: Runtime = request.app.state.runtime
         async with runtime.uow() as uow:
             await texts.record_keyword(
-                uow=uow, kind=kind, phone_key=phone_key, at=runtime.clock.now()
+                uow=uow, kind=kind, phone_keys=phone_keys, at=runtime.clock.now()
             )
     return Response(_TWIML_EMPTY, media_type="application/xml")

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
@@ -76,10 +77,11 @@ async def _compose(
     phone = next(iter(person.phones), None)
     if phone is None:
         raise ApiError(409, "no_phone", "There is no phone number for this person.")
-    phone_key = texting.indexer.phone(phone)
-    if phone_key is not None:
+    # Under every blind-index key version held: a STOP recorded before a rotation still counts.
+    phone_keys = [k for indexer in texting.indexer.held if (k := indexer.phone(phone))]
+    if phone_keys:
         opted_out = await s.execute(
-            sa.select(SMS_OPT_OUT).where(SMS_OPT_OUT.c.phone_key == phone_key)
+            sa.select(SMS_OPT_OUT).where(SMS_OPT_OUT.c.phone_key.in_(phone_keys))
         )
         if opted_out.first() is not None:
             raise ApiError(409, "sms_opted_out", "This number replied STOP; do not text it.")
@@ -182,20 +184,32 @@ async def _mark(runtime: Runtime, message_id: uuid.UUID, status: str) -> None:
 
 
 async def record_keyword(
-    *, uow: UnitOfWork, kind: Literal["opt_out", "opt_in"], phone_key: str, at: datetime
+    *,
+    uow: UnitOfWork,
+    kind: Literal["opt_out", "opt_in"],
+    phone_keys: Sequence[str],
+    at: datetime,
 ) -> None:
-    """STOP opts a number out of texts, START back in (by its blind index)."""
+    """STOP opts a number out of texts, START back in (by its blind index under every
+    blind-index key version held, so that the opt-out outlives a key rotation)."""
     try:
-        exists = (
+        exists = set(
+            (
+                await uow.session.execute(
+                    sa.select(SMS_OPT_OUT.c.phone_key).where(
+                        SMS_OPT_OUT.c.phone_key.in_(phone_keys)
+                    )
+                )
+            ).scalars()
+        )
+        if kind == "opt_out" and set(phone_keys) - exists:
             await uow.session.execute(
-                sa.select(SMS_OPT_OUT).where(SMS_OPT_OUT.c.phone_key == phone_key)
+                SMS_OPT_OUT.insert(),
+                [{"phone_key": k, "at": at} for k in phone_keys if k not in exists],
             )
-        ).first()
-        if kind == "opt_out" and not exists:
-            await uow.session.execute(SMS_OPT_OUT.insert().values(phone_key=phone_key, at=at))
         elif kind == "opt_in" and exists:
             await uow.session.execute(
-                SMS_OPT_OUT.delete().where(SMS_OPT_OUT.c.phone_key == phone_key)
+                SMS_OPT_OUT.delete().where(SMS_OPT_OUT.c.phone_key.in_(phone_keys))
             )
         await uow.commit()
     except IntegrityError:
