@@ -3,17 +3,21 @@ provider, its failures, and the signed STOP / START webhook."""
 
 from __future__ import annotations
 
+import base64
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import parse_qs, urlencode
 
 import httpx
 import pytest
 import sqlalchemy as sa
+from pydantic import SecretStr
 
 from services.outreach.models import SMS_MESSAGE, SMS_OPT_OUT
 from services.outreach.sms import request_signature
+from shared.sealing import BlindIndexer
 from tests.outreach_world import World, outreach_world
 
 TOKEN = "tok-123456"
@@ -317,3 +321,35 @@ async def test_no_texts_after_do_not_contact(world: World, provider: Provider) -
     assert r.json()["error"]["code"] == "do_not_contact"
     assert provider.requests == []
     assert await _messages(world) == []
+
+
+async def test_a_stop_recorded_under_the_old_blind_index_key_still_counts_during_a_rotation(
+    tmp_path: Path, provider: Provider
+) -> None:
+    old, new = b"o" * 32, b"n" * 32
+    rotating = {
+        "blind_index_keys": SecretStr("b2:" + base64.b64encode(new).decode()),
+        "blind_index_key": SecretStr(base64.b64encode(old).decode()),
+    }
+    transport = httpx.MockTransport(provider.handle)
+    async with outreach_world(tmp_path, sms_transport=transport, **SMS_SETTINGS, **rotating) as w:
+        await w.member("peer-1")
+        seeded = await w.seed_case()
+        async with w.runtime.sessions() as s, s.begin():  # the STOP came before the rotation
+            await s.execute(
+                SMS_OPT_OUT.insert().values(
+                    phone_key=BlindIndexer(old).phone(PERSON_E164), at=datetime.now(UTC)
+                )
+            )
+        r = await _text(w, seeded.task_id)
+        assert r.status_code == 409
+        assert r.json()["error"]["code"] == "sms_opted_out"
+        # A STOP during the rotation is kept under both versions; START clears both.
+        r = await _inbound(w, "START")
+        assert r.status_code == 200
+        r = await _inbound(w, "STOP")
+        assert r.status_code == 200
+        async with w.runtime.sessions() as s:
+            kept = set((await s.execute(sa.select(SMS_OPT_OUT.c.phone_key))).scalars())
+        assert kept == {BlindIndexer(k).phone(PERSON_E164) for k in (old, new)}
+    assert provider.requests == []
