@@ -534,6 +534,12 @@ class Settings(BaseSettings):
             )
         return self
 
+    @field_validator("blind_index_keys", mode="before")
+    @classmethod
+    def _unset_when_empty(cls, value: object) -> object:
+        # Compose passes it through empty when a deployment does not rotate.
+        return None if isinstance(value, str) and not value.strip() else value
+
     @model_validator(mode="after")
     def _refuse_placeholders(self) -> Settings:
         if self.is_development:
