@@ -516,7 +516,7 @@ def _cmd_keys_retire_index(args: argparse.Namespace) -> int:
     if args.version in indexer.versions:
         print(
             f"portline keys retire-index: {args.version} is still configured here "
-            f"(PORTLINE_BLIND_INDEX_KEYS holds {', '.join(indexer.versions)}): remove it from "
+            f"(the versions configured here: {', '.join(indexer.versions)}): remove it from "
             "every service's settings and restart them first",
             file=sys.stderr,
         )
