@@ -278,6 +278,12 @@ class Scheduler:
             keys += blocking.dob_variant_keys(indexer, report.dob)
         return list(dict.fromkeys(keys))
 
+    def _recorded(self, report: ReportIdentity) -> list[tuple[str, str, str]]:
+        """The report's keys under the versions this scheduler holds: a report published
+        before a version retired still finds people by it, but brings no key of it back."""
+        held = self._indexer.versions if self._indexer is not None else None
+        return [key for key in report.versioned_keys if held is None or key[0] in held]
+
     async def _apply_report(
         self,
         uow: UnitOfWork,
@@ -347,7 +353,7 @@ class Scheduler:
                         "created_at": now,
                     },
                 )
-        batch.remember_keys(person, report.versioned_keys)
+        batch.remember_keys(person, self._recorded(report))
         if event.identity and person.identity_sealed != event.identity:
             await batch.reseal(s, person, event.identity)
 

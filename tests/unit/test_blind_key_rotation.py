@@ -314,3 +314,13 @@ def test_cli_refuses_to_retire_a_version_still_configured(
     finally:
         get_settings.cache_clear()
     assert "b1 is still configured here" in capsys.readouterr().err
+
+
+async def test_a_late_report_under_a_retired_version_brings_none_of_its_keys_back(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    await deliver(sessions, B2, reported(B2, days_ago=10))
+    late = reported(ROTATING, days_ago=5)  # published during the rotation, read after it
+    await deliver(sessions, B2, late)
+    assert await linked_to(sessions, late) == "exact"
+    assert (await usage(sessions)).people == {"b2": 1}
