@@ -510,7 +510,7 @@ def _hot_spot_concluded(e: HotSpotConcluded, env: Envelope, ctx: FactContext, b:
             "county": _county(b, e.program_id, e.county, e.state),
             "naloxone_kits": e.naloxone_kits,
             "test_strips": e.test_strips,
-            "warnings_given": e.warnings_given,
+            "people_warned": e.warnings_given,
             "contacts_checked": e.contacts_checked,
             "concluded_at": e.concluded_at,
         },

@@ -519,7 +519,7 @@ HOT_SPOT = sa.Table(
     sa.Column("county", _key(64), nullable=False),
     sa.Column("naloxone_kits", sa.Integer(), nullable=False),
     sa.Column("test_strips", sa.Integer(), nullable=False),
-    sa.Column("warnings_given", sa.Integer(), nullable=False),
+    sa.Column("people_warned", sa.Integer(), nullable=False),
     sa.Column("contacts_checked", sa.Integer(), nullable=False),
     _ts("concluded_at", nullable=False),
     sa.Index("ix_rpt_hot_spot_program_day", "program_id", "day"),

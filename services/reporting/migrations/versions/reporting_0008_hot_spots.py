@@ -34,7 +34,7 @@ def upgrade() -> None:
         sa.Column("county", _key(64), nullable=False),
         sa.Column("naloxone_kits", sa.Integer(), nullable=False),
         sa.Column("test_strips", sa.Integer(), nullable=False),
-        sa.Column("warnings_given", sa.Integer(), nullable=False),
+        sa.Column("people_warned", sa.Integer(), nullable=False),
         sa.Column("contacts_checked", sa.Integer(), nullable=False),
         sa.Column("concluded_at", UTCDateTime(), nullable=False),
     )
