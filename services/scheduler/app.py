@@ -69,7 +69,8 @@ def create_app(settings: Settings) -> FastAPI:
                 "overdoses", [INTAKE_OVERDOSES.name], s.on_overdose, batch_handler=s.on_overdoses
             ),
             ConsumerSpec("activity", [OUTREACH_ACTIVITY.name], s.on_activity),
-            ConsumerSpec("alerts", [REPORTING_ALERTS.name], s.hot_spots.on_alert),
+            # from the start: no alert is missed while the group joins; stale ones are skipped
+            ConsumerSpec("alerts", [REPORTING_ALERTS.name], s.hot_spots.on_alert, start="earliest"),
         ]
 
     @asynccontextmanager

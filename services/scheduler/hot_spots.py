@@ -11,6 +11,9 @@ that county). The decisions (ADR 0025):
   replicas run): a later alert while it is open is attached to it and extends its due time,
   never shortens it; the same alert published again (a warning upgraded to an alert) is
   attached once;
+- an alert read after its own time box has passed (a first start reading the topic from its
+  start, a long outage) opens nothing: the consumer starts at the earliest alert, so that no
+  alert published while it was joining is lost, and stale ones are skipped here;
 - a lead's dismissal of an alert stays in reporting (it is not published): the task stays
   open until a lead concludes it, with nothing distributed if the spike was not real.
 
@@ -55,10 +58,14 @@ def plan_hot_spot(
     *,
     open_alert_ids: tuple[uuid.UUID, ...] | None,
     open_due_at: datetime | None,
+    now: datetime,
 ) -> HotSpotChange | None:
     """The pure decision: `open_alert_ids` and `open_due_at` describe the county's open task,
-    or are None when there is none."""
+    or are None when there is none. An alert whose own time box has passed by `now` (read
+    late: a first start, a long outage) opens nothing: the spike is over."""
     if not policy.hot_spot.opens_for(alert.level):
+        return None
+    if hot_spot_due(policy, detected_at=alert.detected_at) <= now:
         return None
     if open_alert_ids is None:
         due = hot_spot_due(policy, detected_at=alert.detected_at)
@@ -103,6 +110,7 @@ class HotSpots:
             alert,
             open_alert_ids=_alert_ids(current) if current is not None else None,
             open_due_at=current["due_at"] if current is not None else None,
+            now=uow.clock.now(),
         )
         if change is None:
             return

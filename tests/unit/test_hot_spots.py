@@ -114,14 +114,14 @@ def test_a_bad_hot_spot_section_names_the_key(snippet: str, fragment: str) -> No
 def test_a_later_alert_extends_the_due_time_and_an_earlier_one_never_shortens_it() -> None:
     policy = default_policy("demo")
     first = spike()
-    opened = plan_hot_spot(policy, first, open_alert_ids=None, open_due_at=None)
+    opened = plan_hot_spot(policy, first, open_alert_ids=None, open_due_at=None, now=NOW)
     assert opened is not None
     assert opened.kind == "open"
     assert opened.due_at == NOW + timedelta(hours=48)
 
     later = spike(detected_at=NOW + timedelta(hours=10))
     attached = plan_hot_spot(
-        policy, later, open_alert_ids=opened.alert_ids, open_due_at=opened.due_at
+        policy, later, open_alert_ids=opened.alert_ids, open_due_at=opened.due_at, now=NOW
     )
     assert attached is not None
     assert attached.kind == "attach"
@@ -130,16 +130,20 @@ def test_a_later_alert_extends_the_due_time_and_an_earlier_one_never_shortens_it
 
     earlier = spike(detected_at=NOW - timedelta(hours=10))
     kept = plan_hot_spot(
-        policy, earlier, open_alert_ids=opened.alert_ids, open_due_at=opened.due_at
+        policy, earlier, open_alert_ids=opened.alert_ids, open_due_at=opened.due_at, now=NOW
     )
     assert kept is not None
     assert kept.due_at == opened.due_at
 
-    again = plan_hot_spot(policy, first, open_alert_ids=opened.alert_ids, open_due_at=opened.due_at)
-    assert again is None
-    assert (
-        plan_hot_spot(policy, spike(level="warning"), open_alert_ids=None, open_due_at=None) is None
+    again = plan_hot_spot(
+        policy, first, open_alert_ids=opened.alert_ids, open_due_at=opened.due_at, now=NOW
     )
+    assert again is None
+    warning = spike(level="warning")
+    assert plan_hot_spot(policy, warning, open_alert_ids=None, open_due_at=None, now=NOW) is None
+    # read after its own time box (a first start reads the topic from its start): stale
+    stale = spike(detected_at=NOW - timedelta(hours=48))
+    assert plan_hot_spot(policy, stale, open_alert_ids=None, open_due_at=None, now=NOW) is None
 
 
 # -- the scheduler ----------------------------------------------------------------------------
