@@ -30,6 +30,7 @@ from shared.events import (
     DeathRecorded,
     DoNotContactRequested,
     EpisodeOpened,
+    HotSpotConcluded,
     InboundRejected,
     Location,
     OutreachConcluded,
@@ -421,6 +422,25 @@ class History:
             items.append(ServiceItem(kind="fentanyl_test_strips", count=strips))
         items.append(ServiceItem(kind="education"))
         self._activity(episode, ServicesProvided(**self._common(episode, at), items=items))
+
+    def hot_spot(
+        self, *, at: datetime, county: str = "Guilford", naloxone: int = 0, strips: int = 0
+    ) -> uuid.UUID:
+        """A lead concluded a hot-spot task (no person, no case)."""
+        task_id = uuid.uuid4()
+        event = HotSpotConcluded(
+            task_id=task_id,
+            program_id=self.program,
+            county=county,
+            state="NC",
+            naloxone_kits=naloxone,
+            test_strips=strips,
+            warnings_given=3,
+            contacts_checked=2,
+            concluded_at=at,
+        )
+        self._emit(event, str(task_id), at)
+        return task_id
 
     def referral(
         self,

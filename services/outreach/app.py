@@ -11,7 +11,16 @@ from fastapi import FastAPI
 
 from services.outreach.projection import on_case_event, on_overdose
 from services.outreach.roster import deactivated_members
-from services.outreach.routes import audit, cases, community, tasks, team, texts, visits
+from services.outreach.routes import (
+    audit,
+    cases,
+    community,
+    hot_spots,
+    tasks,
+    team,
+    texts,
+    visits,
+)
 from services.outreach.service.texts import Texting
 from services.outreach.sms import SmsConfig, TemplateBook, TwilioStyleProvider
 from shared.identity import Protector
@@ -95,6 +104,7 @@ def create_app(
         description=DESCRIPTION,
         routers=[
             tasks.api.router,
+            hot_spots.api.router,
             cases.api.router,
             visits.api.router,
             visits.deputy_api.router,

@@ -25,6 +25,7 @@ __all__ = [
     "COMMUNITY_REFERRAL",
     "CONTACT",
     "EPISODE",
+    "HOT_SPOT",
     "METADATA",
     "NOTICE",
     "REFERRAL",
@@ -327,3 +328,36 @@ COMMUNITY_REFERRAL = sa.Table(
     _ts("created_at"),
 )
 """A referral from the community the team entered; its identity is kept as a report row."""
+
+HOT_SPOT = sa.Table(
+    "hot_spot_task",
+    METADATA,
+    _id(),  # the scheduler's task id (HotSpotTaskScheduled)
+    _program(),
+    sa.Column("county", sa.String(64), nullable=False),
+    sa.Column("state", sa.String(16)),
+    sa.Column("status", sa.String(16), nullable=False),  # open | concluded
+    sa.Column("alert_ids", sa.Text(), nullable=False),  # JSON list, first to latest
+    sa.Column("detector", sa.String(16), nullable=False),
+    sa.Column("level", sa.String(16), nullable=False),
+    sa.Column("observed", sa.Float(), nullable=False),
+    sa.Column("expected", sa.Float()),
+    _ts("window_start"),
+    _ts("window_end"),
+    sa.Column("priority", sa.Integer(), nullable=False),
+    sa.Column("policy_version", sa.String(64), nullable=False),
+    _ts("opened_at"),
+    _ts("due_at"),
+    sa.Column("naloxone_kits", sa.Integer()),
+    sa.Column("test_strips", sa.Integer()),
+    sa.Column("warnings_given", sa.Integer()),
+    sa.Column("contacts_checked", sa.Integer()),
+    sa.Column("note_sealed", sa.Text()),
+    sa.Column("concluded_by", sa.String(128)),
+    _ts("concluded_at", True),
+    sa.Column("version", sa.Integer(), nullable=False),
+    _ts("updated_at"),
+    sa.Index("ix_hot_spot_task_queue", "program_id", "status", "due_at"),
+)
+"""Outreach where a county's overdoses spiked: no person, no case. A team lead concludes it
+with what the team distributed (published as HotSpotConcluded)."""

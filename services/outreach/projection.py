@@ -14,6 +14,7 @@ stays.
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -27,6 +28,7 @@ from services.outreach.models import (
     CASE_NOTE,
     CONTACT,
     EPISODE,
+    HOT_SPOT,
     NOTICE,
     REFERRAL,
     REPORT,
@@ -43,6 +45,7 @@ from shared.events import (
     CaseOpened,
     DeathRecorded,
     EpisodeOpened,
+    HotSpotTaskScheduled,
     OverdoseReported,
     PersonsMerged,
     ReportLinked,
@@ -214,6 +217,44 @@ async def _case_closed(uow: UnitOfWork, event: CaseClosed) -> None:
     await cancel_scheduled_visits(uow.session, event.case_id, uow.clock.now())
 
 
+async def _hot_spot_scheduled(uow: UnitOfWork, event: HotSpotTaskScheduled) -> None:
+    """A hot-spot task opened, or a later alert for its county was attached to it (the same
+    task id): the queue shows the latest alert and due time. A concluded one stays so."""
+    latest = {
+        "alert_ids": json.dumps([str(a) for a in event.alert_ids]),
+        "detector": event.detector,
+        "level": event.level,
+        "observed": event.observed,
+        "expected": event.expected,
+        "window_start": event.window_start,
+        "window_end": event.window_end,
+        "due_at": event.due_at,
+        "state": event.state,
+        "updated_at": uow.clock.now(),
+    }
+    s = uow.session
+    if not await _exists(uow, HOT_SPOT, event.task_id):
+        await s.execute(
+            HOT_SPOT.insert().values(
+                id=event.task_id,
+                program_id=event.program_id,
+                county=event.county,
+                status="open",
+                priority=event.priority,
+                policy_version=event.policy_version,
+                opened_at=event.opened_at,
+                version=1,
+                **latest,
+            )
+        )
+        return
+    await s.execute(
+        HOT_SPOT.update()
+        .where(HOT_SPOT.c.id == event.task_id, HOT_SPOT.c.status == "open")
+        .values(**latest, version=HOT_SPOT.c.version + 1)
+    )
+
+
 _MOVED_WITH_A_CASE = (
     EPISODE,
     REPORT_LINK,
@@ -270,6 +311,7 @@ HANDLERS: dict[type[Event], Handler] = {
     DeathRecorded: _death_recorded,
     CaseClosed: _case_closed,
     PersonsMerged: _persons_merged,
+    HotSpotTaskScheduled: _hot_spot_scheduled,
 }
 """What outreach does with each event of the scheduler's topic; others are not its business."""
 

@@ -50,6 +50,8 @@ __all__ = [
     "DeputyStatusBody",
     "DeputyVisit",
     "EpisodeView",
+    "HotSpotConclusionBody",
+    "HotSpotView",
     "NoteBody",
     "NoteView",
     "NoticeView",
@@ -508,11 +510,95 @@ class NoticeView(BaseModel):
     message: str
 
 
+HOT_SPOT_GUIDANCE = (
+    "Overdoses spiked in this county. Go where the spike is: hand out naloxone and fentanyl "
+    "test strips, warn people who use drugs, and check on the program's recent contacts in "
+    "the county. No one person is named: this task is for the county."
+)
+
+MAX_HOT_SPOT_COUNT = 100_000
+"""The most of one thing a hot-spot conclusion records (kits, strips, people)."""
+
+
+class HotSpotView(BaseModel):
+    """A hot-spot task: outreach where a county's overdoses spiked (reporting's alert). It
+    names no person and has no case."""
+
+    id: uuid.UUID
+    kind: Literal["hot_spot"] = "hot_spot"
+    status: Literal["open", "concluded"]
+    county: str
+    state: str | None
+    alert_ids: list[uuid.UUID] = Field(
+        description="Reporting's alerts behind the task (GET /v1/alerts on reporting), first "
+        "to latest: a later alert for the county while the task is open is attached to it."
+    )
+    detector: Literal["ewma", "odmap"] = Field(description="The latest alert's detector.")
+    level: Literal["warning", "alert"]
+    observed: float = Field(description="Overdoses in the latest alert's window.")
+    expected: float | None = Field(description="EWMA: the baseline's mean per day.")
+    window_start: datetime
+    window_end: datetime
+    priority: int
+    opened_at: datetime
+    due_at: datetime = Field(description="The policy's time box ([hot_spot] due_hours).")
+    guidance: str = HOT_SPOT_GUIDANCE
+    naloxone_kits: int | None = Field(description="Concluded: naloxone kits handed out.")
+    test_strips: int | None = Field(description="Concluded: fentanyl test strips handed out.")
+    warnings_given: int | None
+    contacts_checked: int | None
+    note: str | None = Field(description="The concluding lead's note (stored sealed).")
+    concluded_by: str | None
+    concluded_at: datetime | None
+    version: int
+
+
+_HotSpotCount = Annotated[StrictInt, Field(ge=0, le=MAX_HOT_SPOT_COUNT)]
+
+
+class HotSpotConclusionBody(_Body):
+    """What the team did where the spike was. Counts are whole numbers from 0."""
+
+    naloxone_kits: _HotSpotCount = Field(description="Naloxone kits handed out.")
+    test_strips: _HotSpotCount = Field(description="Fentanyl test strips handed out.")
+    warnings_given: _HotSpotCount = Field(
+        description="People who use drugs the team warned about the spike."
+    )
+    contacts_checked: _HotSpotCount = Field(
+        description="Recent contacts in the county the team checked on."
+    )
+    note: str | None = Field(
+        default=None,
+        max_length=4000,
+        description="Free text for the team. Stored sealed; never sent in events. Name no one.",
+    )
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "naloxone_kits": 40,
+                    "test_strips": 200,
+                    "warnings_given": 65,
+                    "contacts_checked": 12,
+                }
+            ]
+        },
+    )
+
+
 class QueuePage(Page[TaskView]):
     notices: list[NoticeView] = Field(
         default_factory=list,
         description="Your notices not yet dismissed (POST /v1/notices/{id}/dismiss), newest "
         "first: a task you held was cancelled because its person died.",
+    )
+    hot_spots: list[HotSpotView] = Field(
+        default_factory=list,
+        description="The program's open hot-spot tasks (kind `hot_spot`), soonest due first: "
+        "go to the county where overdoses spiked. They name no person; a team lead concludes "
+        "them (POST /v1/hot-spots/{id}/conclude).",
     )
 
 

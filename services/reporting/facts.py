@@ -25,6 +25,7 @@ from services.reporting.models import (
     DAY,
     DEATH,
     EPISODE,
+    HOT_SPOT,
     PARTNER,
     PROGRAM,
     REFERRAL,
@@ -46,6 +47,7 @@ from shared.events import (
     DeathRecorded,
     DoNotContactRequested,
     EpisodeOpened,
+    HotSpotConcluded,
     InboundRejected,
     OutreachConcluded,
     OutreachDeclined,
@@ -496,6 +498,25 @@ def _services_provided(e: ServicesProvided, env: Envelope, ctx: FactContext, b: 
     b.cases.add(e.case_id)
 
 
+def _hot_spot_concluded(e: HotSpotConcluded, env: Envelope, ctx: FactContext, b: FactBatch) -> None:
+    """What the team distributed where a county's overdoses spiked: no case, no person."""
+    _program(b, e.program_id, e.concluded_at)
+    b.add(
+        HOT_SPOT,
+        {
+            "task_id": e.task_id,
+            "program_id": e.program_id,
+            **_periods(ctx, e.program_id, e.concluded_at, b),
+            "county": _county(b, e.program_id, e.county, e.state),
+            "naloxone_kits": e.naloxone_kits,
+            "test_strips": e.test_strips,
+            "people_warned": e.warnings_given,
+            "contacts_checked": e.contacts_checked,
+            "concluded_at": e.concluded_at,
+        },
+    )
+
+
 def _referral_made(e: ReferralMade, env: Envelope, ctx: FactContext, b: FactBatch) -> None:
     b.add(
         REFERRAL,
@@ -640,6 +661,7 @@ FACTS: dict[str, tuple[type[Event], FactBuilder]] = {
         (AttemptLogged, _attempt_logged),
         (ContactMade, _contact_made),
         (ServicesProvided, _services_provided),
+        (HotSpotConcluded, _hot_spot_concluded),
         (ReferralMade, _referral_made),
         (ReferralStatusChanged, _referral_status_changed),
         (VisitScheduled, _visit_scheduled),

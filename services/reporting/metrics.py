@@ -352,23 +352,30 @@ METRICS: tuple[Metric, ...] = (
     ),
     Metric(
         id="naloxone_kits_distributed",
-        version=1,
+        version=2,
         title="Naloxone kits distributed",
-        definition="Naloxone kits peers handed out.",
+        definition="Naloxone kits peers handed out, to people after their overdose and where "
+        "a county's overdoses spiked.",
         unit="count",
         computation="The sum of the naloxone kits in the services recorded after an overdose of "
-        "the period (kits, not visits).",
+        "the period (kits, not visits), plus those handed out on hot-spot outreach concluded "
+        "in the period (by the conclusion's date and the hot spot's county; not attributed to "
+        "a source or partner). v1 counted only the services after an overdose.",
         basis="episodes",
         measure="naloxone_kits",
     ),
     Metric(
         id="test_strips_distributed",
-        version=1,
+        version=2,
         title="Fentanyl test strips distributed",
-        definition="Fentanyl test strips peers handed out.",
+        definition="Fentanyl test strips peers handed out, to people after their overdose and "
+        "where a county's overdoses spiked.",
         unit="count",
         computation="The sum of the fentanyl test strips in the services recorded after an "
-        "overdose of the period (strips, not visits).",
+        "overdose of the period (strips, not visits), plus those handed out on hot-spot "
+        "outreach concluded in the period (by the conclusion's date and the hot spot's "
+        "county; not attributed to a source or partner). v1 counted only the services after "
+        "an overdose.",
         basis="episodes",
         measure="test_strips",
     ),

@@ -35,6 +35,7 @@ __all__ = [
     "EPISODE_OUTCOMES",
     "FACT_TABLES",
     "FEED_ALERT",
+    "HOT_SPOT",
     "METADATA",
     "PARTNER",
     "PROGRAM",
@@ -509,6 +510,23 @@ FEED_ALERT = sa.Table(
     sa.Index("ix_rpt_feed_alert_partner", "program_id", "source_org", "kind", "raised_at"),
 )
 
+HOT_SPOT = sa.Table(
+    "rpt_hot_spot",
+    METADATA,
+    sa.Column("task_id", sa.Uuid(), primary_key=True),
+    sa.Column("program_id", _key(64), nullable=False),
+    *_periods(),  # of the conclusion, on the program's clock
+    sa.Column("county", _key(64), nullable=False),
+    sa.Column("naloxone_kits", sa.Integer(), nullable=False),
+    sa.Column("test_strips", sa.Integer(), nullable=False),
+    sa.Column("people_warned", sa.Integer(), nullable=False),
+    sa.Column("contacts_checked", sa.Integer(), nullable=False),
+    _ts("concluded_at", nullable=False),
+    sa.Index("ix_rpt_hot_spot_program_day", "program_id", "day"),
+)
+"""A concluded hot-spot task (outreach's HotSpotConcluded): what the team distributed where a
+county's overdoses spiked, counted in the services metrics by the conclusion's date."""
+
 FACT_TABLES = (
     EPISODE,
     REPORT,
@@ -523,6 +541,7 @@ FACT_TABLES = (
     CASE_DECISION,
     DEATH,
     REJECTED,
+    HOT_SPOT,
 )
 READ_MODEL_TABLES = (*FACT_TABLES, PROGRAM, COUNTY, PARTNER, DAY)
 """What a rebuild empties (the static source dimension stays)."""

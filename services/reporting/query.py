@@ -34,7 +34,7 @@ from typing import Any, Literal, get_args
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from services.reporting.models import EPISODE, REFERRAL, REPORT, Flag
+from services.reporting.models import EPISODE, HOT_SPOT, REFERRAL, REPORT, Flag
 from shared.db import UTCDateTime
 from shared.events.outreach import ReferralKind
 
@@ -374,6 +374,23 @@ def _sums(
     return _Job(statement, _cells(dims, [*sums, *medians]))
 
 
+HOT_SPOT_SUMS = ("naloxone_kits", "test_strips")
+"""Measures that hot-spot outreach adds to (what was distributed where a county's overdoses
+spiked, by the conclusion's date and the hot spot's county)."""
+
+
+def _hot_spots(dims: tuple[Dimension, ...]) -> tuple[_Job, ...]:
+    """Hot-spot distribution per cell, its measures named `hot_spot_<measure>` (`_combine`
+    adds them to the episodes'). It followed no report: not in a breakdown by source or
+    partner."""
+    if any(d not in (*TIME_DIMENSIONS, "county") for d in dims):
+        return ()
+    sums: dict[str, sa.ColumnElement[Any]] = {
+        f"hot_spot_{name}": HOT_SPOT.c[name] for name in HOT_SPOT_SUMS
+    }
+    return (_sums(dims, HOT_SPOT, sums, _in_scope(HOT_SPOT)),)
+
+
 @functools.cache
 def _jobs(
     dims: tuple[Dimension, ...], wanted: tuple[tuple[Dimension, ...], ...], pg: bool
@@ -409,6 +426,7 @@ def _jobs(
             _median(dims, REPORT, R.lag_hours, _in_scope(REPORT), "report_lag_hours", pg),
         ]
     return _people_of_many(dims, wanted, pg), (
+        *_hot_spots(dims),
         _episodes(dims),
         _median(dims, EPISODE, E.first_attempt_hours, timed, "first_attempt_hours", pg),
         *reports,
@@ -471,6 +489,11 @@ def _combine(
                 merged[key] = dict(values)
             else:
                 target.update(values)  # the parts measure different things
+    for values in merged.values():  # hot-spot distribution adds to the services
+        for name in HOT_SPOT_SUMS:
+            extra = values.pop(f"hot_spot_{name}", 0)
+            if extra:
+                values[name] = (values.get(name) or 0) + extra
     levels: Levels = {dims: merged}
     # what adds up of each cell, picked out once for all the margins
     addable = [

@@ -32,6 +32,7 @@ from services.reporting.models import (
     DEATH,
     EPISODE,
     EPISODE_OUTCOMES,
+    HOT_SPOT,
     PARTNER,
     PROGRAM,
     REFERRAL,
@@ -267,6 +268,7 @@ _INSERTED = (
     REJECTED,
     COUNTY,
     DAY,
+    HOT_SPOT,
 )
 """Tables whose facts arrive whole, once."""
 

@@ -19,7 +19,7 @@ from services.scheduler.timers import TimerRunner
 from shared.runtime import ConsumerSpec, Runtime, create_service_app
 from shared.sealing import BlindIndexer, Sealer, load_keys
 from shared.settings import Settings
-from shared.topics import INTAKE_OVERDOSES, OUTREACH_ACTIVITY
+from shared.topics import INTAKE_OVERDOSES, OUTREACH_ACTIVITY, REPORTING_ALERTS
 
 __all__ = ["create_app"]
 
@@ -31,7 +31,8 @@ DESCRIPTION = (
     "person, and turns episodes into time-boxed outreach tasks from the program's policy: "
     "remote contact first, an in-person visit when that fails, follow-ups after contact. "
     "Durable timers fire exactly once however many replicas run. Declined is honoured and a "
-    "do-not-contact request is final. Team leads read a case's timeline and decide possible "
+    "do-not-contact request is final. A spike alert from reporting opens a hot-spot task for "
+    "its county (no person named). Team leads read a case's timeline and decide possible "
     "matches here; the task queue itself is outreach's."
 )
 
@@ -68,6 +69,8 @@ def create_app(settings: Settings) -> FastAPI:
                 "overdoses", [INTAKE_OVERDOSES.name], s.on_overdose, batch_handler=s.on_overdoses
             ),
             ConsumerSpec("activity", [OUTREACH_ACTIVITY.name], s.on_activity),
+            # from the start: no alert is missed while the group joins; stale ones are skipped
+            ConsumerSpec("alerts", [REPORTING_ALERTS.name], s.hot_spots.on_alert, start="earliest"),
         ]
 
     @asynccontextmanager

@@ -31,6 +31,7 @@ import sqlalchemy as sa
 
 from services.scheduler import timers
 from services.scheduler.batch import ReportBatch, Writes, blind_pairs, versioned_pairs
+from services.scheduler.hot_spots import HotSpots
 from services.scheduler.linking import (
     CaseFacts,
     LinkDecision,
@@ -74,6 +75,7 @@ from shared.events import (
     DeathRecorded,
     DoNotContactRequested,
     EpisodeOpened,
+    HotSpotConcluded,
     OutreachConcluded,
     OutreachDeclined,
     PersonsMerged,
@@ -183,6 +185,8 @@ class Scheduler:
         self._policies = policies
         self._new_id = new_id
         self._window = episode_window
+        self.hot_spots = HotSpots(policies.for_program, new_id)
+        """Spike alerts that open hot-spot tasks (hot_spots.py)."""
         self._activity: dict[type[Event], ActivityHandler] = {
             AttemptLogged: self._attempt_logged,
             ContactMade: self._contact_made,
@@ -191,6 +195,7 @@ class Scheduler:
             DoNotContactRequested: self._do_not_contact,
             OutreachConcluded: self._concluded,
             CommunityReferralReceived: self._community_referral,
+            HotSpotConcluded: self._hot_spot_concluded,
         }
         """What the scheduler does with each kind of outreach activity: one line a type."""
 
@@ -863,6 +868,11 @@ class Scheduler:
         report = report_of(event)
         if report is not None:
             await self.apply_reports(uow, [report])
+
+    async def _hot_spot_concluded(
+        self, uow: UnitOfWork, _writes: Writes, event: HotSpotConcluded
+    ) -> None:
+        await self.hot_spots.concluded(uow, event)
 
     async def _attempt_logged(self, uow: UnitOfWork, writes: Writes, event: AttemptLogged) -> None:
         s = uow.session

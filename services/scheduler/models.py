@@ -15,6 +15,7 @@ __all__ = [
     "AUDIT",
     "CASE",
     "EPISODE",
+    "HOT_SPOT_TASK",
     "PERSON",
     "PERSON_KEY",
     "POSSIBLE_MATCH",
@@ -23,6 +24,7 @@ __all__ = [
     "AuditRecord",
     "Case",
     "Episode",
+    "HotSpotTask",
     "Person",
     "PersonKey",
     "PossibleMatch",
@@ -174,6 +176,42 @@ class Task(SQLModel, table=True):
     outcome: str | None = Field(default=None, sa_column=sa.Column(sa.String(32)))
 
 
+class HotSpotTask(SQLModel, table=True):
+    """Outreach where a county's overdoses spiked (reporting's SpikeDetected): no person, no
+    case. At most one is open per program and county; later alerts are attached to it."""
+
+    __tablename__ = "hot_spot_task"
+    __table_args__ = (
+        sa.Index(
+            "uq_hot_spot_task_open",
+            "program_id",
+            "county",
+            unique=True,
+            postgresql_where=sa.text("status = 'open'"),
+            sqlite_where=sa.text("status = 'open'"),
+        ),
+    )
+
+    id: uuid.UUID = Field(sa_column=sa.Column(sa.Uuid(), primary_key=True))
+    program_id: str = Field(sa_column=sa.Column(sa.String(64), nullable=False))
+    county: str = Field(sa_column=sa.Column(sa.String(64), nullable=False))
+    state: str | None = Field(default=None, sa_column=sa.Column(sa.String(16)))
+    status: str = Field(sa_column=sa.Column(sa.String(16), nullable=False))  # open | concluded
+    alert_ids: str = Field(sa_column=sa.Column(sa.Text(), nullable=False))
+    """JSON list of the alerts behind the task, first to latest."""
+    detector: str = Field(sa_column=sa.Column(sa.String(16), nullable=False))
+    level: str = Field(sa_column=sa.Column(sa.String(16), nullable=False))
+    observed: float = Field(sa_column=sa.Column(sa.Float(), nullable=False))
+    expected: float | None = Field(default=None, sa_column=sa.Column(sa.Float()))
+    window_start: datetime = Field(sa_column=_ts())
+    window_end: datetime = Field(sa_column=_ts())
+    priority: int = Field(sa_column=sa.Column(sa.Integer(), nullable=False))
+    policy_version: str = Field(sa_column=sa.Column(sa.String(64), nullable=False))
+    opened_at: datetime = Field(sa_column=_ts())
+    due_at: datetime = Field(sa_column=_ts())
+    closed_at: datetime | None = Field(default=None, sa_column=_ts(True))
+
+
 class AuditRecord(SQLModel, table=True):
     """Who read or changed a person's data, when and why: append-only (the database refuses
     UPDATE, DELETE and TRUNCATE, and the services' role may only INSERT and SELECT)."""
@@ -203,3 +241,4 @@ CASE: sa.Table = Case.__table__  # type: ignore[attr-defined]
 EPISODE: sa.Table = Episode.__table__  # type: ignore[attr-defined]
 REPORT_LINK: sa.Table = ReportLink.__table__  # type: ignore[attr-defined]
 TASK: sa.Table = Task.__table__  # type: ignore[attr-defined]
+HOT_SPOT_TASK: sa.Table = HotSpotTask.__table__  # type: ignore[attr-defined]

@@ -66,6 +66,15 @@ Deaths (:func:`family_support`)
       ``family_support_window_close_hours`` later; the phone and text quiet hours apply. It is
       for the family or household and never names the person who died as someone to contact.
 
+Hot spots (``[hot_spot]``, :func:`hot_spot_due`)
+    * Reporting's ``SpikeDetected`` of a level listed in ``levels`` (``alert`` by default;
+      add ``warning`` to act on warnings too) opens one *hot-spot task* for the program and
+      county, due ``due_hours`` after the alert was detected. It names no person.
+    * While it is open, a later alert for the same county opens no second task: it is
+      attached to the open one, whose due time moves to the later alert's due time (never
+      earlier). The same alert published again (a warning upgraded) changes nothing twice.
+    * ``enabled = false`` opens none.
+
 Linking (``[linking]``)
     * The thresholds, in bits of match weight, that decide what happens to a report and a
       known person (docs/linking.md): at or above ``auto_link_weight`` with nothing to doubt,
@@ -164,6 +173,7 @@ __all__ = [
     "EscalationTrigger",
     "FatalRules",
     "FollowUpRules",
+    "HotSpotRules",
     "LateReportRules",
     "LinkingRules",
     "PlanReason",
@@ -181,6 +191,7 @@ __all__ = [
     "escalation_due",
     "family_support",
     "follow_ups",
+    "hot_spot_due",
     "is_late",
     "load_policies",
     "load_policy",
@@ -341,6 +352,29 @@ class FatalRules(_Rules):
 _Weight = Annotated[StrictInt | StrictFloat, Field(ge=-64, le=128)]
 
 
+HotSpotLevel = Literal["warning", "alert"]
+
+
+class HotSpotRules(_Rules):
+    """Spike alerts that become work: which levels of reporting's ``SpikeDetected`` open a
+    hot-spot task for the county, and its time box (see :func:`hot_spot_due`)."""
+
+    enabled: StrictBool = True
+    levels: tuple[HotSpotLevel, ...] = ("alert",)
+    due_hours: _Hours = 48
+
+    @field_validator("levels")
+    @classmethod
+    def _levels(cls, value: tuple[HotSpotLevel, ...]) -> tuple[HotSpotLevel, ...]:
+        if len(set(value)) != len(value):
+            raise ValueError(f"must not repeat a level, got {list(value)}")
+        return value
+
+    def opens_for(self, level: str) -> bool:
+        """Whether an alert of this level opens (or extends) a hot-spot task."""
+        return self.enabled and level in self.levels
+
+
 class LinkingRules(_Rules):
     """Match-weight thresholds, in bits, for linking a report to a person (docs/linking.md)."""
 
@@ -395,6 +429,7 @@ class Policy(BaseModel):
     late_reports: LateReportRules = LateReportRules()
     fatal: FatalRules = FatalRules()
     linking: LinkingRules = LinkingRules()
+    hot_spot: HotSpotRules = HotSpotRules()
     version: StrictStr = Field(default_factory=_content_version)
 
     @field_validator("program_id")
@@ -1043,3 +1078,15 @@ def follow_ups(
         )
         tasks.append(task)
     return tasks
+
+
+def hot_spot_due(
+    policy: Policy, *, detected_at: datetime, current_due: datetime | None = None
+) -> datetime:
+    """When a hot-spot task is due: ``[hot_spot] due_hours`` after the alert that opened it.
+    A later alert for the same county while it is open extends it to its own due time, never
+    shortens it (module docs)."""
+    due = _utc("detected_at", detected_at) + timedelta(hours=policy.hot_spot.due_hours)
+    if current_due is None:
+        return due
+    return max(due, _utc("current_due", current_due))

@@ -22,6 +22,7 @@ __all__ = [
     "CommunityReferralReceivedV1",
     "ContactMade",
     "DoNotContactRequested",
+    "HotSpotConcluded",
     "OutreachConcluded",
     "OutreachDeclined",
     "ReferralMade",
@@ -163,6 +164,30 @@ class OutreachConcluded(_ActivityEvent):
     event_type = "OutreachConcluded"
 
     reason: ConclusionReason
+
+
+class HotSpotConcluded(Event):
+    """A team lead concluded a hot-spot task (the scheduler's ``HotSpotTaskScheduled``): what
+    the team distributed in the county and how many people it warned and checked on. No
+    person and no note travel (a lead's note stays sealed in outreach). Keyed by
+    ``task_id``; reporting counts the kits and strips in the services metrics."""
+
+    event_type = "HotSpotConcluded"
+    topic = OUTREACH_ACTIVITY.name
+
+    task_id: uuid.UUID
+    program_id: str
+    county: str = Field(max_length=64)
+    state: str | None = Field(default=None, max_length=16)
+    naloxone_kits: int = Field(ge=0, description="Naloxone kits handed out.")
+    test_strips: int = Field(ge=0, description="Fentanyl test strips handed out.")
+    warnings_given: int = Field(
+        ge=0, description="People who use drugs the team warned about the spike."
+    )
+    contacts_checked: int = Field(
+        ge=0, description="Recent contacts in the county the team checked on."
+    )
+    concluded_at: AwareDatetime
 
 
 class CommunityReferralReceivedV1(Event):

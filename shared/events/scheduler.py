@@ -21,6 +21,7 @@ __all__ = [
     "DeathRecorded",
     "EpisodeOpened",
     "EpisodeOpenedV1",
+    "HotSpotTaskScheduled",
     "PersonsMerged",
     "QuietHours",
     "ReportLinked",
@@ -289,3 +290,41 @@ class CaseClosed(_CaseEvent):
 
     reason: str
     closed_at: AwareDatetime
+
+
+class HotSpotTaskScheduled(Event):
+    """Reporting saw a spike in a county's overdoses (``SpikeDetected``) and the program's
+    policy (``[hot_spot]``) asks the team to go there: naloxone and test-strip distribution,
+    warnings to people who use drugs, checks on recent contacts in that county. The task
+    names no person and belongs to no case: it carries the county, the alerts behind it and
+    its time box. Keyed by ``task_id``.
+
+    Published when the task opens, and again (same ``task_id``, ``alert_ids`` grown, a later
+    ``due_at``) when a later alert for the same county is attached to the open task. Outreach
+    shows it in the queue; a team lead concludes it (``HotSpotConcluded``)."""
+
+    event_type = "HotSpotTaskScheduled"
+    topic = SCHEDULER_CASES.name
+
+    task_id: uuid.UUID
+    program_id: str
+    kind: Literal["hot_spot"] = "hot_spot"
+    county: str = Field(max_length=64)
+    state: str | None = Field(default=None, max_length=16)
+    alert_ids: list[uuid.UUID] = Field(
+        min_length=1, description="Reporting's alerts behind the task, first to latest."
+    )
+    detector: Literal["ewma", "odmap"] = Field(description="The latest alert's detector.")
+    level: Literal["warning", "alert"] = Field(description="The latest alert's level.")
+    observed: float = Field(ge=0, description="Overdoses in the latest alert's window.")
+    expected: float | None = Field(
+        default=None, description="EWMA: the baseline's mean per day; null for ODMAP."
+    )
+    window_start: AwareDatetime = Field(description="The latest alert's window.")
+    window_end: AwareDatetime
+    priority: int
+    opened_at: AwareDatetime
+    due_at: AwareDatetime = Field(
+        description="The time box: [hot_spot] due_hours after the latest attached alert."
+    )
+    policy_version: str

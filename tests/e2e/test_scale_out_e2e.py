@@ -40,6 +40,7 @@ from shared.topics import (
     INTAKE_OVERDOSES,
     INTAKE_REJECTED,
     OUTREACH_ACTIVITY,
+    REPORTING_ALERTS,
     SCHEDULER_CASES,
 )
 from tests.e2e.conftest import PORTLINE, _start, _stop, _wait_ready, dev_token
@@ -69,6 +70,7 @@ PROCESSES = {"intake": 3, "scheduler": 3, "outreach": 2, "reporting": 2}
 GROUPS = {
     "scheduler-overdoses": [INTAKE_OVERDOSES],
     "scheduler-activity": [OUTREACH_ACTIVITY],
+    "scheduler-alerts": [REPORTING_ALERTS],
     "outreach-cases": [SCHEDULER_CASES],
     "outreach-overdoses": [INTAKE_OVERDOSES],
     "reporting-events": [INTAKE_OVERDOSES, INTAKE_REJECTED, SCHEDULER_CASES, OUTREACH_ACTIVITY],

@@ -1,7 +1,9 @@
-"""From a spike to an alert, through the public APIs of real processes: a county's baseline,
+"""From a spike to a task, through the public APIs of real processes: a county's baseline,
 then a spike, both posted to intake as EMS run reports, raise an alert in reporting's
 GET /v1/alerts and a SpikeDetected on port.reporting.alerts.v1; a team lead acknowledges it
-with a note; no person's data is in the alert, the event or the answer.
+with a note. The scheduler opens a hot-spot task for the county, which appears in outreach's
+queue; a lead concludes it with the kits distributed, and reporting's services metric counts
+them. No person's data is in the alert, the task, their events or the answers.
 
 The broker and database are shared with the other e2e tests, so this test's overdoses are in a
 county of their own.
@@ -10,6 +12,7 @@ county of their own.
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import string
 import time
@@ -23,8 +26,9 @@ import pytest
 
 from shared.bus import make_consumer
 from shared.envelope import Envelope
-from shared.topics import REPORTING_ALERTS
+from shared.topics import OUTREACH_ACTIVITY, REPORTING_ALERTS, SCHEDULER_CASES
 from tests.e2e.conftest import IntakeProcess, ServiceProcess, dev_token
+from tests.support import read_topic
 
 pytestmark = pytest.mark.e2e
 
@@ -85,9 +89,10 @@ async def _spike_events(bootstrap: str, county: str, timeout: float = 60) -> lis
     return found
 
 
-async def test_a_spike_posted_to_intake_raises_an_alert_a_lead_acknowledges(
+async def test_a_spike_posted_to_intake_becomes_an_alert_and_a_hot_spot_task(
     intake_process: IntakeProcess,
     scheduler_process: ServiceProcess,  # links the reports into episodes, which are counted
+    outreach_process: ServiceProcess,
     reporting_process: ServiceProcess,
     kafka_bootstrap: str,
 ) -> None:
@@ -174,10 +179,107 @@ async def test_a_spike_posted_to_intake_raises_an_alert_a_lead_acknowledges(
         assert ewma["alert_id"] not in {a["alert_id"] for a in r.json()["alerts"]}
         answer = (await reporting.get("/v1/alerts", headers=analyst)).text
 
+    # 3. The scheduler opened a hot-spot task for the county: one, both alerts attached.
+    team_lead = await dev_token(outreach_process.env, "team_lead", "lead-ana")
+    peer = await dev_token(outreach_process.env, "peer", "peer-sam")
+    deputy = await dev_token(outreach_process.env, "deputy", "deputy-lee")
+    alert_ids = {a["alert_id"] for a in found}
+    async with httpx.AsyncClient(base_url=outreach_process.http, timeout=30) as outreach:
+
+        async def hot_spot() -> dict[str, Any] | None:
+            r = await outreach.get("/v1/tasks", headers=peer)
+            assert r.status_code == 200, r.text
+            spots = [h for h in r.json()["hot_spots"] if h["county"] == county]
+            assert len(spots) <= 1, spots  # never a second task for the county
+            done = spots and alert_ids <= set(spots[0]["alert_ids"])
+            return spots[0] if done else None
+
+        spot = await _eventually(hot_spot, "the county's hot-spot task", timeout=180)
+        assert spot["kind"] == "hot_spot"
+        assert spot["detector"] in {"ewma", "odmap"}
+        assert datetime.fromisoformat(spot["due_at"]) > now
+        # the queue's other items are people's tasks (this test's own reports among them):
+        # the hot spot is what must name no one
+        queue_answer = json.dumps(spot)
+        denied = await outreach.get(f"/v1/hot-spots/{spot['id']}", headers=deputy)
+        assert denied.status_code == 403
+
+        # 4. A lead concludes it with what the team distributed.
+        concluded = await outreach.post(
+            f"/v1/hot-spots/{spot['id']}/conclude",
+            json={
+                "naloxone_kits": 25,
+                "test_strips": 120,
+                "warnings_given": 40,
+                "contacts_checked": 6,
+                "note": "kits handed out at the bus station and the shelter",
+            },
+            headers=team_lead,
+        )
+        assert concluded.status_code == 200, concluded.text
+        assert concluded.json()["status"] == "concluded"
+        task_answer = concluded.text
+
+    # 5. Reporting counts the kits and strips in the services metrics (the county's own).
+    today = datetime.now(UTC).date()
+    async with httpx.AsyncClient(base_url=reporting_process.http, timeout=30) as reporting:
+
+        async def counted() -> dict[str, Any] | None:
+            r = await reporting.get(
+                "/v1/metrics",
+                params={
+                    "from": (today - timedelta(days=1)).isoformat(),
+                    "to": (today + timedelta(days=1)).isoformat(),
+                    "by": "county",
+                    "view": "internal",
+                },
+                headers=lead,
+            )
+            assert r.status_code == 200, r.text
+            rows = {
+                row["metric"]: row["value"]
+                for row in r.json()["rows"]
+                if row["group"].get("county") == county
+            }
+            return rows if rows.get("naloxone_kits_distributed") == 25 else None
+
+        figures = await _eventually(counted, "the hot spot's kits in the metrics", timeout=120)
+        assert figures["test_strips_distributed"] == 120
+
     events = await _spike_events(kafka_bootstrap, county)
     assert {e.data["detector"] for e in events} == {"ewma", "odmap"}
-    # No person's data anywhere: not in the alerts the API answers, not in the events.
-    texts = [answer, *(e.to_bytes().decode() for e in events)]
+    task_events = [
+        *await read_topic(
+            kafka_bootstrap,
+            SCHEDULER_CASES.name,
+            where=lambda r: Envelope.from_bytes(r.value).data.get("task_id") == spot["id"],
+            expect=1,
+            timeout=30,
+        ),
+        *await read_topic(
+            kafka_bootstrap,
+            OUTREACH_ACTIVITY.name,
+            where=lambda r: Envelope.from_bytes(r.value).data.get("task_id") == spot["id"],
+            expect=1,
+            timeout=30,
+        ),
+    ]
+    assert {Envelope.from_bytes(r.value).type for r in task_events} == {
+        "HotSpotTaskScheduled",
+        "HotSpotConcluded",
+    }
+    # No person's data anywhere: not in the alerts, the task or the queue the APIs answer,
+    # not in their events.
+    texts = [
+        answer,
+        queue_answer,
+        task_answer,
+        *(e.to_bytes().decode() for e in events),
+        *(r.value.decode() for r in task_events),
+    ]
+    for text in texts[1:]:
+        assert "person_id" not in text
+        assert "case_id" not in text
     for family, phone, born in people:
         assert not any(family in text for text in texts)
         assert not any(phone in text for text in texts)

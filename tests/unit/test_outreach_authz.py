@@ -14,6 +14,7 @@ import pytest
 
 from services.outreach.models import NOTICE
 from shared.auth import ROLES
+from shared.events import HotSpotTaskScheduled
 from shared.events.scheduler import TaskKind
 from tests.outreach_world import SECRET_WORDS, World, outreach_world
 
@@ -49,6 +50,8 @@ EXPECTED: dict[tuple[str, str], set[str]] = {
     ("GET", "/v1/audit"): {"admin"},
     ("POST", "/v1/notices/{notice_id}/dismiss"): WORK,
     ("POST", "/v1/community-referrals"): WORK,
+    ("GET", "/v1/hot-spots/{hot_spot_id}"): WORK,
+    ("POST", "/v1/hot-spots/{hot_spot_id}/conclude"): {"team_lead"},
 }
 PUBLIC = {
     ("GET", "/healthz"),
@@ -109,6 +112,12 @@ def _body(method: str, path: str, target: dict[str, str]) -> dict[str, Any] | No
         "/conclusion": {"reason": "engaged"},
         "/outcome": {"outcome": "reached"},
         "/status": {"status": "arrived"},
+        "/conclude": {
+            "naloxone_kits": 1,
+            "test_strips": 0,
+            "warnings_given": 0,
+            "contacts_checked": 0,
+        },
     }
     if method == "PATCH" and "referrals" in path:
         return {"status": "accepted"}
@@ -168,7 +177,10 @@ async def _records(world: World, program: str) -> dict[str, str]:
                 created_at=datetime.now(UTC),
             )
         )
+    hot_spot_id = uuid.uuid4()
+    await world.feed(hot_spot(hot_spot_id, program), str(hot_spot_id))
     return {
+        "hot_spot_id": str(hot_spot_id),
         "notice_id": str(notice_id),
         "task_id": str(remote.task_id),
         "case_id": str(remote.case_id),
@@ -177,6 +189,25 @@ async def _records(world: World, program: str) -> dict[str, str]:
         "visit_task_id": str(visit_task.task_id),
         "member_id": f"member-of-{program}",
     }
+
+
+def hot_spot(task_id: uuid.UUID, program: str) -> HotSpotTaskScheduled:
+    now = datetime.now(UTC)
+    return HotSpotTaskScheduled(
+        task_id=task_id,
+        program_id=program,
+        county="Guilford",
+        alert_ids=[uuid.uuid4()],
+        detector="ewma",
+        level="alert",
+        observed=5,
+        window_start=now - timedelta(days=1),
+        window_end=now,
+        priority=5,
+        opened_at=now,
+        due_at=now + timedelta(hours=48),
+        policy_version="v1",
+    )
 
 
 def _provider(request: httpx.Request) -> httpx.Response:
@@ -249,6 +280,7 @@ async def test_requests_without_a_valid_token_are_refused(world: World) -> None:
             visit_id=uuid.uuid4(),
             referral_id=uuid.uuid4(),
             notice_id=uuid.uuid4(),
+            hot_spot_id=uuid.uuid4(),
             member_id="x",
         )
         r = await world.client.request(method, path)

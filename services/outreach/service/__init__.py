@@ -7,5 +7,6 @@ it once: the domain change, its outbox rows and its audit entries together, or n
 - `visits`: in-person visits and the deputy's part;
 - `texts`: the text-message saga and STOP;
 - `community`: referrals from the community;
-- `team`: the roster and the audit log.
+- `team`: the roster and the audit log;
+- `hot_spots`: hot-spot tasks (no person) and a lead's conclusion of them.
 """

@@ -37,6 +37,7 @@ from services.outreach.schemas import (
     QueueQuery,
     TaskView,
 )
+from services.outreach.service import hot_spots
 from services.outreach.views import NOTE, attempt_view, task_views
 from shared.edge import Cursor, Instant, keyset_page
 from shared.events import AttemptLogged, ContactMade, TaskAssigned
@@ -100,9 +101,12 @@ async def list_queue(*, uow: UnitOfWork, access: Access, query: QueueQuery) -> Q
     )
     items = await task_views(access, uow.session, page)
     notices = await _notices(access, uow.session)
+    spots = []
+    if query.status == "open" and query.cursor is None:  # the first page of the open queue
+        spots = await hot_spots.list_open(access, uow.session)
     await access.audit(uow.session, "read", "task", [(t.id, t.case_id) for t in page])
     await uow.commit()
-    return QueuePage(items=items, next_cursor=cursor, notices=notices)
+    return QueuePage(items=items, next_cursor=cursor, notices=notices, hot_spots=spots)
 
 
 async def _notices(access: Access, session: AsyncSession) -> list[NoticeView]:

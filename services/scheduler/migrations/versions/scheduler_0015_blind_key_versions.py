@@ -2,7 +2,7 @@
 computed it (every row before this one: b1), so a rotation can reindex and retire (ADR 0026).
 
 Revision ID: scheduler_0015
-Revises: scheduler_0010
+Revises: scheduler_0014
 """
 
 from collections.abc import Sequence
@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "scheduler_0015"
-down_revision: str | None = "scheduler_0010"
+down_revision: str | None = "scheduler_0014"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
