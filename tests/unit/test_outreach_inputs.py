@@ -61,6 +61,7 @@ def _path(template: str) -> str:
         visit_id=uuid.uuid4(),
         referral_id=uuid.uuid4(),
         notice_id=uuid.uuid4(),
+        hot_spot_id=uuid.uuid4(),
         member_id="someone",
     )
 
