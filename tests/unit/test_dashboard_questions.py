@@ -11,9 +11,11 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.reporting.dashboard.board import Board, Filters, assemble, gather
+from services.reporting.dashboard.questions import board_sessions
 from services.reporting.programs import ProgramRules
 from services.reporting.query import Dimension, Scope, measure
 from shared.events import Consent
@@ -89,16 +91,19 @@ FILTERS = [
 
 
 async def assert_same_boards(world: World) -> None:
+    """The board's sessions (in-memory sorts, no parallel workers, on PostgreSQL) for the
+    board; the service's own for the four measures."""
     sessions = world.runtime.sessions
+    reads = board_sessions(world.runtime.engine)
     rules = world.app.state.programs.for_program("demo")
     hidden = 0
     for filters in FILTERS:
-        board = await gather(sessions, rules, filters, as_of=NOW)
+        board = await gather(reads, rules, filters, as_of=NOW)
         assert board == await four_measures(sessions, rules, filters), filters
         hidden += sum(chart.hidden for chart in board.charts)
     assert hidden > 0  # suppression was at work
     # the history has what the board draws: overdoses by week, first attempts, medians
-    year = await gather(sessions, rules, FILTERS[0], as_of=NOW)
+    year = await gather(reads, rules, FILTERS[0], as_of=NOW)
     assert [t.display for t in year.tiles if t.metric == "overdoses_reported"] != ["0"]
     assert "Alamance" in year.counties  # seen without an overdose
 
@@ -112,3 +117,11 @@ async def world(tmp_path: Path) -> AsyncIterator[World]:
 
 async def test_the_board_is_what_four_full_measures_give(world: World) -> None:
     await assert_same_boards(world)
+
+
+async def test_the_boards_sessions_read_with_their_own_settings_on_postgres_only(
+    world: World,
+) -> None:
+    """SQLite has no such settings: the board's sessions read there as any other."""
+    async with board_sessions(world.runtime.engine)() as session:
+        assert (await session.execute(sa.text("SELECT 1"))).scalar_one() == 1
