@@ -35,6 +35,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session, SessionTransaction
 
+from services.reporting.metrics import METRICS_BY_ID
 from services.reporting.models import EPISODE, REFERRAL, REPORT, Flag
 from services.reporting.query import Dimension, Key, Levels, Scope, subsets
 
@@ -47,10 +48,15 @@ __all__ = [
     "weekly_overdoses",
 ]
 
-OVERDOSES = "overdoses"
-"""The measure of `overdoses_reported` (metrics.py)."""
-FIRST_ATTEMPT_HOURS = "first_attempt_hours"
-"""The measure of `median_hours_to_first_attempt`."""
+
+def _measure_of(metric_id: str) -> str:
+    measure = METRICS_BY_ID[metric_id].measure
+    assert measure is not None, metric_id
+    return measure
+
+
+OVERDOSES = _measure_of("overdoses_reported")
+FIRST_ATTEMPT_HOURS = _measure_of("median_hours_to_first_attempt")
 
 BOARD_WORK_MEM = "32MB"
 """A cap, not an allocation: a year of 1,000,000 events sorts in a few MB per statement."""
