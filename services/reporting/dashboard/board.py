@@ -36,10 +36,15 @@ from services.reporting.dashboard.charts import (
     overdoses_by_week,
     supplies_by_month,
 )
+from services.reporting.dashboard.questions import (
+    FIRST_ATTEMPT_HOURS,
+    first_attempt_medians,
+    weekly_overdoses,
+)
 from services.reporting.figures import View, build_figures, group_label, periods_between
 from services.reporting.metrics import METRICS, METRICS_BY_ID, Metric
 from services.reporting.programs import ProgramRules
-from services.reporting.query import Dimension, Levels, Scope, measure
+from services.reporting.query import Dimension, Key, Levels, Scope, measure, subsets
 
 __all__ = ["TILES", "Board", "Filters", "Tile", "assemble", "gather"]
 
@@ -257,25 +262,38 @@ async def gather(
     *,
     as_of: datetime,
 ) -> Board:
-    """Measure what the board needs (two questions, side by side) and assemble it."""
+    """Measure what the board needs (three questions, side by side, each on its own
+    connection) and assemble it: everything by month and county (Reporting I's `measure`),
+    overdoses by week, and the medians of the groups the board shows them for."""
     scope = Scope(rules.program_id, filters.start, filters.end, as_of)
-    weekly: tuple[Dimension, ...] = (
-        ("week", "source") if filters.county is None else ("week", "county")
-    )
-    exact: tuple[tuple[Dimension, ...], ...] = (
-        ((), ("month",)) if filters.county is None else (("county",),)
-    )
-    by_week, by_month, *precise = await asyncio.gather(
-        measure(sessions, scope, weekly, margins=True),
+    county = filters.county is not None
+    by_week, by_month, medians = await asyncio.gather(
+        weekly_overdoses(sessions, scope, "county" if county else "source"),
         measure(sessions, scope, ("month", "county"), margins=True),
-        *(measure(sessions, scope, dims, margins=True) for dims in exact),
+        first_attempt_medians(sessions, scope, "county" if county else "month"),
     )
+    exact: tuple[tuple[Dimension, ...], ...] = (("county",),) if county else ((), ("month",))
     return assemble(
         by_week,
         by_month,
-        dict(zip(exact, precise, strict=True)),
+        {dims: _with_medians(by_month, dims, medians) for dims in exact},
         program_id=rules.program_id,
         filters=filters,
         as_of=as_of,
         rules=rules,
     )
+
+
+def _with_medians(
+    by_month: Levels,
+    dims: tuple[Dimension, ...],
+    medians: Mapping[tuple[Dimension, ...], Mapping[Key, float]],
+) -> Levels:
+    """The measures of a question by `dims` (with its margins) as `measure` would answer it:
+    the margins of the question by month and county, which sum what adds up, and the medians
+    of its own groups."""
+    levels: Levels = {subset: dict(by_month.get(subset, {})) for subset in subsets(dims)}
+    cells = levels[dims]
+    for key, median in medians.get(dims, {}).items():
+        cells[key] = {**cells.get(key, {}), FIRST_ATTEMPT_HOURS: median}
+    return levels

@@ -19,10 +19,12 @@ from typing import Annotated, Literal
 import jwt
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import HTMLResponse
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.reporting.answers import Question, QuestionError
 from services.reporting.dashboard.board import Filters, gather
 from services.reporting.dashboard.page import error_page, page, signin_page
+from services.reporting.dashboard.questions import board_sessions
 from services.reporting.dashboard.render import SvgRenderer
 from services.reporting.dashboard.signals import NOT_YET_BUILT, Signals
 from services.reporting.programs import ProgramBook
@@ -126,6 +128,15 @@ def _filters(
     return Filters(start, end, county, chosen)
 
 
+def _board_sessions(request: Request, runtime: Runtime) -> async_sessionmaker[AsyncSession]:
+    """The board's reading sessions (questions.board_sessions), made once per app."""
+    state = request.app.state
+    sessions: async_sessionmaker[AsyncSession] | None = getattr(state, "board_sessions", None)
+    if sessions is None:
+        sessions = state.board_sessions = board_sessions(runtime.engine)
+    return sessions
+
+
 Text = Annotated[str | None, Query()]
 
 
@@ -169,7 +180,7 @@ async def dashboard(
     renderer: SvgRenderer = request.app.state.renderer
     board, alerts, feeds = await asyncio.gather(
         gather(
-            runtime.sessions,
+            _board_sessions(request, runtime),
             programs.for_program(principal.program),
             filters,
             as_of=runtime.clock.now(),
