@@ -26,6 +26,7 @@ from services.reporting.models import (
     DEATH,
     EPISODE,
     PARTNER,
+    PERSON_MERGE,
     PROGRAM,
     REFERRAL,
     REFERRAL_STATUS,
@@ -50,6 +51,7 @@ from shared.events import (
     OutreachConcluded,
     OutreachDeclined,
     OverdoseReported,
+    PersonsMerged,
     ReferralMade,
     ReferralStatusChanged,
     ReportLinked,
@@ -353,6 +355,20 @@ def _report_linked(e: ReportLinked, env: Envelope, ctx: FactContext, b: FactBatc
     b.reports.add(e.report_id)
 
 
+def _persons_merged(e: PersonsMerged, env: Envelope, ctx: FactContext, b: FactBatch) -> None:
+    """Two people are one: the merged person's episodes count as the person's (merges.py)."""
+    b.add(
+        PERSON_MERGE,
+        {
+            "merged_person_id": e.merged_person_id,
+            "person_id": e.person_id,
+            "program_id": e.program_id,
+            "merged_at": e.merged_at,
+        },
+    )
+    b.people.add(e.person_id)
+
+
 def _task_row(program_id: str, case_id: uuid.UUID, task_id: uuid.UUID, **v: Any) -> dict[str, Any]:
     row: dict[str, Any] = {
         "task_id": task_id,
@@ -632,6 +648,7 @@ FACTS: dict[str, tuple[type[Event], FactBuilder]] = {
         (CaseClosed, _case_closed),
         (EpisodeOpened, _episode_opened),
         (ReportLinked, _report_linked),
+        (PersonsMerged, _persons_merged),
         (TaskScheduled, _task_scheduled),
         (TaskCompleted, _task_completed),
         (TaskCancelled, _task_cancelled),

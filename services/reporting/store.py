@@ -50,7 +50,9 @@ __all__ = [
     "derive_cases",
     "derive_deidentified",
     "derive_people",
+    "insert_new",
     "lock_read_models",
+    "rows_of",
     "write_facts",
 ]
 
@@ -158,7 +160,7 @@ async def _upsert(
         await session.execute(stmt, list(chunk))
 
 
-async def _insert_new(session: AsyncSession, table: sa.Table, rows: Sequence[Row]) -> None:
+async def insert_new(session: AsyncSession, table: sa.Table, rows: Sequence[Row]) -> None:
     """Facts that arrive whole, once: a second arrival changes nothing."""
     unique = list({_key(table, r): r for r in reversed(rows)}.values())  # the first wins
     stmt = _insert(session, table).on_conflict_do_nothing()
@@ -284,14 +286,14 @@ async def write_facts(session: AsyncSession, rows: dict[sa.Table, list[Row]]) ->
         await _programs(session, rows[PROGRAM])
     for table in _INSERTED:
         if rows.get(table):
-            await _insert_new(session, table, rows[table])
+            await insert_new(session, table, rows[table])
     return reports
 
 
 # -- deriving outcomes -----------------------------------------------------------------------
 
 
-async def _rows_of(
+async def rows_of(
     session: AsyncSession, table: sa.Table, column: str, ids: Sequence[Any], *columns: str
 ) -> list[Any]:
     selected = [table.c[c] for c in columns] if columns else [table]
@@ -343,10 +345,10 @@ async def derive_cases(session: AsyncSession, case_ids: Iterable[uuid.UUID]) -> 
     if not ids:
         return
     facts: dict[uuid.UUID, CaseFacts] = {case_id: CaseFacts() for case_id in ids}
-    for row in await _rows_of(session, EPISODE, "case_id", ids, *_EPISODE_COLUMNS):
+    for row in await rows_of(session, EPISODE, "case_id", ids, *_EPISODE_COLUMNS):
         facts[row.case_id].episodes.append(row)
     for name, table, columns in _CASE_FACTS:
-        for row in await _rows_of(session, table, "case_id", ids, *columns):
+        for row in await rows_of(session, table, "case_id", ids, *columns):
             getattr(facts[row.case_id], name).append(row)
 
     episode_updates: list[Row] = []
@@ -395,7 +397,7 @@ async def derive_people(session: AsyncSession, people: Iterable[uuid.UUID]) -> N
     ids = sorted(people, key=str)
     if not ids:
         return
-    episodes = await _rows_of(
+    episodes = await rows_of(
         session,
         EPISODE,
         "person_id",
