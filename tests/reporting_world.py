@@ -36,6 +36,7 @@ from shared.events import (
     OutreachConcluded,
     OutreachDeclined,
     OverdoseReported,
+    PersonsMerged,
     ReferralMade,
     ReferralStatusChanged,
     ReportLinked,
@@ -260,6 +261,22 @@ class History:
         values = report.model_dump() | changes | {"revision": revision}
         revised = OverdoseReported.model_validate(values)
         self._emit(revised, "person-key", revised.received_at)
+
+    def merge(self, kept: Person, merged: Person, *, at: datetime) -> Envelope:
+        """A lead confirmed that two people are one: `merged` is `kept` from now on (their
+        cases stay as they are here; later events of `merged` name `kept`'s person)."""
+        event = PersonsMerged(
+            program_id=self.program,
+            match_id=uuid.uuid4(),
+            person_id=kept.person_id,
+            merged_person_id=merged.person_id,
+            case_id=kept.case_id if kept.opened else None,
+            moved_case_ids=[merged.case_id] if merged.opened else [],
+            do_not_contact=False,
+            declined=False,
+            merged_at=at,
+        )
+        return self._emit(event, str(kept.case_id), at)
 
     def task(self, episode: Episode, kind: TaskKind, *, at: datetime) -> uuid.UUID:
         task_id = uuid.uuid4()

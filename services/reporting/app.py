@@ -4,6 +4,7 @@ models, the watch over spikes and feeds (after each batch, and on a timer), and 
 from __future__ import annotations
 
 import asyncio
+import gc
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from datetime import timedelta
@@ -27,7 +28,7 @@ from shared.sealing import load_keys
 from shared.settings import Settings
 from shared.topics import INTAKE_OVERDOSES, INTAKE_REJECTED, OUTREACH_ACTIVITY, SCHEDULER_CASES
 
-__all__ = ["BATCH", "CONSUMER", "FACT_TOPICS", "create_app", "read_models"]
+__all__ = ["BATCH", "CONSUMER", "FACT_TOPICS", "create_app", "read_models", "tune_collector"]
 
 FACT_TOPICS = (INTAKE_OVERDOSES, INTAKE_REJECTED, SCHEDULER_CASES, OUTREACH_ACTIVITY)
 """The topics whose events become facts (the team topic is read by the runtime's own
@@ -61,6 +62,18 @@ def read_models(
     )
 
 
+def tune_collector() -> None:
+    """Set up CPython's cyclic garbage collector for applying batches. A batch makes tens of
+    thousands of short-lived objects (rows, parameters, results); at the default thresholds
+    the collector runs every 700 of them and keeps walking the long-lived heap (measured: a
+    fifth of the apply path's CPU). What lives from start-up is frozen out of its sight, and
+    the youngest generation is collected every 20,000 allocations. Objects are still freed by
+    reference counting as before; only reference cycles wait a little longer."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(20_000, 50, 100)
+
+
 def create_app(
     settings: Settings, *, clock: Clock | None = None, signals: Signals | None = None
 ) -> FastAPI:
@@ -88,6 +101,7 @@ def create_app(
         )
         app.state.renderer = renderer = SvgRenderer()
         await renderer.warm()  # the first chart would otherwise take a second or more
+        tune_collector()
 
         async def rebuilt() -> str:
             async with runtime.sessions() as session:

@@ -27,6 +27,7 @@ from services.reporting.models import (
     EPISODE,
     HOT_SPOT,
     PARTNER,
+    PERSON_MERGE,
     PROGRAM,
     REFERRAL,
     REFERRAL_STATUS,
@@ -52,6 +53,7 @@ from shared.events import (
     OutreachConcluded,
     OutreachDeclined,
     OverdoseReported,
+    PersonsMerged,
     ReferralMade,
     ReferralStatusChanged,
     ReportLinked,
@@ -355,6 +357,20 @@ def _report_linked(e: ReportLinked, env: Envelope, ctx: FactContext, b: FactBatc
     b.reports.add(e.report_id)
 
 
+def _persons_merged(e: PersonsMerged, env: Envelope, ctx: FactContext, b: FactBatch) -> None:
+    """Two people are one: the merged person's episodes count as the person's (merges.py)."""
+    b.add(
+        PERSON_MERGE,
+        {
+            "merged_person_id": e.merged_person_id,
+            "person_id": e.person_id,
+            "program_id": e.program_id,
+            "merged_at": e.merged_at,
+        },
+    )
+    b.people.add(e.person_id)
+
+
 def _task_row(program_id: str, case_id: uuid.UUID, task_id: uuid.UUID, **v: Any) -> dict[str, Any]:
     row: dict[str, Any] = {
         "task_id": task_id,
@@ -653,6 +669,7 @@ FACTS: dict[str, tuple[type[Event], FactBuilder]] = {
         (CaseClosed, _case_closed),
         (EpisodeOpened, _episode_opened),
         (ReportLinked, _report_linked),
+        (PersonsMerged, _persons_merged),
         (TaskScheduled, _task_scheduled),
         (TaskCompleted, _task_completed),
         (TaskCancelled, _task_cancelled),

@@ -2,7 +2,8 @@
 
 One path for every caller: the live consumer (the inbox's unit of work, a batch at a time),
 and `portline reporting rebuild`, which feeds the same handler from the start of each topic.
-Each batch is: the facts of its events (`facts.py`), merged into their tables (`store.py`),
+Each batch is: the facts of its events (`facts.py`), with people merged by a lead counted as
+the person who stays (`merges.py`), merged into their tables (`store.py`),
 then the outcomes of the cases, people and reports they touched derived again; then, for the
 live consumer, the spike detectors on the counties whose recent overdoses it brought
 (`watch.py`), so an alert commits with the report that raised it.
@@ -17,6 +18,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from services.reporting.facts import FactContext, facts_of
+from services.reporting.merges import apply_merges
 from services.reporting.models import COUNTY, DAY
 from services.reporting.programs import ProgramBook
 from services.reporting.store import (
@@ -59,6 +61,7 @@ class ReadModels:
             return
         session = uow.session
         await lock_read_models(session)
+        await apply_merges(session, batch)
         fresh = self._new_dimensions(batch.rows)
         if fresh:  # remembered once they are committed, not before
 

@@ -38,6 +38,7 @@ __all__ = [
     "HOT_SPOT",
     "METADATA",
     "PARTNER",
+    "PERSON_MERGE",
     "PROGRAM",
     "READ_MODEL_TABLES",
     "REBUILD",
@@ -252,6 +253,19 @@ CASE = sa.Table(
     _ts("opened_at"),
     _ts("closed_at"),
     sa.Column("close_reason", sa.String(32), nullable=True),
+)
+
+PERSON_MERGE = sa.Table(
+    "rpt_person_merge",
+    METADATA,
+    # A lead confirmed two people are one (PersonsMerged): the person merged away, and the one
+    # they were merged into. Opaque ids only. Episodes carry the person they count as now
+    # (the end of the chain of merges), see merges.py.
+    sa.Column("merged_person_id", sa.Uuid(), primary_key=True),
+    sa.Column("person_id", sa.Uuid(), nullable=False),
+    sa.Column("program_id", sa.String(64), nullable=False),
+    _ts("merged_at", nullable=False),
+    sa.Index("ix_rpt_person_merge_person", "person_id"),
 )
 
 TASK = sa.Table(
@@ -531,6 +545,7 @@ FACT_TABLES = (
     EPISODE,
     REPORT,
     CASE,
+    PERSON_MERGE,
     TASK,
     ATTEMPT,
     CONTACT,

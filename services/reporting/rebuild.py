@@ -31,7 +31,7 @@ from typing import IO, Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from services.reporting.app import BATCH, CONSUMER, FACT_TOPICS, read_models
+from services.reporting.app import BATCH, CONSUMER, FACT_TOPICS, read_models, tune_collector
 from services.reporting.models import READ_MODEL_TABLES, REBUILD
 from shared.bus import make_admin
 from shared.clock import Clock, SystemClock
@@ -274,6 +274,7 @@ async def rebuild(
     )
     sessions = session_factory(engine)
     models = read_models(settings)
+    tune_collector()
 
     def uow() -> UnitOfWork:
         return UnitOfWork(sessions, clock=clock, source="/portline/reporting")

@@ -44,6 +44,7 @@ from services.reporting.models import (
     VISIT,
 )
 from services.reporting.summary import CaseFacts, next_overdose_hours, summarize_case
+from shared.db import UTCDateTime
 
 __all__ = [
     "among",
@@ -51,7 +52,9 @@ __all__ = [
     "derive_cases",
     "derive_deidentified",
     "derive_people",
+    "insert_new",
     "lock_read_models",
+    "rows_of",
     "write_facts",
 ]
 
@@ -159,7 +162,7 @@ async def _upsert(
         await session.execute(stmt, list(chunk))
 
 
-async def _insert_new(session: AsyncSession, table: sa.Table, rows: Sequence[Row]) -> None:
+async def insert_new(session: AsyncSession, table: sa.Table, rows: Sequence[Row]) -> None:
     """Facts that arrive whole, once: a second arrival changes nothing."""
     unique = list({_key(table, r): r for r in reversed(rows)}.values())  # the first wins
     stmt = _insert(session, table).on_conflict_do_nothing()
@@ -286,14 +289,14 @@ async def write_facts(session: AsyncSession, rows: dict[sa.Table, list[Row]]) ->
         await _programs(session, rows[PROGRAM])
     for table in _INSERTED:
         if rows.get(table):
-            await _insert_new(session, table, rows[table])
+            await insert_new(session, table, rows[table])
     return reports
 
 
 # -- deriving outcomes -----------------------------------------------------------------------
 
 
-async def _rows_of(
+async def rows_of(
     session: AsyncSession, table: sa.Table, column: str, ids: Sequence[Any], *columns: str
 ) -> list[Any]:
     selected = [table.c[c] for c in columns] if columns else [table]
@@ -304,9 +307,50 @@ async def _rows_of(
     return found
 
 
-def _by_id(key: Any, values: Row) -> Row:
-    """The parameters of one row of an executemany UPDATE (bound names may not be columns')."""
-    return {"b_id": key, **{f"v_{k}": v for k, v in values.items()}}
+_PG_ARRAYS: tuple[tuple[type[Any], str], ...] = (
+    (UTCDateTime, "timestamptz[]"),
+    (sa.Uuid, "uuid[]"),
+    (sa.Boolean, "boolean[]"),
+    (sa.Float, "float8[]"),
+    (sa.Integer, "integer[]"),
+    (sa.Date, "date[]"),
+    (sa.String, "text[]"),
+)
+
+
+def _array_type(column: sa.Column[Any]) -> str:
+    """The PostgreSQL array type of a column's values."""
+    return next(name for kind, name in _PG_ARRAYS if isinstance(column.type, kind))
+
+
+async def _update_rows(
+    session: AsyncSession, table: sa.Table, key: str, columns: Sequence[str], rows: list[Row]
+) -> None:
+    """Set `columns` of each row, found by `key`, to the row's values. On PostgreSQL one
+    statement for them all (`UPDATE ... FROM unnest(arrays)`: one execution instead of one per
+    row); elsewhere an executemany."""
+    if not rows:
+        return
+    if _dialect(session) != "postgresql":
+        await session.execute(
+            table.update()
+            .where(table.c[key] == sa.bindparam("b_id"))
+            .values({c: sa.bindparam(f"v_{c}") for c in columns}),
+            [{"b_id": r[key], **{f"v_{c}": r[c] for c in columns}} for r in rows],
+        )
+        return
+    names = [key, *columns]
+    arrays = ", ".join(f"CAST(:a{i} AS {_array_type(table.c[n])})" for i, n in enumerate(names))
+    # only the table's own names go into the text; every value is bound
+    sets = ", ".join(f"{n} = v.{n}" for n in columns)
+    statement = sa.text(
+        f"UPDATE {table.name} AS t SET {sets} "  # noqa: S608
+        f"FROM unnest({arrays}) AS v({', '.join(names)}) WHERE t.{key} = v.{key}"
+    )
+    for chunk in _chunks(rows, 5_000):
+        await session.execute(
+            statement, {f"a{i}": [r[n] for r in chunk] for i, n in enumerate(names)}
+        )
 
 
 _REFERRAL_GROUPS = ("day", "week", "month", "quarter", "county", "source_kind", "source_org")
@@ -345,10 +389,10 @@ async def derive_cases(session: AsyncSession, case_ids: Iterable[uuid.UUID]) -> 
     if not ids:
         return
     facts: dict[uuid.UUID, CaseFacts] = {case_id: CaseFacts() for case_id in ids}
-    for row in await _rows_of(session, EPISODE, "case_id", ids, *_EPISODE_COLUMNS):
+    for row in await rows_of(session, EPISODE, "case_id", ids, *_EPISODE_COLUMNS):
         facts[row.case_id].episodes.append(row)
     for name, table, columns in _CASE_FACTS:
-        for row in await _rows_of(session, table, "case_id", ids, *columns):
+        for row in await rows_of(session, table, "case_id", ids, *columns):
             getattr(facts[row.case_id], name).append(row)
 
     episode_updates: list[Row] = []
@@ -358,7 +402,7 @@ async def derive_cases(session: AsyncSession, case_ids: Iterable[uuid.UUID]) -> 
         for episode in case.episodes:
             derived = outcomes[episode.episode_id].columns()
             if any(getattr(episode, k) != v for k, v in derived.items()):
-                episode_updates.append(_by_id(episode.episode_id, derived))
+                episode_updates.append({"episode_id": episode.episode_id, **derived})
         episodes = {e.episode_id: e for e in case.episodes}
         for referral in case.referrals:
             episode_id, care_started = referrals[referral.referral_id]
@@ -369,26 +413,15 @@ async def derive_cases(session: AsyncSession, case_ids: Iterable[uuid.UUID]) -> 
                 **{k: getattr(episode, k) if episode else None for k in _REFERRAL_GROUPS},
             }
             if any(getattr(referral, k) != v for k, v in wanted.items()):
-                referral_updates.append(_by_id(referral.referral_id, wanted))
-    if episode_updates:
-        await session.execute(
-            EPISODE.update()
-            .where(EPISODE.c.episode_id == sa.bindparam("b_id"))
-            .values({k: sa.bindparam(f"v_{k}") for k in EPISODE_OUTCOMES}),
-            episode_updates,
-        )
-    if referral_updates:
-        await session.execute(
-            REFERRAL.update()
-            .where(REFERRAL.c.referral_id == sa.bindparam("b_id"))
-            .values(
-                {
-                    k: sa.bindparam(f"v_{k}")
-                    for k in ("episode_id", "care_started", *_REFERRAL_GROUPS)
-                }
-            ),
-            referral_updates,
-        )
+                referral_updates.append({"referral_id": referral.referral_id, **wanted})
+    await _update_rows(session, EPISODE, "episode_id", EPISODE_OUTCOMES, episode_updates)
+    await _update_rows(
+        session,
+        REFERRAL,
+        "referral_id",
+        ("episode_id", "care_started", *_REFERRAL_GROUPS),
+        referral_updates,
+    )
 
 
 async def derive_people(session: AsyncSession, people: Iterable[uuid.UUID]) -> None:
@@ -397,7 +430,7 @@ async def derive_people(session: AsyncSession, people: Iterable[uuid.UUID]) -> N
     ids = sorted(people, key=str)
     if not ids:
         return
-    episodes = await _rows_of(
+    episodes = await rows_of(
         session,
         EPISODE,
         "person_id",
@@ -412,7 +445,7 @@ async def derive_people(session: AsyncSession, people: Iterable[uuid.UUID]) -> N
     gaps = next_overdose_hours(episodes)
     counts = Counter(e.person_id for e in episodes)
     changed = [
-        _by_id(e.episode_id, wanted)
+        {"episode_id": e.episode_id, **wanted}
         for e in episodes
         if (
             wanted := {
@@ -422,16 +455,9 @@ async def derive_people(session: AsyncSession, people: Iterable[uuid.UUID]) -> N
         )
         != {"next_overdose_hours": e.next_overdose_hours, "person_episodes": e.person_episodes}
     ]
-    if changed:
-        await session.execute(
-            EPISODE.update()
-            .where(EPISODE.c.episode_id == sa.bindparam("b_id"))
-            .values(
-                next_overdose_hours=sa.bindparam("v_next_overdose_hours"),
-                person_episodes=sa.bindparam("v_person_episodes"),
-            ),
-            changed,
-        )
+    await _update_rows(
+        session, EPISODE, "episode_id", ("next_overdose_hours", "person_episodes"), changed
+    )
 
 
 def _deidentified_episode(report: Row) -> Row:

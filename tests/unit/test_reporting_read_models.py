@@ -274,3 +274,18 @@ def test_the_progress_bar_shows_events_and_rate() -> None:
     lines = out.getvalue().splitlines()
     assert lines[-1].startswith("rebuild [#####.....] 500/1,000 events  50.0%")
     assert "events/s" in lines[-1]
+
+
+def test_the_collector_is_set_up_for_applying_batches() -> None:
+    import gc
+
+    from services.reporting.app import tune_collector
+
+    before = gc.get_threshold()
+    try:
+        tune_collector()
+        assert gc.get_threshold() == (20_000, 50, 100)
+        assert gc.get_freeze_count() > 0  # what lived before is out of the collector's sight
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
