@@ -30,7 +30,7 @@ from services.scheduler.linking import (
     episode_for,
     link,
 )
-from services.scheduler.matching import blocking, explain
+from services.scheduler.matching import Explanation, blocking, explain
 from shared.identity import Identity, Protector
 from shared.sealing import BlindIndexer, Keyring, Sealer
 from tests.linking.population import Population, Report
@@ -69,6 +69,9 @@ class Outcome:
     wrong_flags: int
     weight: float | None
     """The weight of the true person's record, where it was a candidate."""
+    truth: Explanation | None = None
+    """For a report missed (a new person although the person was known): why the person's own
+    record, where it was a candidate, weighed too little."""
     near: tuple[tuple[float, bool], ...] = ()
     """With ``trace``: every candidate's weight where the two look like one overdose, and
     whether it is the same person."""
@@ -104,6 +107,7 @@ def _identity(report: Report) -> ReportIdentity:
         source_kind=report.kind,
         incident_at=report.at,
         county=report.county,
+        hospital=report.hospital,
     )
 
 
@@ -160,6 +164,7 @@ def simulate(
                 incident_at=same.incident_at,
                 sources=same.sources | {report.kind},
                 county=same.county,
+                hospital=same.hospital or report.hospital,
             )
             person.episodes[person.episodes.index(same)] = merged
         else:
@@ -169,6 +174,7 @@ def simulate(
                     incident_at=report.at,
                     sources=frozenset({report.kind}),
                     county=report.county,
+                    hospital=report.hospital,
                 )
             )
             recent.append((report.at, person.id))
@@ -230,13 +236,14 @@ def simulate(
                 people[person.id] = person
                 attach(person, report, identity)
         near: list[tuple[float, bool]] = []
+        truth: Explanation | None = None
         if truth_weight is None or trace:
             mine = identity.profile()
             for c in candidates:
                 same_person = report.person in people[c.person_id].members
                 explanation = explain(mine, c.profile())
                 if same_person and truth_weight is None:
-                    truth_weight = explanation.weight
+                    truth_weight, truth = explanation.weight, explanation
                 if trace and explanation.same_overdose:
                     near.append((explanation.weight, same_person))
         outcomes.append(
@@ -249,6 +256,7 @@ def simulate(
                 wrong_reviews,
                 wrong_flags,
                 truth_weight,
+                truth,
                 tuple(near),
             )
         )

@@ -12,9 +12,12 @@ holds no value from the identity.
 * ``review``: at or above ``review``, or above ``auto_link`` with a doubt (two different given
   names, a date of birth no typing error explains, a name or a date of birth missing on one
   side where the two reports are not of one overdose, ...): a lead decides.
-* ``flag``: below ``review``, but the two reports look like one overdose (the event level
-  ``same_overdose``) and weigh at least ``flag``: a low-priority item for a lead, so that two
-  peers never chase one person unknowingly.
+* ``flag``: below ``review``, but an EMS run that names where it transported the person and an
+  ED visit within hours (the event levels ``transported_here`` and, within 3 hours at another
+  hospital, ``same_overdose_other_hospital``), whatever the names; or the two reports look like
+  one overdose otherwise (``same_overdose``, ``same_overdose_other_county``) and weigh at least
+  ``flag``: a low-priority item for a lead, so that two peers never chase one person
+  unknowingly. A flag is never a link: a lead decides.
 * ``none``: two people.
 
 Exceptions::
@@ -52,7 +55,9 @@ __all__ = ["Evidence", "Explanation", "Thresholds", "Verdict", "explain", "verdi
 
 Verdict = Literal["link", "review", "flag", "none"]
 
-_SAME_OVERDOSE = frozenset({"same_overdose", "same_overdose_other_county"})
+_TRANSPORTED = "transported_here"
+_OTHER_HOSPITAL = "same_overdose_other_hospital"
+_SAME_OVERDOSE = frozenset({_TRANSPORTED, "same_overdose", "same_overdose_other_county"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +102,12 @@ class Explanation:
     def same_overdose(self) -> bool:
         """The two records look like reports of one overdose."""
         return any(e.comparison == "event" and e.level in _SAME_OVERDOSE for e in self.evidence)
+
+    @property
+    def transported(self) -> bool:
+        """An EMS run and an ED visit within hours at the hospital EMS transported to, or
+        within 3 hours at another hospital EMS named (a diversion, a slip of the pick list)."""
+        return self.level("event") in (_TRANSPORTED, _OTHER_HOSPITAL)
 
     def level(self, comparison: str) -> str | None:
         """The level this pair fell in for a comparison; None if it did not apply."""
@@ -198,6 +209,8 @@ def verdict(explanation: Explanation, thresholds: Thresholds) -> Verdict:
         return "link"
     if weight >= thresholds.review:
         return "review"
+    if explanation.transported:
+        return "flag"  # whatever the names: a false name given at the scene leaves only this
     if explanation.same_overdose and weight >= thresholds.flag:
         return "flag"
     return "none"

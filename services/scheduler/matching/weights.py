@@ -49,7 +49,7 @@ __all__ = [
     "level",
 ]
 
-MODEL_VERSION = "fs-2026.1"
+MODEL_VERSION = "fs-2026.2"
 """Names the weights below; stored with every explanation, so later re-estimation knows which
 weights a kept decision was made under."""
 
@@ -120,9 +120,15 @@ _TABLE: tuple[tuple[str, str, float, float, str, bool], ...] = (
     ("mrn", "same", 0.95, 0.000001, "the same hospital's medical record number", False),
     ("zip", "same", 0.75, 0.03, "their home ZIP codes are the same", False),
     ("zip", "different", 0.25, 0.97, "their home ZIP codes differ", False),
-    ("event", "same_overdose", 0.40, 0.0003,
+    ("event", "transported_here", 0.32, 0.00005,
+     "an EMS run and an ED visit within 4 hours, at the hospital EMS transported to: one "
+     "overdose", False),
+    ("event", "same_overdose", 0.07, 0.00005,
      "reports of another kind within 3 hours of each other, in the same county or where the "
      "county is not known: likely one overdose", False),
+    ("event", "same_overdose_other_hospital", 0.01, 0.0002,
+     "an EMS run and an ED visit within 3 hours, but EMS transported to another hospital",
+     False),
     ("event", "same_overdose_other_county", 0.03, 0.0002,
      "reports of another kind within 3 hours of each other, in different counties", False),
     ("event", "same_day", 0.02, 0.001, "reports of another kind between 3 and 12 hours apart",
