@@ -256,9 +256,10 @@ class ReportBatch:
                     EPISODE.c.sources,
                     EPISODE.c.fatal,
                     EPISODE.c.county,
+                    EPISODE.c.hospital,
                 ).where(near_filter)
             )
-            for episode_id, person_id, incident_at, sources, fatal, county in found.all():
+            for episode_id, person_id, incident_at, sources, fatal, county, hospital in found:
                 near.setdefault(person_id, []).append(
                     EpisodeRef(
                         episode_id=episode_id,
@@ -266,6 +267,7 @@ class ReportBatch:
                         sources=frozenset(sources.split(",")),
                         fatal=fatal,
                         county=county,
+                        hospital=hospital,
                     )
                 )
         if not pairs and not near:
@@ -328,11 +330,12 @@ class ReportBatch:
                     EPISODE.c.sources,
                     EPISODE.c.fatal,
                     EPISODE.c.county,
+                    EPISODE.c.hospital,
                 )
                 .where(EPISODE.c.case_id.in_(list(by_id)))
                 .order_by(EPISODE.c.created_at, EPISODE.c.id)
             )
-            for episode_id, case_id, incident_at, sources, fatal, county in episodes.all():
+            for episode_id, case_id, incident_at, sources, fatal, county, hospital in episodes:
                 by_id[case_id].episodes.append(
                     EpisodeRef(
                         episode_id=episode_id,
@@ -340,6 +343,7 @@ class ReportBatch:
                         sources=frozenset(sources.split(",")),
                         fatal=fatal,
                         county=county,
+                        hospital=hospital,
                     )
                 )
         return batch
@@ -462,6 +466,7 @@ class ReportBatch:
                     sources=frozenset(row["sources"].split(",")),
                     fatal=row["fatal"],
                     county=row.get("county"),
+                    hospital=row.get("hospital"),
                 )
             )
         self.writes.insert(EPISODE, row)
@@ -478,14 +483,23 @@ class ReportBatch:
         await self.writes.update(session, PERSON, person.id, deceased_at=at)
 
     async def merge_source(
-        self, session: AsyncSession, case: KnownCase, episode: EpisodeRef, source_kind: str
+        self,
+        session: AsyncSession,
+        case: KnownCase,
+        episode: EpisodeRef,
+        source_kind: str,
+        hospital: str | None = None,
     ) -> None:
-        """The report joins the episode: its source kind joins the episode's sources."""
-        merged = dataclasses.replace(episode, sources=episode.sources | {source_kind})
-        case.episodes[case.episodes.index(episode)] = merged
-        await self.writes.update(
-            session, EPISODE, episode.episode_id, sources=",".join(sorted(merged.sources))
+        """The report joins the episode: its source kind joins the episode's sources, and its
+        hospital becomes the episode's when the episode had none."""
+        merged = dataclasses.replace(
+            episode, sources=episode.sources | {source_kind}, hospital=episode.hospital or hospital
         )
+        case.episodes[case.episodes.index(episode)] = merged
+        changes: dict[str, Any] = {"sources": ",".join(sorted(merged.sources))}
+        if merged.hospital != episode.hospital:
+            changes["hospital"] = merged.hospital
+        await self.writes.update(session, EPISODE, episode.episode_id, **changes)
 
     def is_new_case(self, case: KnownCase) -> bool:
         """Whether the case was opened in this batch (so the database holds none of its rows)."""

@@ -40,6 +40,8 @@ class Report:
     """The partner that sent it (for a community referral: the referrer kind)."""
     county: str | None = None
     state: str | None = None
+    hospital: str | None = None
+    """EMS's destination or the reporting ED (a facility key)."""
 
 
 def report_of(event: Event) -> Report | None:
@@ -61,6 +63,7 @@ def report_of(event: Event) -> Report | None:
             source_org=event.source_org,
             county=event.location.county,
             state=event.location.state,
+            hospital=event.hospital,
         )
     if isinstance(event, CommunityReferralReceived):
         return Report(

@@ -81,6 +81,14 @@ class OverdoseReported(OverdoseReportedV1):
     suspected_drugs: list[str] = Field(
         default_factory=list, description="Codes of the drugs suspected (law enforcement)."
     )
+    hospital: str | None = Field(
+        default=None,
+        max_length=128,
+        description="The hospital of the overdose, as a facility key (first component, "
+        "trimmed, upper-cased): for EMS where it transported the person (NEMSIS "
+        "eDisposition.02, else .01), for an ED the sending facility (MSH-4). Evidence for "
+        "linking an EMS run to the ED visit it ended in.",
+    )
 
 
 class InboundRejected(Event):

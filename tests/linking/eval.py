@@ -16,7 +16,8 @@ silently. The last is checked as at most 0.1 %: an EMS run that names its destin
 ED visit there are flagged whatever the names, but a false name and date of birth given at the
 scene of a run that names no destination leaves nothing but the time to tell the pair from two
 strangers treated that hour, and flagging every such pair would bury the real flags
-(docs/linking.md). The report names what the missed pairs' errors were. Exit status 0 when the targets are met, 1 when not.
+(docs/linking.md). The report names what the missed pairs' errors were. Exit status 0 when
+the targets are met, 1 when not.
 
 ``--missed`` prints every same-overdose pair missed silently: the report's errors and, where the
 person's own record was a candidate, each comparison's level and the weight.
@@ -171,9 +172,7 @@ def missed(simulation: Simulation) -> str:
         if o.truth is None:
             lines.append(f"  {o.report.kind} report {o.report.id} ({errors}): not a candidate")
             continue
-        levels = ", ".join(
-            f"{e.comparison} {e.level} {e.weight:+.2f}" for e in o.truth.evidence
-        )
+        levels = ", ".join(f"{e.comparison} {e.level} {e.weight:+.2f}" for e in o.truth.evidence)
         lines.append(
             f"  {o.report.kind} report {o.report.id} ({errors}): weight {o.truth.weight:+.2f}: "
             f"{levels}"

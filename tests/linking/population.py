@@ -534,7 +534,10 @@ def _report(
 
 
 def _hospitals(
-    reports: list[Report], overdoses: Sequence[Overdose], people: Sequence[Person], rng: random.Random
+    reports: list[Report],
+    overdoses: Sequence[Overdose],
+    people: Sequence[Person],
+    rng: random.Random,
 ) -> list[Report]:
     """Each report's hospital (module docs), from a random stream of its own."""
 

@@ -11,7 +11,8 @@ holds no value from the identity.
 * ``link``: at or above ``auto_link`` with nothing to doubt: the same person, linked.
 * ``review``: at or above ``review``, or above ``auto_link`` with a doubt (two different given
   names, a date of birth no typing error explains, a name or a date of birth missing on one
-  side where the two reports are not of one overdose, ...): a lead decides.
+  side where the two reports are not of one overdose, a given name missing where the family
+  names agree even at one overdose (twins overdose together), ...): a lead decides.
 * ``flag``: below ``review``, but an EMS run that names where it transported the person and an
   ED visit within hours (the event levels ``transported_here`` and, within 3 hours at another
   hospital, ``same_overdose_other_hospital``), whatever the names; or the two reports look like
@@ -162,6 +163,11 @@ _NAME_MISSING = (
     "two reports are of one overdose"
 )
 
+_GIVEN_MISSING_TOGETHER = (
+    "missing on one side: a twin or a sibling who overdosed together shares the family name "
+    "and the rest, and only the given name tells them apart"
+)
+
 _DOB_MISSING = (
     "missing on one side: without it, a parent and a child who share a name, a phone and an "
     "address fit the rest as well, unless the two reports are of one overdose or share a "
@@ -185,7 +191,16 @@ def explain(a: Profile, b: Profile) -> Explanation:
         event,
     ]
     evidence = [_evidence(f) for f in found if f is not None]
-    if event[0].name not in _SAME_OVERDOSE:
+    if event[0].name in _SAME_OVERDOSE and given[0].name == MISSING and family[0].weight > 0:
+        # Twins and siblings who overdose together share the family name, the date of birth
+        # (twins), the phone, the address and the overdose: only the given name tells them apart.
+        evidence = [
+            dataclasses.replace(e, doubt=True, reason=_GIVEN_MISSING_TOGETHER)
+            if e.comparison == "given_name"
+            else e
+            for e in evidence
+        ]
+    elif event[0].name not in _SAME_OVERDOSE:
         # A name missing on one side: family name, date of birth, phone and address are what
         # a household shares, so only the overdose itself can stand in for the name. A date of
         # birth missing on one side: a parent and a child who share a name share the phone and
