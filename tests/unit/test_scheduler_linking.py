@@ -600,13 +600,17 @@ class TestHardCasesNeverLink:
         ("a", "b"),
         [
             pytest.param(
-                report("Doyle", "Michael", sex="M", kind="ems", at=RUN, hospital=HOSPITAL, **HOUSE),
-                person("Doyle", "Matthew", sex="M", kind="ed", at=VISIT, hospital=HOSPITAL, **HOUSE),
+                report("Doyle", "Michael", sex="M", kind="ems", at=RUN, hospital=HOSPITAL,
+                       **HOUSE),
+                person("Doyle", "Matthew", sex="M", kind="ed", at=VISIT, hospital=HOSPITAL,
+                       **HOUSE),
                 id="twins-transported-together",
             ),
             pytest.param(
-                report("Doyle", None, sex="M", kind="ems", at=RUN, hospital=HOSPITAL, **HOUSE),
-                person("Doyle", "Matthew", sex="M", kind="ed", at=VISIT, hospital=HOSPITAL, **HOUSE),
+                report("Doyle", None, sex="M", kind="ems", at=RUN, hospital=HOSPITAL,
+                       **HOUSE),
+                person("Doyle", "Matthew", sex="M", kind="ed", at=VISIT, hospital=HOSPITAL,
+                       **HOUSE),
                 id="twin-without-a-given-name-transported-together",
             ),
             pytest.param(
