@@ -305,7 +305,7 @@ class Scheduler:
             incident_at=report.incident_at,
             source_kind=event.source_kind,
         )
-        decision = link(report, candidates, policy.linking.thresholds)
+        decision = link(report, candidates, policy.linking.thresholds, policy.linking.model)
         if decision.kind == "deidentified":  # nothing left to reach the person by
             self._count_deidentified(batch, event, now)
             return

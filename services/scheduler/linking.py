@@ -89,11 +89,13 @@ from enum import StrEnum
 from typing import Any, Literal
 
 from services.scheduler.matching import (
+    DEFAULT_MODEL,
     EVENT_KINDS,
     Event,
     Explanation,
     Profile,
     Thresholds,
+    WeightModel,
     explain,
     profile,
     verdict,
@@ -302,8 +304,10 @@ def link(
     report: ReportIdentity,
     candidates: Sequence[PersonCandidate],
     thresholds: Thresholds | None = None,
+    model: WeightModel = DEFAULT_MODEL,
 ) -> LinkDecision:
-    """Which person a report is about, by the rules in the module docs, with the reasons."""
+    """Which person a report is about, by the rules in the module docs, with the reasons;
+    weighed by the program's model (the pinned weights unless its policy re-estimated them)."""
     if report.deidentified:
         return LinkDecision(kind="deidentified", person_id=None, reasons=(LinkReason.NO_IDENTITY,))
     if not candidates:
@@ -312,7 +316,7 @@ def link(
     mine = report.profile()
     weighed: dict[uuid.UUID, tuple[Explanation, str, int]] = {}
     for position, candidate in enumerate(candidates):
-        explanation = explain(mine, candidate.profile())
+        explanation = explain(mine, candidate.profile(), model)
         known = weighed.get(candidate.person_id)
         if known is None or explanation.weight > known[0].weight:
             weighed[candidate.person_id] = (explanation, verdict(explanation, limits), position)

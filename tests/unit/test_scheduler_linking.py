@@ -742,6 +742,17 @@ def test_lookup_keys_find_a_name_either_way_round_and_dob_variants() -> None:
     assert ("dob", INDEXER.dob(DOB)) in keys
 
 
+def test_the_transport_to_the_hospital_links_what_the_hour_alone_would_send_to_review() -> None:
+    """The crew wrote only her initial and no date of birth; the ED has her in full. The same
+    hour sends the pair to a lead; the ED at the hospital the crew took her to links it (the
+    e2e test in tests/e2e/test_scheduler_e2e.py runs this pair through the services)."""
+    ed = person("Doyle", "Elizabeth", DOB, PHONE, sex="F", kind="ed", at=VISIT, hospital=HOSPITAL)
+    taken = link(report("Doyle", "E", kind="ems", at=RUN, hospital=HOSPITAL), [ed])
+    assert (taken.kind, taken.person_id) == ("exact", ed.person_id)
+    unnamed = link(report("Doyle", "E", kind="ems", at=RUN), [ed])
+    assert [p.level for p in unnamed.possible] == ["review"]
+
+
 def test_a_given_name_missing_at_the_same_overdose_is_a_leads_to_decide() -> None:
     """A twin who overdosed with their twin fits the rest as well: family name, date of birth,
     the overdose and its hospital. Only the given name tells them apart."""

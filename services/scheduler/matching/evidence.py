@@ -47,9 +47,10 @@ from services.scheduler.matching.profile import Profile
 from services.scheduler.matching.weights import (
     DEFAULT_AUTO_LINK_WEIGHT,
     DEFAULT_FLAG_WEIGHT,
+    DEFAULT_MODEL,
     DEFAULT_REVIEW_WEIGHT,
     MISSING,
-    MODEL_VERSION,
+    WeightModel,
 )
 
 __all__ = ["Evidence", "Explanation", "Thresholds", "Verdict", "explain", "verdict"]
@@ -88,6 +89,8 @@ class Explanation:
     """Why two records are (or are not) one person: every piece of evidence and the sum."""
 
     evidence: tuple[Evidence, ...]
+    model: str = DEFAULT_MODEL.version
+    """The version of the weights the evidence was weighed by."""
 
     @property
     def weight(self) -> float:
@@ -117,7 +120,7 @@ class Explanation:
     def as_dict(self, thresholds: Thresholds | None = None) -> dict[str, Any]:
         """JSON-ready, as stored with a possible match or a link and shown to a lead."""
         data: dict[str, Any] = {
-            "model": MODEL_VERSION,
+            "model": self.model,
             "weight": self.weight,
             "doubts": list(self.doubts),
             "evidence": [e.as_dict() for e in self.evidence],
@@ -175,8 +178,9 @@ _DOB_MISSING = (
 )
 
 
-def explain(a: Profile, b: Profile) -> Explanation:
-    """Every comparison of the two profiles, with its weight (module docs). Symmetric."""
+def explain(a: Profile, b: Profile, model: WeightModel = DEFAULT_MODEL) -> Explanation:
+    """Every comparison of the two profiles, with its weight by the model's levels (the pinned
+    ones by default; module docs). Symmetric."""
     family, given, _swapped = compare_names(a, b)
     event = compare_event(a, b)
     found: list[Found | None] = [
@@ -191,6 +195,11 @@ def explain(a: Profile, b: Profile) -> Explanation:
         event,
     ]
     evidence = [_evidence(f) for f in found if f is not None]
+    if model is not DEFAULT_MODEL:
+        evidence = [
+            dataclasses.replace(e, weight=model.levels[e.comparison][e.level].weight)
+            for e in evidence
+        ]
     if event[0].name in _SAME_OVERDOSE and given[0].name == MISSING and family[0].weight > 0:
         # Twins and siblings who overdose together share the family name, the date of birth
         # (twins), the phone, the address and the overdose: only the given name tells them apart.
@@ -214,7 +223,7 @@ def explain(a: Profile, b: Profile) -> Explanation:
             else e
             for e in evidence
         ]
-    return Explanation(tuple(evidence))
+    return Explanation(tuple(evidence), model.version)
 
 
 def verdict(explanation: Explanation, thresholds: Thresholds) -> Verdict:

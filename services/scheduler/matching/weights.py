@@ -35,17 +35,22 @@ weight (``evidence.py``): twins and a parent and child share everything else.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 __all__ = [
     "DEFAULT_AUTO_LINK_WEIGHT",
     "DEFAULT_FLAG_WEIGHT",
+    "DEFAULT_MODEL",
     "DEFAULT_REVIEW_WEIGHT",
     "LEVELS",
     "MISSING",
     "MODEL_VERSION",
     "Level",
+    "WeightModel",
     "level",
 ]
 
@@ -156,3 +161,43 @@ LEVELS: dict[str, dict[str, Level]] = _levels()
 def level(comparison: str, name: str) -> Level:
     """The level of a comparison by name; KeyError for one that does not exist."""
     return LEVELS[comparison][name]
+
+
+@dataclass(frozen=True, slots=True)
+class WeightModel:
+    """The levels a program weighs by, under a version stored with every explanation: the
+    pinned ones, or the pinned ones with a program's re-estimated m and u in place
+    (``[linking.weights]`` in the policy, written by ``portline linking estimate``)."""
+
+    version: str
+    levels: Mapping[str, Mapping[str, Level]]
+
+    @classmethod
+    def overriding(cls, overrides: Mapping[str, Mapping[str, tuple[float, float]]]) -> WeightModel:
+        """The pinned levels with these ``(m, u)`` in place. ValueError names an unknown
+        comparison or level, or a probability outside (0, 1]."""
+        if not overrides:
+            return DEFAULT_MODEL
+        table = {comparison: dict(levels) for comparison, levels in LEVELS.items()}
+        for comparison, levels in overrides.items():
+            if comparison not in table:
+                raise ValueError(f"no comparison {comparison!r} (known: {', '.join(LEVELS)})")
+            for name, (m, u) in levels.items():
+                known = table[comparison].get(name)
+                if known is None or name == MISSING:
+                    raise ValueError(f"no level {name!r} of {comparison!r} to weigh")
+                if not (0 < m <= 1 and 0 < u <= 1):
+                    raise ValueError(f"{comparison}.{name}: m and u must be in (0, 1]")
+                table[comparison][name] = Level(comparison, name, m, u, known.reason, known.doubt)
+        canonical = json.dumps(
+            {
+                c: {n: list(mu) for n, mu in sorted(ls.items())}
+                for c, ls in sorted(overrides.items())
+            },
+            separators=(",", ":"),
+        )
+        digest = hashlib.sha256(canonical.encode()).hexdigest()[:8]
+        return cls(f"{MODEL_VERSION}+{digest}", table)
+
+
+DEFAULT_MODEL = WeightModel(MODEL_VERSION, LEVELS)

@@ -1,7 +1,7 @@
 """Episodes keep their hospital (EMS's destination or the reporting ED): linking evidence.
 
 Revision ID: scheduler_0016
-Revises: scheduler_0013
+Revises: scheduler_0010 (the head: 0008 -> 0013 -> 0009 -> 0010)
 """
 
 from collections.abc import Sequence
@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "scheduler_0016"
-down_revision: str | None = "scheduler_0013"
+down_revision: str | None = "scheduler_0010"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
