@@ -24,8 +24,10 @@ Where the numbers come from (docs/linking.md has the table and the figures):
   about 1.3 overdoses a year per person in a program's population, checked against the
   synthetic population's random pairs.
 * Nothing is fitted at run time. A lead's confirm and split decisions are kept with the levels
-  of each pair (``possible_match.explanation``), so the weights can be re-estimated from a
-  program's own decisions later; change ``MODEL_VERSION`` when they change.
+  of each pair (``possible_match.explanation``); ``portline linking estimate``
+  (``estimate.py``) re-estimates m and u from them and writes ``[linking.weights]`` tables
+  that a program's policy puts in place of the pinned ones (:class:`WeightModel`, whose
+  version every explanation names). Change ``MODEL_VERSION`` when the pinned ones change.
 
 ``doubt`` marks the levels a careful person would stop at: two different given names, two
 different family names, dates of birth that no typing error explains, different sexes, or
