@@ -205,6 +205,7 @@ class DispositionIn(_Model):
         default=None,
         min_length=1,
         max_length=128,
+        pattern=r"^[^\x00-\x1f\x7f]+$",
         description="Where EMS transported the patient: the destination's code, "
         "eDisposition.02 (the facility id the program's hospital partner sends as MSH-4), "
         "else its name, eDisposition.01. Linking evidence: the ED visit at that hospital.",

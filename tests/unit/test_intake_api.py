@@ -610,6 +610,19 @@ async def test_schema_violation_in_a_batch_rejects_the_whole_request(intake: Int
     assert await intake.events() == []
 
 
+@pytest.mark.parametrize("destination", ["", "   ", "A\u0000B", "x" * 129, 42])
+async def test_a_destination_that_names_no_hospital_is_422(
+    intake: Intake, destination: object
+) -> None:
+    report = overdose_example()
+    report["disposition"]["destination"] = destination
+    response = await intake.post_ems(report)
+    assert_error(response, 422, "validation_error")
+    locs = [d["loc"] for d in response.json()["error"]["details"]]
+    assert any(loc[-2:] == ["disposition", "destination"] for loc in locs), locs
+    assert await intake.events() == []
+
+
 @pytest.mark.parametrize(
     "body",
     [b'{"reports": []}', b"[]", b'"a string"', b"42", b"null", b'{"reports": "x"}'],
