@@ -66,6 +66,7 @@ __all__ = [
     "ReportBatch",
     "Writes",
     "blind_pairs",
+    "linking_fields",
 ]
 
 KEY_KINDS = ("name_dob", "phone", "mrn", "dob")
@@ -169,7 +170,7 @@ OpenIdentity = Callable[[str], dict[str, Any]]
 _IDENTITY_FIELDS = ("family", "given", "middle", "sex")
 
 
-def _opened(identity: dict[str, Any]) -> dict[str, Any]:
+def linking_fields(identity: dict[str, Any]) -> dict[str, Any]:
     """What linking compares, from an opened identity (kept in memory only)."""
     dob = identity.get("dob")
     address = identity.get("address") or {}
@@ -404,7 +405,7 @@ class ReportBatch:
         sealed = person.identity_sealed
         opened = self._opened.get((person.id, sealed))
         if opened is None:
-            opened = _opened(self._open_identity(sealed) if sealed else {})
+            opened = linking_fields(self._open_identity(sealed) if sealed else {})
             self._opened[(person.id, sealed)] = opened
         return PersonCandidate.holding(
             person.id, person.keys, episodes=self._episodes(person), **opened

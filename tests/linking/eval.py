@@ -1,6 +1,6 @@
 """`make eval-linking`: how the scheduler's linking does on a synthetic program's year.
 
-    python -m tests.linking.eval [--people 3000] [--seed 18] [--estimate] [--missed]
+    python -m tests.linking.eval [--people 3000] [--seed 18] [--estimate] [--missed] [--decisions]
 
 Generates the population (tests/linking/population.py), runs the scheduler's linking over its
 reports in arrival order (tests/linking/simulate.py) and prints, for same-person pairs, how many
@@ -22,6 +22,10 @@ the targets are met, 1 when not.
 ``--missed`` prints every same-overdose pair missed silently: the report's errors and, where the
 person's own record was a candidate, each comparison's level and the weight.
 
+``--decisions`` runs ``portline linking estimate``'s estimator as a program would: m from the
+pairs held for one person (automatic links and the possible matches the simulated lead
+confirmed), u from random pairs of two people, and prints its table.
+
 ``--estimate`` also prints the m and u probabilities the population gives for every level
 (m from pairs of one person's reports, u from random pairs of two people's), beside the pinned
 ones in services/scheduler/matching/weights.py.
@@ -37,11 +41,22 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass
 
 from services.scheduler.matching import LEVELS, explain
+from services.scheduler.matching.estimate import estimate as estimate_pairs
+from services.scheduler.matching.estimate import render as render_estimates
 from services.scheduler.matching.weights import MISSING
 from tests.linking.population import Config, Population, generate
 from tests.linking.simulate import Simulation, _identity, simulate
 
-__all__ = ["MISSED_AT_MOST", "Summary", "estimate", "main", "missed", "summarize"]
+__all__ = [
+    "MISSED_AT_MOST",
+    "Summary",
+    "decisions",
+    "estimate",
+    "main",
+    "missed",
+    "random_pairs",
+    "summarize",
+]
 
 MISSED_AT_MOST = 0.002
 
@@ -180,6 +195,32 @@ def missed(simulation: Simulation) -> str:
     return "\n".join(["same-overdose pairs missed silently:", *lines] if lines else [])
 
 
+def random_pairs(population: Population, pairs: int) -> list[dict[str, str]]:
+    """The levels of random pairs of two people's reports (seeded)."""
+    rng = random.Random(population.config.seed)
+    profiles = {r.id: _identity(r).profile() for r in population.reports}
+    found: list[dict[str, str]] = []
+    while len(found) < pairs:
+        a, b = rng.choice(population.reports), rng.choice(population.reports)
+        if a.person != b.person:
+            evidence = explain(profiles[a.id], profiles[b.id]).evidence
+            found.append({e.comparison: e.level for e in evidence})
+    return found
+
+
+def decisions(population: Population, simulation: Simulation, pairs: int = 20_000) -> str:
+    """``portline linking estimate`` on the simulated program (module docs)."""
+    found = estimate_pairs(
+        simulation.linked,
+        random_pairs(population, pairs),
+        sources={
+            "linked as one person": len(simulation.linked),
+            "splits (not used)": simulation.splits,
+        },
+    )
+    return render_estimates(found)
+
+
 def estimate(population: Population, pairs: int = 200_000) -> str:
     """m and u per level from the population, beside the pinned values (module docs)."""
     rng = random.Random(population.config.seed)
@@ -232,6 +273,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=Config.seed)
     parser.add_argument("--estimate", action="store_true")
     parser.add_argument("--missed", action="store_true")
+    parser.add_argument("--decisions", action="store_true")
     args = parser.parse_args(argv)
     started = time.perf_counter()
     population = generate(Config(seed=args.seed, people=args.people))
@@ -241,6 +283,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.missed and (text := missed(simulation)):
         print()
         print(text)
+    if args.decisions:
+        print()
+        print(decisions(population, simulation))
     if args.estimate:
         print()
         print(estimate(population))

@@ -17,6 +17,7 @@ from __future__ import annotations
 import random
 import uuid
 from collections import Counter, defaultdict
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -82,6 +83,10 @@ class Simulation:
     outcomes: list[Outcome]
     reviews: int
     flags: int
+    linked: list[Mapping[str, str]] = field(default_factory=list)
+    """The levels of every pair held for one person: automatic links and possible matches the
+    lead confirmed (what ``portline linking estimate`` reads for m)."""
+    splits: int = 0
 
 
 def _identity(report: Report) -> ReportIdentity:
@@ -147,6 +152,8 @@ def simulate(
     known: Counter[int] = Counter()
     recent: list[tuple[datetime, uuid.UUID]] = []
     outcomes: list[Outcome] = []
+    linked: list[Mapping[str, str]] = []
+    splits = 0
     reviews = flags = 0
     ids = (uuid.UUID(int=i) for i in range(1, 10**9))
 
@@ -212,6 +219,8 @@ def simulate(
             correct = report.person in target.members
             wrong_links = 0 if correct else 1
             truth_weight = decision.explanation.weight if decision.explanation else None
+            if correct and decision.explanation is not None:
+                linked.append({e.comparison: e.level for e in decision.explanation.evidence})
             attach(target, report, identity)
             verdict = "linked"
         else:
@@ -222,7 +231,9 @@ def simulate(
                 flags += sum(1 for p in decision.possible if p.level == "flag")
                 for p in decision.possible:
                     if report.person in people[p.person_id].members:
+                        linked.append({e.comparison: e.level for e in p.explanation.evidence})
                         continue
+                    splits += 1
                     if p.level == "flag":
                         wrong_flags += 1
                     else:
@@ -263,7 +274,7 @@ def simulate(
         known[report.person] += 1
         seen_overdose[(report.person, report.overdose)].add(report.kind)
         recent[:] = [(at, pid) for at, pid in recent if report.at - at <= EVENT_WINDOW * 3]
-    return Simulation(outcomes, reviews, flags)
+    return Simulation(outcomes, reviews, flags, linked, splits)
 
 
 def decision_candidates(decision: LinkDecision) -> list[tuple[uuid.UUID, float]]:
