@@ -25,7 +25,8 @@ Where the numbers come from (docs/linking.md has the table and the figures):
   synthetic population's random pairs.
 * Nothing is fitted at run time. A lead's confirm and split decisions are kept with the levels
   of each pair (``possible_match.explanation``); ``portline linking estimate``
-  (``estimate.py``) re-estimates m and u from them and writes ``[linking.weights]`` tables
+  (``estimate.py``) re-estimates m from the pairs held for one person and u from random pairs
+  of the program's people, and writes ``[linking.weights]`` tables
   that a program's policy puts in place of the pinned ones (:class:`WeightModel`, whose
   version every explanation names). Change ``MODEL_VERSION`` when the pinned ones change.
 
