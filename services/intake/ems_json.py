@@ -201,6 +201,15 @@ class DispositionIn(_Model):
         default=None,
         description="Transport disposition, eDisposition.30 (4230009 patient refused transport).",
     )
+    destination: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=128,
+        pattern=r"^[^\x00-\x1f\x7f]+$",
+        description="Where EMS transported the patient: the destination's code, "
+        "eDisposition.02 (the facility id the program's hospital partner sends as MSH-4), "
+        "else its name, eDisposition.01. Linking evidence: the ED visit at that hospital.",
+    )
     release_acuity: NemsisCode | None = Field(
         default=None,
         description="Acuity upon EMS release of the patient, eDisposition.19 (4219007 / 4219009 "
@@ -251,6 +260,7 @@ _EXAMPLE_OD: Final[dict[str, Any]] = {
         "patient_evaluation_care": "4228001",
         "crew": "4229001",
         "transport": "4230001",
+        "destination": "GUILFORD-1",
     },
     "peer_follow_up": "accepted",
     "leave_behind": ["naloxone_kit", "resource_information"],
@@ -411,6 +421,7 @@ def to_record(model: EmsRunReportIn) -> EmsRunReport:
         patient_evaluation_care=disposition.patient_evaluation_care,
         crew_disposition=disposition.crew,
         transport_disposition=disposition.transport,
+        destination=disposition.destination,
         consent=model.peer_follow_up,
         narrative=model.narrative or None,
         leave_behind=_unique(list(model.leave_behind)),

@@ -525,6 +525,7 @@ def _parse_pcr(
         patient_evaluation_care=idx.first("eDisposition.28"),
         crew_disposition=idx.first("eDisposition.29"),
         transport_disposition=idx.first("eDisposition.30"),
+        destination=idx.first("eDisposition.02") or idx.first("eDisposition.01"),
         consent=consent,
         narrative=idx.first("eNarrative.01"),
         leave_behind=tuple(leave_behind),

@@ -100,6 +100,9 @@ class EmsRunReport:
     """eDisposition.29/.30."""
     transport_disposition: str | None = None
     """eDisposition.30/.31."""
+    destination: str | None = None
+    """Where EMS transported the person: eDisposition.02 (Destination/Transferred To, Code),
+    else eDisposition.01 (its name)."""
     consent: str = "unknown"
     """The answer to "may a peer follow up?": accepted, declined or unknown."""
     narrative: str | None = None

@@ -14,6 +14,7 @@ from datetime import datetime
 
 from services.intake.classify import NALOXONE_RXNORM, Decision, ReasonCode
 from services.intake.death import death_of_adt, death_of_run
+from services.intake.partners import facility_key
 from services.intake.records import AdtMessage, EmsRunReport, LeOverdoseReport
 from shared.events import Consent, DecisionReason, Location, OverdoseReported
 from shared.identity import Identity, Protector, person_key
@@ -58,7 +59,8 @@ def ed_report(
 ) -> OverdoseReported:
     """``kept``: the report's (opioid, any_drug) when this message revises it without being an
     overdose by itself (an A03 that only says the patient expired)."""
-    blind = protector.blind_fields(adt.identity, facility=adt.header.sending_facility)
+    facility = adt.header.sending_facility
+    blind = protector.blind_fields(adt.identity, facility=facility)
     naloxone = any(r.code == ReasonCode.TEXT_NALOXONE_TERM for r in decision.reasons)
     death = death_of_adt(adt)
     opioid, any_drug = decision.opioid, decision.any_drug
@@ -85,7 +87,15 @@ def ed_report(
         consent=Consent.UNKNOWN,
         fatal=death.fatal,
         died_at=death.died_at,
+        hospital=_hospital(facility),
     )
+
+
+def _hospital(raw: str | None) -> str | None:
+    """A facility key as partners' allow-lists write it (MSH-4's first component, upper-cased),
+    so an EMS destination code and a hospital's MSH-4 compare; None when empty or too long."""
+    key = facility_key(raw) if raw else ""
+    return key if key and len(key) <= 128 else None
 
 
 def ems_report(
@@ -129,6 +139,7 @@ def ems_report(
         leave_behind=list(run.leave_behind),
         fatal=death.fatal,
         died_at=death.died_at,
+        hospital=_hospital(run.destination),
     )
 
 

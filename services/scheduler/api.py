@@ -255,7 +255,8 @@ class PossibleMatchOut(BaseModel):
     level: Literal["review", "flag"] = Field(
         default="review",
         description="review: the evidence is between the program's thresholds; flag: low "
-        "priority, the reports look like one overdose but little else agrees.",
+        "priority, the reports look like one overdose (an EMS run and the ED visit at the "
+        "hospital it transported to, whatever the names) but little else agrees.",
     )
     weight: float | None = Field(
         default=None, description="The match weight in bits (docs/linking.md)."

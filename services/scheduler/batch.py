@@ -66,6 +66,7 @@ __all__ = [
     "ReportBatch",
     "Writes",
     "blind_pairs",
+    "linking_fields",
     "report_pairs",
     "versioned_pairs",
 ]
@@ -184,7 +185,7 @@ OpenIdentity = Callable[[str], dict[str, Any]]
 _IDENTITY_FIELDS = ("family", "given", "middle", "sex")
 
 
-def _opened(identity: dict[str, Any]) -> dict[str, Any]:
+def linking_fields(identity: dict[str, Any]) -> dict[str, Any]:
     """What linking compares, from an opened identity (kept in memory only)."""
     dob = identity.get("dob")
     address = identity.get("address") or {}
@@ -271,9 +272,10 @@ class ReportBatch:
                     EPISODE.c.sources,
                     EPISODE.c.fatal,
                     EPISODE.c.county,
+                    EPISODE.c.hospital,
                 ).where(near_filter)
             )
-            for episode_id, person_id, incident_at, sources, fatal, county in found.all():
+            for episode_id, person_id, incident_at, sources, fatal, county, hospital in found:
                 near.setdefault(person_id, []).append(
                     EpisodeRef(
                         episode_id=episode_id,
@@ -281,6 +283,7 @@ class ReportBatch:
                         sources=frozenset(sources.split(",")),
                         fatal=fatal,
                         county=county,
+                        hospital=hospital,
                     )
                 )
         if not pairs and not near:
@@ -343,11 +346,12 @@ class ReportBatch:
                     EPISODE.c.sources,
                     EPISODE.c.fatal,
                     EPISODE.c.county,
+                    EPISODE.c.hospital,
                 )
                 .where(EPISODE.c.case_id.in_(list(by_id)))
                 .order_by(EPISODE.c.created_at, EPISODE.c.id)
             )
-            for episode_id, case_id, incident_at, sources, fatal, county in episodes.all():
+            for episode_id, case_id, incident_at, sources, fatal, county, hospital in episodes:
                 by_id[case_id].episodes.append(
                     EpisodeRef(
                         episode_id=episode_id,
@@ -355,6 +359,7 @@ class ReportBatch:
                         sources=frozenset(sources.split(",")),
                         fatal=fatal,
                         county=county,
+                        hospital=hospital,
                     )
                 )
         return batch
@@ -415,7 +420,7 @@ class ReportBatch:
         sealed = person.identity_sealed
         opened = self._opened.get((person.id, sealed))
         if opened is None:
-            opened = _opened(self._open_identity(sealed) if sealed else {})
+            opened = linking_fields(self._open_identity(sealed) if sealed else {})
             self._opened[(person.id, sealed)] = opened
         return PersonCandidate.holding(
             person.id, person.keys, episodes=self._episodes(person), **opened
@@ -476,6 +481,7 @@ class ReportBatch:
                     sources=frozenset(row["sources"].split(",")),
                     fatal=row["fatal"],
                     county=row.get("county"),
+                    hospital=row.get("hospital"),
                 )
             )
         self.writes.insert(EPISODE, row)
@@ -492,14 +498,23 @@ class ReportBatch:
         await self.writes.update(session, PERSON, person.id, deceased_at=at)
 
     async def merge_source(
-        self, session: AsyncSession, case: KnownCase, episode: EpisodeRef, source_kind: str
+        self,
+        session: AsyncSession,
+        case: KnownCase,
+        episode: EpisodeRef,
+        source_kind: str,
+        hospital: str | None = None,
     ) -> None:
-        """The report joins the episode: its source kind joins the episode's sources."""
-        merged = dataclasses.replace(episode, sources=episode.sources | {source_kind})
-        case.episodes[case.episodes.index(episode)] = merged
-        await self.writes.update(
-            session, EPISODE, episode.episode_id, sources=",".join(sorted(merged.sources))
+        """The report joins the episode: its source kind joins the episode's sources, and its
+        hospital becomes the episode's when the episode had none."""
+        merged = dataclasses.replace(
+            episode, sources=episode.sources | {source_kind}, hospital=episode.hospital or hospital
         )
+        case.episodes[case.episodes.index(episode)] = merged
+        changes: dict[str, Any] = {"sources": ",".join(sorted(merged.sources))}
+        if merged.hospital != episode.hospital:
+            changes["hospital"] = merged.hospital
+        await self.writes.update(session, EPISODE, episode.episode_id, **changes)
 
     def is_new_case(self, case: KnownCase) -> bool:
         """Whether the case was opened in this batch (so the database holds none of its rows)."""

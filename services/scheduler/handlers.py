@@ -273,6 +273,7 @@ class Scheduler:
             source_kind=event.source_kind,
             incident_at=effective_incident(event.incident_at, event.received_at)[0],
             county=event.county,
+            hospital=event.hospital,
         )
 
     def _lookup_keys(self, report: ReportIdentity) -> list[tuple[str, str]]:
@@ -321,7 +322,7 @@ class Scheduler:
             incident_at=report.incident_at,
             source_kind=event.source_kind,
         )
-        decision = link(report, candidates, policy.linking.thresholds)
+        decision = link(report, candidates, policy.linking.thresholds, policy.linking.model)
         if decision.kind == "deidentified":  # nothing left to reach the person by
             self._count_deidentified(batch, event, now)
             return
@@ -386,7 +387,7 @@ class Scheduler:
         incident_at, _ = effective_incident(event.incident_at, event.received_at)
         same = episode_for(incident_at, event.source_kind, case.episodes, window=self._window)
         if same is not None:
-            await batch.merge_source(s, case, same, event.source_kind)
+            await batch.merge_source(s, case, same, event.source_kind, event.hospital)
             self._link(uow, batch, event, same.episode_id, case.id, match, now, policy, decision)
             if event.fatal and not same.fatal:
                 await batch.mark_fatal(s, case, same.episode_id)
@@ -423,6 +424,7 @@ class Scheduler:
                 "overdose": event.overdose,
                 "sources": event.source_kind,
                 "county": event.county,
+                "hospital": event.hospital,
                 "consent": event.consent.value,
                 "deidentified": False,
                 "repeat": repeat,
@@ -507,6 +509,7 @@ class Scheduler:
                 "overdose": event.overdose,
                 "sources": event.source_kind,
                 "county": event.county,
+                "hospital": event.hospital,
                 "consent": event.consent.value,
                 "deidentified": True,
                 "repeat": False,

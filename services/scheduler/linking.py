@@ -34,7 +34,8 @@ Linking (:func:`link`)
        (``conflicting_matches``), listing them and any candidate for review.
     5. *Review.* Otherwise, candidates with the verdict ``review``: ``possible``
        (``possible_match``). The caller creates a new person and records each for a team lead
-       to confirm or split. Nothing is merged silently.
+       to confirm or split, and any flagged candidate after them (level ``flag``). Nothing is
+       merged silently.
     6. *Flag.* Otherwise, candidates with the verdict ``flag`` (their report looks like the
        same overdose, but too little else agrees for a review): ``new``
        (``same_overdose_flagged``), listing them as low-priority items for a lead, so two peers
@@ -88,11 +89,13 @@ from enum import StrEnum
 from typing import Any, Literal
 
 from services.scheduler.matching import (
+    DEFAULT_MODEL,
     EVENT_KINDS,
     Event,
     Explanation,
     Profile,
     Thresholds,
+    WeightModel,
     explain,
     profile,
     verdict,
@@ -164,6 +167,8 @@ class ReportIdentity:
     source_kind: str | None = None
     incident_at: datetime | None = None
     county: str | None = None
+    hospital: str | None = None
+    """EMS: where it transported the person; ED: the hospital that reported the visit."""
 
     @property
     def deidentified(self) -> bool:
@@ -181,7 +186,8 @@ class ReportIdentity:
             keys.setdefault(kind, set()).add(value)
         events: tuple[Event, ...] = ()
         if self.incident_at is not None and self.source_kind in EVENT_KINDS:
-            events = (Event(self.incident_at, frozenset({self.source_kind}), self.county),)
+            kinds = frozenset({self.source_kind})
+            events = (Event(self.incident_at, kinds, self.county, self.hospital),)
         return _profile(self, keys, events)
 
 
@@ -215,7 +221,7 @@ class PersonCandidate:
             "name": self.name_keys,
         }
         events = [
-            Event(e.incident_at, e.sources & EVENT_KINDS, e.county)
+            Event(e.incident_at, e.sources & EVENT_KINDS, e.county, e.hospital)
             for e in self.episodes
             if e.sources & EVENT_KINDS
         ]
@@ -302,8 +308,10 @@ def link(
     report: ReportIdentity,
     candidates: Sequence[PersonCandidate],
     thresholds: Thresholds | None = None,
+    model: WeightModel = DEFAULT_MODEL,
 ) -> LinkDecision:
-    """Which person a report is about, by the rules in the module docs, with the reasons."""
+    """Which person a report is about, by the rules in the module docs, with the reasons;
+    weighed by the program's model (the pinned weights unless its policy re-estimated them)."""
     if report.deidentified:
         return LinkDecision(kind="deidentified", person_id=None, reasons=(LinkReason.NO_IDENTITY,))
     if not candidates:
@@ -312,7 +320,7 @@ def link(
     mine = report.profile()
     weighed: dict[uuid.UUID, tuple[Explanation, str, int]] = {}
     for position, candidate in enumerate(candidates):
-        explanation = explain(mine, candidate.profile())
+        explanation = explain(mine, candidate.profile(), model)
         known = weighed.get(candidate.person_id)
         if known is None or explanation.weight > known[0].weight:
             weighed[candidate.person_id] = (explanation, verdict(explanation, limits), position)
@@ -348,11 +356,15 @@ def link(
             reasons=(LinkReason.CONFLICTING_MATCHES,),
         )
     review = matches("review", reason=LinkReason.POSSIBLE_MATCH)
-    if review:
-        return LinkDecision(
-            kind="possible", person_id=None, possible=review, reasons=(LinkReason.POSSIBLE_MATCH,)
-        )
     flagged = matches("flag", reason=LinkReason.SAME_OVERDOSE_FLAGGED)
+    if review:
+        # The flags too: a lead who splits the reviewed pair still sees the same overdose's.
+        return LinkDecision(
+            kind="possible",
+            person_id=None,
+            possible=review + flagged,
+            reasons=(LinkReason.POSSIBLE_MATCH,),
+        )
     if flagged:
         return LinkDecision(
             kind="new",
@@ -391,6 +403,9 @@ class EpisodeRef:
     """A report of it says the person died."""
     county: str | None = None
     """Where the overdose happened, as the first report gave it (evidence for linking)."""
+    hospital: str | None = None
+    """The hospital of the overdose: EMS's destination or the reporting ED, as the first
+    report that named one gave it (evidence for linking)."""
 
     def __post_init__(self) -> None:
         _utc("incident_at", self.incident_at)

@@ -129,6 +129,9 @@ class Episode(SQLModel, table=True):
     sources: str = Field(sa_column=sa.Column(sa.String(64), nullable=False))
     county: str | None = Field(default=None, sa_column=sa.Column(sa.String(64)))
     """Where the overdose happened, as its first report gave it (evidence for linking)."""
+    hospital: str | None = Field(default=None, sa_column=sa.Column(sa.String(128)))
+    """EMS's destination or the reporting ED, as the first report naming one gave it
+    (evidence for linking)."""
     consent: str = Field(sa_column=sa.Column(sa.String(16), nullable=False))
     deidentified: bool = Field(sa_column=sa.Column(sa.Boolean(), nullable=False))
     repeat: bool = Field(sa_column=sa.Column(sa.Boolean(), nullable=False))

@@ -81,6 +81,9 @@ Linking (``[linking]``)
       one person; at or above ``review_weight``, a possible match for a lead; below it, a flag
       at low priority when the two look like one overdose and weigh at least ``flag_weight``.
       They must be in that order. Whole or decimal numbers.
+    * ``[linking.weights.<comparison>]`` (optional): ``<level> = { m = ..., u = ... }`` puts a
+      program's re-estimated probabilities in place of the pinned ones (``portline linking
+      estimate`` writes the section). An unknown comparison or level fails the load.
 
 Quiet hours (:func:`shift_out_of_quiet_hours`)
     * Quiet hours run from ``start`` (inclusive) to ``end`` (exclusive) on the program's wall
@@ -151,7 +154,7 @@ from pydantic import (
     model_validator,
 )
 
-from services.scheduler.matching import Thresholds
+from services.scheduler.matching import Thresholds, WeightModel
 from services.scheduler.matching.weights import (
     DEFAULT_AUTO_LINK_WEIGHT,
     DEFAULT_FLAG_WEIGHT,
@@ -375,12 +378,41 @@ class HotSpotRules(_Rules):
         return self.enabled and level in self.levels
 
 
+_Probability = Annotated[StrictInt | StrictFloat, Field(gt=0, le=1)]
+
+
+class LevelWeights(_Rules):
+    """A level's re-estimated probabilities: ``m`` among one person's pairs, ``u`` among two
+    people's (``portline linking estimate`` writes them)."""
+
+    m: _Probability
+    u: _Probability
+
+
 class LinkingRules(_Rules):
-    """Match-weight thresholds, in bits, for linking a report to a person (docs/linking.md)."""
+    """Match-weight thresholds, in bits, for linking a report to a person, and any level's
+    re-estimated m and u in place of the pinned ones (docs/linking.md)."""
 
     auto_link_weight: _Weight = DEFAULT_AUTO_LINK_WEIGHT
     review_weight: _Weight = DEFAULT_REVIEW_WEIGHT
     flag_weight: _Weight = DEFAULT_FLAG_WEIGHT
+    weights: dict[str, dict[str, LevelWeights]] = Field(default_factory=dict)
+    """``[linking.weights.<comparison>]``: ``<level> = { m = ..., u = ... }``."""
+
+    @model_validator(mode="after")
+    def _known_levels(self) -> LinkingRules:
+        self.model  # noqa: B018  # raises ValueError naming an unknown comparison or level
+        return self
+
+    @property
+    def model(self) -> WeightModel:
+        """The weights this program links by: the pinned ones, with its overrides in place."""
+        return WeightModel.overriding(
+            {
+                comparison: {name: (float(w.m), float(w.u)) for name, w in levels.items()}
+                for comparison, levels in self.weights.items()
+            }
+        )
 
     @property
     def thresholds(self) -> Thresholds:

@@ -46,6 +46,8 @@ class Report:
     """The blind-index key version of ``blind_keys``."""
     other_blind_keys: Mapping[str, BlindKeys] = field(default_factory=dict)
     """The same keys under the other versions the sender held (a key rotation)."""
+    hospital: str | None = None
+    """EMS's destination or the reporting ED (a facility key)."""
 
     def blind_sets(self) -> tuple[tuple[str, BlindKeys], ...]:
         """Every (version, blind keys) the report carries, ``blind_keys`` first."""
@@ -73,6 +75,7 @@ def report_of(event: Event) -> Report | None:
             state=event.location.state,
             blind_keys_version=event.blind_keys_version,
             other_blind_keys=dict(event.other_blind_keys),
+            hospital=event.hospital,
         )
     if isinstance(event, CommunityReferralReceived):
         return Report(

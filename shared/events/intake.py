@@ -98,10 +98,19 @@ class OverdoseReportedV2(OverdoseReportedV1):
 
 class OverdoseReported(OverdoseReportedV2, BlindKeyVersions):
     """v3: the version of the blind keys, and the same keys under the other versions during a
-    blind-index key rotation (``BlindKeyVersions``)."""
+    blind-index key rotation (``BlindKeyVersions``); the hospital of the overdose."""
 
     event_type = "OverdoseReported"
     version = 3
+
+    hospital: str | None = Field(
+        default=None,
+        max_length=128,
+        description="The hospital of the overdose, as a facility key (first component, "
+        "trimmed, upper-cased): for EMS where it transported the person (NEMSIS "
+        "eDisposition.02, else .01), for an ED the sending facility (MSH-4). Evidence for "
+        "linking an EMS run to the ED visit it ended in.",
+    )
 
 
 class InboundRejected(Event):

@@ -212,7 +212,11 @@ async def _linked(kafka_bootstrap: str, report_id: str) -> dict[str, Any]:
 
 
 async def _ems(
-    intake_process: IntakeProcess, pcr: str, incident: datetime, patient: dict[str, Any]
+    intake_process: IntakeProcess,
+    pcr: str,
+    incident: datetime,
+    patient: dict[str, Any],
+    destination: str | None = None,
 ) -> str:
     async with httpx.AsyncClient(base_url=intake_process.http) as intake:
         posted = await intake.post(
@@ -224,6 +228,7 @@ async def _ems(
                 "scene": {"city": "Greensboro", "state": "NC", "county": "Guilford"},
                 "impressions": ["T40.1X1A"],
                 "peer_follow_up": "accepted",
+                **({"disposition": {"destination": destination}} if destination else {}),
             },
             headers={"Authorization": f"Bearer {intake_process.ems_key}"},
         )
@@ -304,6 +309,40 @@ async def test_the_ems_run_then_the_ed_visit_of_one_overdose_are_one_case(
         given="Jordan",
         dob="19910624",
         phone="",
+        admit=hl7_time(run + timedelta(minutes=40)),
+    )
+    ed = await _linked(kafka_bootstrap, ed_id)
+    assert ed["match"] == "exact"
+    assert (ed["case_id"], ed["episode_id"]) == (ems["case_id"], ems["episode_id"])
+
+
+async def test_the_ems_run_then_the_ed_visit_at_its_destination_are_one_case(
+    intake_process: IntakeProcess, scheduler_process: ServiceProcess, kafka_bootstrap: str
+) -> None:
+    """The crew wrote only her initial and no date of birth, and where they took her: the
+    hospital whose ADT comes 40 minutes later. The hour alone would leave the pair to a lead;
+    the hospital EMS transported to makes it one overdose (issue 18, ADR 0027)."""
+    # A name, birth date and phone of her own: the other tests' people must not look like her.
+    family = f"Mtransport{uuid.uuid4().hex[:6]}"
+    run = (datetime.now(UTC) - timedelta(hours=2)).replace(second=0, microsecond=0)
+    ems_id = await _ems(
+        intake_process,
+        f"LNK-{uuid.uuid4().hex[:8]}",
+        run,
+        {"family_name": family, "given_name": "E"},
+        destination="demo_hospital",  # the MLLP partner's MSH-4, as the crew's list writes it
+    )
+    ems = await _linked(kafka_bootstrap, ems_id)
+    assert ems["match"] == "new_person"
+
+    ed_id = await _ed(
+        intake_process,
+        kafka_bootstrap,
+        f"LNK-{uuid.uuid4().hex[:10]}",
+        family=family,
+        given="Elizabeth",
+        dob="19930517",
+        phone="^PRN^PH^^^336^5550177",
         admit=hl7_time(run + timedelta(minutes=40)),
     )
     ed = await _linked(kafka_bootstrap, ed_id)

@@ -26,6 +26,13 @@ The overdoses
       same rate as friends do.
     * EMS writes the scene's county as a name (``Guilford``), the ED the patient's home county
       as a FIPS code, as the feeds do; the scene is the home county 80 % of the time.
+    * Five hospitals: two in each of the larger counties (60/40 % of their visits), one in the
+      smallest. EMS transports to a hospital of the scene's county; a walk-in goes to one of
+      the home county's. The ED report names its hospital (MSH-4, always right); the EMS
+      report names its destination (eDisposition.02) when it transported: missing 10 % of the
+      time, another hospital 3 % (a diversion, a slip of the crew's pick list). These rates
+      are our own choice; the hospitals draw from a random stream of their own, so the rest of
+      the population is the same as without them.
 
 The errors (per report; EMS first, then ED)
     The kinds of error and their order of magnitude come from studies of identifiers in
@@ -84,6 +91,14 @@ __all__ = ["Config", "Overdose", "Person", "Population", "Report", "generate"]
 
 START = datetime(2025, 1, 1, tzinfo=UTC)
 COUNTIES = (("Guilford", "37081", 0.6), ("Forsyth", "37067", 0.3), ("Rockingham", "37157", 0.1))
+HOSPITALS: tuple[tuple[tuple[str, float], ...], ...] = (
+    (("GUILFORD-1", 0.6), ("GUILFORD-2", 0.4)),
+    (("FORSYTH-1", 0.6), ("FORSYTH-2", 0.4)),
+    (("ROCKINGHAM-1", 1.0),),
+)
+"""Each county's hospitals (facility keys) and their shares of its visits."""
+DESTINATION_MISSING = 0.10
+DESTINATION_WRONG = 0.03
 _KEYBOARD = [
     "qwertyuiop",
     "asdfghjkl",
@@ -146,6 +161,8 @@ class Report:
     phones: tuple[str, ...]
     zip: str | None
     errors: tuple[str, ...] = ()
+    hospital: str | None = None
+    """EMS: the destination it names (eDisposition.02); ED: the hospital that reports."""
 
 
 @dataclass
@@ -516,6 +533,39 @@ def _report(
     )
 
 
+def _hospitals(
+    reports: list[Report],
+    overdoses: Sequence[Overdose],
+    people: Sequence[Person],
+    rng: random.Random,
+) -> list[Report]:
+    """Each report's hospital (module docs), from a random stream of its own."""
+
+    def pick(county: int) -> str:
+        names, weights = zip(*HOSPITALS[county], strict=True)
+        return rng.choices(names, weights=weights)[0]
+
+    everywhere = [h for county in HOSPITALS for h, _ in county]
+    went: dict[int, str] = {}
+    for od in overdoses:
+        if "ed" in od.sources:
+            county = od.scene_county if "ems" in od.sources else people[od.people[0]].county
+            went[od.id] = pick(county)
+    out = []
+    for r in reports:
+        hospital = went.get(r.overdose)
+        errors = r.errors
+        if r.kind == "ems" and hospital is not None:
+            roll = rng.random()
+            if roll < DESTINATION_MISSING:
+                hospital, errors = None, (*errors, "destination_missing")
+            elif roll < DESTINATION_MISSING + DESTINATION_WRONG:
+                hospital = rng.choice([h for h in everywhere if h != hospital])
+                errors = (*errors, "destination_wrong")
+        out.append(replace(r, hospital=hospital, errors=errors))
+    return out
+
+
 def _shift_year(dob: date, years: int) -> date:
     try:
         return dob.replace(year=dob.year + years)
@@ -538,5 +588,6 @@ def generate(config: Config | None = None) -> Population:
             for kind in od.sources:
                 at = od.at if kind == "ems" else ed_at + timedelta(minutes=rng.uniform(0, 6))
                 reports.append(_report(len(reports), person, od, kind, at, rng))
+    reports = _hospitals(reports, overdoses, people, random.Random(f"hospitals {config.seed}"))
     reports.sort(key=lambda r: (r.at, r.id))
     return Population(config, people, overdoses, reports)

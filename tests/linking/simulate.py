@@ -17,6 +17,7 @@ from __future__ import annotations
 import random
 import uuid
 from collections import Counter, defaultdict
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -30,7 +31,7 @@ from services.scheduler.linking import (
     episode_for,
     link,
 )
-from services.scheduler.matching import blocking, explain
+from services.scheduler.matching import Explanation, blocking, explain
 from shared.identity import Identity, Protector
 from shared.sealing import BlindIndexer, Keyring, Sealer
 from tests.linking.population import Population, Report
@@ -69,6 +70,9 @@ class Outcome:
     wrong_flags: int
     weight: float | None
     """The weight of the true person's record, where it was a candidate."""
+    truth: Explanation | None = None
+    """For a report missed (a new person although the person was known): why the person's own
+    record, where it was a candidate, weighed too little."""
     near: tuple[tuple[float, bool], ...] = ()
     """With ``trace``: every candidate's weight where the two look like one overdose, and
     whether it is the same person."""
@@ -79,6 +83,10 @@ class Simulation:
     outcomes: list[Outcome]
     reviews: int
     flags: int
+    linked: list[Mapping[str, str]] = field(default_factory=list)
+    """The levels of every pair held for one person: automatic links and possible matches the
+    lead confirmed (what ``portline linking estimate`` reads for m)."""
+    splits: int = 0
 
 
 def _identity(report: Report) -> ReportIdentity:
@@ -104,6 +112,7 @@ def _identity(report: Report) -> ReportIdentity:
         source_kind=report.kind,
         incident_at=report.at,
         county=report.county,
+        hospital=report.hospital,
     )
 
 
@@ -143,6 +152,8 @@ def simulate(
     known: Counter[int] = Counter()
     recent: list[tuple[datetime, uuid.UUID]] = []
     outcomes: list[Outcome] = []
+    linked: list[Mapping[str, str]] = []
+    splits = 0
     reviews = flags = 0
     ids = (uuid.UUID(int=i) for i in range(1, 10**9))
 
@@ -160,6 +171,7 @@ def simulate(
                 incident_at=same.incident_at,
                 sources=same.sources | {report.kind},
                 county=same.county,
+                hospital=same.hospital or report.hospital,
             )
             person.episodes[person.episodes.index(same)] = merged
         else:
@@ -169,6 +181,7 @@ def simulate(
                     incident_at=report.at,
                     sources=frozenset({report.kind}),
                     county=report.county,
+                    hospital=report.hospital,
                 )
             )
             recent.append((report.at, person.id))
@@ -206,6 +219,8 @@ def simulate(
             correct = report.person in target.members
             wrong_links = 0 if correct else 1
             truth_weight = decision.explanation.weight if decision.explanation else None
+            if correct and decision.explanation is not None:
+                linked.append({e.comparison: e.level for e in decision.explanation.evidence})
             attach(target, report, identity)
             verdict = "linked"
         else:
@@ -216,7 +231,9 @@ def simulate(
                 flags += sum(1 for p in decision.possible if p.level == "flag")
                 for p in decision.possible:
                     if report.person in people[p.person_id].members:
+                        linked.append({e.comparison: e.level for e in p.explanation.evidence})
                         continue
+                    splits += 1
                     if p.level == "flag":
                         wrong_flags += 1
                     else:
@@ -230,13 +247,14 @@ def simulate(
                 people[person.id] = person
                 attach(person, report, identity)
         near: list[tuple[float, bool]] = []
+        truth: Explanation | None = None
         if truth_weight is None or trace:
             mine = identity.profile()
             for c in candidates:
                 same_person = report.person in people[c.person_id].members
                 explanation = explain(mine, c.profile())
                 if same_person and truth_weight is None:
-                    truth_weight = explanation.weight
+                    truth_weight, truth = explanation.weight, explanation
                 if trace and explanation.same_overdose:
                     near.append((explanation.weight, same_person))
         outcomes.append(
@@ -249,13 +267,14 @@ def simulate(
                 wrong_reviews,
                 wrong_flags,
                 truth_weight,
+                truth,
                 tuple(near),
             )
         )
         known[report.person] += 1
         seen_overdose[(report.person, report.overdose)].add(report.kind)
         recent[:] = [(at, pid) for at, pid in recent if report.at - at <= EVENT_WINDOW * 3]
-    return Simulation(outcomes, reviews, flags)
+    return Simulation(outcomes, reviews, flags, linked, splits)
 
 
 def decision_candidates(decision: LinkDecision) -> list[tuple[uuid.UUID, float]]:

@@ -331,6 +331,16 @@ async def test_hl7_overdose_is_published_with_identity_sealed(intake: Intake) ->
         assert phi not in payload
 
 
+async def test_hl7_overdose_names_its_hospital_by_the_sending_facility(intake: Intake) -> None:
+    response = await intake.post_hl7(adt("HTTP-OD-H", **PHI))
+    assert response.status_code == 200
+
+    (envelope,) = await intake.events("OverdoseReported")
+    event = envelope.event()
+    assert isinstance(event, OverdoseReported)
+    assert event.hospital == "DEMO_HOSPITAL"  # MSH-4, as the facility allow-list keys it
+
+
 async def test_hl7_routine_visit_is_acked_aa_and_publishes_nothing(intake: Intake) -> None:
     response = await intake.post_hl7(routine("HTTP-RT-1"))
     assert response.status_code == 200
@@ -600,6 +610,19 @@ async def test_schema_violation_in_a_batch_rejects_the_whole_request(intake: Int
     assert await intake.events() == []
 
 
+@pytest.mark.parametrize("destination", ["", "   ", "A\u0000B", "x" * 129, 42])
+async def test_a_destination_that_names_no_hospital_is_422(
+    intake: Intake, destination: object
+) -> None:
+    report = overdose_example()
+    report["disposition"]["destination"] = destination
+    response = await intake.post_ems(report)
+    assert_error(response, 422, "validation_error")
+    locs = [d["loc"] for d in response.json()["error"]["details"]]
+    assert any(loc[-2:] == ["disposition", "destination"] for loc in locs), locs
+    assert await intake.events() == []
+
+
 @pytest.mark.parametrize(
     "body",
     [b'{"reports": []}', b"[]", b'"a string"', b"42", b"null", b'{"reports": "x"}'],
@@ -660,6 +683,34 @@ async def test_xml_single_pcr_is_accepted(intake: Intake) -> None:
     assert event.consent == "accepted"
     for phi in ("Quackenbush", "Zebulon", "1990-04-02", "336-555-0100", "12 Synthetic Lane"):
         assert phi not in envelope.model_dump_json()
+
+
+async def test_xml_destination_code_is_the_reports_hospital(intake: Intake) -> None:
+    destination = (
+        "<eDisposition.DestinationGroup>"
+        "<eDisposition.01>Guilford Memorial</eDisposition.01>"
+        "<eDisposition.02> guilford-1 </eDisposition.02>"
+        "</eDisposition.DestinationGroup>"
+    )
+    body = fixture_xml("single_pcr.xml").replace(
+        b"<eDisposition.IncidentDispositionGroup>",
+        destination.encode() + b"<eDisposition.IncidentDispositionGroup>",
+    )
+    response = await intake.post_ems(body, content_type=XML)
+    assert response.json()["results"][0]["status"] == "accepted"
+    (envelope,) = await intake.events("OverdoseReported")
+    assert envelope.data["hospital"] == "GUILFORD-1"
+
+
+async def test_json_destination_is_the_reports_hospital_and_optional(intake: Intake) -> None:
+    named = overdose_example()
+    unnamed = overdose_example()
+    unnamed["pcr_number"] = "2026-000999"
+    del unnamed["disposition"]["destination"]
+    response = await intake.post_ems({"reports": [named, unnamed]})
+    assert [r["status"] for r in response.json()["results"]] == ["accepted", "accepted"]
+    events = await intake.events("OverdoseReported")
+    assert sorted(str(e.data["hospital"]) for e in events) == ["GUILFORD-1", "None"]
 
 
 @pytest.mark.parametrize("content_type", ["text/xml", "application/xml; charset=utf-8"])

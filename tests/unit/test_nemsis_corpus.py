@@ -127,6 +127,7 @@ def test_overdose_2025() -> None:
     assert got.identity.language == "eng"
     assert got.identity.sex == "9919001"
     assert got.transport_disposition == "4230001"
+    assert got.destination == "330125"  # eDisposition.02, the destination's code
 
 
 def test_overdose_2025_national_matches_full_without_identity() -> None:

@@ -90,6 +90,7 @@ class World:
         consent: Consent = Consent.ACCEPTED,
         phone: str | None = "336-555-0100",
         received_at: datetime | None = None,
+        hospital: str | None = None,
     ) -> OverdoseReported:
         """A report received now, or 30 minutes after its overdose if that is later."""
 
@@ -114,6 +115,7 @@ class World:
             any_drug=True,
             reasons=[],
             consent=consent,
+            hospital=hospital,
         )
         return event
 
@@ -173,6 +175,35 @@ async def test_ems_and_ed_reports_of_one_overdose_are_one_episode(world: World) 
     async with world.sessions() as s:
         (episode,) = list(await s.execute(sa.select(EPISODE)))
     assert set(episode.sources.split(",")) == {"ems", "ed"}
+
+
+async def test_the_episode_keeps_the_first_hospital_a_report_of_it_names(world: World) -> None:
+    await world.report(kind="ems")  # the crew named no destination
+    await world.report(kind="ed", incident_at=INCIDENT + timedelta(minutes=40), hospital="H-1")
+    async with world.sessions() as s:
+        (episode,) = list(await s.execute(sa.select(EPISODE)))
+    assert (set(episode.sources.split(",")), episode.hospital) == ({"ems", "ed"}, "H-1")
+
+
+async def test_a_false_name_at_the_scene_is_flagged_for_a_lead_by_the_transport(
+    world: World,
+) -> None:
+    await world.report(
+        kind="ed", incident_at=INCIDENT + timedelta(minutes=40), hospital="H-1", given="Robert"
+    )
+    await world.report(
+        kind="ems", family="Miller", given="Kevin", dob="1971-09-30", phone=None, hospital="H-1"
+    )
+    linked = await world.events("ReportLinked")
+    assert [e["match"] for e in linked] == ["new_person", "new_person"]
+    async with world.sessions() as s:
+        (flag,) = list(await s.execute(sa.select(POSSIBLE_MATCH)))
+    assert (flag.level, flag.status) == ("flag", "open")
+    explanation = json.loads(flag.explanation)
+    assert explanation["model"] == "fs-2026.2"
+    event = next(e for e in explanation["evidence"] if e["comparison"] == "event")
+    assert event["level"] == "transported_here"
+    assert explanation["weight"] < -1  # whatever the names
 
 
 async def test_a_repeat_overdose_while_the_case_is_open_raises_priority_and_restarts(

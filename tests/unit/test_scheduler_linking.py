@@ -69,6 +69,7 @@ def report(
     kind: str | None = None,
     at: datetime | None = None,
     county: str | None = None,
+    hospital: str | None = None,
 ) -> ReportIdentity:
     """A report's identity with the blind keys intake (and the scheduler) would give it."""
     return ReportIdentity(
@@ -90,6 +91,7 @@ def report(
         source_kind=kind,
         incident_at=at,
         county=county,
+        hospital=hospital,
     )
 
 
@@ -106,6 +108,7 @@ def person(
     kind: str | None = None,
     at: datetime | None = None,
     county: str | None = None,
+    hospital: str | None = None,
     person_id: uuid.UUID | None = None,
     also: tuple[ReportIdentity, ...] = (),
 ) -> PersonCandidate:
@@ -118,7 +121,11 @@ def person(
     if kind and at:
         episodes = (
             EpisodeRef(
-                episode_id=uuid.uuid4(), incident_at=at, sources=frozenset({kind}), county=county
+                episode_id=uuid.uuid4(),
+                incident_at=at,
+                sources=frozenset({kind}),
+                county=county,
+                hospital=hospital,
             ),
         )
     return PersonCandidate(
@@ -348,6 +355,83 @@ def test_event_levels(
     assert compare_event(y, x)[0].name == level
 
 
+HOSPITAL = "GUILFORD-1"
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "level"),
+    [
+        pytest.param(
+            ("ems", RUN, HOSPITAL), ("ed", VISIT, HOSPITAL), "transported_here", id="transported"
+        ),
+        pytest.param(
+            ("ems", RUN, " guilford-1"),
+            ("ed", VISIT, HOSPITAL),
+            "transported_here",
+            id="case-and-spaces-do-not-count",
+        ),
+        pytest.param(
+            ("ems", RUN, HOSPITAL),
+            ("ed", RUN + timedelta(hours=3, minutes=50), HOSPITAL),
+            "transported_here",
+            id="a-late-registration-within-four-hours",
+        ),
+        pytest.param(
+            ("ems", RUN, HOSPITAL),
+            ("ed", RUN + timedelta(hours=5), HOSPITAL),
+            "same_day",
+            id="five-hours-is-not-the-transport",
+        ),
+        pytest.param(
+            ("ems", RUN, HOSPITAL),
+            ("ed", VISIT, "FORSYTH-1"),
+            "same_overdose_other_hospital",
+            id="another-hospital",
+        ),
+        pytest.param(
+            ("ems", RUN, None), ("ed", VISIT, HOSPITAL), "same_overdose", id="no-destination"
+        ),
+        pytest.param(
+            ("ems", RUN, HOSPITAL),
+            ("ems", RUN + timedelta(hours=1), HOSPITAL),
+            "same_source_near",
+            id="two-runs-to-one-hospital",
+        ),
+        pytest.param(
+            ("law_enforcement", RUN, HOSPITAL),
+            ("ed", VISIT, HOSPITAL),
+            "same_overdose",
+            id="only-ems-transports",
+        ),
+    ],
+)
+def test_event_levels_with_the_hospital(
+    a: tuple[str, datetime, str | None], b: tuple[str, datetime, str | None], level: str
+) -> None:
+    x = profile(events=[Event(a[1], frozenset({a[0]}), None, a[2])])
+    y = profile(events=[Event(b[1], frozenset({b[0]}), None, b[2])])
+    assert compare_event(x, y)[0].name == level
+    assert compare_event(y, x)[0].name == level
+
+
+def test_an_episode_of_both_kinds_at_the_hospital_is_the_transport_for_a_late_epcr() -> None:
+    ed_first = PersonCandidate(
+        person_id=uuid.uuid4(),
+        family="Doyle",
+        given="Jane",
+        episodes=(
+            EpisodeRef(
+                episode_id=uuid.uuid4(),
+                incident_at=VISIT,
+                sources=frozenset({"ed", "law_enforcement"}),
+                hospital=HOSPITAL,
+            ),
+        ),
+    )
+    run = report("Doyle", "Jane", kind="ems", at=RUN, hospital=HOSPITAL)
+    assert levels(run, ed_first)["event"] == "transported_here"
+
+
 def test_a_community_referral_carries_no_event() -> None:
     referral = report("Doyle", "Jane", kind="community", at=RUN)
     assert referral.profile().events == ()
@@ -425,11 +509,6 @@ class TestTheIssuesPairs:
                 report("Doyle", "J", DOB, PHONE, kind="ems", at=RUN),
                 person("Doyle", "Jane", DOB, PHONE, kind="ed", at=VISIT),
                 id="initial-only",
-            ),
-            pytest.param(
-                report("Doyle", None, DOB, kind="ems", at=RUN),
-                person("Doyle", "Jane", DOB, kind="ed", at=VISIT),
-                id="given-name-missing-at-the-same-overdose",
             ),
         ],
     )
@@ -516,6 +595,48 @@ class TestHardCasesNeverLink:
         assert decision.person_id is None
         again = explain(b.profile(), a.profile())
         assert verdict(again, Thresholds()) != "link"
+
+    @pytest.mark.parametrize(
+        ("a", "b"),
+        [
+            pytest.param(
+                report("Doyle", "Michael", sex="M", kind="ems", at=RUN, hospital=HOSPITAL,
+                       **HOUSE),
+                person("Doyle", "Matthew", sex="M", kind="ed", at=VISIT, hospital=HOSPITAL,
+                       **HOUSE),
+                id="twins-transported-together",
+            ),
+            pytest.param(
+                report("Doyle", None, sex="M", kind="ems", at=RUN, hospital=HOSPITAL,
+                       **HOUSE),
+                person("Doyle", "Matthew", sex="M", kind="ed", at=VISIT, hospital=HOSPITAL,
+                       **HOUSE),
+                id="twin-without-a-given-name-transported-together",
+            ),
+            pytest.param(
+                report("Bates", "Robert", date(1994, 6, 2), PHONE, sex="M", kind="ems", at=RUN,
+                       hospital=HOSPITAL),
+                person("Bates", "Robert", date(1961, 1, 19), PHONE, sex="M", kind="ed", at=VISIT,
+                       hospital=HOSPITAL),
+                id="father-and-son-one-name-one-phone-one-hospital",
+            ),
+            pytest.param(
+                report("Smith", "John", date(1985, 3, 3), sex="M", kind="ems", at=RUN,
+                       hospital=HOSPITAL),
+                person("Smith", "John", date(1979, 11, 20), sex="M", kind="ed", at=VISIT,
+                       hospital=HOSPITAL),
+                id="common-name-different-dob-same-hour-same-hospital",
+            ),
+        ],
+    )  # fmt: skip
+    def test_never_linked_at_the_hospital_ems_transported_to(
+        self, a: ReportIdentity, b: PersonCandidate
+    ) -> None:
+        decision = link(a, [b])
+        assert decision.kind != "exact", decision
+        assert decision.person_id is None
+        assert [p.person_id for p in decision.possible] == [b.person_id]  # a lead looks
+        assert verdict(explain(b.profile(), a.profile()), Thresholds()) != "link"
 
     def test_a_common_name_with_another_dob_and_nothing_else_is_two_people(self) -> None:
         decision = link(
@@ -621,6 +742,82 @@ def test_lookup_keys_find_a_name_either_way_round_and_dob_variants() -> None:
     assert ("dob", INDEXER.dob(DOB)) in keys
 
 
+def test_the_transport_to_the_hospital_links_what_the_hour_alone_would_send_to_review() -> None:
+    """The crew wrote only her initial and no date of birth; the ED has her in full. The same
+    hour sends the pair to a lead; the ED at the hospital the crew took her to links it (the
+    e2e test in tests/e2e/test_scheduler_e2e.py runs this pair through the services)."""
+    ed = person("Doyle", "Elizabeth", DOB, PHONE, sex="F", kind="ed", at=VISIT, hospital=HOSPITAL)
+    taken = link(report("Doyle", "E", kind="ems", at=RUN, hospital=HOSPITAL), [ed])
+    assert (taken.kind, taken.person_id) == ("exact", ed.person_id)
+    unnamed = link(report("Doyle", "E", kind="ems", at=RUN), [ed])
+    assert [p.level for p in unnamed.possible] == ["review"]
+
+
+def test_a_given_name_missing_at_the_same_overdose_is_a_leads_to_decide() -> None:
+    """A twin who overdosed with their twin fits the rest as well: family name, date of birth,
+    the overdose and its hospital. Only the given name tells them apart."""
+    for hospital in (None, HOSPITAL):
+        run = report("Doyle", None, DOB, kind="ems", at=RUN, hospital=hospital)
+        decision = link(run, [person("Doyle", "Jane", DOB, kind="ed", at=VISIT, hospital=hospital)])
+        assert decision.kind == "possible"
+        (review,) = decision.possible
+        assert review.level == "review"
+        assert review.explanation.doubts == ("given_name",)
+
+
+class TestFlaggedNeverMissedSilently:
+    """An EMS run that names its destination and an ED visit there within hours are flagged for
+    a lead whatever the names (a false name given at the scene), and never linked."""
+
+    ED_VISIT = person(
+        "Bates", "Robert", DOB, PHONE, sex="M", kind="ed", at=VISIT, hospital=HOSPITAL
+    )
+
+    def alias(self, hospital: str | None) -> ReportIdentity:
+        return report("Miller", "Kevin", OTHER_DOB, sex="M", kind="ems", at=RUN, hospital=hospital)
+
+    def test_a_false_name_at_the_scene_is_flagged_by_the_transport(self) -> None:
+        decision = link(self.alias(HOSPITAL), [self.ED_VISIT])
+        assert (decision.kind, decision.person_id) == ("new", None)
+        assert decision.reasons == (R.SAME_OVERDOSE_FLAGGED,)
+        (flag,) = decision.possible
+        assert (flag.person_id, flag.level) == (self.ED_VISIT.person_id, "flag")
+        assert flag.weight < Thresholds().flag  # whatever the names
+        assert flag.explanation.level("event") == "transported_here"
+
+    def test_another_hospital_named_by_ems_is_flagged_too(self) -> None:
+        decision = link(self.alias("FORSYTH-1"), [self.ED_VISIT])
+        assert [p.level for p in decision.possible] == ["flag"]
+        assert decision.possible[0].explanation.level("event") == "same_overdose_other_hospital"
+
+    def test_without_a_destination_the_false_name_is_weighed_as_before(self) -> None:
+        decision = link(self.alias(None), [self.ED_VISIT])
+        assert (decision.kind, decision.possible) == ("new", ())
+
+    def test_an_ed_visit_at_the_hospital_hours_later_is_not_the_transport(self) -> None:
+        later = person(
+            "Bates", "Robert", DOB, PHONE, sex="M", kind="ed", at=RUN + timedelta(hours=6),
+            hospital=HOSPITAL,
+        )  # fmt: skip
+        assert link(self.alias(HOSPITAL), [later]).possible == ()
+
+    def test_a_flag_is_listed_after_the_reviews_not_dropped(self) -> None:
+        twin = person("Doyle", "Jane", sex="F", **TestHardCasesNeverLink.HOUSE)
+        jana = report(
+            "Doyle", "Jana", sex="F", kind="ems", at=RUN, hospital=HOSPITAL,
+            **TestHardCasesNeverLink.HOUSE,
+        )  # fmt: skip
+        stranger = person("Bates", "Roberta", OTHER_DOB, sex="F", kind="ed", at=VISIT,
+                          hospital=HOSPITAL)  # fmt: skip
+        assert verdict(explain(jana.profile(), twin.profile()), Thresholds()) == "review"
+        decision = link(jana, [stranger, twin])
+        assert decision.reasons == (R.POSSIBLE_MATCH,)
+        assert [(p.person_id, p.level) for p in decision.possible] == [
+            (twin.person_id, "review"),
+            (stranger.person_id, "flag"),
+        ]
+
+
 # --------------------------------------------------------------------------- properties
 
 POOL_FAMILY = st.sampled_from([None, "Doyle", "Doyel", "Garcia Lopez", "Garcia", "Jane", "Li"])
@@ -632,6 +829,7 @@ POOL_ZIP = st.sampled_from([None, "27401", "27105"])
 POOL_EVENTS = st.sampled_from(
     [(None, None), ("ems", RUN), ("ed", VISIT), ("ed", RUN + timedelta(hours=7))]
 )
+POOL_HOSPITALS = st.sampled_from([None, HOSPITAL, "FORSYTH-1"])
 
 
 @st.composite
@@ -646,6 +844,7 @@ def identities(draw: st.DrawFn) -> dict[str, object]:
         "postal_code": draw(POOL_ZIP),
         "kind": kind,
         "at": at,
+        "hospital": draw(POOL_HOSPITALS),
     }
 
 
@@ -663,7 +862,7 @@ def test_swapping_the_two_records_never_changes_the_weight_or_the_decision(
     ]
 
 
-AGREEING = ("family", "given", "dob", "phone", "sex", "postal_code", "event")
+AGREEING = ("family", "given", "dob", "phone", "sex", "postal_code", "event", "hospital")
 
 
 @given(identities(), identities(), st.sampled_from(AGREEING))
@@ -678,7 +877,7 @@ def test_adding_agreeing_evidence_never_lowers_the_score(
     target = x if source is y else y
     if all(source[n] is None for n in names):
         value = {"family": "Doyle", "given": "Jane", "dob": DOB, "phone": PHONE, "sex": "F",
-                 "postal_code": "27401"}  # fmt: skip
+                 "postal_code": "27401", "hospital": HOSPITAL}  # fmt: skip
         for n in names:
             source[n] = value.get(n, {"kind": "ems", "at": RUN}.get(n))
         if field == "event":

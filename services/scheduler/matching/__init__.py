@@ -16,9 +16,16 @@ from services.scheduler.matching.evidence import (
     verdict,
 )
 from services.scheduler.matching.profile import EVENT_KINDS, Event, Profile, profile
-from services.scheduler.matching.weights import LEVELS, MODEL_VERSION, Level
+from services.scheduler.matching.weights import (
+    DEFAULT_MODEL,
+    LEVELS,
+    MODEL_VERSION,
+    Level,
+    WeightModel,
+)
 
 __all__ = [
+    "DEFAULT_MODEL",
     "EVENT_KINDS",
     "LEVELS",
     "MODEL_VERSION",
@@ -29,6 +36,7 @@ __all__ = [
     "Profile",
     "Thresholds",
     "Verdict",
+    "WeightModel",
     "explain",
     "profile",
     "verdict",

@@ -36,10 +36,13 @@ Date of birth
 
 The overdose (event)
     Every overdose each side records is compared: a report's own, a person's episodes. The best
-    pair counts. Reports of different kinds (EMS, ED, law enforcement) within 3 hours are likely
-    one overdose (in different counties, less so); within 12 hours, the same day; two reports
-    of one kind within 12 hours, a second agency or hospital. Community referrals carry no
-    event (their time is often only when the team heard).
+    pair counts. An EMS run and an ED visit within 4 hours at the hospital EMS transported the
+    person to are the strongest evidence of one overdose (``transported_here``). Otherwise,
+    reports of different kinds (EMS, ED, law enforcement) within 3 hours are likely one
+    overdose (in different counties, less so; when EMS names a destination and the ED is
+    another hospital, much less so); within 12 hours, the same day; two reports of one kind
+    within 12 hours, a second agency or hospital. Community referrals carry no event (their
+    time is often only when the team heard).
 """
 
 from __future__ import annotations
@@ -63,6 +66,7 @@ __all__ = [
     "GIVEN_TYPO_JW",
     "SAME_DAY_WINDOW",
     "SAME_OVERDOSE_WINDOW",
+    "TRANSPORT_WINDOW",
     "Found",
     "compare_dob",
     "compare_event",
@@ -80,6 +84,9 @@ FAMILY_TYPO_JW = 0.90
 GIVEN_TYPO_JW = 0.88
 SAME_OVERDOSE_WINDOW = timedelta(hours=3)
 SAME_DAY_WINDOW = timedelta(hours=12)
+TRANSPORT_WINDOW = timedelta(hours=4)
+"""An ED visit at the EMS destination this long after (or before) the run is of one overdose:
+the transport, the wait and a late registration fit in it."""
 
 Found = tuple[Level, str | None]
 """A level and its detail."""
@@ -296,13 +303,27 @@ def _counties_differ(a: Event, b: Event) -> bool:
     return a.county.isdigit() == b.county.isdigit() and a.county != b.county
 
 
+def _transported(a: Event, b: Event) -> bool | None:
+    """Whether EMS took the person to the hospital that reported the other's visit; None when
+    one of the two is not an EMS run and an ED visit, or a hospital is not known."""
+    ems_ed = ("ems" in a.kinds and "ed" in b.kinds) or ("ed" in a.kinds and "ems" in b.kinds)
+    if not ems_ed or a.hospital is None or b.hospital is None:
+        return None
+    return a.hospital == b.hospital
+
+
 def _event_level(a: Event, b: Event) -> tuple[str, str] | None:
     gap = abs(a.at - b.at)
     minutes = int(gap.total_seconds() // 60)
     first, second = sorted(("+".join(sorted(a.kinds)), "+".join(sorted(b.kinds))))
     kinds = f"{first} and {second}, {minutes} min apart"
     if a.kinds.isdisjoint(b.kinds):
+        transported = _transported(a, b)
+        if transported and gap <= TRANSPORT_WINDOW:
+            return "transported_here", f"{kinds}, at the hospital EMS transported to"
         if gap <= SAME_OVERDOSE_WINDOW:
+            if transported is False:
+                return "same_overdose_other_hospital", f"{kinds}, EMS transported elsewhere"
             if _counties_differ(a, b):
                 return "same_overdose_other_county", kinds
             return "same_overdose", kinds

@@ -11,10 +11,14 @@ holds no value from the identity.
 * ``link``: at or above ``auto_link`` with nothing to doubt: the same person, linked.
 * ``review``: at or above ``review``, or above ``auto_link`` with a doubt (two different given
   names, a date of birth no typing error explains, a name or a date of birth missing on one
-  side where the two reports are not of one overdose, ...): a lead decides.
-* ``flag``: below ``review``, but the two reports look like one overdose (the event level
-  ``same_overdose``) and weigh at least ``flag``: a low-priority item for a lead, so that two
-  peers never chase one person unknowingly.
+  side where the two reports are not of one overdose, a given name missing where the family
+  names agree even at one overdose (twins overdose together), ...): a lead decides.
+* ``flag``: below ``review``, but an EMS run that names where it transported the person and an
+  ED visit within hours (the event levels ``transported_here`` and, within 3 hours at another
+  hospital, ``same_overdose_other_hospital``), whatever the names; or the two reports look like
+  one overdose otherwise (``same_overdose``, ``same_overdose_other_county``) and weigh at least
+  ``flag``: a low-priority item for a lead, so that two peers never chase one person
+  unknowingly. A flag is never a link: a lead decides.
 * ``none``: two people.
 
 Exceptions::
@@ -43,16 +47,19 @@ from services.scheduler.matching.profile import Profile
 from services.scheduler.matching.weights import (
     DEFAULT_AUTO_LINK_WEIGHT,
     DEFAULT_FLAG_WEIGHT,
+    DEFAULT_MODEL,
     DEFAULT_REVIEW_WEIGHT,
     MISSING,
-    MODEL_VERSION,
+    WeightModel,
 )
 
 __all__ = ["Evidence", "Explanation", "Thresholds", "Verdict", "explain", "verdict"]
 
 Verdict = Literal["link", "review", "flag", "none"]
 
-_SAME_OVERDOSE = frozenset({"same_overdose", "same_overdose_other_county"})
+_TRANSPORTED = "transported_here"
+_OTHER_HOSPITAL = "same_overdose_other_hospital"
+_SAME_OVERDOSE = frozenset({_TRANSPORTED, "same_overdose", "same_overdose_other_county"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +89,8 @@ class Explanation:
     """Why two records are (or are not) one person: every piece of evidence and the sum."""
 
     evidence: tuple[Evidence, ...]
+    model: str = DEFAULT_MODEL.version
+    """The version of the weights the evidence was weighed by."""
 
     @property
     def weight(self) -> float:
@@ -98,6 +107,12 @@ class Explanation:
         """The two records look like reports of one overdose."""
         return any(e.comparison == "event" and e.level in _SAME_OVERDOSE for e in self.evidence)
 
+    @property
+    def transported(self) -> bool:
+        """An EMS run and an ED visit within hours at the hospital EMS transported to, or
+        within 3 hours at another hospital EMS named (a diversion, a slip of the pick list)."""
+        return self.level("event") in (_TRANSPORTED, _OTHER_HOSPITAL)
+
     def level(self, comparison: str) -> str | None:
         """The level this pair fell in for a comparison; None if it did not apply."""
         return next((e.level for e in self.evidence if e.comparison == comparison), None)
@@ -105,7 +120,7 @@ class Explanation:
     def as_dict(self, thresholds: Thresholds | None = None) -> dict[str, Any]:
         """JSON-ready, as stored with a possible match or a link and shown to a lead."""
         data: dict[str, Any] = {
-            "model": MODEL_VERSION,
+            "model": self.model,
             "weight": self.weight,
             "doubts": list(self.doubts),
             "evidence": [e.as_dict() for e in self.evidence],
@@ -151,6 +166,11 @@ _NAME_MISSING = (
     "two reports are of one overdose"
 )
 
+_GIVEN_MISSING_TOGETHER = (
+    "missing on one side: a twin or a sibling who overdosed together shares the family name "
+    "and the rest, and only the given name tells them apart"
+)
+
 _DOB_MISSING = (
     "missing on one side: without it, a parent and a child who share a name, a phone and an "
     "address fit the rest as well, unless the two reports are of one overdose or share a "
@@ -158,8 +178,9 @@ _DOB_MISSING = (
 )
 
 
-def explain(a: Profile, b: Profile) -> Explanation:
-    """Every comparison of the two profiles, with its weight (module docs). Symmetric."""
+def explain(a: Profile, b: Profile, model: WeightModel = DEFAULT_MODEL) -> Explanation:
+    """Every comparison of the two profiles, with its weight by the model's levels (the pinned
+    ones by default; module docs). Symmetric."""
     family, given, _swapped = compare_names(a, b)
     event = compare_event(a, b)
     found: list[Found | None] = [
@@ -174,7 +195,21 @@ def explain(a: Profile, b: Profile) -> Explanation:
         event,
     ]
     evidence = [_evidence(f) for f in found if f is not None]
-    if event[0].name not in _SAME_OVERDOSE:
+    if model is not DEFAULT_MODEL:
+        evidence = [
+            dataclasses.replace(e, weight=model.levels[e.comparison][e.level].weight)
+            for e in evidence
+        ]
+    if event[0].name in _SAME_OVERDOSE and given[0].name == MISSING and family[0].weight > 0:
+        # Twins and siblings who overdose together share the family name, the date of birth
+        # (twins), the phone, the address and the overdose: only the given name tells them apart.
+        evidence = [
+            dataclasses.replace(e, doubt=True, reason=_GIVEN_MISSING_TOGETHER)
+            if e.comparison == "given_name"
+            else e
+            for e in evidence
+        ]
+    elif event[0].name not in _SAME_OVERDOSE:
         # A name missing on one side: family name, date of birth, phone and address are what
         # a household shares, so only the overdose itself can stand in for the name. A date of
         # birth missing on one side: a parent and a child who share a name share the phone and
@@ -188,7 +223,7 @@ def explain(a: Profile, b: Profile) -> Explanation:
             else e
             for e in evidence
         ]
-    return Explanation(tuple(evidence))
+    return Explanation(tuple(evidence), model.version)
 
 
 def verdict(explanation: Explanation, thresholds: Thresholds) -> Verdict:
@@ -198,6 +233,8 @@ def verdict(explanation: Explanation, thresholds: Thresholds) -> Verdict:
         return "link"
     if weight >= thresholds.review:
         return "review"
+    if explanation.transported:
+        return "flag"  # whatever the names: a false name given at the scene leaves only this
     if explanation.same_overdose and weight >= thresholds.flag:
         return "flag"
     return "none"

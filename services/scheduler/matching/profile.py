@@ -14,7 +14,15 @@ from datetime import UTC, date, datetime
 from services.scheduler.matching.names import NameParts, fold, is_placeholder, parse_name
 from shared.sealing import normalize_phone
 
-__all__ = ["EVENT_KINDS", "Event", "Profile", "normalize_county", "normalize_sex", "profile"]
+__all__ = [
+    "EVENT_KINDS",
+    "Event",
+    "Profile",
+    "normalize_county",
+    "normalize_hospital",
+    "normalize_sex",
+    "profile",
+]
 
 EVENT_KINDS = frozenset({"ems", "ed", "law_enforcement"})
 """Report kinds whose incident time is the overdose's. A community referral's is often only
@@ -53,6 +61,13 @@ def normalize_county(raw: str | None) -> str | None:
     return folded or None
 
 
+def normalize_hospital(raw: str | None) -> str | None:
+    """A hospital's facility key folded for comparing: case and spacing do not count."""
+    if not raw:
+        return None
+    return " ".join(raw.split()).upper() or None
+
+
 @dataclass(frozen=True, slots=True)
 class Event:
     """An overdose a report or a person's episode records: when, which kinds of report, where."""
@@ -60,6 +75,9 @@ class Event:
     at: datetime
     kinds: frozenset[str]
     county: str | None = None
+    hospital: str | None = None
+    """The hospital of the overdose: where EMS transported the person (an EMS run), the
+    hospital that reported the visit (an ED visit)."""
 
     def __post_init__(self) -> None:
         if self.at.tzinfo is None or self.at.utcoffset() is None:
@@ -121,6 +139,12 @@ def profile(
         phones=frozenset(p for p in (normalize_phone(raw) for raw in phones) if p),
         keys={kind: frozenset(v for v in values if v) for kind, values in (keys or {}).items()},
         events=tuple(
-            Event(e.at.astimezone(UTC), e.kinds, normalize_county(e.county)) for e in events
+            Event(
+                e.at.astimezone(UTC),
+                e.kinds,
+                normalize_county(e.county),
+                normalize_hospital(e.hospital),
+            )
+            for e in events
         ),
     )

@@ -24,8 +24,11 @@ Where the numbers come from (docs/linking.md has the table and the figures):
   about 1.3 overdoses a year per person in a program's population, checked against the
   synthetic population's random pairs.
 * Nothing is fitted at run time. A lead's confirm and split decisions are kept with the levels
-  of each pair (``possible_match.explanation``), so the weights can be re-estimated from a
-  program's own decisions later; change ``MODEL_VERSION`` when they change.
+  of each pair (``possible_match.explanation``); ``portline linking estimate``
+  (``estimate.py``) re-estimates m from the pairs held for one person and u from random pairs
+  of the program's people, and writes ``[linking.weights]`` tables
+  that a program's policy puts in place of the pinned ones (:class:`WeightModel`, whose
+  version every explanation names). Change ``MODEL_VERSION`` when the pinned ones change.
 
 ``doubt`` marks the levels a careful person would stop at: two different given names, two
 different family names, dates of birth that no typing error explains, different sexes, or
@@ -35,21 +38,26 @@ weight (``evidence.py``): twins and a parent and child share everything else.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 __all__ = [
     "DEFAULT_AUTO_LINK_WEIGHT",
     "DEFAULT_FLAG_WEIGHT",
+    "DEFAULT_MODEL",
     "DEFAULT_REVIEW_WEIGHT",
     "LEVELS",
     "MISSING",
     "MODEL_VERSION",
     "Level",
+    "WeightModel",
     "level",
 ]
 
-MODEL_VERSION = "fs-2026.1"
+MODEL_VERSION = "fs-2026.2"
 """Names the weights below; stored with every explanation, so later re-estimation knows which
 weights a kept decision was made under."""
 
@@ -120,9 +128,15 @@ _TABLE: tuple[tuple[str, str, float, float, str, bool], ...] = (
     ("mrn", "same", 0.95, 0.000001, "the same hospital's medical record number", False),
     ("zip", "same", 0.75, 0.03, "their home ZIP codes are the same", False),
     ("zip", "different", 0.25, 0.97, "their home ZIP codes differ", False),
-    ("event", "same_overdose", 0.40, 0.0003,
+    ("event", "transported_here", 0.32, 0.00005,
+     "an EMS run and an ED visit within 4 hours, at the hospital EMS transported to: one "
+     "overdose", False),
+    ("event", "same_overdose", 0.07, 0.00005,
      "reports of another kind within 3 hours of each other, in the same county or where the "
      "county is not known: likely one overdose", False),
+    ("event", "same_overdose_other_hospital", 0.01, 0.0002,
+     "an EMS run and an ED visit within 3 hours, but EMS transported to another hospital",
+     False),
     ("event", "same_overdose_other_county", 0.03, 0.0002,
      "reports of another kind within 3 hours of each other, in different counties", False),
     ("event", "same_day", 0.02, 0.001, "reports of another kind between 3 and 12 hours apart",
@@ -150,3 +164,43 @@ LEVELS: dict[str, dict[str, Level]] = _levels()
 def level(comparison: str, name: str) -> Level:
     """The level of a comparison by name; KeyError for one that does not exist."""
     return LEVELS[comparison][name]
+
+
+@dataclass(frozen=True, slots=True)
+class WeightModel:
+    """The levels a program weighs by, under a version stored with every explanation: the
+    pinned ones, or the pinned ones with a program's re-estimated m and u in place
+    (``[linking.weights]`` in the policy, written by ``portline linking estimate``)."""
+
+    version: str
+    levels: Mapping[str, Mapping[str, Level]]
+
+    @classmethod
+    def overriding(cls, overrides: Mapping[str, Mapping[str, tuple[float, float]]]) -> WeightModel:
+        """The pinned levels with these ``(m, u)`` in place. ValueError names an unknown
+        comparison or level, or a probability outside (0, 1]."""
+        if not overrides:
+            return DEFAULT_MODEL
+        table = {comparison: dict(levels) for comparison, levels in LEVELS.items()}
+        for comparison, levels in overrides.items():
+            if comparison not in table:
+                raise ValueError(f"no comparison {comparison!r} (known: {', '.join(LEVELS)})")
+            for name, (m, u) in levels.items():
+                known = table[comparison].get(name)
+                if known is None or name == MISSING:
+                    raise ValueError(f"no level {name!r} of {comparison!r} to weigh")
+                if not (0 < m <= 1 and 0 < u <= 1):
+                    raise ValueError(f"{comparison}.{name}: m and u must be in (0, 1]")
+                table[comparison][name] = Level(comparison, name, m, u, known.reason, known.doubt)
+        canonical = json.dumps(
+            {
+                c: {n: list(mu) for n, mu in sorted(ls.items())}
+                for c, ls in sorted(overrides.items())
+            },
+            separators=(",", ":"),
+        )
+        digest = hashlib.sha256(canonical.encode()).hexdigest()[:8]
+        return cls(f"{MODEL_VERSION}+{digest}", table)
+
+
+DEFAULT_MODEL = WeightModel(MODEL_VERSION, LEVELS)
