@@ -141,6 +141,23 @@ def test_first_attempt_and_supplies_by_month(renderer: SvgRenderer) -> None:
     assert data_marks(renderer.render_now(supplies.spec)) == 4
 
 
+def test_a_text_xml_cannot_hold_is_replaced_before_rendering(renderer: SvgRenderer) -> None:
+    """vl-convert aborts the whole process on such a character (found by schemathesis: a
+    county filter carrying U+0006); a county name from a feed could carry one too."""
+    spec = {
+        "title": "Guil\u0006ford",
+        "data": {"values": [{"a": "A\u0000\ud800", "b": 1}]},
+        "mark": "bar",
+        "encoding": {
+            "x": {"field": "a", "type": "nominal"},
+            "y": {"field": "b", "type": "quantitative"},
+        },
+    }
+    svg = renderer.render_now(spec)
+    assert "Guil\ufffdford" in svg
+    assert data_marks(svg) == 1
+
+
 def test_heat_map_has_a_cell_for_every_county_and_month(renderer: SvgRenderer) -> None:
     months = ["2025-01", "2025-02"]
     counties = ["Guilford", "Wake", "<script>alert(1)</script>"]
@@ -255,6 +272,8 @@ async def test_the_county_filter_narrows_every_chart(world: World) -> None:
         ({"from": "2020-01-01", "to": "2025-03-31"}, 422, "range_too_large"),
         (Q1 | {"view": "secret"}, 422, "validation_error"),
         (Q1 | {"county": "x" * 101}, 422, "validation_error"),
+        (Q1 | {"county": "Guil\u0006ford"}, 422, "validation_error"),
+        (Q1 | {"county": "Guilford\u009b"}, 422, "validation_error"),
     ],
 )
 async def test_bad_filters_get_a_precise_error(

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import re
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -21,7 +22,7 @@ from typing import Any
 
 import vl_convert
 
-__all__ = ["SvgRenderer"]
+__all__ = ["SvgRenderer", "xml_safe"]
 
 _WARM_UP: dict[str, Any] = {
     "data": {"values": [{"a": "x", "b": 1}]},
@@ -31,6 +32,22 @@ _WARM_UP: dict[str, Any] = {
         "y": {"field": "b", "type": "quantitative"},
     },
 }
+
+
+_NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
+"""Characters XML 1.0 cannot hold. vl-convert aborts the whole process (a Rust panic that
+cannot unwind) when a text in the specification carries one, so none reaches it."""
+
+
+def xml_safe(value: Any) -> Any:
+    """The specification with every character XML cannot hold replaced by U+FFFD."""
+    if isinstance(value, str):
+        return _NOT_XML.sub("\ufffd", value)
+    if isinstance(value, dict):
+        return {xml_safe(k): xml_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [xml_safe(v) for v in value]
+    return value
 
 
 class SvgRenderer:
@@ -55,7 +72,7 @@ class SvgRenderer:
             if found is not None:
                 self._cache.move_to_end(key)
                 return found
-        svg = str(vl_convert.vegalite_to_svg(spec))
+        svg = str(vl_convert.vegalite_to_svg(xml_safe(spec)))
         with self._lock:
             self._cache[key] = svg
             while len(self._cache) > self._keep:

@@ -121,6 +121,8 @@ def _filters(
     county = (county or "").strip() or None
     if county is not None and len(county) > MAX_COUNTY:
         raise ApiError(422, "validation_error", f"`county` is at most {MAX_COUNTY} characters.")
+    if county is not None and any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 for c in county):
+        raise ApiError(422, "validation_error", "`county` must not hold control characters.")
     try:
         Question(principal.program, start, end, (), chosen)
     except QuestionError as error:
