@@ -28,7 +28,7 @@ import zlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Protocol
+from typing import Any, Protocol
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -220,6 +220,46 @@ def _waiting() -> sa.ColumnElement[bool]:
     return sa.and_(OUTBOX.c.published_at.is_(None), OUTBOX.c.parked_at.is_(None))
 
 
+def _next_rows(limit: int) -> sa.Select[Any]:
+    """The next rows to publish in id order, without those held behind a parked row."""
+    table = OUTBOX
+    parked = table.alias("parked")
+    held = (
+        sa.select(parked.c.id)
+        .where(
+            parked.c.key == table.c.key,
+            parked.c.parked_at.is_not(None),
+            parked.c.id < table.c.id,
+        )
+        .exists()
+    )
+    return (
+        sa.select(
+            table.c.id,
+            table.c.topic,
+            table.c.key,
+            table.c.payload,
+            table.c.created_at,
+            table.c.traceparent,
+        )
+        .where(_waiting(), ~held)
+        .order_by(table.c.id)
+        .limit(limit)
+    )
+
+
+# A relay runs a pass every poll interval even when nothing is waiting: its statements are
+# built once (building them, and their cache keys, was most of an idle pass's CPU).
+_LOOK = sa.select(
+    sa.select(sa.func.min(OUTBOX.c.created_at)).where(_waiting()).scalar_subquery(),
+    sa.select(sa.func.count())
+    .select_from(OUTBOX)
+    .where(OUTBOX.c.parked_at.is_not(None))
+    .scalar_subquery(),
+)
+_TRY_LOCK = sa.text("select pg_try_advisory_xact_lock(:id)")
+
+
 class OutboxRelay:
     """Publishes unpublished outbox rows in id order and marks them published; parks a row
     that can never be published and holds back the later rows of its key."""
@@ -245,6 +285,7 @@ class OutboxRelay:
         self._min_interval = min_interval
         self._on_stage = on_stage or (lambda _stage: None)
         self._wake = asyncio.Event()
+        self._next_rows = _next_rows(batch_size)
         self._lock_id: int | None = None
         self._busy = False
         """The last pass found another replica publishing (PostgreSQL's advisory lock)."""
@@ -321,48 +362,17 @@ class OutboxRelay:
         if self._lock_id is None:
             schema = (await session.execute(sa.text("select current_schema()"))).scalar_one()
             self._lock_id = zlib.crc32(f"portline-outbox:{schema}".encode())
-        got = await session.execute(
-            sa.text("select pg_try_advisory_xact_lock(:id)"), {"id": self._lock_id}
-        )
+        got = await session.execute(_TRY_LOCK, {"id": self._lock_id})
         return bool(got.scalar_one())
 
     async def _look(self, session: AsyncSession) -> tuple[datetime | None, int]:
         """When the oldest waiting row was created (None if none), and how many are parked."""
-        oldest = sa.select(sa.func.min(OUTBOX.c.created_at)).where(_waiting())
-        parked = (
-            sa.select(sa.func.count()).select_from(OUTBOX).where(OUTBOX.c.parked_at.is_not(None))
-        )
-        row = (
-            await session.execute(sa.select(oldest.scalar_subquery(), parked.scalar_subquery()))
-        ).one()
+        row = (await session.execute(_LOOK)).one()
         return row[0], int(row[1])
 
     async def _read(self, session: AsyncSession) -> list[_Row]:
         """The next rows to publish in id order, without those held behind a parked row."""
-        table = OUTBOX
-        parked = table.alias("parked")
-        held = (
-            sa.select(parked.c.id)
-            .where(
-                parked.c.key == table.c.key,
-                parked.c.parked_at.is_not(None),
-                parked.c.id < table.c.id,
-            )
-            .exists()
-        )
-        result = await session.execute(
-            sa.select(
-                table.c.id,
-                table.c.topic,
-                table.c.key,
-                table.c.payload,
-                table.c.created_at,
-                table.c.traceparent,
-            )
-            .where(_waiting(), ~held)
-            .order_by(table.c.id)
-            .limit(self._batch_size)
-        )
+        result = await session.execute(self._next_rows)
         return [_Row(r.id, r.topic, r.key, r.payload, r.created_at, r.traceparent) for r in result]
 
     async def _send(self, rows: Sequence[_Row], done: _Pass) -> None:

@@ -51,6 +51,7 @@ __all__ = [
     "context_from_headers",
     "context_from_traceparent",
     "current_traceparent",
+    "enabled",
     "in_context",
     "provider_with",
     "set_attributes",
@@ -100,6 +101,12 @@ def tracer() -> Tracer:
     if _provider is None:
         return trace.NoOpTracer()
     return _provider.get_tracer("portline")
+
+
+def enabled() -> bool:
+    """Whether spans record in this process: a hot path (one MLLP frame) skips the span's
+    set-up altogether when they do not."""
+    return _provider is not None
 
 
 def configure(settings: Settings, service: str) -> TracerProvider | None:
@@ -227,6 +234,9 @@ def use_context(ctx: Context | None) -> Iterator[None]:
 
 def current_traceparent() -> str | None:
     """The W3C traceparent of the current span, or None when nothing is being traced."""
+    if _provider is None:
+        # Tracing off: every span is the invalid one (NoOpTracer), so none has a traceparent.
+        return None
     carrier: dict[str, str] = {}
     _PROPAGATOR.inject(carrier)
     return carrier.get(TRACEPARENT)

@@ -237,6 +237,8 @@ class MllpListener:
 
     async def _answer(self, payload: bytes, peer: MllpPeer) -> str:
         # Each frame starts a trace: its report's outbox row carries it on (shared.tracing).
+        if not tracing.enabled():  # tracing off (the default): no span to set up per frame
+            return await self._answer_frame(payload, peer)
         with tracing.span(
             "mllp frame", kind=tracing.SpanKind.SERVER, attributes={"portline.channel": "mllp"}
         ):

@@ -24,6 +24,7 @@ import hmac
 import ipaddress
 import re
 import secrets
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -494,7 +495,9 @@ class PartnerDirectory:
         self._keys: TTLCache[str, tuple[PartnerContext | None, str | None]] = self._cache(
             max_entries
         )
-        self._rules: TTLCache[str, MllpRules] = self._cache(1)
+        self._rules: tuple[MllpRules, float] | None = None
+        """The rules and when they expire (time.monotonic): asked for on every MLLP frame,
+        so one comparison rather than a cache look-up."""
 
     def _cache(self, entries: int) -> TTLCache[Any, Any]:
         return TTLCache(maxsize=entries, ttl=self._ttl)
@@ -502,15 +505,17 @@ class PartnerDirectory:
     def clear(self) -> None:
         self._facilities.clear()
         self._keys.clear()
-        self._rules.clear()
+        self._rules = None
 
     async def by_facility(self, facility: str) -> PartnerContext | None:
         """The active hospital partner whose sending facility (MSH-4) this is."""
         key = facility_key(facility)
         if not key or len(key) > MAX_FACILITY:
             return None
-        if key in self._facilities:
-            return self._facilities[key]
+        try:
+            return self._facilities[key]  # one look-up: a hit is every message's case
+        except KeyError:
+            pass
         async with self._sessions() as session:
             row = (
                 await session.execute(
@@ -564,9 +569,10 @@ class PartnerDirectory:
 
     async def mllp_rules(self) -> MllpRules:
         """Every active hospital's MLLP rule (one read per cache period)."""
-        cached = self._rules.get("rules")
-        if cached is not None:
-            return cached
+        cached = self._rules
+        if cached is not None and time.monotonic() < cached[1]:
+            return cached[0]
+        read_at = time.monotonic()
         async with self._sessions() as session:
             hospitals = (
                 await session.execute(
@@ -592,7 +598,7 @@ class PartnerDirectory:
             if rule is not None:
                 rules.append(rule)
         found = MllpRules(tuple(rules))
-        self._rules["rules"] = found
+        self._rules = (found, read_at + self._ttl)
         return found
 
 

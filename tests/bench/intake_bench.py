@@ -1007,6 +1007,13 @@ async def run(args: argparse.Namespace, var_dir: Path) -> int:
     report.row("group commit: messages per batch", f"{mean_batch:.2f} (mean, all workers)")
     if cpu:
         report.row("CPU, % of one core", cpu_line(cpu))
+        # CPU time per message: what a busy machine distorts least (the rate waits for cores)
+        phase = samples["end"].at - samples["start"].at
+        per_message = {k: cpu[k] / 100 * phase / len(cases) * 1e6 for k in ("intake", "postgres")}
+        report.row(
+            "CPU per message (user + system)",
+            f"intake {per_message['intake']:.0f} µs, postgres {per_message['postgres']:.0f} µs",
+        )
     other_load = cpu.get("other processes", 0.0)
     report.head("ratios (same run)")
     report.row("end to end / python-hl7 parse", f"{e2e / pyhl7_rate:.2f}x")

@@ -6,7 +6,8 @@ applied here, in this process, before the service starts. Environment variables:
 
 * ``BENCH_PHASE_OUT=<dir>``: SIGUSR1 marks the start of the measured phase, SIGUSR2 its
   end; at the end the instruments below write their results into the directory.
-* ``BENCH_PROFILE=1``: cProfile the measured phase (``intake.prof``).
+* ``BENCH_PROFILE=1``: cProfile the measured phase by CPU time, not wall time, so that the
+  load of other processes does not inflate it (``intake.prof``).
 * ``BENCH_COUNT_SQL=1``: count SQL statements and commits in the measured phase
   (``sql-counts.json``), through SQLAlchemy engine events.
 * ``BENCH_EXPERIMENTS=a,b``: what-if changes, each a hint for an optimisation, never a
@@ -31,6 +32,7 @@ import json
 import os
 import re
 import signal
+import time
 from collections import Counter
 from pathlib import Path
 from types import FrameType
@@ -105,7 +107,9 @@ def main() -> None:
     from shared.serve import serve
 
     out = Path(os.environ.get("BENCH_PHASE_OUT", "."))
-    profiler = cProfile.Profile() if os.environ.get("BENCH_PROFILE") == "1" else None
+    profiler = (
+        cProfile.Profile(time.process_time) if os.environ.get("BENCH_PROFILE") == "1" else None
+    )
     counter = _SqlCounter() if os.environ.get("BENCH_COUNT_SQL") == "1" else None
 
     def start(_signum: int, _frame: FrameType | None) -> None:

@@ -17,6 +17,7 @@ that every mutation reaches it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, date, datetime, tzinfo
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -448,3 +449,91 @@ def test_distinct_repetitions_at_the_size_limit(context: str) -> None:
     minutes and 20,000 distinct PV2-3 texts for 2.5 s (each deduplicated by linear search),
     and hl7apy took close to a minute over a 1 MiB overdose candidate."""
     _fuzz_intake(_fill(context, _distinct(context, 131_000)))
+
+
+# ------------------------------------------------------------ read_header against a reference
+
+
+def _reference_header(message: str) -> HL7Header:
+    """MSH read field by field, as read_header did before it was made cheaper per message
+    (every message goes through it): the two must agree on every input."""
+    if not message.startswith("MSH") or len(message) < 4:
+        raise NotHL7Error("the message does not start with an MSH segment")
+    fs = message[3]
+    if fs.isalnum() or fs.isspace():
+        raise NotHL7Error("the MSH segment has no valid field separator")
+    end = message.find("\r")
+    if end == -1:
+        end = message.find("\n")
+    fields = (message if end == -1 else message[:end]).split(fs)
+    n = len(fields)
+    raw_encoding = fields[1].strip() if n > 1 else ""
+    encoding = "".join(dict.fromkeys(raw_encoding)) if raw_encoding else "^~\\&"
+    if fs in encoding or any(c.isalnum() or c.isspace() for c in encoding):
+        raise NotHL7Error("the MSH segment has invalid encoding characters")
+    comp = encoding[0]
+
+    def field(number: int) -> str:
+        return fields[number - 1].strip() if number - 1 < n else ""
+
+    def component(number: int, index: int) -> str:
+        value = field(number)
+        if comp not in value:
+            return value if index == 0 else ""
+        comps = value.split(comp)
+        return comps[index].strip() if index < len(comps) else ""
+
+    control_id = field(10)
+    if not control_id:
+        raise MissingFieldError.for_field("MSH", 10)
+    trigger = component(9, 1)
+    if not trigger and (start := message.find("\rEVN" + fs)) != -1:
+        stop = message.find("\r", start + 1)
+        evn = message[start + 1 : stop if stop != -1 else len(message)].split(fs, 2)
+        trigger = evn[1].split(comp, 1)[0].strip() if len(evn) > 1 else ""
+    return HL7Header(
+        field_separator=fs,
+        encoding_characters=encoding,
+        sending_application=field(3),
+        sending_facility=field(4),
+        receiving_application=field(5),
+        receiving_facility=field(6),
+        message_time=component(7, 0),
+        message_code=component(9, 0),
+        trigger_event=trigger,
+        message_structure=component(9, 2),
+        control_id=control_id,
+        processing_id=component(11, 0),
+        version=component(12, 0),
+    )
+
+
+def _outcome(read: Callable[[str], HL7Header], message: str) -> HL7Header | str:
+    try:
+        return read(message)
+    except HL7Error as exc:
+        return f"{type(exc).__name__}: {exc.message}"
+
+
+_msh_fields = st.lists(
+    st.sampled_from(["", " ", "A", "ADT^A08", "ADT^^ADT_A01", "A^B^C^D", "2.5.1", "X", "P^T"])
+    | st.text(_HL7_ALPHABET, max_size=10),
+    max_size=16,
+)
+
+
+@fuzz(examples=200)
+@given(
+    text=_hl7ish
+    | mutated_messages()
+    | st.builds(
+        lambda fs, enc, fields, rest: f"MSH{fs}{enc}{fs}" + fs.join(fields) + rest,
+        st.sampled_from(["|", "#", "^", "~", " ", "1"]),
+        st.sampled_from(["^~\\&", "^~\\", "", " ^~\\& ", "^^~~", "^~|&", "a~\\&", "#"]),
+        _msh_fields,
+        st.sampled_from(["", "\rEVN|A03", "\rEVN#A04^x", "\nPID|1"]),
+    )
+)
+def test_read_header_agrees_with_reading_field_by_field(text: str) -> None:
+    message = normalize(text)
+    assert _outcome(read_header, message) == _outcome(_reference_header, message)

@@ -175,6 +175,48 @@ async def test_networks_and_certificates_are_managed_per_hospital(
     assert (await directory.mllp_rules()).rules == ()
 
 
+async def test_the_rules_are_read_once_per_cache_period_and_again_after_it(
+    sessions: async_sessionmaker[AsyncSession], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A listener asks for the rules on every frame: within the cache's time it gets the same
+    rules without a read (a change waits for the period to end), then the new ones."""
+    clock = [1000.0]
+    monkeypatch.setattr("services.intake.partners.time.monotonic", lambda: clock[0])
+    directory = PartnerDirectory(sessions, ttl_seconds=30)
+    async with sessions() as s, s.begin():
+        await add_network(s, partner_id="h1", network="10.1.0.0/16")
+    first = await directory.mllp_rules()
+    assert first.partners_for("10.1.2.3", None) == {"h1"}
+    async with sessions() as s, s.begin():
+        await remove_network(s, partner_id="h1", network="10.1.0.0/16")
+    clock[0] += 29.9
+    assert await directory.mllp_rules() is first
+    clock[0] += 0.1
+    again = await directory.mllp_rules()
+    assert again is not first
+    assert again.partners_for("10.1.2.3", None) == set()
+    async with sessions() as s, s.begin():
+        await add_network(s, partner_id="h2", network="10.1.0.0/16")
+    directory.clear()  # clear() forgets them at once
+    assert (await directory.mllp_rules()).partners_for("10.1.2.3", None) == {"h2"}
+
+
+async def test_a_facility_is_looked_up_once_per_cache_period_known_or_not(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    directory = PartnerDirectory(sessions, ttl_seconds=30)
+    h1 = await directory.by_facility("h1^x^y")
+    assert h1 is not None
+    assert h1.partner_id == "h1"
+    assert await directory.by_facility("NOBODY") is None
+    async with sessions() as s, s.begin():
+        await add_facility(s, partner_id="h2", facility="NOBODY")
+    # both answers, the partner and "nobody", come from the cache within its time
+    assert await directory.by_facility("H1") is h1
+    assert await directory.by_facility("NOBODY") is None
+    assert (await PartnerDirectory(sessions, ttl_seconds=0).by_facility("NOBODY")) is not None
+
+
 async def test_the_directory_never_looks_up_or_caches_what_cannot_exist(
     sessions: async_sessionmaker[AsyncSession],
 ) -> None:

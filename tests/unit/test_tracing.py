@@ -246,6 +246,24 @@ def test_a_span_attribute_off_the_allow_list_is_refused(spans: InMemorySpanExpor
     assert not spans.get_finished_spans()
 
 
+def test_with_tracing_off_a_span_has_no_traceparent_and_on_it_has_one() -> None:
+    """Off (no provider), MLLP frames skip the span altogether; on, each frame's span gives the
+    traceparent its events carry."""
+    assert not tracing.enabled()
+    with tracing.span("mllp frame", kind=tracing.SpanKind.SERVER):
+        assert tracing.current_traceparent() is None
+    exporter = InMemorySpanExporter()
+    provider = tracing.provider_with(exporter, service="test", batch=False)
+    with tracing.use_provider(provider):
+        assert tracing.enabled()
+        with tracing.span("mllp frame", kind=tracing.SpanKind.SERVER) as current:
+            traceparent = tracing.current_traceparent()
+        assert traceparent is not None
+        assert traceparent.split("-")[2] == f"{current.get_span_context().span_id:016x}"
+    provider.shutdown()
+    assert not tracing.enabled()
+
+
 def test_an_unreadable_traceparent_starts_no_trace() -> None:
     assert tracing.context_from_headers([("traceparent", b"not-a-trace")]) is None
     assert tracing.context_from_headers([("traceparent", b"\xff\xfe")]) is None

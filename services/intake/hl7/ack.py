@@ -84,7 +84,14 @@ def _timestamp(now: datetime) -> str:
 
 
 def _looks_like_version(version: str) -> bool:
-    return 0 < len(version) <= 10 and all(c.isdigit() or c == "." for c in version)
+    return 0 < len(version) <= 10 and _version_characters(version)
+
+
+@functools.lru_cache(maxsize=64)
+def _version_characters(version: str) -> bool:
+    """Digits and dots only. Asked for every ACK, and a partner sends one or two versions:
+    remembered (at most 64 strings of at most 10 characters), not checked again."""
+    return all(c.isdigit() or c == "." for c in version)
 
 
 def _format_location(location: tuple[str, int] | tuple[str, int, int] | None) -> str:

@@ -308,44 +308,47 @@ def read_header(message: str) -> HL7Header:
     fs = message[3]
     if fs.isalnum() or fs.isspace():
         raise NotHL7Error("the MSH segment has no valid field separator")
-    fields = _first_segment(message).split(fs)
-    n = len(fields)
-    raw_encoding = fields[1].strip() if n > 1 else ""
-    encoding = _dedupe(raw_encoding) if raw_encoding else DEFAULT_ENCODING_CHARACTERS
-    if fs in encoding or any(c.isalnum() or c.isspace() for c in encoding):
-        raise NotHL7Error("the MSH segment has invalid encoding characters")
+    # Every message is read here: plain indexing, no helper calls per field.
+    fields = _first_segment(message).split(fs, 12)[:12]
+    if len(fields) < 12:
+        fields += [""] * (12 - len(fields))
+    raw_encoding = fields[1].strip()
+    if raw_encoding == DEFAULT_ENCODING_CHARACTERS:
+        encoding = raw_encoding  # almost every message: nothing to check further
+    else:
+        encoding = _dedupe(raw_encoding) if raw_encoding else DEFAULT_ENCODING_CHARACTERS
+        if fs in encoding or any(c.isalnum() or c.isspace() for c in encoding):
+            raise NotHL7Error("the MSH segment has invalid encoding characters")
     comp = encoding[0]
-
-    def field(number: int) -> str:
-        index = number - 1
-        return fields[index].strip() if index < n else ""
-
-    def component(number: int, index: int) -> str:
-        value = field(number)
-        if comp not in value:
-            return value if index == 0 else ""
-        comps = value.split(comp)
-        return comps[index].strip() if index < len(comps) else ""
-
-    control_id = field(10)
+    control_id = fields[9].strip()
     if not control_id:
         raise MissingFieldError.for_field("MSH", 10)
-    trigger = component(9, 1) or _evn_trigger(message, fs, comp)
+    message_type = fields[8]
+    trigger = _component(message_type, comp, 1) or _evn_trigger(message, fs, comp)
     return HL7Header(
         field_separator=fs,
         encoding_characters=encoding,
-        sending_application=field(3),
-        sending_facility=field(4),
-        receiving_application=field(5),
-        receiving_facility=field(6),
-        message_time=component(7, 0),
-        message_code=component(9, 0),
+        sending_application=fields[2].strip(),
+        sending_facility=fields[3].strip(),
+        receiving_application=fields[4].strip(),
+        receiving_facility=fields[5].strip(),
+        message_time=_component(fields[6], comp, 0),
+        message_code=_component(message_type, comp, 0),
         trigger_event=trigger,
-        message_structure=component(9, 2),
+        message_structure=_component(message_type, comp, 2),
         control_id=control_id,
-        processing_id=component(11, 0),
-        version=component(12, 0),
+        processing_id=_component(fields[10], comp, 0),
+        version=_component(fields[11], comp, 0),
     )
+
+
+def _component(field: str, comp: str, index: int) -> str:
+    """Component ``index`` (0-based) of a header field, stripped; the field stripped is
+    component 0 when it has no component separator."""
+    if comp not in field:
+        return field.strip() if index == 0 else ""
+    comps = field.strip().split(comp)
+    return comps[index].strip() if index < len(comps) else ""
 
 
 # ---------------------------------------------------------------------------------------
