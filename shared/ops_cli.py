@@ -422,6 +422,8 @@ def _cmd_keys_status(args: argparse.Namespace) -> int:
         status = 1
     if "scheduler" in _chosen(args.service):
         status = max(status, _blind_index_status(settings, indexer))
+    if "outreach" in _chosen(args.service):
+        status = max(status, _opt_out_status(settings, indexer))
     return status
 
 
@@ -457,7 +459,38 @@ def _blind_index_status(settings: Settings, indexer: BlindIndexer) -> int:
     return 0
 
 
+def _opt_out_status(settings: Settings, indexer: BlindIndexer) -> int:
+    """How far each blind-index key version has got in outreach's SMS opt-outs."""
+    from services.outreach.reindex import usage
+
+    try:
+        found = asyncio.run(_sessions_of(settings, "outreach", usage))
+    except Exception as exc:
+        _problem("keys status", "outreach", exc)
+        return 1
+    for version in sorted(set(found.opt_outs) | set(indexer.versions)):
+        line = f"sms opt-outs {version}: {found.opt_outs.get(version, 0)} of {found.total}"
+        if found.only.get(version):
+            line += f", {found.only[version]} under {version} only"
+        print(line)
+    behind = sum(n for v, n in found.only.items() if v != indexer.version)
+    if behind:
+        print(
+            f"{behind} SMS opt-out(s) not indexed under {indexer.version}: run `portline keys "
+            "reindex`"
+        )
+    return 0
+
+
+def _reindex_targets(service: str | None) -> tuple[ServiceName, ...]:
+    """The services `keys reindex` and `keys retire-index` cover: the scheduler's people and
+    outreach's SMS opt-outs, or the one named."""
+    return tuple(s for s in ("scheduler", "outreach") if service in (None, s))
+
+
 def _cmd_keys_reindex(args: argparse.Namespace) -> int:
+    from services.outreach.reindex import OptOutReport
+    from services.outreach.reindex import reindex as reindex_opt_outs
     from services.scheduler.reindex import ReindexReport, reindex
     from shared.reseal import Progress
     from shared.sealing import KeyConfigError, load_keys
@@ -474,36 +507,71 @@ def _cmd_keys_reindex(args: argparse.Namespace) -> int:
         sys.stderr.flush()
 
     print(
-        f"re-indexing people under blind index {indexer.version}, at most {args.rate:g} people "
-        "a second (safe to stop and run again)",
+        f"re-indexing under blind index {indexer.version}, at most {args.rate:g} rows a second "
+        "(safe to stop and run again)",
         file=sys.stderr,
     )
+    progress = Progress(write, bar=sys.stderr.isatty())
+    status = 0
+    for service in _reindex_targets(args.service):
+        if service == "scheduler":
 
-    async def work(sessions: async_sessionmaker[AsyncSession]) -> ReindexReport:
-        return await reindex(
-            sessions,
-            sealer,
-            indexer,
-            rate=args.rate,
-            batch=args.batch,
-            progress=Progress(write, bar=sys.stderr.isatty()),
+            async def people(sessions: async_sessionmaker[AsyncSession]) -> ReindexReport:
+                return await reindex(
+                    sessions, sealer, indexer, rate=args.rate, batch=args.batch, progress=progress
+                )
+
+            try:
+                report = asyncio.run(_sessions_of(settings, "scheduler", people))
+            except Exception as exc:
+                _problem("keys reindex", "scheduler", exc)
+                status = 1
+                continue
+            line = (
+                f"scheduler person_key: {report.reindexed} people re-indexed under "
+                f"{indexer.version}"
+            )
+            if report.passed_over:
+                line += f", {report.passed_over} with no sealed identity to index (passed over)"
+            if report.failed:
+                line += f", {report.failed} whose identity opened under no sealing key given"
+                status = 1
+            print(line)
+            continue
+
+        async def opt_outs(sessions: async_sessionmaker[AsyncSession]) -> OptOutReport:
+            return await reindex_opt_outs(
+                sessions, sealer, indexer, rate=args.rate, batch=args.batch, progress=progress
+            )
+
+        try:
+            found = asyncio.run(_sessions_of(settings, "outreach", opt_outs))
+        except Exception as exc:
+            _problem("keys reindex", "outreach", exc)
+            status = 1
+            continue
+        line = (
+            f"outreach sms_opt_out: {found.reindexed + found.recovered} opt-out(s) re-indexed "
+            f"under {indexer.version}"
         )
-
-    try:
-        report = asyncio.run(_sessions_of(settings, "scheduler", work))
-    except Exception as exc:
-        _problem("keys reindex", "scheduler", exc)
-        return 1
-    line = f"scheduler person_key: {report.reindexed} people re-indexed under {indexer.version}"
-    if report.passed_over:
-        line += f", {report.passed_over} with no sealed identity to index (passed over)"
-    if report.failed:
-        line += f", {report.failed} whose identity opened under no sealing key given"
-    print(line)
-    return 1 if report.failed else 0
+        if found.recovered:
+            line += f" ({found.recovered} from a number recovered from outreach's reports)"
+        if found.unrecoverable:
+            line += (
+                f", {found.unrecoverable} with no number outreach knows (left under their old "
+                "version: see docs/deploy.md)"
+            )
+        if found.failed:
+            line += f", {found.failed} whose number opened under no sealing key given"
+            status = 1
+        print(line)
+    return status
 
 
 def _cmd_keys_retire_index(args: argparse.Namespace) -> int:
+    from services.outreach.reindex import RetireRefused as OptOutsLeft
+    from services.outreach.reindex import refuse_retire as refuse_opt_outs
+    from services.outreach.reindex import retire as retire_opt_outs
     from services.scheduler.reindex import RetireRefused, retire
     from shared.sealing import KeyConfigError, load_keys
 
@@ -522,18 +590,36 @@ def _cmd_keys_retire_index(args: argparse.Namespace) -> int:
         )
         return 2
 
-    async def work(sessions: async_sessionmaker[AsyncSession]) -> int:
+    targets = _reindex_targets(args.service)
+
+    async def check_opt_outs(sessions: async_sessionmaker[AsyncSession]) -> None:
+        await refuse_opt_outs(sessions, args.version)
+
+    async def people(sessions: async_sessionmaker[AsyncSession]) -> int:
         return await retire(sessions, args.version)
 
+    async def opt_outs(sessions: async_sessionmaker[AsyncSession]) -> int:
+        return await retire_opt_outs(sessions, args.version)
+
+    service: ServiceName = "outreach"
     try:
-        deleted = asyncio.run(_sessions_of(settings, "scheduler", work))
-    except RetireRefused as exc:
+        # Outreach is checked first: nothing is deleted anywhere while an opt-out would be lost.
+        if "outreach" in targets:
+            asyncio.run(_sessions_of(settings, "outreach", check_opt_outs))
+        if "scheduler" in targets:
+            service = "scheduler"
+            deleted = asyncio.run(_sessions_of(settings, "scheduler", people))
+            print(f"scheduler person_key: {deleted} key(s) under {args.version} deleted")
+        if "outreach" in targets:
+            service = "outreach"
+            deleted = asyncio.run(_sessions_of(settings, "outreach", opt_outs))
+            print(f"outreach sms_opt_out: {deleted} row(s) under {args.version} deleted")
+    except (RetireRefused, OptOutsLeft) as exc:
         print(f"portline keys retire-index: {exc}", file=sys.stderr)
         return 1
     except Exception as exc:
-        _problem("keys retire-index", "scheduler", exc)
+        _problem("keys retire-index", service, exc)
         return 1
-    print(f"scheduler person_key: {deleted} key(s) under {args.version} deleted")
     return 0
 
 
@@ -708,24 +794,38 @@ def register_keys(keys_sub: argparse._SubParsersAction[argparse.ArgumentParser])
     reseal.add_argument("--batch", type=int, default=200, help="rows per transaction")
     reseal.set_defaults(func=_cmd_keys_reseal)
     status = keys_sub.add_parser(
-        "status", help="stored tokens under each key id; people under each blind index version"
+        "status",
+        help="stored tokens under each key id; people and SMS opt-outs under each blind index "
+        "version",
     )
     status.add_argument("--service", choices=SERVICES, help="only this service")
     status.set_defaults(func=_cmd_keys_status)
     reindex = keys_sub.add_parser(
         "reindex",
-        help="compute people's blind keys under the active blind index version from their "
-        "sealed identity (resumable, throttled)",
+        help="compute people's blind keys and SMS opt-outs' indexes under the active blind "
+        "index version from their sealed identity or number (resumable, throttled)",
     )
-    reindex.add_argument("--rate", type=float, default=200.0, help="people per second at most")
-    reindex.add_argument("--batch", type=int, default=200, help="people per transaction")
+    reindex.add_argument(
+        "--service",
+        choices=("scheduler", "outreach"),
+        help="only this service: the scheduler's people or outreach's SMS opt-outs (default: both)",
+    )
+    reindex.add_argument(
+        "--rate", type=float, default=200.0, help="people (opt-outs, reports) per second at most"
+    )
+    reindex.add_argument("--batch", type=int, default=200, help="people (opt-outs) per transaction")
     reindex.set_defaults(func=_cmd_keys_reindex)
     retire = keys_sub.add_parser(
         "retire-index",
-        help="delete the blind keys of a version no service holds any more (refused while "
-        "people hold keys under it only)",
+        help="delete the blind keys and SMS opt-out indexes of a version no service holds any "
+        "more (refused while people or opt-outs are under it only)",
     )
     retire.add_argument("version", metavar="VERSION", help="the retired version, e.g. b1")
+    retire.add_argument(
+        "--service",
+        choices=("scheduler", "outreach"),
+        help="only this service: the scheduler's people or outreach's SMS opt-outs (default: both)",
+    )
     retire.set_defaults(func=_cmd_keys_retire_index)
 
 

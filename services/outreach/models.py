@@ -265,6 +265,12 @@ SMS_OPT_OUT = sa.Table(
     METADATA,
     sa.Column("phone_key", sa.String(64), primary_key=True),  # blind index of the number
     _ts("at"),
+    sa.Column("version", sa.String(32), nullable=False, server_default="b1"),  # of phone_key
+    # The rows of one number's opt-out (one per blind-index version) share it: the phone_key of
+    # the first row recorded for the number.
+    sa.Column("number_key", sa.String(64), nullable=False, index=True),
+    sa.Column("phone_sealed", sa.Text()),  # the number, sealed (views.SMS_PHONE), for reindex
+    sa.Index("ix_sms_opt_out_version", "version", "number_key"),
 )
 
 SMS_MESSAGE = sa.Table(

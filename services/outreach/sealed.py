@@ -12,10 +12,11 @@ from services.outreach.models import (
     CONTACT,
     REFERRAL,
     REPORT,
+    SMS_OPT_OUT,
     VISIT,
     VISIT_EVENT,
 )
-from services.outreach.views import NOTE, PLACE, PROVIDER
+from services.outreach.views import NOTE, PLACE, PROVIDER, SMS_PHONE
 from shared.reseal import SealedColumn
 
 __all__ = ["COLUMNS"]
@@ -32,5 +33,6 @@ COLUMNS: tuple[SealedColumn, ...] = (
     SealedColumn(VISIT, "notes_sealed", (NOTE,)),
     SealedColumn(VISIT_EVENT, "note_sealed", (NOTE,)),
     SealedColumn(COMMUNITY_REFERRAL, "notes_sealed", (NOTE,)),
+    SealedColumn(SMS_OPT_OUT, "phone_sealed", (SMS_PHONE,)),
     SealedColumn(AUDIT, "purpose_sealed", (PURPOSE,), append_only=True),
 )

@@ -49,6 +49,7 @@ from shared.sealing import SealingError
 __all__ = [
     "NOTE",
     "PLACE",
+    "SMS_PHONE",
     "attempt_view",
     "case_view",
     "deputy_visits",
@@ -61,6 +62,7 @@ __all__ = [
 NOTE = "outreach.note"
 PLACE = "outreach.place"
 PROVIDER = "outreach.provider"
+SMS_PHONE = "outreach.sms_phone"  # an opted-out number (sms_opt_out.phone_sealed)
 
 log = logging.getLogger(__name__)
 

@@ -17,6 +17,7 @@ from pydantic import SecretStr
 
 from services.outreach.models import SMS_MESSAGE, SMS_OPT_OUT
 from services.outreach.sms import request_signature
+from services.outreach.views import SMS_PHONE
 from shared.sealing import BlindIndexer
 from tests.outreach_world import World, outreach_world
 
@@ -261,6 +262,10 @@ async def test_stop_opts_out_and_start_opts_back_in(world: World, provider: Prov
         (opt_out,) = list(await s.execute(sa.select(SMS_OPT_OUT)))
     assert "5550100" not in opt_out.phone_key
     assert "3365550100" not in str(tuple(opt_out))
+    # The number is kept sealed beside its index, so a key rotation can re-index it.
+    sealer = world.app.state.sealer
+    assert sealer.open(opt_out.phone_sealed, context=SMS_PHONE) == PERSON_E164
+    assert (opt_out.version, opt_out.number_key) == ("b1", opt_out.phone_key)
     r = await _text(world, seeded.task_id)
     assert r.status_code == 409
     assert r.json()["error"]["code"] == "sms_opted_out"

@@ -10,8 +10,10 @@ from services.outreach.deps import WORKERS, CurrentAccess, CurrentTask, Operatio
 from services.outreach.schemas import TextBody, TextView
 from services.outreach.service import texts
 from services.outreach.sms import classify_inbound, verify_signature
+from services.outreach.views import SMS_PHONE
 from shared.http import ApiError, ErrorResponse
 from shared.runtime import Runtime
+from shared.sealing import Sealer
 
 __all__ = ["api", "webhook"]
 
@@ -84,11 +86,17 @@ async def inbound(request: Request) -> Response:
         raise ApiError(403, "invalid_signature", "The webhook signature does not match.")
     kind = classify_inbound(params.get("Body", ""))
     sender = params.get("From", "")
-    phone_keys = [k for indexer in texting.indexer.held if (k := indexer.phone(sender))]
+    phone_keys = {i.version: k for i in texting.indexer.held if (k := i.phone(sender))}
     if phone_keys and kind in ("opt_out", "opt_in"):
         runtime: Runtime = request.app.state.runtime
+        sealer: Sealer = request.app.state.sealer
+        sealed = sealer.seal(sender, context=SMS_PHONE) if kind == "opt_out" else None
         async with runtime.uow() as uow:
             await texts.record_keyword(
-                uow=uow, kind=kind, phone_keys=phone_keys, at=runtime.clock.now()
+                uow=uow,
+                kind=kind,
+                phone_keys=phone_keys,
+                phone_sealed=sealed,
+                at=runtime.clock.now(),
             )
     return Response(_TWIML_EMPTY, media_type="application/xml")

@@ -5,7 +5,8 @@ small saga of three units of work, because a provider call cannot sit inside a t
 the intent is committed first (``sending``), then the provider is called, then the outcome is
 committed (the attempt and its event, or ``failed`` / ``rejected``). A number that replied STOP
 (or the like) gets no more texts until it replies START; the opt-out is kept by the number's
-blind index, so no plaintext number is stored for it.
+blind index under every key version held, with the number sealed beside it so that it can be
+re-indexed under a new version (`portline keys reindex`, ADR 0026).
 
 Quiet hours (the program's policy, carried on each task): a text sent by hand in them is
 refused (409 ``quiet_hours``, with when they end) unless the sender says the person asked to
@@ -17,13 +18,14 @@ from __future__ import annotations
 import json
 import logging
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.outreach.access import Access, apply_rule
 from services.outreach.models import SMS_MESSAGE, SMS_OPT_OUT, TEAM_MEMBER
@@ -46,7 +48,7 @@ from shared.runtime import Runtime
 from shared.sealing import BlindIndexer
 from shared.uow import UnitOfWork
 
-__all__ = ["Texting", "record_keyword", "send_text"]
+__all__ = ["Texting", "opted_out", "record_keyword", "send_text"]
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +69,18 @@ def _quiet_hours(task: Any) -> QuietHours | None:
     return QuietHours.model_validate(json.loads(task.quiet_hours)) if task.quiet_hours else None
 
 
+async def opted_out(session: AsyncSession, indexer: BlindIndexer, phone: str) -> bool:
+    """Whether ``phone`` replied STOP (and not START since): looked up under every blind-index
+    key version held, so a STOP recorded before a rotation still counts."""
+    phone_keys = [k for held in indexer.held if (k := held.phone(phone))]
+    if not phone_keys:
+        return False
+    found = await session.execute(
+        sa.select(SMS_OPT_OUT.c.phone_key).where(SMS_OPT_OUT.c.phone_key.in_(phone_keys)).limit(1)
+    )
+    return found.first() is not None
+
+
 async def _compose(
     uow: UnitOfWork, access: Access, texting: Texting, task: Any, body: TextBody
 ) -> tuple[str, str]:
@@ -77,14 +91,8 @@ async def _compose(
     phone = next(iter(person.phones), None)
     if phone is None:
         raise ApiError(409, "no_phone", "There is no phone number for this person.")
-    # Under every blind-index key version held: a STOP recorded before a rotation still counts.
-    phone_keys = [k for indexer in texting.indexer.held if (k := indexer.phone(phone))]
-    if phone_keys:
-        opted_out = await s.execute(
-            sa.select(SMS_OPT_OUT).where(SMS_OPT_OUT.c.phone_key.in_(phone_keys))
-        )
-        if opted_out.first() is not None:
-            raise ApiError(409, "sms_opted_out", "This number replied STOP; do not text it.")
+    if await opted_out(s, texting.indexer, phone):
+        raise ApiError(409, "sms_opted_out", "This number replied STOP; do not text it.")
     peer = (
         await s.execute(
             sa.select(TEAM_MEMBER).where(
@@ -187,29 +195,55 @@ async def record_keyword(
     *,
     uow: UnitOfWork,
     kind: Literal["opt_out", "opt_in"],
-    phone_keys: Sequence[str],
+    phone_keys: Mapping[str, str],
+    phone_sealed: str | None,
     at: datetime,
 ) -> None:
-    """STOP opts a number out of texts, START back in (by its blind index under every
-    blind-index key version held, so that the opt-out outlives a key rotation)."""
+    """STOP opts a number out of texts, START back in. The opt-out is kept by the number's
+    blind index under every blind-index key version held (``phone_keys``: version → index), one
+    row each sharing a group (``number_key``), with the number sealed beside them so that
+    `portline keys reindex` can index it under a later version (ADR 0026). A STOP from a number
+    already opted out seals its number on rows that had none (opted out before outreach_0013)."""
+    s = uow.session
+    keys = list(phone_keys.values())
     try:
-        exists = set(
-            (
-                await uow.session.execute(
-                    sa.select(SMS_OPT_OUT.c.phone_key).where(
-                        SMS_OPT_OUT.c.phone_key.in_(phone_keys)
-                    )
+        found = (
+            await s.execute(
+                sa.select(SMS_OPT_OUT.c.phone_key, SMS_OPT_OUT.c.number_key).where(
+                    SMS_OPT_OUT.c.phone_key.in_(keys)
                 )
-            ).scalars()
-        )
-        if kind == "opt_out" and set(phone_keys) - exists:
-            await uow.session.execute(
-                SMS_OPT_OUT.insert(),
-                [{"phone_key": k, "at": at} for k in phone_keys if k not in exists],
             )
-        elif kind == "opt_in" and exists:
-            await uow.session.execute(
-                SMS_OPT_OUT.delete().where(SMS_OPT_OUT.c.phone_key.in_(phone_keys))
+        ).all()
+        groups = sorted({g for _, g in found})
+        if kind == "opt_out":
+            exists = {k for k, _ in found}
+            group = groups[0] if groups else keys[0]
+            rows = [
+                {
+                    "phone_key": k,
+                    "at": at,
+                    "version": v,
+                    "number_key": group,
+                    "phone_sealed": phone_sealed,
+                }
+                for v, k in phone_keys.items()
+                if k not in exists
+            ]
+            if rows:
+                await s.execute(SMS_OPT_OUT.insert(), rows)
+            if groups and phone_sealed is not None:
+                await s.execute(
+                    SMS_OPT_OUT.update()
+                    .where(
+                        SMS_OPT_OUT.c.number_key.in_(groups), SMS_OPT_OUT.c.phone_sealed.is_(None)
+                    )
+                    .values(phone_sealed=phone_sealed)
+                )
+        elif groups:
+            await s.execute(
+                SMS_OPT_OUT.delete().where(
+                    sa.or_(SMS_OPT_OUT.c.number_key.in_(groups), SMS_OPT_OUT.c.phone_key.in_(keys))
+                )
             )
         await uow.commit()
     except IntegrityError:
