@@ -1,7 +1,9 @@
 """A blind-index key rotation on real Kafka and PostgreSQL (ADR 0026): a person indexed under b1
 is linked by a report indexed during the rotation and, after the re-index (interrupted and
 resumed) and b1's retirement, by a report under b2 alone; replicas holding different versions
-during the rotation take turns on one person."""
+during the rotation take turns on one person; an SMS STOP recorded under b1 (with its number
+sealed, or before outreach_0013 without) still blocks a text after the re-index and b1's
+retirement."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from services.outreach import reindex as opt_outs
 from services.scheduler.handlers import PolicyBook, Scheduler
 from services.scheduler.models import PERSON, PERSON_KEY, REPORT_LINK
 from services.scheduler.reindex import RetireRefused, person_keys, reindex, retire, usage
@@ -29,6 +32,8 @@ from shared.sealing import BlindIndexer
 from shared.uow import UnitOfWork
 from tests.support import ensure_topic, wait_for
 from tests.unit.test_blind_key_rotation import B1, B2, ROTATING, SEALER, reported
+from tests.unit.test_opt_out_rotation import PHONES, blocked, keyword, old_stop
+from tests.unit.test_opt_out_rotation import reported as outreach_reported
 
 pytestmark = pytest.mark.integration
 
@@ -162,6 +167,42 @@ async def test_a_person_indexed_under_b1_is_linked_through_the_rotation_and_afte
     assert await people(sessions) == 6
     found = await usage(sessions)
     assert found.people == {"b2": 6}
+
+
+async def test_a_stop_recorded_under_b1_still_blocks_a_text_after_b1_retires(
+    pg_engine: AsyncEngine, pg_schema: str
+) -> None:
+    await upgrade(pg_engine, service="outreach", schema=pg_schema)
+    sessions = session_factory(pg_engine)
+
+    # Before the rotation: a STOP through the webhook's code (number sealed), one recorded
+    # before outreach_0013 (index only) whose person outreach holds a report of, and one
+    # whose number outreach does not know.
+    await keyword(sessions, B1, PHONES[0])
+    await old_stop(sessions, PHONES[1])
+    await outreach_reported(sessions, PHONES[1])
+    await old_stop(sessions, PHONES[2])
+    assert all([await blocked(sessions, B1, p) for p in PHONES[:3]])
+
+    # During: a STOP is looked up and recorded under both versions.
+    assert all([await blocked(sessions, ROTATING, p) for p in PHONES[:3]])
+    await keyword(sessions, ROTATING, PHONES[3])
+    with pytest.raises(opt_outs.RetireRefused, match="3 SMS opt-out"):
+        await opt_outs.retire(sessions, "b1")
+
+    # The re-index: from the sealed number, and from the report's phone.
+    done = await opt_outs.reindex(sessions, SEALER, ROTATING, rate=1000, batch=1)
+    assert (done.reindexed, done.recovered, done.unrecoverable) == (1, 1, 1)
+    with pytest.raises(opt_outs.RetireRefused, match="1 SMS opt-out"):
+        await opt_outs.retire(sessions, "b1")
+    await keyword(sessions, ROTATING, PHONES[2], "START")  # the one lost is settled
+
+    # b1 retired: with b2 alone, every STOP still blocks a text.
+    assert await opt_outs.retire(sessions, "b1") == 3
+    assert (await opt_outs.usage(sessions)).opt_outs == {"b2": 3}
+    for phone in (PHONES[0], PHONES[1], PHONES[3]):
+        assert await blocked(sessions, B2, phone)
+    assert not await blocked(sessions, B2, PHONES[2])
 
 
 async def test_replicas_holding_b1_and_b1_b2_take_turns_on_one_new_person(
