@@ -341,10 +341,9 @@ async def test_a_stop_recorded_under_the_old_blind_index_key_still_counts_during
         await w.member("peer-1")
         seeded = await w.seed_case()
         async with w.runtime.sessions() as s, s.begin():  # the STOP came before the rotation
+            key = BlindIndexer(old).phone(PERSON_E164)
             await s.execute(
-                SMS_OPT_OUT.insert().values(
-                    phone_key=BlindIndexer(old).phone(PERSON_E164), at=datetime.now(UTC)
-                )
+                SMS_OPT_OUT.insert().values(phone_key=key, at=datetime.now(UTC), number_key=key)
             )
         r = await _text(w, seeded.task_id)
         assert r.status_code == 409
