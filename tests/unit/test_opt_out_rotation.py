@@ -220,5 +220,11 @@ def test_cli_retire_index_refuses_while_an_opt_out_is_under_b1_only(
         assert "1 SMS opt-out(s) are under b1 only" in out.err
         assert main(["keys", "status", "--service", "outreach"]) == 0
         assert "sms opt-outs b1: 1 of 1, 1 under b1 only" in capsys.readouterr().out
+        # b1 is no longer held here: the re-index cannot recover the number, and says so.
+        assert main(["keys", "reindex", "--service", "outreach"]) == 0
+        assert (
+            "outreach sms_opt_out: 0 opt-out(s) re-indexed under b2, 1 with no number outreach "
+            "knows" in capsys.readouterr().out
+        )
     finally:
         get_settings.cache_clear()
