@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
     from shared.runtime import ConsumerSpec, Runtime
-    from shared.sealing import BlindIndexer
+    from shared.sealing import BlindIndexer, Sealer
 
 __all__ = ["register", "register_keys"]
 
@@ -311,16 +311,25 @@ def _cmd_keys_rotate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_keys_reseal(args: argparse.Namespace) -> int:
-    from shared.reseal import Progress, ResealReport, columns_for, reseal_column
+def _keys(settings: Settings, command: str) -> tuple[Sealer, BlindIndexer] | None:
+    """The sealing and blind-index keys, or None (said on stderr) when they are misconfigured."""
     from shared.sealing import KeyConfigError, load_keys
 
-    settings = get_settings()
     try:
-        sealer, _indexer = load_keys(settings)
+        return load_keys(settings)
     except KeyConfigError as exc:
-        print(f"portline keys reseal: {exc}", file=sys.stderr)
+        print(f"portline keys {command}: {exc}", file=sys.stderr)
+        return None
+
+
+def _cmd_keys_reseal(args: argparse.Namespace) -> int:
+    from shared.reseal import Progress, ResealReport, columns_for, reseal_column
+
+    settings = get_settings()
+    keys = _keys(settings, "reseal")
+    if keys is None:
         return 2
+    sealer, _indexer = keys
 
     def write(text: str) -> None:
         sys.stderr.write(text)
@@ -373,14 +382,12 @@ def _cmd_keys_status(args: argparse.Namespace) -> int:
     from collections import Counter
 
     from shared.reseal import columns_for, key_usage
-    from shared.sealing import KeyConfigError, load_keys
 
     settings = get_settings()
-    try:
-        sealer, indexer = load_keys(settings)
-    except KeyConfigError as exc:
-        print(f"portline keys status: {exc}", file=sys.stderr)
+    keys = _keys(settings, "status")
+    if keys is None:
         return 2
+    sealer, indexer = keys
     totals: Counter[str] = Counter()
     rows = [("SERVICE", "COLUMN", "KEY", "TOKENS")]
     status = 0
@@ -493,14 +500,12 @@ def _cmd_keys_reindex(args: argparse.Namespace) -> int:
     from services.outreach.reindex import reindex as reindex_opt_outs
     from services.scheduler.reindex import ReindexReport, reindex
     from shared.reseal import Progress
-    from shared.sealing import KeyConfigError, load_keys
 
     settings = get_settings()
-    try:
-        sealer, indexer = load_keys(settings)
-    except KeyConfigError as exc:
-        print(f"portline keys reindex: {exc}", file=sys.stderr)
+    keys = _keys(settings, "reindex")
+    if keys is None:
         return 2
+    sealer, indexer = keys
 
     def write(text: str) -> None:
         sys.stderr.write(text)
@@ -573,14 +578,12 @@ def _cmd_keys_retire_index(args: argparse.Namespace) -> int:
     from services.outreach.reindex import refuse_retire as refuse_opt_outs
     from services.outreach.reindex import retire as retire_opt_outs
     from services.scheduler.reindex import RetireRefused, retire
-    from shared.sealing import KeyConfigError, load_keys
 
     settings = get_settings()
-    try:
-        _sealer, indexer = load_keys(settings)
-    except KeyConfigError as exc:
-        print(f"portline keys retire-index: {exc}", file=sys.stderr)
+    keys = _keys(settings, "retire-index")
+    if keys is None:
         return 2
+    _sealer, indexer = keys
     if args.version in indexer.versions:
         print(
             f"portline keys retire-index: {args.version} is still configured here "
