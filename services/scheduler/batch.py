@@ -273,9 +273,19 @@ class ReportBatch:
                     EPISODE.c.fatal,
                     EPISODE.c.county,
                     EPISODE.c.hospital,
+                    EPISODE.c.transported,
                 ).where(near_filter)
             )
-            for episode_id, person_id, incident_at, sources, fatal, county, hospital in found:
+            for (
+                episode_id,
+                person_id,
+                incident_at,
+                sources,
+                fatal,
+                county,
+                hospital,
+                transported,
+            ) in found:
                 near.setdefault(person_id, []).append(
                     EpisodeRef(
                         episode_id=episode_id,
@@ -284,6 +294,7 @@ class ReportBatch:
                         fatal=fatal,
                         county=county,
                         hospital=hospital,
+                        transported=transported,
                     )
                 )
         if not pairs and not near:
@@ -347,11 +358,21 @@ class ReportBatch:
                     EPISODE.c.fatal,
                     EPISODE.c.county,
                     EPISODE.c.hospital,
+                    EPISODE.c.transported,
                 )
                 .where(EPISODE.c.case_id.in_(list(by_id)))
                 .order_by(EPISODE.c.created_at, EPISODE.c.id)
             )
-            for episode_id, case_id, incident_at, sources, fatal, county, hospital in episodes:
+            for (
+                episode_id,
+                case_id,
+                incident_at,
+                sources,
+                fatal,
+                county,
+                hospital,
+                transported,
+            ) in episodes:
                 by_id[case_id].episodes.append(
                     EpisodeRef(
                         episode_id=episode_id,
@@ -360,6 +381,7 @@ class ReportBatch:
                         fatal=fatal,
                         county=county,
                         hospital=hospital,
+                        transported=transported,
                     )
                 )
         return batch
@@ -482,6 +504,7 @@ class ReportBatch:
                     fatal=row["fatal"],
                     county=row.get("county"),
                     hospital=row.get("hospital"),
+                    transported=bool(row.get("transported")),
                 )
             )
         self.writes.insert(EPISODE, row)
@@ -504,16 +527,24 @@ class ReportBatch:
         episode: EpisodeRef,
         source_kind: str,
         hospital: str | None = None,
+        *,
+        transported: bool = False,
     ) -> None:
-        """The report joins the episode: its source kind joins the episode's sources, and its
-        hospital becomes the episode's when the episode had none."""
+        """The report joins the episode: its source kind joins the episode's sources, its
+        hospital becomes the episode's when the episode had none, and a run that transported
+        marks the episode transported."""
         merged = dataclasses.replace(
-            episode, sources=episode.sources | {source_kind}, hospital=episode.hospital or hospital
+            episode,
+            sources=episode.sources | {source_kind},
+            hospital=episode.hospital or hospital,
+            transported=episode.transported or transported,
         )
         case.episodes[case.episodes.index(episode)] = merged
         changes: dict[str, Any] = {"sources": ",".join(sorted(merged.sources))}
         if merged.hospital != episode.hospital:
             changes["hospital"] = merged.hospital
+        if merged.transported != episode.transported:
+            changes["transported"] = True
         await self.writes.update(session, EPISODE, episode.episode_id, **changes)
 
     def is_new_case(self, case: KnownCase) -> bool:

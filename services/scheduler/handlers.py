@@ -274,6 +274,7 @@ class Scheduler:
             incident_at=effective_incident(event.incident_at, event.received_at)[0],
             county=event.county,
             hospital=event.hospital,
+            transported=event.transported,
         )
 
     def _lookup_keys(self, report: ReportIdentity) -> list[tuple[str, str]]:
@@ -387,7 +388,9 @@ class Scheduler:
         incident_at, _ = effective_incident(event.incident_at, event.received_at)
         same = episode_for(incident_at, event.source_kind, case.episodes, window=self._window)
         if same is not None:
-            await batch.merge_source(s, case, same, event.source_kind, event.hospital)
+            await batch.merge_source(
+                s, case, same, event.source_kind, event.hospital, transported=event.transported
+            )
             self._link(uow, batch, event, same.episode_id, case.id, match, now, policy, decision)
             if event.fatal and not same.fatal:
                 await batch.mark_fatal(s, case, same.episode_id)
@@ -425,6 +428,7 @@ class Scheduler:
                 "sources": event.source_kind,
                 "county": event.county,
                 "hospital": event.hospital,
+                "transported": event.transported,
                 "consent": event.consent.value,
                 "deidentified": False,
                 "repeat": repeat,
@@ -510,6 +514,7 @@ class Scheduler:
                 "sources": event.source_kind,
                 "county": event.county,
                 "hospital": event.hospital,
+                "transported": event.transported,
                 "consent": event.consent.value,
                 "deidentified": True,
                 "repeat": False,

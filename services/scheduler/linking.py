@@ -169,6 +169,8 @@ class ReportIdentity:
     county: str | None = None
     hospital: str | None = None
     """EMS: where it transported the person; ED: the hospital that reported the visit."""
+    transported: bool = False
+    """An EMS run whose disposition says it transported the person (named or not where)."""
 
     @property
     def deidentified(self) -> bool:
@@ -187,7 +189,7 @@ class ReportIdentity:
         events: tuple[Event, ...] = ()
         if self.incident_at is not None and self.source_kind in EVENT_KINDS:
             kinds = frozenset({self.source_kind})
-            events = (Event(self.incident_at, kinds, self.county, self.hospital),)
+            events = (Event(self.incident_at, kinds, self.county, self.hospital, self.transported),)
         return _profile(self, keys, events)
 
 
@@ -221,7 +223,7 @@ class PersonCandidate:
             "name": self.name_keys,
         }
         events = [
-            Event(e.incident_at, e.sources & EVENT_KINDS, e.county, e.hospital)
+            Event(e.incident_at, e.sources & EVENT_KINDS, e.county, e.hospital, e.transported)
             for e in self.episodes
             if e.sources & EVENT_KINDS
         ]
@@ -406,6 +408,9 @@ class EpisodeRef:
     hospital: str | None = None
     """The hospital of the overdose: EMS's destination or the reporting ED, as the first
     report that named one gave it (evidence for linking)."""
+    transported: bool = False
+    """An EMS run of it says it transported the person (evidence for linking: with no
+    hospital named, the ED visit that follows is flagged)."""
 
     def __post_init__(self) -> None:
         _utc("incident_at", self.incident_at)

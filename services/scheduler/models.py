@@ -132,6 +132,12 @@ class Episode(SQLModel, table=True):
     hospital: str | None = Field(default=None, sa_column=sa.Column(sa.String(128)))
     """EMS's destination or the reporting ED, as the first report naming one gave it
     (evidence for linking)."""
+    transported: bool = Field(
+        default=False,
+        sa_column=sa.Column(sa.Boolean(), nullable=False, server_default=sa.false()),
+    )
+    """An EMS run of it says it transported the person (NEMSIS eDisposition.30), whether or
+    not it named where (evidence for linking)."""
     consent: str = Field(sa_column=sa.Column(sa.String(16), nullable=False))
     deidentified: bool = Field(sa_column=sa.Column(sa.Boolean(), nullable=False))
     repeat: bool = Field(sa_column=sa.Column(sa.Boolean(), nullable=False))

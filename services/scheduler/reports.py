@@ -17,7 +17,15 @@ from shared.envelope import Event
 from shared.events import BlindKeys, CommunityReferralReceived, Consent, OverdoseReported
 from shared.sealing import LEGACY_BLIND_VERSION
 
-__all__ = ["Report", "report_of"]
+__all__ = ["TRANSPORTED_DISPOSITIONS", "Report", "report_of"]
+
+TRANSPORTED_DISPOSITIONS = frozenset({"4230001", "4230003", "4230005", "4230007"})
+"""NEMSIS v3.5 eDisposition.30 (Transport Disposition) codes of a run that took the person to
+a hospital: by this unit (with or without a member of another crew), or by another unit or
+agency (with or without a member of this crew). Not 4230009 (the patient refused transport),
+4230011 (a non-patient transport) or 4230013 (no transport). Intake publishes eDisposition.30
+as ``OverdoseReported.disposition`` (else .28, the patient evaluation/care, which never says
+transported)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +56,9 @@ class Report:
     """The same keys under the other versions the sender held (a key rotation)."""
     hospital: str | None = None
     """EMS's destination or the reporting ED (a facility key)."""
+    transported: bool = False
+    """An EMS run whose disposition says it transported the person
+    (:data:`TRANSPORTED_DISPOSITIONS`), whether or not it names where."""
 
     def blind_sets(self) -> tuple[tuple[str, BlindKeys], ...]:
         """Every (version, blind keys) the report carries, ``blind_keys`` first."""
@@ -76,6 +87,8 @@ def report_of(event: Event) -> Report | None:
             blind_keys_version=event.blind_keys_version,
             other_blind_keys=dict(event.other_blind_keys),
             hospital=event.hospital,
+            transported=event.source_kind == "ems"
+            and (event.disposition or "").strip() in TRANSPORTED_DISPOSITIONS,
         )
     if isinstance(event, CommunityReferralReceived):
         return Report(

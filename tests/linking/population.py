@@ -163,6 +163,9 @@ class Report:
     errors: tuple[str, ...] = ()
     hospital: str | None = None
     """EMS: the destination it names (eDisposition.02); ED: the hospital that reports."""
+    transported: bool = False
+    """EMS: the run transported the person (eDisposition.30 4230001); False for a refusal
+    or a release at the scene (4230009, 4230013), and for an ED visit."""
 
 
 @dataclass
@@ -562,7 +565,8 @@ def _hospitals(
             elif roll < DESTINATION_MISSING + DESTINATION_WRONG:
                 hospital = rng.choice([h for h in everywhere if h != hospital])
                 errors = (*errors, "destination_wrong")
-        out.append(replace(r, hospital=hospital, errors=errors))
+        transported = r.kind == "ems" and r.overdose in went
+        out.append(replace(r, hospital=hospital, errors=errors, transported=transported))
     return out
 
 

@@ -113,6 +113,7 @@ def _identity(report: Report) -> ReportIdentity:
         incident_at=report.at,
         county=report.county,
         hospital=report.hospital,
+        transported=report.transported,
     )
 
 
@@ -172,6 +173,7 @@ def simulate(
                 sources=same.sources | {report.kind},
                 county=same.county,
                 hospital=same.hospital or report.hospital,
+                transported=same.transported or report.transported,
             )
             person.episodes[person.episodes.index(same)] = merged
         else:
@@ -182,6 +184,7 @@ def simulate(
                     sources=frozenset({report.kind}),
                     county=report.county,
                     hospital=report.hospital,
+                    transported=report.transported,
                 )
             )
             recent.append((report.at, person.id))

@@ -67,6 +67,7 @@ __all__ = [
     "SAME_DAY_WINDOW",
     "SAME_OVERDOSE_WINDOW",
     "TRANSPORT_WINDOW",
+    "UNNAMED_TRANSPORT_WINDOW",
     "Found",
     "compare_dob",
     "compare_event",
@@ -78,6 +79,7 @@ __all__ = [
     "compare_sex",
     "compare_suffix",
     "compare_zip",
+    "unnamed_transport",
 ]
 
 FAMILY_TYPO_JW = 0.90
@@ -87,6 +89,12 @@ SAME_DAY_WINDOW = timedelta(hours=12)
 TRANSPORT_WINDOW = timedelta(hours=4)
 """An ED visit at the EMS destination this long after (or before) the run is of one overdose:
 the transport, the wait and a late registration fit in it."""
+
+UNNAMED_TRANSPORT_WINDOW = timedelta(hours=3)
+"""An ED visit this long after an EMS run that transported the person and named no hospital
+may be where it went: the call, the scene and the transport (the evaluation's ED arrivals
+come 10 to 126 minutes after the run), with room for a long rural transport and a late
+registration; the window of the hour alone (``SAME_OVERDOSE_WINDOW``)."""
 
 Found = tuple[Level, str | None]
 """A level and its detail."""
@@ -333,6 +341,37 @@ def _event_level(a: Event, b: Event) -> tuple[str, str] | None:
     if gap <= SAME_DAY_WINDOW:
         return "same_source_near", kinds
     return None
+
+
+def _unnamed_transport(run: Event, visit: Event) -> str | None:
+    if not run.transported or run.hospital is not None:
+        return None
+    if "ems" not in run.kinds or "ed" in run.kinds:
+        return None
+    if "ed" not in visit.kinds or "ems" in visit.kinds:
+        return None
+    gap = visit.at - run.at
+    if not timedelta(0) <= gap <= UNNAMED_TRANSPORT_WINDOW:
+        return None
+    minutes = int(gap.total_seconds() // 60)
+    return f"ems transported and named no hospital; an ed visit {minutes} min later"
+
+
+def unnamed_transport(a: Profile, b: Profile) -> str | None:
+    """Whether one side's EMS run transported the person without naming where, and the other
+    side's ED visit began within :data:`UNNAMED_TRANSPORT_WINDOW` after it (at any of the
+    program's hospitals): the detail of the nearest such pair, else None. Either side may
+    hold the run, so the answer is the same with the sides swapped."""
+    found = [
+        (run.at, visit.at, detail)
+        for x, y in ((a, b), (b, a))
+        for run in x.events
+        for visit in y.events
+        if (detail := _unnamed_transport(run, visit)) is not None
+    ]
+    if not found:
+        return None
+    return min(found, key=lambda f: (f[1] - f[0], f[2]))[2]
 
 
 def compare_event(a: Profile, b: Profile) -> Found:

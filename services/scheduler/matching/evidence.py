@@ -42,6 +42,7 @@ from services.scheduler.matching.comparisons import (
     compare_sex,
     compare_suffix,
     compare_zip,
+    unnamed_transport,
 )
 from services.scheduler.matching.profile import Profile
 from services.scheduler.matching.weights import (
@@ -91,6 +92,10 @@ class Explanation:
     evidence: tuple[Evidence, ...]
     model: str = DEFAULT_MODEL.version
     """The version of the weights the evidence was weighed by."""
+    unnamed_transport: str | None = None
+    """An EMS run that transported the person and named no hospital, and an ED visit of the
+    other within 3 hours after it (the detail: the gap in minutes); None otherwise. Flags the
+    pair whatever it weighs; adds no weight."""
 
     @property
     def weight(self) -> float:
@@ -125,6 +130,8 @@ class Explanation:
             "doubts": list(self.doubts),
             "evidence": [e.as_dict() for e in self.evidence],
         }
+        if self.unnamed_transport is not None:
+            data["unnamed_transport"] = self.unnamed_transport
         if thresholds is not None:
             data["thresholds"] = thresholds.as_dict()
         return data
@@ -223,7 +230,7 @@ def explain(a: Profile, b: Profile, model: WeightModel = DEFAULT_MODEL) -> Expla
             else e
             for e in evidence
         ]
-    return Explanation(tuple(evidence), model.version)
+    return Explanation(tuple(evidence), model.version, unnamed_transport(a, b))
 
 
 def verdict(explanation: Explanation, thresholds: Thresholds) -> Verdict:
@@ -235,6 +242,8 @@ def verdict(explanation: Explanation, thresholds: Thresholds) -> Verdict:
         return "review"
     if explanation.transported:
         return "flag"  # whatever the names: a false name given at the scene leaves only this
+    if explanation.unnamed_transport is not None:
+        return "flag"  # the run went to a hospital it did not name: only the hour is left
     if explanation.same_overdose and weight >= thresholds.flag:
         return "flag"
     return "none"

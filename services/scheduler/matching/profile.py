@@ -78,6 +78,9 @@ class Event:
     hospital: str | None = None
     """The hospital of the overdose: where EMS transported the person (an EMS run), the
     hospital that reported the visit (an ED visit)."""
+    transported: bool = False
+    """An EMS run whose disposition says it transported the person (NEMSIS eDisposition.30),
+    whether or not it names where."""
 
     def __post_init__(self) -> None:
         if self.at.tzinfo is None or self.at.utcoffset() is None:
@@ -144,6 +147,7 @@ def profile(
                 e.kinds,
                 normalize_county(e.county),
                 normalize_hospital(e.hospital),
+                e.transported,
             )
             for e in events
         ),
