@@ -146,3 +146,56 @@ async def test_a_later_batch_finds_a_person_by_the_overdose_alone(
     assert levels["event"] == "same_overdose"
     assert levels["given_name"] == "nickname"
     assert explanation["doubts"] == []
+
+
+async def test_a_run_that_transported_and_named_no_hospital_flags_the_ed_visit_after_it(
+    pg_engine: AsyncEngine, pg_schema: str
+) -> None:
+    """A false name at the scene and no destination: the episode keeps that the run
+    transported (eDisposition.30), and the ED visit within 3 hours after it is flagged, in
+    either order of arrival and from a later batch (read from PostgreSQL); a run whose patient
+    refused transport flags nothing."""
+    await upgrade(pg_engine, service="scheduler", schema=pg_schema)
+    sessions = session_factory(pg_engine)
+    world = World(sessions, ManualClock(INCIDENT + timedelta(days=5)))
+    alias = {"family": "Miller", "given": "Kevin", "dob": None, "phone": None}
+    bates = {"family": "Bates", "given": "Robert", "dob": "1987-03-11", "phone": None}
+
+    def run(day: int, disposition: str) -> OverdoseReported:
+        at = INCIDENT + timedelta(days=day)
+        return world.build(kind="ems", incident_at=at, disposition=disposition, **alias)
+
+    def visit(day: int, **who: str | None) -> OverdoseReported:
+        at = INCIDENT + timedelta(days=day, minutes=50)
+        return world.build(kind="ed", incident_at=at, hospital="GUILFORD-1", **who)
+
+    # EMS first (transported by this unit), the ED visit in a later batch.
+    await world.deliver(world.scheduler.on_overdose, run(0, "4230001"))
+    await world.deliver(world.scheduler.on_overdose, visit(0, **bates))
+    # ED first, then the run (transported by another unit).
+    ortiz = {"family": "Ortiz", "given": "Ana", "dob": "1990-05-06", "phone": None}
+    await world.deliver(world.scheduler.on_overdose, visit(2, **ortiz))
+    await world.deliver(world.scheduler.on_overdose, run(2, "4230005"))
+    # The patient refused transport: no destination for a reason, nothing flagged.
+    await world.deliver(world.scheduler.on_overdose, run(4, "4230009"))
+    quint = {"family": "Quint", "given": "Marcus", "dob": "1970-07-07", "phone": None}
+    await world.deliver(world.scheduler.on_overdose, visit(4, **quint))
+
+    async with sessions() as s:
+        episodes = {
+            (e.incident_at - INCIDENT, e.sources): e.transported
+            for e in await s.execute(sa.select(EPISODE))
+        }
+        matches = list(await s.execute(sa.select(POSSIBLE_MATCH)))
+    assert episodes[(timedelta(0), "ems")] is True
+    assert episodes[(timedelta(days=2), "ems")] is True
+    assert episodes[(timedelta(days=4), "ems")] is False
+    assert episodes[(timedelta(days=4, minutes=50), "ed")] is False
+    assert [m.level for m in matches] == ["flag", "flag"]
+    for m in matches:
+        explanation = json.loads(m.explanation)
+        assert "50 min later" in explanation["unnamed_transport"]
+        assert explanation["weight"] < explanation["thresholds"]["flag"]
+    assert [e["match"] for e in await world.events("ReportLinked")] == [
+        "new_person", "new_person", "new_person", "new_person", "new_person", "new_person",
+    ]  # fmt: skip

@@ -76,6 +76,9 @@ class Outcome:
     near: tuple[tuple[float, bool], ...] = ()
     """With ``trace``: every candidate's weight where the two look like one overdose, and
     whether it is the same person."""
+    wrong_unnamed_flags: int = 0
+    """Of ``wrong_flags``, those flagged only by the unnamed-transport rule (an EMS run that
+    transported the person and named no hospital, and an ED visit within 3 hours after it)."""
 
 
 @dataclass
@@ -215,7 +218,7 @@ def simulate(
                 pair = "same_overdose"
         truth_weight = None
         own = [c for c in decision_candidates(decision) if report.person in people[c[0]].members]
-        wrong_links = wrong_reviews = wrong_flags = 0
+        wrong_links = wrong_reviews = wrong_flags = wrong_unnamed = 0
         correct = False
         if decision.kind == "exact" and decision.person_id is not None:
             target = people[decision.person_id]
@@ -239,6 +242,7 @@ def simulate(
                     splits += 1
                     if p.level == "flag":
                         wrong_flags += 1
+                        wrong_unnamed += _only_unnamed(p.explanation, limits)
                     else:
                         wrong_reviews += 1
             if own:
@@ -272,12 +276,21 @@ def simulate(
                 truth_weight,
                 truth,
                 tuple(near),
+                wrong_unnamed,
             )
         )
         known[report.person] += 1
         seen_overdose[(report.person, report.overdose)].add(report.kind)
         recent[:] = [(at, pid) for at, pid in recent if report.at - at <= EVENT_WINDOW * 3]
     return Simulation(outcomes, reviews, flags, linked, splits)
+
+
+def _only_unnamed(explanation: Explanation, limits: Thresholds) -> bool:
+    """Flagged by the unnamed-transport rule alone: no other flag rule would have."""
+    other = explanation.transported or (
+        explanation.same_overdose and explanation.weight >= limits.flag
+    )
+    return explanation.unnamed_transport is not None and not other
 
 
 def decision_candidates(decision: LinkDecision) -> list[tuple[uuid.UUID, float]]:

@@ -91,6 +91,7 @@ class World:
         phone: str | None = "336-555-0100",
         received_at: datetime | None = None,
         hospital: str | None = None,
+        disposition: str | None = None,
     ) -> OverdoseReported:
         """A report received now, or 30 minutes after its overdose if that is later."""
 
@@ -116,6 +117,7 @@ class World:
             reasons=[],
             consent=consent,
             hospital=hospital,
+            disposition=disposition,
         )
         return event
 

@@ -70,6 +70,7 @@ def report(
     at: datetime | None = None,
     county: str | None = None,
     hospital: str | None = None,
+    transported: bool = False,
 ) -> ReportIdentity:
     """A report's identity with the blind keys intake (and the scheduler) would give it."""
     return ReportIdentity(
@@ -92,6 +93,7 @@ def report(
         incident_at=at,
         county=county,
         hospital=hospital,
+        transported=transported,
     )
 
 
@@ -109,6 +111,7 @@ def person(
     at: datetime | None = None,
     county: str | None = None,
     hospital: str | None = None,
+    transported: bool = False,
     person_id: uuid.UUID | None = None,
     also: tuple[ReportIdentity, ...] = (),
 ) -> PersonCandidate:
@@ -126,6 +129,7 @@ def person(
                 sources=frozenset({kind}),
                 county=county,
                 hospital=hospital,
+                transported=transported,
             ),
         )
     return PersonCandidate(
@@ -818,6 +822,98 @@ class TestFlaggedNeverMissedSilently:
         ]
 
 
+class TestUnnamedTransportFlagged:
+    """An EMS run that transported the person but named no hospital, and an ED overdose visit
+    at any hospital within 3 hours after it, are flagged whatever the names (a false name given
+    at the scene leaves only the hour); never linked by it; not for a run that did not
+    transport, nor outside the window."""
+
+    def ed_visit(self, at: datetime = VISIT, hospital: str | None = HOSPITAL) -> PersonCandidate:
+        return person("Bates", "Robert", DOB, PHONE, sex="M", kind="ed", at=at, hospital=hospital)
+
+    def alias_run(self, *, transported: bool = True, at: datetime = RUN) -> ReportIdentity:
+        return report(
+            "Miller", "Kevin", OTHER_DOB, sex="M", kind="ems", at=at, transported=transported
+        )
+
+    def test_the_ed_visit_after_an_unnamed_transport_is_flagged(self) -> None:
+        ed = self.ed_visit()
+        decision = link(self.alias_run(), [ed])
+        assert (decision.kind, decision.person_id) == ("new", None)
+        assert decision.reasons == (R.SAME_OVERDOSE_FLAGGED,)
+        (flag,) = decision.possible
+        assert (flag.person_id, flag.level) == (ed.person_id, "flag")
+        assert flag.weight < Thresholds().flag  # whatever the names
+        assert flag.explanation.unnamed_transport is not None
+        assert "40 min later" in flag.explanation.unnamed_transport
+        assert flag.explanation.as_dict()["unnamed_transport"] == (
+            flag.explanation.unnamed_transport
+        )
+
+    def test_ed_first_then_the_run_is_flagged_too(self) -> None:
+        """The ED visit is known first (an ePCR arrives hours after the run); the run is the
+        report."""
+        run = person("Miller", "Kevin", OTHER_DOB, sex="M", kind="ems", at=RUN, transported=True)
+        visit = report("Bates", "Robert", DOB, PHONE, sex="M", kind="ed", at=VISIT,
+                       hospital=HOSPITAL)  # fmt: skip
+        decision = link(visit, [run])
+        assert [(p.person_id, p.level) for p in decision.possible] == [(run.person_id, "flag")]
+
+    def test_any_of_the_programs_hospitals(self) -> None:
+        for hospital in (HOSPITAL, "FORSYTH-2", None):
+            decision = link(self.alias_run(), [self.ed_visit(hospital=hospital)])
+            assert [p.level for p in decision.possible] == ["flag"], hospital
+
+    def test_a_run_that_did_not_transport_is_not_flagged(self) -> None:
+        """Refused, treated and released, dead at the scene: no destination for a reason."""
+        decision = link(self.alias_run(transported=False), [self.ed_visit()])
+        assert (decision.kind, decision.possible) == ("new", ())
+
+    @pytest.mark.parametrize(
+        ("gap", "flagged"),
+        [
+            (timedelta(0), True),
+            (timedelta(hours=3), True),
+            (timedelta(hours=3, minutes=1), False),
+            (timedelta(hours=6), False),
+            (-timedelta(minutes=1), False),
+            (-timedelta(hours=1), False),
+        ],
+    )
+    def test_only_within_three_hours_after_the_run(self, gap: timedelta, flagged: bool) -> None:
+        decision = link(self.alias_run(), [self.ed_visit(at=RUN + gap)])
+        assert bool(decision.possible) is flagged
+        assert all(p.level == "flag" for p in decision.possible)
+
+    def test_a_named_destination_keeps_its_own_rules(self) -> None:
+        run = report("Miller", "Kevin", OTHER_DOB, sex="M", kind="ems", at=RUN,
+                     hospital=HOSPITAL, transported=True)  # fmt: skip
+        (flag,) = link(run, [self.ed_visit()]).possible
+        assert flag.explanation.level("event") == "transported_here"
+        assert flag.explanation.unnamed_transport is None
+
+    def test_the_flag_adds_no_weight_and_never_links(self) -> None:
+        """Twins transported together, one run naming no hospital: at most a review."""
+        house = TestHardCasesNeverLink.HOUSE
+        twin = person("Doyle", "Jane", sex="F", kind="ed", at=VISIT, hospital=HOSPITAL,
+                      **house)  # fmt: skip
+        jana = report("Doyle", "Jana", sex="F", kind="ems", at=RUN, transported=True,
+                      **house)  # fmt: skip
+        plain = report("Doyle", "Jana", sex="F", kind="ems", at=RUN,
+                       **house)  # fmt: skip
+        with_flag = explain(jana.profile(), twin.profile())
+        assert with_flag.weight == explain(plain.profile(), twin.profile()).weight
+        assert verdict(with_flag, Thresholds()) in ("review", "flag")
+        assert link(jana, [twin]).kind != "exact"
+
+    def test_swapping_the_records_never_changes_the_decision(self) -> None:
+        run = self.alias_run().profile()
+        visit = self.ed_visit().profile()
+        forward, backward = explain(run, visit), explain(visit, run)
+        assert forward.unnamed_transport == backward.unnamed_transport is not None
+        assert verdict(forward, Thresholds()) == verdict(backward, Thresholds()) == "flag"
+
+
 # --------------------------------------------------------------------------- properties
 
 POOL_FAMILY = st.sampled_from([None, "Doyle", "Doyel", "Garcia Lopez", "Garcia", "Jane", "Li"])
@@ -830,6 +926,7 @@ POOL_EVENTS = st.sampled_from(
     [(None, None), ("ems", RUN), ("ed", VISIT), ("ed", RUN + timedelta(hours=7))]
 )
 POOL_HOSPITALS = st.sampled_from([None, HOSPITAL, "FORSYTH-1"])
+POOL_TRANSPORTED = st.booleans()
 
 
 @st.composite
@@ -845,6 +942,7 @@ def identities(draw: st.DrawFn) -> dict[str, object]:
         "kind": kind,
         "at": at,
         "hospital": draw(POOL_HOSPITALS),
+        "transported": draw(POOL_TRANSPORTED),
     }
 
 
@@ -860,6 +958,7 @@ def test_swapping_the_two_records_never_changes_the_weight_or_the_decision(
     assert [(e.comparison, e.level) for e in forward.evidence] == [
         (e.comparison, e.level) for e in backward.evidence
     ]
+    assert forward.unnamed_transport == backward.unnamed_transport
 
 
 AGREEING = ("family", "given", "dob", "phone", "sex", "postal_code", "event", "hospital")
