@@ -151,19 +151,23 @@ async def test_a_later_batch_finds_a_person_by_the_overdose_alone(
 async def test_a_run_that_transported_and_named_no_hospital_flags_the_ed_visit_after_it(
     pg_engine: AsyncEngine, pg_schema: str
 ) -> None:
-    """A false name at the scene and no destination: the episode keeps that the run
+    """A false name and date of birth at the scene and no destination: the episode keeps that the run
     transported (eDisposition.30), and the ED visit within 3 hours after it is flagged, in
     either order of arrival and from a later batch (read from PostgreSQL); a run whose patient
     refused transport flags nothing."""
     await upgrade(pg_engine, service="scheduler", schema=pg_schema)
     sessions = session_factory(pg_engine)
     world = World(sessions, ManualClock(INCIDENT + timedelta(days=5)))
-    alias = {"family": "Miller", "given": "Kevin", "dob": None, "phone": None}
+    aliases = ("Miller", "Kevin"), ("Novak", "Dana"), ("Pryce", "Owen")
     bates = {"family": "Bates", "given": "Robert", "dob": "1987-03-11", "phone": None}
 
     def run(day: int, disposition: str) -> OverdoseReported:
         at = INCIDENT + timedelta(days=day)
-        return world.build(kind="ems", incident_at=at, disposition=disposition, **alias)
+        family, given = aliases[day // 2]
+        return world.build(
+            kind="ems", incident_at=at, disposition=disposition, family=family, given=given,
+            dob="1979-02-22", phone=None,
+        )  # fmt: skip
 
     def visit(day: int, **who: str | None) -> OverdoseReported:
         at = INCIDENT + timedelta(days=day, minutes=50)
