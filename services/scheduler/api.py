@@ -264,7 +264,9 @@ class PossibleMatchOut(BaseModel):
     explanation: dict[str, Any] | None = Field(
         default=None,
         description="Every piece of evidence with its level, weight in bits and reason, the "
-        "doubts that kept it from an automatic link, and the thresholds in force. No "
+        "doubts that kept it from an automatic link, and the thresholds in force; "
+        "`unnamed_transport` when an EMS run transported the person without naming where and "
+        "the ED visit began within 3 hours after it (flagged whatever the names). No "
         "identifying values. Kept with the decision.",
     )
     created_at: datetime

@@ -37,7 +37,9 @@ Linking (:func:`link`)
        to confirm or split, and any flagged candidate after them (level ``flag``). Nothing is
        merged silently.
     6. *Flag.* Otherwise, candidates with the verdict ``flag`` (their report looks like the
-       same overdose, but too little else agrees for a review): ``new``
+       same overdose, but too little else agrees for a review; or an EMS run and the ED visit
+       at the hospital it named, or a run that transported without naming where and an ED
+       visit within 3 hours after it, whatever the names): ``new``
        (``same_overdose_flagged``), listing them as low-priority items for a lead, so two peers
        never chase one person unknowingly.
     7. Otherwise ``new`` (``no_match``): the caller creates a new person.

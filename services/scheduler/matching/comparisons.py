@@ -43,6 +43,12 @@ The overdose (event)
     another hospital, much less so); within 12 hours, the same day; two reports of one kind
     within 12 hours, a second agency or hospital. Community referrals carry no event (their
     time is often only when the team heard).
+
+An EMS run that transported the person and named no hospital (:func:`unnamed_transport`)
+    With an ED visit that began 0 to 3 hours after the run, at any hospital: no level and no
+    weight (the event level stays what the hour says), only the detail that makes the pair a
+    flag whatever the names (``evidence.verdict``). Not a run that did not transport, not an ED
+    visit before the run.
 """
 
 from __future__ import annotations

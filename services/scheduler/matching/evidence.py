@@ -15,7 +15,9 @@ holds no value from the identity.
   names agree even at one overdose (twins overdose together), ...): a lead decides.
 * ``flag``: below ``review``, but an EMS run that names where it transported the person and an
   ED visit within hours (the event levels ``transported_here`` and, within 3 hours at another
-  hospital, ``same_overdose_other_hospital``), whatever the names; or the two reports look like
+  hospital, ``same_overdose_other_hospital``), whatever the names; or an EMS run that
+  transported the person without naming where and an ED visit within 3 hours after it
+  (:attr:`Explanation.unnamed_transport`), whatever the names; or the two reports look like
   one overdose otherwise (``same_overdose``, ``same_overdose_other_county``) and weigh at least
   ``flag``: a low-priority item for a lead, so that two peers never chase one person
   unknowingly. A flag is never a link: a lead decides.
