@@ -151,10 +151,10 @@ async def test_a_later_batch_finds_a_person_by_the_overdose_alone(
 async def test_a_run_that_transported_and_named_no_hospital_flags_the_ed_visit_after_it(
     pg_engine: AsyncEngine, pg_schema: str
 ) -> None:
-    """A false name and date of birth at the scene and no destination: the episode keeps that the run
-    transported (eDisposition.30), and the ED visit within 3 hours after it is flagged, in
-    either order of arrival and from a later batch (read from PostgreSQL); a run whose patient
-    refused transport flags nothing."""
+    """A false name and date of birth at the scene and no destination: the episode keeps that
+    the run transported (eDisposition.30), and the ED visit within 3 hours after it is flagged,
+    in either order of arrival and from a later batch (read from PostgreSQL); a run whose
+    patient refused transport flags nothing."""
     await upgrade(pg_engine, service="scheduler", schema=pg_schema)
     sessions = session_factory(pg_engine)
     world = World(sessions, ManualClock(INCIDENT + timedelta(days=5)))
