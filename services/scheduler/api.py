@@ -256,7 +256,8 @@ class PossibleMatchOut(BaseModel):
         default="review",
         description="review: the evidence is between the program's thresholds; flag: low "
         "priority, the reports look like one overdose (an EMS run and the ED visit at the "
-        "hospital it transported to, whatever the names) but little else agrees.",
+        "hospital it transported to, or a run that transported without naming where and an "
+        "ED visit within 3 hours after it, whatever the names) but little else agrees.",
     )
     weight: float | None = Field(
         default=None, description="The match weight in bits (docs/linking.md)."

@@ -217,7 +217,12 @@ async def _ems(
     incident: datetime,
     patient: dict[str, Any],
     destination: str | None = None,
+    transport: str | None = None,
 ) -> str:
+    disposition = {
+        **({"destination": destination} if destination else {}),
+        **({"transport": transport} if transport else {}),
+    }
     async with httpx.AsyncClient(base_url=intake_process.http) as intake:
         posted = await intake.post(
             "/v1/ems/run-reports",
@@ -228,7 +233,7 @@ async def _ems(
                 "scene": {"city": "Greensboro", "state": "NC", "county": "Guilford"},
                 "impressions": ["T40.1X1A"],
                 "peer_follow_up": "accepted",
-                **({"disposition": {"destination": destination}} if destination else {}),
+                **({"disposition": disposition} if disposition else {}),
             },
             headers={"Authorization": f"Bearer {intake_process.ems_key}"},
         )
@@ -348,3 +353,57 @@ async def test_the_ems_run_then_the_ed_visit_at_its_destination_are_one_case(
     ed = await _linked(kafka_bootstrap, ed_id)
     assert ed["match"] == "exact"
     assert (ed["case_id"], ed["episode_id"]) == (ems["case_id"], ems["episode_id"])
+
+
+async def test_a_run_that_transported_and_named_no_hospital_is_flagged_with_the_ed_visit(
+    intake_process: IntakeProcess, scheduler_process: ServiceProcess, kafka_bootstrap: str
+) -> None:
+    """The crew wrote a false name and date of birth, and that they transported her
+    (eDisposition.30 4230001) but not where. Nothing but the hour is left: the ED visit 50
+    minutes later is flagged for a lead whatever the names (ADR 0027 addendum), never linked.
+    Hours away from the other tests' overdoses, so that none of theirs is in the window."""
+    run = (datetime.now(UTC) - timedelta(hours=9)).replace(second=0, microsecond=0)
+    alias = f"Falsename{uuid.uuid4().hex[:6]}"
+    ems_id = await _ems(
+        intake_process,
+        f"LNK-{uuid.uuid4().hex[:8]}",
+        run,
+        {"family_name": alias, "given_name": "Kevin", "date_of_birth": "1979-02-22", "sex": "M"},
+        transport="4230001",
+    )
+    ems = await _linked(kafka_bootstrap, ems_id)
+    assert ems["match"] == "new_person"
+
+    family = f"Realname{uuid.uuid4().hex[:6]}"
+    ed_id = await _ed(
+        intake_process,
+        kafka_bootstrap,
+        f"LNK-{uuid.uuid4().hex[:10]}",
+        family=family,
+        given="Roberta",
+        dob="19880914",
+        phone="",
+        admit=hl7_time(run + timedelta(minutes=50)),
+    )
+    ed = await _linked(kafka_bootstrap, ed_id)
+    assert ed["match"] == "new_person"
+    assert ed["case_id"] != ems["case_id"]
+
+    lead = await _token(scheduler_process.env, "team_lead")
+    async with httpx.AsyncClient(base_url=scheduler_process.http, timeout=10) as api:
+        r = await api.get(
+            "/v1/possible-matches",
+            params={"limit": 200},
+            headers={"Authorization": f"Bearer {lead}"},
+        )
+    assert r.status_code == 200, r.text
+    # Only this test's run says it transported: any other item is another test's overdose.
+    (flag,) = [
+        m
+        for m in r.json()["items"]
+        if m["report_id"] == ed_id and "unnamed_transport" in (m["explanation"] or {})
+    ]
+    assert flag["level"] == "flag"
+    assert flag["reasons"] == ["same_overdose_flagged"]
+    assert "50 min later" in flag["explanation"]["unnamed_transport"]
+    assert flag["weight"] < flag["explanation"]["thresholds"]["flag"]
