@@ -431,11 +431,14 @@ def _jobs(
             _sums(dims, REPORT, report_sums, _in_scope(REPORT)),
             _median(dims, REPORT, R.lag_hours, _in_scope(REPORT), "report_lag_hours", pg),
         ]
+    # In this order `measure` deals them, with people of many episodes first, alternately to
+    # two connections: the two heaviest scans (people of many episodes, the episodes' counts)
+    # go to different ones, and each gets about half of the database's work.
     return _people_of_many(dims, wanted, pg), (
-        *_hot_spots(dims),
         _episodes(dims),
         _median(dims, EPISODE, E.first_attempt_hours, timed, "first_attempt_hours", pg),
         *reports,
+        *_hot_spots(dims),
         referrals,
     )
 
