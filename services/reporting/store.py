@@ -3,7 +3,8 @@
 Per batch of events, each table is read once (the rows its new facts merge into) and written
 once (one upsert); then the outcomes of the cases, people and reports the batch touched are
 derived again from their facts (`summary.py`) and only the rows whose outcome changed are
-written. Both SQLite and PostgreSQL take the same statements (`INSERT ... ON CONFLICT`).
+written. Both SQLite and PostgreSQL take `INSERT ... ON CONFLICT`; on PostgreSQL a table's
+rows go as one JSON document (`json_to_recordset`) instead of an executemany (ADR 0028).
 
 Merging is what makes the facts order-tolerant: a report's own event and the scheduler's link
 of it may come in either order, a task's closing before its scheduling, a later revision
