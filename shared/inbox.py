@@ -33,7 +33,6 @@ from enum import StrEnum
 from typing import Any, Generic, TypeVar
 
 import sqlalchemy as sa
-from sqlalchemy.dialects.postgresql import ARRAY
 from sqlmodel import Field, SQLModel
 
 from shared.db import UTCDateTime, bigint_pk
@@ -105,7 +104,6 @@ class DeadLetter(SQLModel, table=True):
 
 DEAD_LETTER: sa.Table = DeadLetter.__table__  # type: ignore[attr-defined]
 INBOX: sa.Table = InboxRecord.__table__  # type: ignore[attr-defined]
-_IDS = ARRAY(sa.String(64))
 
 
 @dataclass(frozen=True)
@@ -189,16 +187,6 @@ def dead_letter_row(
         "error": error.replace("\x00", "")[:ERROR_LENGTH],
         "attempts": attempts,
     }
-
-
-def _among(uow: UnitOfWork, ids: Sequence[str]) -> sa.ColumnElement[bool]:
-    """`event_id IN ids`. On PostgreSQL as `= ANY(array)`: one parameter, so a batch's check
-    is the same statement (and asyncpg's prepared statement) whatever its size, instead of
-    a text of a thousand parameters to render, parse and plan for every batch."""
-    bind = uow.session.bind
-    if bind is not None and bind.dialect.name == "postgresql":
-        return INBOX.c.event_id == sa.any_(sa.bindparam("ids", list(ids), type_=_IDS))
-    return INBOX.c.event_id.in_(ids)
 
 
 class InboxProcessor(Generic[U]):
@@ -343,7 +331,7 @@ class InboxProcessor(Generic[U]):
                 (
                     await uow.session.execute(
                         sa.select(INBOX.c.event_id).where(
-                            INBOX.c.consumer == self.consumer, _among(uow, ids)
+                            INBOX.c.consumer == self.consumer, INBOX.c.event_id.in_(ids)
                         )
                     )
                 ).scalars()

@@ -185,8 +185,8 @@ async def test_messages_that_do_not_fit_the_dead_letter_table_still_let_the_part
 async def test_a_batch_seen_before_is_all_duplicates_on_postgres(
     uow_factory: Callable[[], UnitOfWork],
 ) -> None:
-    """The batch's check of what was applied (`= ANY(ids)` on PostgreSQL) finds each event
-    applied before, by this consumer only."""
+    """A batch's check of what was applied finds each event applied before, by this
+    consumer only."""
     envelopes = [envelope(f"batch-{i}", f"person-{uuid.uuid4()}") for i in range(5)]
     messages = [
         IncomingMessage(TEST_TOPIC, 0, offset, e.subject.encode(), e.to_bytes())
