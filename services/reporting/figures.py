@@ -104,32 +104,51 @@ def _applies(metric: Metric, dims: Sequence[Dimension]) -> bool:
     return metric.basis == "referrals" or "referral_kind" not in dims
 
 
-def _number(measures: dict[str, Any] | None, name: str | None) -> int:
-    if measures is None or name is None:
-        return 0
-    value = measures.get(name)
-    return int(value) if value is not None else 0
-
-
-def _counts(metric: Metric, measures: dict[str, Any] | None) -> Counts:
+def _count_names(metric: Metric) -> tuple[str | None, ...]:
+    """The measures a metric's cell is made of (what suppression looks at)."""
     if metric.unit == "count":
-        return (_number(measures, metric.measure),)
+        return (metric.measure,)
     if metric.unit == "rate":
-        return (_number(measures, metric.numerator), _number(measures, metric.denominator))
-    return (_number(measures, metric.denominator),)
+        return (metric.numerator, metric.denominator)
+    return (metric.denominator,)
+
+
+_NO_MEASURES: dict[Any, Any] = {}
+
+
+def _counts(
+    names: tuple[str | None, ...], keys: Sequence[Key], measures: Sequence[dict[Any, Any]]
+) -> dict[Key, Counts]:
+    """Each group's counts (a missing measure is 0); made for every metric and level of an
+    answer, so written as comprehensions."""
+    if len(names) == 1:
+        (name,) = names
+        return dict(zip(keys, [(int(m.get(name) or 0),) for m in measures], strict=True))
+    top, bottom = names
+    return dict(
+        zip(
+            keys,
+            [(int(m.get(top) or 0), int(m.get(bottom) or 0)) for m in measures],
+            strict=True,
+        )
+    )
 
 
 class _Family:
     """One metric's tables: the overall figure, the one-way tables and the two-way one."""
 
     def __init__(
-        self, metric: Metric, levels: Levels, keys: dict[tuple[Dimension, ...], list[Key]]
+        self,
+        metric: Metric,
+        keys: dict[tuple[Dimension, ...], list[Key]],
+        measures: dict[tuple[Dimension, ...], list[dict[Any, Any]]],
     ) -> None:
         self.metric = metric
-        self.cells: dict[tuple[Dimension, ...], dict[Key, Counts]] = {}
-        for subset, subset_keys in keys.items():
-            found = levels.get(subset, {})
-            self.cells[subset] = {k: _counts(metric, found.get(k)) for k in subset_keys}
+        names = _count_names(metric)
+        self.cells: dict[tuple[Dimension, ...], dict[Key, Counts]] = {
+            subset: _counts(names, subset_keys, measures[subset])
+            for subset, subset_keys in keys.items()
+        }
 
     def hidden(self, dims: tuple[Dimension, ...], threshold: int) -> Hidden:
         grand = self.cells[()][()]
@@ -161,16 +180,6 @@ class _Family:
         )
 
 
-def _display_number(unit: str, value: float | int | None) -> str:
-    if value is None:
-        return "n/a"
-    if unit == "count":
-        return str(int(value))
-    if unit == "rate":
-        return f"{value * 100:.1f}%"
-    return f"{value:.1f}"
-
-
 def _rows(
     metric: Metric,
     keys: Sequence[Key],
@@ -183,14 +192,15 @@ def _rows(
     unit, measure, top, bottom = metric.unit, metric.measure, metric.numerator, metric.denominator
     small_display = f"<{rules.suppression_threshold}" if unit == "count" else "*"
     limit = rules.unstable_max
+    metric_id, version = metric.id, metric.version
     rows: list[dict[str, Any]] = []
     for key, group in zip(keys, groups, strict=True):
         if hidden is not None and key in hidden:
             primary = key in hidden.primary
             rows.append(
                 {
-                    "metric": metric.id,
-                    "version": metric.version,
+                    "metric": metric_id,
+                    "version": version,
                     "group": group,
                     "value": None,
                     "numerator": None,
@@ -201,31 +211,37 @@ def _rows(
                 }
             )
             continue
-        measures = found.get(key) or {}
+        measures = found.get(key) or _NO_MEASURES
         value: float | int | None
         numerator: int | None = None
         denominator: int | None = None
         if unit == "count":
             value = int(measures.get(measure) or 0)
+            display = str(value)
+            flagged = False
         elif unit == "rate":
             numerator = int(measures.get(top) or 0)
             denominator = int(measures.get(bottom) or 0)
             value = round(numerator / denominator, 4) if denominator else None
+            display = "n/a" if value is None else f"{value * 100:.1f}%"
+            flagged = value is not None and unstable(numerator, limit)
         else:
             denominator = int(measures.get(bottom) or 0)
             median = measures.get(measure) if denominator else None
             value = round(float(median), 1) if median is not None else None
+            display = "n/a" if value is None else f"{value:.1f}"
+            flagged = False
         rows.append(
             {
-                "metric": metric.id,
-                "version": metric.version,
+                "metric": metric_id,
+                "version": version,
                 "group": group,
                 "value": value,
                 "numerator": numerator,
                 "denominator": denominator,
                 "suppressed": False,
-                "unstable": unit == "rate" and value is not None and unstable(numerator, limit),
-                "display": _display_number(unit, value),
+                "unstable": flagged,
+                "display": display,
             }
         )
     return rows
@@ -254,11 +270,17 @@ def build_figures(
     groups = [{str(d): labels[d][v] for d, v in zip(dims, key, strict=True)} for key in keys[dims]]
     chosen = tuple(m for m in metrics if _applies(m, dims))
     found = levels.get(dims, {})
+    measures = {}
+    if view == "published":  # each group's measures, looked up once for every metric
+        measures = {
+            subset: [levels.get(subset, {}).get(k) or _NO_MEASURES for k in subset_keys]
+            for subset, subset_keys in keys.items()
+        }
     rows: list[dict[str, Any]] = []
     for metric in chosen:
         hidden = None
         if view == "published":
-            hidden = _Family(metric, levels, keys).hidden(dims, rules.suppression_threshold)
+            hidden = _Family(metric, keys, measures).hidden(dims, rules.suppression_threshold)
         rows.extend(_rows(metric, keys[dims], groups, found, hidden, rules))
     return Figures(
         program_id=program_id,

@@ -176,8 +176,14 @@ def _in_scope(table: sa.Table) -> sa.ColumnElement[bool]:
     return sa.and_(table.c.program_id == _PROGRAM, table.c.day.between(_START, _END))
 
 
+def _total(value: sa.ColumnElement[Any]) -> sa.ColumnElement[int]:
+    """A sum as a whole number: PostgreSQL sums a bigint as numeric, which the driver would
+    hand back as Decimal, slower to read and to add up than an int, for the same figure."""
+    return sa.cast(sa.func.sum(value), sa.BigInteger)
+
+
 def _count_if(flags: sa.ColumnElement[int], flag: Flag, n: sa.ColumnElement[int]) -> Any:
-    return sa.func.sum(sa.case((_has(flags, flag), n), else_=0))
+    return _total(sa.case((_has(flags, flag), n), else_=0))
 
 
 def _flag(condition: sa.ColumnElement[bool]) -> sa.ColumnElement[int]:
@@ -234,9 +240,9 @@ def _episodes(dims: tuple[Dimension, ...]) -> _Job:
     statement = sa.select(
         *[grouped.c[d] for d in dims],
         *[_count_if(f, flag, n).label(name) for name, flag in EPISODE_COUNTS.items()],
-        *[sa.func.sum(grouped.c[s]).label(s) for s in EPISODE_SUMS],
+        *[_total(grouped.c[s]).label(s) for s in EPISODE_SUMS],
         *[
-            sa.func.sum(sa.case((alone & _has(f, flag), n), else_=0)).label(name)
+            _total(sa.case((alone & _has(f, flag), n), else_=0)).label(name)
             for name, flag in PEOPLE.items()
         ],
     ).group_by(*[grouped.c[d] for d in dims])
@@ -365,7 +371,7 @@ def _sums(
     statement = (
         sa.select(
             *[_column(table, d).label(d) for d in dims],
-            *[sa.func.sum(v).label(k) for k, v in sums.items()],
+            *[_total(v).label(k) for k, v in sums.items()],
             *[sa.func.percentile_cont(0.5).within_group(v).label(k) for k, v in medians.items()],
         )
         .where(where)
@@ -425,11 +431,14 @@ def _jobs(
             _sums(dims, REPORT, report_sums, _in_scope(REPORT)),
             _median(dims, REPORT, R.lag_hours, _in_scope(REPORT), "report_lag_hours", pg),
         ]
+    # In this order `measure` deals them, with people of many episodes first, alternately to
+    # two connections: the two heaviest scans (people of many episodes, the episodes' counts)
+    # go to different ones, and each gets about half of the database's work.
     return _people_of_many(dims, wanted, pg), (
-        *_hot_spots(dims),
         _episodes(dims),
         _median(dims, EPISODE, E.first_attempt_hours, timed, "first_attempt_hours", pg),
         *reports,
+        *_hot_spots(dims),
         referrals,
     )
 
@@ -495,23 +504,28 @@ def _combine(
             if extra:
                 values[name] = (values.get(name) or 0) + extra
     levels: Levels = {dims: merged}
-    # what adds up of each cell, picked out once for all the margins
-    addable = [
-        (key, [(k, v) for k, v in values.items() if k not in _NOT_ADDED])
-        for key, values in merged.items()
-    ]
+    # What adds up of each cell, as a row of values under a tuple of names (cells from the
+    # same parts share one): a margin's figures are then column sums of such rows.
+    addable: list[tuple[Key, tuple[str, ...], tuple[Any, ...]]] = []
+    for key, values in merged.items():
+        names = tuple(k for k in values if k not in _NOT_ADDED)
+        addable.append((key, names, tuple(values[k] for k in names)))
     for subset in wanted:
         if subset == dims:
             continue
         positions = [dims.index(d) for d in subset]
-        margin: dict[Key, Measures] = {}
-        for key, items in addable:
+        grouped: dict[tuple[Key, tuple[str, ...]], list[tuple[Any, ...]]] = {}
+        for key, names, row in addable:
             outer = tuple(key[i] for i in positions)
+            grouped.setdefault((outer, names), []).append(row)
+        margin: dict[Key, Measures] = {}
+        for (outer, names), rows in grouped.items():
+            sums = rows[0] if len(rows) == 1 else map(sum, zip(*rows, strict=True))
             target = margin.get(outer)
             if target is None:
-                margin[outer] = dict(items)
+                margin[outer] = dict(zip(names, sums, strict=True))
                 continue
-            for name, value in items:
+            for name, value in zip(names, sums, strict=True):
                 target[name] = target.get(name, 0) + value
         levels[subset] = margin
     for subset, groups in people_of_many.items():

@@ -3,7 +3,8 @@
 Per batch of events, each table is read once (the rows its new facts merge into) and written
 once (one upsert); then the outcomes of the cases, people and reports the batch touched are
 derived again from their facts (`summary.py`) and only the rows whose outcome changed are
-written. Both SQLite and PostgreSQL take the same statements (`INSERT ... ON CONFLICT`).
+written. Both SQLite and PostgreSQL take `INSERT ... ON CONFLICT`; on PostgreSQL a table's
+rows go as one JSON document (`json_to_recordset`) instead of an executemany (ADR 0028).
 
 Merging is what makes the facts order-tolerant: a report's own event and the scheduler's link
 of it may come in either order, a task's closing before its scheduling, a later revision
@@ -12,11 +13,14 @@ before an earlier one; each table's merge gives the same row whatever the order.
 
 from __future__ import annotations
 
+import collections
+import functools
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, TypeVar
 
+import orjson
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.dialects.postgresql import ARRAY
@@ -153,9 +157,12 @@ async def _upsert(
     """Insert rows, or update the existing ones: by default every column the rows give."""
     if not rows:
         return
-    stmt = _insert(session, table)
     keys = _pk(table)
     given = [c for c in rows[0] if c not in keys]
+    if set_ is None and _dialect(session) == "postgresql":
+        await _insert_rows(session, table, rows, update=tuple(given))
+        return
+    stmt = _insert(session, table)
     values = set_(stmt) if set_ else {c: stmt.excluded[c] for c in given}
     stmt = stmt.on_conflict_do_update(index_elements=keys, set_=values)
     for chunk in _chunks(rows):
@@ -165,9 +172,45 @@ async def _upsert(
 async def insert_new(session: AsyncSession, table: sa.Table, rows: Sequence[Row]) -> None:
     """Facts that arrive whole, once: a second arrival changes nothing."""
     unique = list({_key(table, r): r for r in reversed(rows)}.values())  # the first wins
+    if _dialect(session) == "postgresql":
+        await _insert_rows(session, table, unique, update=None)
+        return
     stmt = _insert(session, table).on_conflict_do_nothing()
     for chunk in _chunks(unique):
         await session.execute(stmt, list(chunk))
+
+
+@functools.cache
+def _insert_statement(
+    table: sa.Table, columns: tuple[str, ...], update: tuple[str, ...] | None
+) -> sa.TextClause:
+    """`INSERT ... SELECT FROM json_to_recordset(rows) ON CONFLICT`: the rows as one JSON
+    document, in one execution. An executemany runs the statement once per row in the
+    database and processes every value in Python first (so do a driver's arrays, one per
+    column); orjson writes the document in C, and the database reads it in one pass."""
+    keys = ", ".join(_pk(table))
+    if update:
+        action = "DO UPDATE SET " + ", ".join(f"{c} = excluded.{c}" for c in update)
+    else:
+        action = "DO NOTHING"
+    # only the table's own names go into the text; every value is bound
+    return sa.text(
+        f"INSERT INTO {table.name} ({', '.join(columns)}) "  # noqa: S608
+        f"SELECT * FROM {_recordset(table, columns)} ON CONFLICT ({keys}) {action}"
+    )
+
+
+async def _insert_rows(
+    session: AsyncSession, table: sa.Table, rows: Sequence[Row], *, update: tuple[str, ...] | None
+) -> None:
+    """PostgreSQL: insert rows (one per key), updating the `update` columns of those that
+    exist, or leaving them as they are when there are none."""
+    if not rows:
+        return
+    columns = tuple(rows[0])
+    statement = _insert_statement(table, columns, update or None)
+    for chunk in _chunks(rows, 5_000):
+        await session.execute(statement, {"rows": _json_rows(chunk)})
 
 
 async def _fill(session: AsyncSession, table: sa.Table, rows: Sequence[Row]) -> None:
@@ -307,28 +350,83 @@ async def rows_of(
     return found
 
 
-_PG_ARRAYS: tuple[tuple[type[Any], str], ...] = (
-    (UTCDateTime, "timestamptz[]"),
-    (sa.Uuid, "uuid[]"),
-    (sa.Boolean, "boolean[]"),
-    (sa.Float, "float8[]"),
-    (sa.Integer, "integer[]"),
-    (sa.Date, "date[]"),
-    (sa.String, "text[]"),
+@functools.cache
+def _fact_statement(table: sa.Table, column: str, columns: tuple[str, ...]) -> tuple[str, Any]:
+    """The driver's text of `rows_of`'s query, and a named tuple for its rows."""
+    key_type = _pg_type(table.c[column])
+    text = (
+        f"SELECT {', '.join(columns)} FROM {table.name} "  # noqa: S608 - the table's own names
+        f"WHERE {column} = ANY($1::{key_type}[])"
+    )
+    return text, collections.namedtuple(f"{table.name}_row", columns)
+
+
+async def _facts_of(
+    session: AsyncSession, table: sa.Table, column: str, ids: Sequence[Any], *columns: str
+) -> list[Any]:
+    """`rows_of` for deriving outcomes, which reads thousands of rows a batch: on PostgreSQL
+    through the driver itself, rows as named tuples of the same values (asyncpg's, as
+    SQLAlchemy hands them on: aware UTC datetimes, the driver's uuids), without SQLAlchemy's
+    statement and result machinery. Only inside a transaction a statement began (`apply_all`
+    locks the read models first): the driver's own query would not begin one."""
+    if _dialect(session) != "postgresql":
+        return await rows_of(session, table, column, ids, *columns)
+    text, row = _fact_statement(table, column, columns)
+    connection = await (await session.connection()).get_raw_connection()
+    driver = connection.driver_connection
+    assert driver is not None
+    found: list[Any] = []
+    for chunk in _chunks(ids):
+        found.extend(map(row._make, await driver.fetch(text, list(chunk))))
+    return found
+
+
+_PG_TYPES: tuple[tuple[type[Any], str], ...] = (
+    (UTCDateTime, "timestamptz"),
+    (sa.Uuid, "uuid"),
+    (sa.Boolean, "boolean"),
+    (sa.Float, "float8"),
+    (sa.BigInteger, "bigint"),
+    (sa.Integer, "integer"),
+    (sa.Date, "date"),
+    (sa.String, "text"),
 )
 
 
-def _array_type(column: sa.Column[Any]) -> str:
-    """The PostgreSQL array type of a column's values."""
-    return next(name for kind, name in _PG_ARRAYS if isinstance(column.type, kind))
+def _pg_type(column: sa.Column[Any]) -> str:
+    """The PostgreSQL type of a column's values."""
+    return next(name for kind, name in _PG_TYPES if isinstance(column.type, kind))
+
+
+def _recordset(table: sa.Table, columns: Sequence[str]) -> str:
+    """The rows of the JSON parameter `rows` as a relation `v` of these columns."""
+    typed = ", ".join(f"{c} {_pg_type(table.c[c])}" for c in columns)
+    return f"json_to_recordset(CAST(:rows AS json)) AS v({typed})"
+
+
+def _other_uuid(value: object) -> str:
+    """The driver's own uuids (rows read back and written again) are uuid.UUID subclasses,
+    which orjson leaves to this."""
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    raise TypeError(f"{type(value).__name__} is not a column value")
+
+
+_JSON_OPTIONS = orjson.OPT_NAIVE_UTC | orjson.OPT_NON_STR_KEYS
+
+
+def _json_rows(rows: Sequence[Row]) -> str:
+    """Rows as a JSON array of objects: uuids, dates and datetimes (aware; UTC if naive, as
+    the driver takes them) as PostgreSQL reads them back; column names as plain strings."""
+    return orjson.dumps(list(rows), default=_other_uuid, option=_JSON_OPTIONS).decode()
 
 
 async def _update_rows(
     session: AsyncSession, table: sa.Table, key: str, columns: Sequence[str], rows: list[Row]
 ) -> None:
     """Set `columns` of each row, found by `key`, to the row's values. On PostgreSQL one
-    statement for them all (`UPDATE ... FROM unnest(arrays)`: one execution instead of one per
-    row); elsewhere an executemany."""
+    statement for them all (`UPDATE ... FROM json_to_recordset(rows)`: one execution instead
+    of one per row); elsewhere an executemany."""
     if not rows:
         return
     if _dialect(session) != "postgresql":
@@ -339,18 +437,14 @@ async def _update_rows(
             [{"b_id": r[key], **{f"v_{c}": r[c] for c in columns}} for r in rows],
         )
         return
-    names = [key, *columns]
-    arrays = ", ".join(f"CAST(:a{i} AS {_array_type(table.c[n])})" for i, n in enumerate(names))
-    # only the table's own names go into the text; every value is bound
     sets = ", ".join(f"{n} = v.{n}" for n in columns)
+    # only the table's own names go into the text; every value is bound
     statement = sa.text(
         f"UPDATE {table.name} AS t SET {sets} "  # noqa: S608
-        f"FROM unnest({arrays}) AS v({', '.join(names)}) WHERE t.{key} = v.{key}"
+        f"FROM {_recordset(table, [key, *columns])} WHERE t.{key} = v.{key}"
     )
     for chunk in _chunks(rows, 5_000):
-        await session.execute(
-            statement, {f"a{i}": [r[n] for r in chunk] for i, n in enumerate(names)}
-        )
+        await session.execute(statement, {"rows": _json_rows(chunk)})
 
 
 _REFERRAL_GROUPS = ("day", "week", "month", "quarter", "county", "source_kind", "source_org")
@@ -389,10 +483,10 @@ async def derive_cases(session: AsyncSession, case_ids: Iterable[uuid.UUID]) -> 
     if not ids:
         return
     facts: dict[uuid.UUID, CaseFacts] = {case_id: CaseFacts() for case_id in ids}
-    for row in await rows_of(session, EPISODE, "case_id", ids, *_EPISODE_COLUMNS):
+    for row in await _facts_of(session, EPISODE, "case_id", ids, *_EPISODE_COLUMNS):
         facts[row.case_id].episodes.append(row)
     for name, table, columns in _CASE_FACTS:
-        for row in await rows_of(session, table, "case_id", ids, *columns):
+        for row in await _facts_of(session, table, "case_id", ids, *columns):
             getattr(facts[row.case_id], name).append(row)
 
     episode_updates: list[Row] = []
@@ -430,7 +524,7 @@ async def derive_people(session: AsyncSession, people: Iterable[uuid.UUID]) -> N
     ids = sorted(people, key=str)
     if not ids:
         return
-    episodes = await rows_of(
+    episodes = await _facts_of(
         session,
         EPISODE,
         "person_id",

@@ -186,7 +186,7 @@ def protect_cross(
     if not primary and not fixed:
         return Hidden(frozenset(), frozenset())
     hidden = {(row_index[r], column_index[c]) for r, c in primary}
-    cost = [[_cost(cells.get((r, c), ())) for c in column_keys] for r in row_keys]
+    cost: list[list[int]] = []  # made when a first bridge needs it: most tables have none
     n_nodes = n_rows + n_columns + 2
     while True:
         cell_edges = sorted(hidden)
@@ -194,6 +194,8 @@ def protect_cross(
         weak = sorted(_bridge_indices(n_nodes, edges))
         if not weak:
             break
+        if not cost:
+            cost = [[_cost(cells.get((r, c), ())) for c in column_keys] for r in row_keys]
         adjacency: list[list[int]] = [[] for _ in range(n_nodes)]
         for u, v in edges:
             adjacency[u].append(v)

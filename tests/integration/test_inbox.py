@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
 import pytest
@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from shared.bus import ConsumerLoop, KafkaPublisher, make_consumer
 from shared.envelope import Envelope
-from shared.inbox import DeadLetter, InboxProcessor
+from shared.inbox import DeadLetter, InboxProcessor, IncomingMessage
 from shared.outbox import OutgoingMessage
 from shared.uow import UnitOfWork
 from tests.support import TEST_TOPIC, WidgetCreated, applied, wait_for
@@ -180,3 +180,33 @@ async def test_messages_that_do_not_fit_the_dead_letter_table_still_let_the_part
     assert "tombstone" in letters[0].error
     assert letters[1].event_id == "e" * 64
     assert letters[2].error == "ValueError: cannot apply  this"
+
+
+async def test_a_batch_seen_before_is_all_duplicates_on_postgres(
+    uow_factory: Callable[[], UnitOfWork],
+) -> None:
+    """A batch's check of what was applied finds each event applied before, by this
+    consumer only."""
+    envelopes = [envelope(f"batch-{i}", f"person-{uuid.uuid4()}") for i in range(5)]
+    messages = [
+        IncomingMessage(TEST_TOPIC, 0, offset, e.subject.encode(), e.to_bytes())
+        for offset, e in enumerate(envelopes)
+    ]
+    applied_names: list[str] = []
+
+    async def handle_all(uow: UnitOfWork, batch: Sequence[Envelope]) -> None:
+        applied_names.extend(e.data["name"] for e in batch)
+
+    async def handle(uow: UnitOfWork, env: Envelope) -> None:
+        await handle_all(uow, [env])
+
+    consumer = f"test.batch.{uuid.uuid4().hex[:8]}"
+    processor = InboxProcessor(consumer, uow_factory, handle, batch_handler=handle_all)
+    first = await processor.process_batch(messages[:3])
+    again = await processor.process_batch(messages)
+    other = InboxProcessor(f"{consumer}.other", uow_factory, handle, batch_handler=handle_all)
+    elsewhere = await other.process_batch(messages[:2])
+    assert [o.value for o in first] == ["applied"] * 3
+    assert [o.value for o in again] == ["duplicate"] * 3 + ["applied"] * 2
+    assert [o.value for o in elsewhere] == ["applied"] * 2
+    assert applied_names == [f"batch-{i}" for i in (0, 1, 2, 3, 4, 0, 1)]
