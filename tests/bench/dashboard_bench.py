@@ -37,8 +37,6 @@ import argparse
 import asyncio
 import os
 import random
-import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -47,15 +45,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import quote
 
-import httpx
 import sqlalchemy as sa
 
 from shared.clock import SystemClock
 from shared.db import create_engine
 from shared.migrations import upgrade
 from shared.settings import Settings
-from tests.bench.intake_bench import BenchError, free_port, percentile
-from tests.bench.prepare import portline, refuse_unless_resettable
+from tests.bench.intake_bench import BenchError, percentile
+from tests.bench.prepare import refuse_unless_resettable
 from tests.bench.reporting_bench import (
     COUNTIES,
     PREFIX,
@@ -64,6 +61,7 @@ from tests.bench.reporting_bench import (
     _get,
     drop_schema,
     load,
+    served,
     sizes,
 )
 from tests.tokens import DevTokens
@@ -83,29 +81,10 @@ async def _timed(port: int, target: str, authorization: str) -> tuple[float, int
 async def latencies(
     settings: Settings, env: dict[str, str], year: int, requests: int, work: Path
 ) -> dict[str, list[float]]:
-    port = free_port()
-    env = {**env, "PORTLINE_REPORTING_PORT": str(port)}
-    log = (work / "reporting.log").open("wb")
-    proc = subprocess.Popen(  # noqa: ASYNC220 - started once, waited for over HTTP
-        [portline(), "run", "reporting"], env=env, stdout=log, stderr=log
-    )
     authorization = DevTokens(settings).headers("team_lead", PROGRAM, "bench")["Authorization"]
     year_query = f"/dashboard?from={year}-01-01&to={year}-12-31"
     results: dict[str, list[float]] = {}
-    try:
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
-            deadline = time.monotonic() + 90
-            while True:
-                if proc.poll() is not None:
-                    raise BenchError("reporting exited; see its log")
-                try:
-                    if (await client.get("/readyz")).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise BenchError("reporting did not start within 90 s")
-                await asyncio.sleep(0.3)
+    async with served(env, work) as port:
         timings, size = [], 0
         for _ in range(requests):
             elapsed, size = await _timed(port, year_query, authorization)
@@ -120,13 +99,6 @@ async def latencies(
             (await _timed(port, f"{year_query}&view=internal", authorization))[0]
             for _ in range(requests)
         ]
-    finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
     return results
 
 

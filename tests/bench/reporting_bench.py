@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import random
@@ -51,7 +52,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
@@ -367,54 +368,33 @@ async def _server_seconds(client: httpx.AsyncClient) -> tuple[float, float]:
     return found["sum"], found["count"]
 
 
-async def query_latency(
-    settings: Settings, env: dict[str, str], year: int, requests: int, work: Path
-) -> dict[str, list[float]]:
+@contextlib.asynccontextmanager
+async def served(env: dict[str, str], work: Path) -> AsyncIterator[int]:
+    """`portline run reporting` as a subprocess on the loaded schema, ready (its /readyz
+    answers 200) before the block begins, stopped (SIGINT, then killed after 30 s) after it:
+    the port it listens on. Its output goes to `work`/reporting.log. The reporting and the
+    dashboard benchmarks both time it through this."""
     port = free_port()
     env = {**env, "PORTLINE_REPORTING_PORT": str(port)}
     log = (work / "reporting.log").open("wb")
     proc = subprocess.Popen(  # noqa: ASYNC220 - started once, waited for over HTTP
         [portline(), "run", "reporting"], env=env, stdout=log, stderr=log
     )
-    base = f"http://127.0.0.1:{port}"
-    headers = DevTokens(settings).headers("team_lead", PROGRAM, "bench")
-    results: dict[str, list[float]] = {}
     try:
-        async with httpx.AsyncClient(base_url=base, timeout=60) as client:
-            deadline = time.monotonic() + 60
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
+            deadline = time.monotonic() + 90
             while True:
                 if proc.poll() is not None:
                     raise BenchError("reporting exited; see its log")
                 try:
-                    if (await client.get("/healthz")).status_code == 200:
+                    if (await client.get("/readyz")).status_code == 200:
                         break
                 except httpx.TransportError:
                     pass
                 if time.monotonic() > deadline:
-                    raise BenchError("reporting did not start within 60 s")
+                    raise BenchError("reporting did not start within 90 s")
                 await asyncio.sleep(0.3)
-            for view in ("published", "internal"):
-                query = (
-                    f"/v1/metrics?from={year}-01-01&to={year}-12-31&by=month&by=county&view={view}"
-                )
-                timings: list[float] = []
-                before = await _server_seconds(client)
-                body = b""
-                for i in range(requests + 3):
-                    if i == 3:
-                        before = await _server_seconds(client)
-                    began = time.perf_counter()
-                    status, body = await _get(port, query, headers["Authorization"])
-                    elapsed = time.perf_counter() - began
-                    if status != 200:
-                        raise BenchError(f"GET /v1/metrics answered {status}: {body[:300]!r}")
-                    if i >= 3:
-                        timings.append(elapsed)
-                after = await _server_seconds(client)
-                results[view] = sorted(timings)
-                results[f"{view}_server"] = [(after[0] - before[0]) / max(after[1] - before[1], 1)]
-                results[f"{view}_rows"] = [float(len(json.loads(body)["rows"]))]
-                results[f"{view}_bytes"] = [float(len(body))]
+        yield port
     finally:
         proc.send_signal(signal.SIGINT)
         try:
@@ -422,6 +402,37 @@ async def query_latency(
         except subprocess.TimeoutExpired:
             proc.kill()
         log.close()
+
+
+async def query_latency(
+    settings: Settings, env: dict[str, str], year: int, requests: int, work: Path
+) -> dict[str, list[float]]:
+    headers = DevTokens(settings).headers("team_lead", PROGRAM, "bench")
+    results: dict[str, list[float]] = {}
+    async with (
+        served(env, work) as port,
+        httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=60) as client,
+    ):
+        for view in ("published", "internal"):
+            query = f"/v1/metrics?from={year}-01-01&to={year}-12-31&by=month&by=county&view={view}"
+            timings: list[float] = []
+            before = await _server_seconds(client)
+            body = b""
+            for i in range(requests + 3):
+                if i == 3:
+                    before = await _server_seconds(client)
+                began = time.perf_counter()
+                status, body = await _get(port, query, headers["Authorization"])
+                elapsed = time.perf_counter() - began
+                if status != 200:
+                    raise BenchError(f"GET /v1/metrics answered {status}: {body[:300]!r}")
+                if i >= 3:
+                    timings.append(elapsed)
+            after = await _server_seconds(client)
+            results[view] = sorted(timings)
+            results[f"{view}_server"] = [(after[0] - before[0]) / max(after[1] - before[1], 1)]
+            results[f"{view}_rows"] = [float(len(json.loads(body)["rows"]))]
+            results[f"{view}_bytes"] = [float(len(body))]
     return results
 
 
