@@ -314,6 +314,49 @@ def test_hl7apy_is_given_only_the_segments_read(monkeypatch: pytest.MonkeyPatch)
     assert (adt.identity.family, adt.identity.mrn) == ("DOE", "123")
 
 
+def test_hl7apy_is_given_only_the_fields_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fields nobody reads are emptied in hl7apy's copy (they were most of its cost);
+    the fields read keep their positions and give the same record as the positional reading."""
+    import hl7apy.parser
+
+    given: list[str] = []
+    real = hl7apy.parser.parse_message
+
+    def spy(message: str, **kwargs: object) -> object:
+        given.append(message)
+        return real(message, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(hl7apy.parser, "parse_message", spy)
+    message = _adt(
+        pid="PID|1||123^^^HOSP^MR||DOE^JANE^Q||19800202|F|||1 Main St^^Durham^NC^27701^^H"
+        "||^PRN^PH^^^919^5550100|||||ACCT-77^^^HOSP|999-99-9999",
+        pv1="PV1|1|E|ED^^^HOSP||||1234^WELBY^MARCUS^^^DR|||MED||||7|||||VN-1"
+        + "|" * 25
+        + "20240302014500",
+        evn="EVN|A04|20240302014500|||OP-1^OPERATOR",
+    )
+    adt = _parse(message)
+    assert adt == _positional_reading(monkeypatch, message)
+    msh, evn, pid, pv1 = (segment.split("|") for segment in given[0].split("\r"))
+    assert msh == ["MSH", "^~\\&", "", "", "", "", "", "", "ADT^A04", "", "", "2.5.1"]
+    assert evn == ["EVN", "", "20240302014500"]
+    assert pid[1] == pid[18] == pid[19] == ""
+    assert (pid[3], pid[5], pid[11]) == (
+        "123^^^HOSP^MR",
+        "DOE^JANE^Q",
+        "1 Main St^^Durham^NC^27701^^H",
+    )
+    assert pv1[3] == pv1[7] == pv1[10] == ""
+    assert (pv1[2], pv1[19], pv1[44]) == ("E", "VN-1", "20240302014500")
+    assert (adt.identity.family, adt.identity.mrn, adt.visit_number) == ("DOE", "123", "VN-1")
+
+
+def _positional_reading(monkeypatch: pytest.MonkeyPatch, message: str) -> AdtMessage:
+    with monkeypatch.context() as patched:
+        _positional_alone(patched)
+        return _parse(message)
+
+
 def test_a_candidate_too_large_for_hl7apy_is_read_by_position(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -5,10 +5,11 @@ TOLERANT, ``force_validation=False``). It gives the segments, their fields by po
 the field repetitions; each repetition's ER7 text is then split into components and
 subcomponents with the message's own separators and unescaped.
 
-hl7apy is handed only MSH and the first EVN, PID and PV1, the segments read here. When they
-hold more than :data:`HL7APY_MAX_DELIMITERS` delimiters, hl7apy is not used at all and the
-fields are read by position: hl7apy's cost grows with every element, the plain splitter's
-with the length.
+hl7apy is handed only MSH and the first EVN, PID and PV1, the segments read here, and of
+those only the fields read (of MSH: MSH-2, MSH-9 and MSH-12); the others are emptied in
+place. When the segments hold more than :data:`HL7APY_MAX_DELIMITERS` delimiters, hl7apy is
+not used at all and the fields are read by position: hl7apy's cost grows with every element,
+the plain splitter's with the length.
 
 Before hl7apy sees the message, only the copy handed to it is adjusted for what it chokes on
 (values read from it are the same either way):
@@ -75,6 +76,9 @@ _WANTED: dict[str, frozenset[int]] = {
     "PV1": frozenset({2, 19, 36, 44}),
     "EVN": frozenset({2, 6}),
 }
+_MSH_FOR_HL7APY = frozenset({0, 1, 8, 11})
+"""MSH's positions (after splitting on the field separator) hl7apy is given: the segment
+name, MSH-2 (encoding characters), MSH-9 (message type) and MSH-12 (version)."""
 _STANDARD_STRUCTURE = {"A01": "ADT_A01", "A04": "ADT_A01", "A08": "ADT_A01", "A03": "ADT_A03"}
 _MRN_TYPES = frozenset({"MR", "MRN"})
 _HOME_ADDRESS_TYPES = frozenset({"H", "HOME"})
@@ -225,9 +229,13 @@ def _wanted_segments(message: str, fs: str) -> str:
 
 
 def _prepare_for_hl7apy(message: str, header: HL7Header, seps: Separators) -> str:
-    end = message.find("\r")
-    msh, rest = (message, "") if end == -1 else (message[:end], message[end:])
-    fields = msh.split(seps.field)
+    """The copy of the message hl7apy is given: of MSH only what hl7apy needs to choose its
+    library and structure (MSH-2, MSH-9, MSH-12), and of EVN, PID and PV1 only the fields
+    read here; every other field is emptied in place, so the fields read keep their
+    positions. hl7apy builds an object per element, and the fields nobody reads cost more
+    than half of its time (MSH alone a third). What is read from it is the same either way."""
+    segments = message.split("\r")
+    fields = segments[0].split(seps.field)
     if len(fields) > 1:
         fields[1] = header.encoding_characters
     if len(fields) > 8:
@@ -240,7 +248,18 @@ def _prepare_for_hl7apy(message: str, header: HL7Header, seps: Separators) -> st
         comps = fields[11].split(seps.component)
         comps[0] = _hl7apy_version(header.version)
         fields[11] = seps.component.join(comps)
-    return seps.field.join(fields) + rest
+    segments[0] = seps.field.join(
+        value if index in _MSH_FOR_HL7APY else "" for index, value in enumerate(fields[:12])
+    )
+    for index in range(1, len(segments)):
+        wanted = _WANTED.get(segments[index][:3])
+        if wanted is not None:
+            parts = segments[index].split(seps.field)
+            segments[index] = seps.field.join(
+                value if position == 0 or position in wanted else ""
+                for position, value in enumerate(parts)
+            ).rstrip(seps.field)
+    return "\r".join(segments)
 
 
 def _placed(element: Any, depth: int = 0) -> bool:
