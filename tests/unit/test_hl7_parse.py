@@ -340,7 +340,9 @@ def test_hl7apy_is_given_only_the_fields_read(monkeypatch: pytest.MonkeyPatch) -
     msh, evn, pid, pv1 = (segment.split("|") for segment in given[0].split("\r"))
     assert msh == ["MSH", "^~\\&", "", "", "", "", "", "", "ADT^A04", "", "", "2.5.1"]
     assert evn == ["EVN", "", "20240302014500"]
-    assert pid[1] == pid[18] == pid[19] == ""
+    assert pid[1] == ""
+    for unread in ("APP", "CTRL-9", "OP-1", "ACCT-77", "999-99-9999", "ED^", "WELBY", "MED"):
+        assert unread not in given[0]
     assert (pid[3], pid[5], pid[11]) == (
         "123^^^HOSP^MR",
         "DOE^JANE^Q",
