@@ -359,6 +359,22 @@ def _positional_reading(monkeypatch: pytest.MonkeyPatch, message: str) -> AdtMes
         return _parse(message)
 
 
+def test_declared_separators_hold_in_the_copy_hl7apy_is_given(reader: str) -> None:
+    """hl7apy reads the message's own separators from the (reduced) MSH it is given: a
+    segment parsed outside a message would be written back with the standard ones."""
+    message = (
+        "MSH|#~\\&|APP|FAC|PORTLINE|HD|20240302014500||ADT#A04|C1|P|2.5.1\r"
+        "PID|1||123###HOSP#MR||DOE#JANE#Q||19800202|F|||1 Main St##Durham#NC#27701##H"
+        "||#PRN#PH###919#5550100\rPV1|1|E"
+    )
+    identity = _parse(message).identity
+    assert (identity.family, identity.given, identity.middle) == ("DOE", "JANE", "Q")
+    assert (identity.mrn, identity.mrn_authority) == ("123", "HOSP")
+    assert identity.phones == ("9195550100",)
+    assert identity.address is not None
+    assert (identity.address.street, identity.address.city) == ("1 Main St", "Durham")
+
+
 def test_a_candidate_too_large_for_hl7apy_is_read_by_position(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
