@@ -53,9 +53,8 @@ class MicroBatcher(Generic[T, R]):
         self._process = process
         self._max_batch = max_batch
         self._slots = asyncio.Semaphore(max_concurrent)
-        # A plain deque and one wake-up future, not an asyncio.Queue: every message passes
-        # through here, and the queue's bookkeeping (task counts, getter and putter futures)
-        # was a measurable part of its CPU.
+        # A plain deque and one wake-up future, not an asyncio.Queue (its task counts and
+        # getter and putter futures serve nothing here). Not measurably faster: simpler.
         self._queue: deque[tuple[T, asyncio.Future[R]]] = deque()
         self._max_pending = max_pending
         self._arrived: asyncio.Future[None] | None = None
