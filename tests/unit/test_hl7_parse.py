@@ -314,6 +314,67 @@ def test_hl7apy_is_given_only_the_segments_read(monkeypatch: pytest.MonkeyPatch)
     assert (adt.identity.family, adt.identity.mrn) == ("DOE", "123")
 
 
+def test_hl7apy_is_given_only_the_fields_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fields nobody reads are emptied in hl7apy's copy (they were most of its cost), and
+    MSH only gives the encoding characters and version; the fields read keep their positions
+    and give the same record as the positional reading."""
+    import hl7apy.parser
+
+    given: list[tuple[str, str]] = []
+    real = hl7apy.parser.parse_segments
+
+    def spy(text: str, version: str, *args: object, **kwargs: object) -> object:
+        given.append((text, version))
+        return real(text, version, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(hl7apy.parser, "parse_segments", spy)
+    message = _adt(
+        pid="PID|1||123^^^HOSP^MR||DOE^JANE^Q||19800202|F|||1 Main St^^Durham^NC^27701^^H"
+        "||^PRN^PH^^^919^5550100|||||ACCT-77^^^HOSP|999-99-9999",
+        pv1="PV1|1|E|ED^^^HOSP||||1234^WELBY^MARCUS^^^DR|||MED||||7|||||VN-1"
+        + "|" * 25
+        + "20240302014500",
+        evn="EVN|A04|20240302014500|||OP-1^OPERATOR",
+        version="2.7.1",  # hl7apy has no library for it: given as 2.7
+    )
+    adt = _parse(message)
+    assert adt == _positional_reading(monkeypatch, message)
+    ((text, version),) = given
+    assert version == "2.7"
+    evn, pid, pv1 = (segment.split("|") for segment in text.split("\r"))
+    assert evn == ["EVN", "", "20240302014500"]
+    assert pid[1] == ""
+    assert (pid[3], pid[5]) == ("123^^^HOSP^MR", "DOE^JANE^Q")
+    assert pid[11] == "1 Main St^^Durham^NC^27701^^H"
+    assert pv1[3] == pv1[7] == pv1[10] == ""
+    assert (pv1[2], pv1[19], pv1[44]) == ("E", "VN-1", "20240302014500")
+    for unread in ("MSH", "CTRL-9", "OP-1", "ACCT-77", "999-99-9999", "ED^", "WELBY", "MED"):
+        assert unread not in text
+    assert (adt.identity.family, adt.identity.mrn, adt.visit_number) == ("DOE", "123", "VN-1")
+
+
+def _positional_reading(monkeypatch: pytest.MonkeyPatch, message: str) -> AdtMessage:
+    with monkeypatch.context() as patched:
+        _positional_alone(patched)
+        return _parse(message)
+
+
+def test_declared_separators_hold_in_the_copy_hl7apy_is_given(reader: str) -> None:
+    """hl7apy reads the message's own separators from the (reduced) MSH it is given: a
+    segment parsed outside a message would be written back with the standard ones."""
+    message = (
+        "MSH|#~\\&|APP|FAC|PORTLINE|HD|20240302014500||ADT#A04|C1|P|2.5.1\r"
+        "PID|1||123###HOSP#MR||DOE#JANE#Q||19800202|F|||1 Main St##Durham#NC#27701##H"
+        "||#PRN#PH###919#5550100\rPV1|1|E"
+    )
+    identity = _parse(message).identity
+    assert (identity.family, identity.given, identity.middle) == ("DOE", "JANE", "Q")
+    assert (identity.mrn, identity.mrn_authority) == ("123", "HOSP")
+    assert identity.phones == ("9195550100",)
+    assert identity.address is not None
+    assert (identity.address.street, identity.address.city) == ("1 Main St", "Durham")
+
+
 def test_a_candidate_too_large_for_hl7apy_is_read_by_position(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -1198,8 +1198,8 @@ async def test_a_full_queue_answers_busy_503_and_ae_at_once(tmp_path: Path) -> N
         # fills the queue
         states = [
             entered.is_set,
-            lambda: submitted == 2 and batcher._queue.qsize() == 0,
-            lambda: batcher._queue.qsize() == 1,
+            lambda: submitted == 2 and batcher.pending() == 0,
+            lambda: batcher.pending() == 1,
         ]
         waiting = []
         for reached in states:

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import pytest
 
-from services.intake.batching import MicroBatcher, Reply
+from services.intake.batching import MicroBatcher, Overloaded, Reply
 
 
 async def test_callers_get_their_own_results_and_waiting_items_share_the_next_batch() -> None:
@@ -83,3 +83,53 @@ async def test_submitting_to_a_stopped_batcher_is_refused() -> None:
     batcher: MicroBatcher[int, int] = MicroBatcher(process)
     with pytest.raises(RuntimeError):
         await batcher.submit(1)
+
+
+async def test_a_full_queue_refuses_at_once_and_the_queued_callers_are_still_answered() -> None:
+    gate = asyncio.Event()
+
+    async def process(items: Sequence[int], _reply: Reply[int]) -> list[int]:
+        await gate.wait()
+        return [i * 10 for i in items]
+
+    batcher: MicroBatcher[int, int] = MicroBatcher(
+        process, max_batch=8, max_concurrent=1, max_pending=2
+    )
+    batcher.start()
+    try:
+        first = asyncio.create_task(batcher.submit(1))
+        await asyncio.sleep(0.01)  # in its batch, held
+        # 2 is taken for the next batch (waiting for the commit slot); 3 and 4 fill the queue
+        queued = [asyncio.create_task(batcher.submit(2))]
+        await asyncio.sleep(0.01)
+        queued += [asyncio.create_task(batcher.submit(i)) for i in (3, 4)]
+        await asyncio.sleep(0.01)
+        assert batcher.pending() == 2
+        with pytest.raises(Overloaded):
+            await batcher.submit(5)
+        gate.set()
+        assert await asyncio.gather(first, *queued) == [10, 20, 30, 40]
+        assert batcher.pending() == 0
+        assert await batcher.submit(6) == 60  # room again
+    finally:
+        await batcher.stop()
+
+
+async def test_stopping_cancels_the_callers_still_queued() -> None:
+    gate = asyncio.Event()
+
+    async def process(items: Sequence[int], _reply: Reply[int]) -> list[int]:
+        await gate.wait()
+        return list(items)
+
+    batcher: MicroBatcher[int, int] = MicroBatcher(process, max_concurrent=1)
+    batcher.start()
+    first = asyncio.create_task(batcher.submit(1))
+    await asyncio.sleep(0.01)
+    second = asyncio.create_task(batcher.submit(2))  # waits for the only commit slot
+    await asyncio.sleep(0.01)
+    gate.set()
+    await batcher.stop()
+    assert await first == 1
+    (outcome,) = await asyncio.gather(second, return_exceptions=True)
+    assert isinstance(outcome, asyncio.CancelledError) or outcome == 2

@@ -1,21 +1,24 @@
 """Full parse of an overdose candidate into :class:`~services.intake.records.AdtMessage`.
 
-hl7apy is the primary parser (``parse_message`` with ``find_groups=False``, validation level
-TOLERANT, ``force_validation=False``). It gives the segments, their fields by position and
-the field repetitions; each repetition's ER7 text is then split into components and
-subcomponents with the message's own separators and unescaped.
+hl7apy is the primary parser: its ``parse_segments`` (validation level TOLERANT), as
+``parse_message(find_groups=False)`` calls it, but without the Message object that would
+hold the segments (building it and checking every segment against it was a third of the
+parse); the encoding characters and version come from MSH as ``parse_message`` reads them
+(hl7apy's ``get_message_info``), and each field is written back with them. It gives the
+segments, their fields by position and the field repetitions; each repetition's ER7 text is
+then split into components and subcomponents with the message's own separators and
+unescaped.
 
-hl7apy is handed only MSH and the first EVN, PID and PV1, the segments read here. When they
-hold more than :data:`HL7APY_MAX_DELIMITERS` delimiters, hl7apy is not used at all and the
-fields are read by position: hl7apy's cost grows with every element, the plain splitter's
-with the length.
+hl7apy is handed only MSH and the first EVN, PID and PV1, the segments read here, and of
+those only the fields read (of MSH: MSH-2 and MSH-12); the others are emptied in place.
+When the segments hold more than :data:`HL7APY_MAX_DELIMITERS` delimiters, hl7apy is not
+used at all and the fields are read by position: hl7apy's cost grows with every element, the
+plain splitter's with the length.
 
 Before hl7apy sees the message, only the copy handed to it is adjusted for what it chokes on
 (values read from it are the same either way):
 
 * MSH-2 with repeated characters (``^~\\\\&``) becomes the de-duplicated set (``^~\\&``);
-* MSH-9.3 becomes the standard structure for the trigger (A01/A04/A08 -> ``ADT_A01``,
-  A03 -> ``ADT_A03``), since partners send ``ADT_A04`` / ``ADT_A08``;
 * a version hl7apy has no library for (2.7.1, 2.4.1 ...) is given as its major.minor.
 
 When hl7apy still raises, the same fields are read by position with a plain splitter; only
@@ -75,7 +78,9 @@ _WANTED: dict[str, frozenset[int]] = {
     "PV1": frozenset({2, 19, 36, 44}),
     "EVN": frozenset({2, 6}),
 }
-_STANDARD_STRUCTURE = {"A01": "ADT_A01", "A04": "ADT_A01", "A08": "ADT_A01", "A03": "ADT_A03"}
+_MSH_FOR_HL7APY = frozenset({0, 1, 11})
+"""MSH's positions (after splitting on the field separator) hl7apy is given: the segment
+name, MSH-2 (encoding characters) and MSH-12 (version)."""
 _MRN_TYPES = frozenset({"MR", "MRN"})
 _HOME_ADDRESS_TYPES = frozenset({"H", "HOME"})
 _MIN_DOB = "18500101"  # earlier birth dates are data-entry errors (e.g. 10131113)
@@ -225,22 +230,31 @@ def _wanted_segments(message: str, fs: str) -> str:
 
 
 def _prepare_for_hl7apy(message: str, header: HL7Header, seps: Separators) -> str:
-    end = message.find("\r")
-    msh, rest = (message, "") if end == -1 else (message[:end], message[end:])
-    fields = msh.split(seps.field)
+    """The copy of the message hl7apy is given: of MSH only what hl7apy reads to parse the
+    rest (MSH-1, MSH-2 and MSH-12), and of EVN, PID and PV1 only the fields read here; every
+    other field is emptied in place, so the fields read keep their positions. hl7apy builds
+    an object per element, and the fields nobody reads cost more than half of its time.
+    What is read from it is the same either way."""
+    segments = message.split("\r")
+    fields = segments[0].split(seps.field)
     if len(fields) > 1:
         fields[1] = header.encoding_characters
-    if len(fields) > 8:
-        comps = fields[8].split(seps.component)
-        standard = _STANDARD_STRUCTURE.get(header.trigger_event)
-        if len(comps) > 2 and standard is not None:
-            comps[2] = standard
-            fields[8] = seps.component.join(comps)
     if len(fields) > 11 and header.version:
         comps = fields[11].split(seps.component)
         comps[0] = _hl7apy_version(header.version)
         fields[11] = seps.component.join(comps)
-    return seps.field.join(fields) + rest
+    segments[0] = seps.field.join(
+        value if index in _MSH_FOR_HL7APY else "" for index, value in enumerate(fields[:12])
+    )
+    for index in range(1, len(segments)):
+        wanted = _WANTED.get(segments[index][:3])
+        if wanted is not None:
+            parts = segments[index].split(seps.field)
+            segments[index] = seps.field.join(
+                value if position == 0 or position in wanted else ""
+                for position, value in enumerate(parts)
+            ).rstrip(seps.field)
+    return "\r".join(segments)
 
 
 def _placed(element: Any, depth: int = 0) -> bool:
@@ -262,18 +276,19 @@ def _segments_hl7apy(
 ) -> tuple[_Segments, set[tuple[str, int]]]:
     """Wanted segments as hl7apy read them, and the fields it could not place faithfully."""
     from hl7apy.consts import VALIDATION_LEVEL
-    from hl7apy.parser import parse_message
+    from hl7apy.parser import get_message_info, parse_segments
 
     _hl7apy_memoized()
-    parsed: Any = parse_message(
-        _prepare_for_hl7apy(message, header, seps),
-        validation_level=VALIDATION_LEVEL.TOLERANT,
-        find_groups=False,
-        force_validation=False,
-    )
+    msh, _, body = _prepare_for_hl7apy(message, header, seps).partition("\r")
+    # What parse_message(find_groups=False) does, less the Message it would build and check
+    # every segment against (a third of the time): the encoding characters and version read
+    # from MSH as it reads them, then the segments. Outside a Message a field would be
+    # written back with the default separators: it is given the message's own.
+    encoding, _structure, version = get_message_info(msh)
+    parsed: Any = parse_segments(body, version, encoding, VALIDATION_LEVEL.TOLERANT)
     found: _Segments = {}
     misplaced: set[tuple[str, int]] = set()
-    for segment in parsed.children:
+    for segment in parsed:
         name = segment.name
         if name not in _WANTED or name in found:
             continue
@@ -282,7 +297,7 @@ def _segments_hl7apy(
             number = (field.name or "").rpartition("_")[2]
             if not number.isdigit():
                 continue  # a field hl7apy could not place: filled in by position below
-            fields.setdefault(int(number), []).append(field.to_er7())
+            fields.setdefault(int(number), []).append(field.to_er7(encoding))
             if not _placed(field):
                 misplaced.add((name, int(number)))
         found[name] = fields
