@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import sqlalchemy as sa
 
 from services.reporting.app import create_app
 from shared.clock import ManualClock
@@ -598,6 +599,24 @@ class World:
         kwargs.setdefault("role", "team_lead")
         body = await self.metrics(start, end, **kwargs)
         return {row["metric"]: row for row in body["rows"]}
+
+
+@asynccontextmanager
+async def postgres_reporting_world(
+    tmp_path: Path, postgres_url: str, *, now: datetime | None = None, **overrides: Any
+) -> AsyncIterator[World]:
+    """`reporting_world` on PostgreSQL, in a schema of its own that is dropped afterwards."""
+    prefix = f"it{uuid.uuid4().hex[:8]}_"
+    try:
+        async with reporting_world(
+            tmp_path, now=now, database_url=postgres_url, db_schema_prefix=prefix, **overrides
+        ) as world:
+            yield world
+    finally:
+        engine = create_engine(postgres_url, service="admin", schema="public")
+        async with engine.begin() as conn:
+            await conn.execute(sa.text(f'DROP SCHEMA IF EXISTS "{prefix}reporting" CASCADE'))
+        await engine.dispose()
 
 
 @asynccontextmanager

@@ -20,7 +20,7 @@ from services.reporting.models import ALERT, FEED_ALERT
 from shared.bus import ensure_topics, make_consumer
 from shared.envelope import Envelope
 from shared.topics import REPORTING_ALERTS, TopicLayout
-from tests.reporting_world import History, World, reporting_world
+from tests.reporting_world import History, World, postgres_reporting_world
 from tests.unit.test_reporting_alerts import NOW, baseline, spike
 from tests.unit.test_reporting_feeds import hourly
 
@@ -29,27 +29,17 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture
 async def world(postgres_url: str, kafka_bootstrap: str, tmp_path: Path) -> AsyncIterator[World]:
-    from shared.db import create_engine
-
     await ensure_topics(kafka_bootstrap, TopicLayout(), [REPORTING_ALERTS])
-    prefix = f"it{uuid.uuid4().hex[:8]}_"
-    try:
-        async with reporting_world(
-            tmp_path,
-            now=NOW,
-            database_url=postgres_url,
-            db_schema_prefix=prefix,
-            kafka_bootstrap_servers=kafka_bootstrap,
-            # the relay publishes to the broker; the world delivers the events itself, and its
-            # live consumer skips what other tests left on the topics
-            kafka_consumer_start="latest",
-        ) as w:
-            yield w
-    finally:
-        engine = create_engine(postgres_url, service="admin", schema="public")
-        async with engine.begin() as conn:
-            await conn.execute(sa.text(f'DROP SCHEMA IF EXISTS "{prefix}reporting" CASCADE'))
-        await engine.dispose()
+    async with postgres_reporting_world(
+        tmp_path,
+        postgres_url,
+        now=NOW,
+        kafka_bootstrap_servers=kafka_bootstrap,
+        # the relay publishes to the broker; the world delivers the events itself, and its
+        # live consumer skips what other tests left on the topics
+        kafka_consumer_start="latest",
+    ) as w:
+        yield w
 
 
 async def _from_kafka(bootstrap: str, alert_ids: set[str], timeout: float = 60) -> list[Envelope]:
