@@ -225,6 +225,32 @@ def _near_episodes(reports: Sequence[Report]) -> sa.ColumnElement[bool] | None:
     )
 
 
+_EPISODE_REF = (
+    EPISODE.c.id,
+    EPISODE.c.incident_at,
+    EPISODE.c.sources,
+    EPISODE.c.fatal,
+    EPISODE.c.county,
+    EPISODE.c.hospital,
+    EPISODE.c.transported,
+)
+"""The columns an :class:`EpisodeRef` is made of, in :func:`_episode_ref`'s order."""
+
+
+def _episode_ref(row: Sequence[Any]) -> EpisodeRef:
+    """An episode as linking weighs it, from the values of :data:`_EPISODE_REF`."""
+    episode_id, incident_at, sources, fatal, county, hospital, transported = row
+    return EpisodeRef(
+        episode_id=episode_id,
+        incident_at=incident_at,
+        sources=frozenset(sources.split(",")),
+        fatal=fatal,
+        county=county,
+        hospital=hospital,
+        transported=transported,
+    )
+
+
 class ReportBatch:
     """The working set of a batch of reports (module docs); its writes go through ``writes``."""
 
@@ -265,38 +291,10 @@ class ReportBatch:
         near_filter = _near_episodes(reports)
         if near_filter is not None:
             found = await session.execute(
-                sa.select(
-                    EPISODE.c.id,
-                    EPISODE.c.person_id,
-                    EPISODE.c.incident_at,
-                    EPISODE.c.sources,
-                    EPISODE.c.fatal,
-                    EPISODE.c.county,
-                    EPISODE.c.hospital,
-                    EPISODE.c.transported,
-                ).where(near_filter)
+                sa.select(EPISODE.c.person_id, *_EPISODE_REF).where(near_filter)
             )
-            for (
-                episode_id,
-                person_id,
-                incident_at,
-                sources,
-                fatal,
-                county,
-                hospital,
-                transported,
-            ) in found:
-                near.setdefault(person_id, []).append(
-                    EpisodeRef(
-                        episode_id=episode_id,
-                        incident_at=incident_at,
-                        sources=frozenset(sources.split(",")),
-                        fatal=fatal,
-                        county=county,
-                        hospital=hospital,
-                        transported=transported,
-                    )
-                )
+            for person_id, *ref in found:
+                near.setdefault(person_id, []).append(_episode_ref(ref))
         if not pairs and not near:
             return batch
         programs = {r.program_id for r in reports}
@@ -350,40 +348,12 @@ class ReportBatch:
                 batch._cases[person_id] = by_id[case_id] = KnownCase(case_id, priority)
         if by_id:
             episodes = await session.execute(
-                sa.select(
-                    EPISODE.c.id,
-                    EPISODE.c.case_id,
-                    EPISODE.c.incident_at,
-                    EPISODE.c.sources,
-                    EPISODE.c.fatal,
-                    EPISODE.c.county,
-                    EPISODE.c.hospital,
-                    EPISODE.c.transported,
-                )
+                sa.select(EPISODE.c.case_id, *_EPISODE_REF)
                 .where(EPISODE.c.case_id.in_(list(by_id)))
                 .order_by(EPISODE.c.created_at, EPISODE.c.id)
             )
-            for (
-                episode_id,
-                case_id,
-                incident_at,
-                sources,
-                fatal,
-                county,
-                hospital,
-                transported,
-            ) in episodes:
-                by_id[case_id].episodes.append(
-                    EpisodeRef(
-                        episode_id=episode_id,
-                        incident_at=incident_at,
-                        sources=frozenset(sources.split(",")),
-                        fatal=fatal,
-                        county=county,
-                        hospital=hospital,
-                        transported=transported,
-                    )
-                )
+            for case_id, *ref in episodes:
+                by_id[case_id].episodes.append(_episode_ref(ref))
         return batch
 
     # --- links ---------------------------------------------------------------------------
