@@ -19,10 +19,12 @@ What it does (scripts/bench.sh prepares Kafka, PostgreSQL and a fresh `intake` s
 6. prints a table with rates, latencies and ratios against the baselines, the mean group
    commit size and who used the CPUs (a warning when unrelated processes did).
 
-For investigating: `--profile` (cProfile of the measured MLLP phase), `--count-sql` (SQL
-statements per message), `--experiment NAME` (what-if changes applied to the service process
-only, see tests/bench/serve_intake.py), `--sqlite`, `--connections N`. For what one
-transaction costs per client stack, see tests/bench/db_micro.py.
+For investigating: `--overdose-share` (0 for a feed without overdoses; the report counts the
+pauses of every connection and how many held an overdose), `--profile` (cProfile of the
+measured MLLP phase), `--count-sql` (SQL statements per message), `--experiment NAME`
+(what-if changes applied to the service process only, see tests/bench/serve_intake.py),
+`--sqlite`, `--connections N`. For what one transaction costs per client stack, see
+tests/bench/db_micro.py.
 
 The exit status is 0 when everything was stored and acknowledged, even when a throughput
 target is missed (this is a report); 1 when anything was lost or failed; 2 for set-up errors.
@@ -34,6 +36,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import math
 import os
 import pstats
 import shutil
@@ -81,6 +84,10 @@ TARGET_MLLP = 3000.0
 TARGET_EMS = 1500.0
 SEED = 20261120
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+SLOW_ACK = 0.004
+"""An ACK slower than this (seconds) counts as stalled (see `stalls`)."""
+STALL_GAP = 0.002
+"""Slow messages sent within this time of each other belong to one stall."""
 
 
 class BenchError(Exception):
@@ -97,6 +104,22 @@ def free_port() -> int:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
         return port
+
+
+def stalls(slow: Sequence[tuple[float, bool]], gap: float = STALL_GAP) -> list[tuple[int, bool]]:
+    """Group slow messages (when sent, overdose?) sent close together: (how many messages,
+    whether one was an overdose) per stall. With every connection waiting for its ACK, a
+    stall of all of them is a pause of the whole pipeline, not one slow message."""
+    found: list[tuple[int, bool]] = []
+    last = -math.inf
+    for sent, overdose in sorted(slow):
+        if found and sent - last < gap:
+            count, had = found[-1]
+            found[-1] = (count + 1, had or overdose)
+        else:
+            found.append((1, overdose))
+        last = sent
+    return found
 
 
 def percentile(sorted_values: Sequence[float], q: float) -> float:
@@ -389,6 +412,8 @@ class DriveResult:
     mismatched: int = 0
     errors: list[str] = field(default_factory=list)
     acked: set[str] = field(default_factory=set)
+    slow: list[tuple[float, bool]] = field(default_factory=list)
+    """(when sent, whether an overdose) of every message whose ACK took over SLOW_ACK."""
 
 
 def _record_ack(result: DriveResult, raw: bytes, control_id: str, latency: float) -> None:
@@ -425,7 +450,10 @@ async def _connection(
                 # No per-ACK wait_for (a task per message on this loop's CPU budget): the
                 # phase's own timeout cancels a connection that hangs.
                 raw = await reader.readuntil(FS_CR)
-                _record_ack(result, raw, case.control_id, clock() - sent)
+                latency = clock() - sent
+                _record_ack(result, raw, case.control_id, latency)
+                if latency > SLOW_ACK:
+                    result.slow.append((sent, case.overdose))
             return
         slots = asyncio.Semaphore(window)
         in_flight: deque[tuple[str, float]] = deque()
@@ -706,6 +734,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m tests.bench.intake_bench", description=__doc__)
     p.add_argument("--messages", type=int, default=30_000, help="measured ADT messages")
     p.add_argument("--warmup", type=int, default=500, help="warm-up messages (not timed)")
+    p.add_argument(
+        "--overdose-share",
+        type=float,
+        default=0.005,
+        help="share of opioid overdoses in the measured ED feed (0.005: one message in 200)",
+    )
     p.add_argument("--connections", type=int, default=8, help="concurrent MLLP connections")
     p.add_argument("--window", type=int, default=1, help="messages in flight per connection")
     p.add_argument("--ems-reports", type=int, default=6_000, help="measured EMS run reports")
@@ -792,7 +826,7 @@ async def run(args: argparse.Namespace, var_dir: Path) -> int:
     report = Report()
 
     warm_cases = hl7_messages(args.warmup, prefix="W", seed=SEED)
-    cases = hl7_messages(args.messages, prefix="M", seed=SEED)
+    cases = hl7_messages(args.messages, prefix="M", seed=SEED, overdose_share=args.overdose_share)
     ems_warm = ems_reports(0 if args.no_ems else 200, prefix="EW", seed=SEED)
     ems_cases = ems_reports(0 if args.no_ems else args.ems_reports, prefix="EM", seed=SEED)
     check_feed([*warm_cases, *cases], [*ems_warm, *ems_cases])
@@ -993,6 +1027,20 @@ async def run(args: argparse.Namespace, var_dir: Path) -> int:
         f"{percentile(lat, 0.5) * 1000:.2f} / {percentile(lat, 0.99) * 1000:.2f} / "
         f"{(lat[-1] if lat else float('nan')) * 1000:.1f} ms",
     )
+    if lat and args.window <= 1:
+        total = sum(lat)
+        slow_share = sum(x for x in lat if x > SLOW_ACK) / total if total else 0.0
+        grouped = stalls(mllp.slow)
+        whole = [g for g in grouped if g[0] >= args.connections]
+        report.row(
+            f"ACKs over {SLOW_ACK * 1000:.0f} ms: count, share of all waiting",
+            f"{len(mllp.slow):,}, {slow_share * 100:.1f} %",
+        )
+        report.row(
+            "pauses of every connection (with an overdose)",
+            f"{len(whole)} ({sum(1 for g in whole if g[1])}); "
+            f"{sum(c.overdose for c in cases)} overdoses in the feed",
+        )
     report.row(
         "ACKs AA / AE / AR",
         f"{mllp.codes.get('AA', 0):,} / {mllp.codes.get('AE', 0)} / {mllp.codes.get('AR', 0)}",
