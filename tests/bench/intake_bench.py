@@ -730,13 +730,24 @@ class Report:
         self.lines.append(title)
 
 
+def _share(text: str) -> float:
+    """A share from 0 to 1, for argparse."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"a share is from 0 to 1, not {value}")
+    return value
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m tests.bench.intake_bench", description=__doc__)
     p.add_argument("--messages", type=int, default=30_000, help="measured ADT messages")
     p.add_argument("--warmup", type=int, default=500, help="warm-up messages (not timed)")
     p.add_argument(
         "--overdose-share",
-        type=float,
+        type=_share,
         default=0.005,
         help="share of opioid overdoses in the measured ED feed (0.005: one message in 200)",
     )
