@@ -66,6 +66,7 @@ __all__ = [
     "ReportBatch",
     "Writes",
     "blind_pairs",
+    "key_holders",
     "linking_fields",
     "report_pairs",
     "versioned_pairs",
@@ -97,6 +98,30 @@ def report_pairs(report: Report) -> list[tuple[str, str]]:
     """The report's blind keys under every version it carries, as (kind, value) pairs: a
     person indexed under any of those versions holds one of them."""
     return [(k, v) for _, k, v in versioned_pairs(report)]
+
+
+def key_holders(programs: Iterable[str], pairs: Iterable[tuple[str, str]]) -> sa.Select[uuid.UUID]:
+    """The people of ``programs`` holding any of the (kind, value) ``pairs``, once each.
+
+    The keys are looked up first, by ``ix_person_key_lookup``, in a materialized CTE, and only
+    the few people found are joined. Left to itself, PostgreSQL may plan the join the other
+    way round: every person of the program, each probed for the keys. It does when the
+    program's share of ``person`` is unknown, as in the minutes after a schema is created
+    (no statistics yet): it then guesses a few people, finds hundreds, and the batch's two
+    holder queries take about 40 ms each instead of about 2 ms.
+    """
+    found = (
+        sa.select(PERSON_KEY.c.person_id)
+        .where(sa.tuple_(PERSON_KEY.c.kind, PERSON_KEY.c.value).in_(sorted(set(pairs))))
+        .cte("key_found")
+        .prefix_with("MATERIALIZED", dialect="postgresql")
+    )
+    return (
+        sa.select(found.c.person_id)
+        .join(PERSON, PERSON.c.id == found.c.person_id)
+        .where(PERSON.c.program_id.in_(sorted(set(programs))))
+        .distinct()
+    )
 
 
 def _key_of(table: sa.Table, row: dict[str, Any]) -> tuple[Any, ...]:
@@ -300,15 +325,7 @@ class ReportBatch:
         programs = {r.program_id for r in reports}
         wanted: list[sa.ColumnElement[bool]] = []
         if pairs:
-            holders = (
-                sa.select(PERSON_KEY.c.person_id)
-                .join(PERSON, PERSON.c.id == PERSON_KEY.c.person_id)
-                .where(
-                    PERSON.c.program_id.in_(programs),
-                    sa.tuple_(PERSON_KEY.c.kind, PERSON_KEY.c.value).in_(sorted(pairs)),
-                )
-            )
-            wanted.append(PERSON.c.id.in_(holders))
+            wanted.append(PERSON.c.id.in_(key_holders(programs, pairs)))
         if near:
             wanted.append(PERSON.c.id.in_(list(near)))
         people = await session.execute(

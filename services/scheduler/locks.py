@@ -40,8 +40,7 @@ from collections.abc import Iterable, Mapping, Sequence
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.scheduler.batch import report_pairs
-from services.scheduler.models import PERSON, PERSON_KEY
+from services.scheduler.batch import key_holders, report_pairs
 from services.scheduler.reports import Report
 
 __all__ = ["KEY_LOCKS", "PERSON_LOCKS", "lock_linking", "lock_number"]
@@ -97,15 +96,7 @@ async def lock_linking(
         return
     await _take(session, KEY_LOCKS, (lock_number(*k) for k in keys))
     holders = await session.execute(
-        sa.select(PERSON_KEY.c.person_id)
-        .join(PERSON, PERSON.c.id == PERSON_KEY.c.person_id)
-        .where(
-            PERSON.c.program_id.in_({program for program, _, _ in keys}),
-            sa.tuple_(PERSON_KEY.c.kind, PERSON_KEY.c.value).in_(
-                sorted({(kind, value) for _, kind, value in keys})
-            ),
-        )
-        .distinct()
+        key_holders({program for program, _, _ in keys}, {(kind, value) for _, kind, value in keys})
     )
     await _take(session, PERSON_LOCKS, (_person_number(pid) for pid in holders.scalars()))
 
