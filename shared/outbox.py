@@ -163,6 +163,11 @@ AGE_REPORT_SECONDS = 1.0
 """How often a running relay refreshes the oldest-unpublished gauge between passes, so that
 it keeps rising while a pass is stuck (a broker that stopped answering)."""
 
+PARKED_RECOUNT_SECONDS = 10.0
+"""How often a relay that knows of no parked row counts them again (another replica, holding
+the publishing lock meanwhile, may have parked one). While it knows of any, or after a pass
+that parked one, it counts on every pass: a retried row leaves the gauge at once."""
+
 
 async def _wait_or_stop(stop: asyncio.Event, seconds: float) -> None:
     if seconds <= 0:
@@ -224,6 +229,9 @@ def _next_rows(limit: int) -> sa.Select[Any]:
     """The next rows to publish in id order, without those held behind a parked row."""
     table = OUTBOX
     parked = table.alias("parked")
+    # OFFSET 0 keeps PostgreSQL from turning the test into an anti-join: without statistics
+    # (a new schema's first minutes) it takes nearly every row for parked and hashes the whole
+    # table on every pass. Kept as a test per row, it is one probe of ix_outbox_parked_key.
     held = (
         sa.select(parked.c.id)
         .where(
@@ -231,6 +239,7 @@ def _next_rows(limit: int) -> sa.Select[Any]:
             parked.c.parked_at.is_not(None),
             parked.c.id < table.c.id,
         )
+        .offset(0)
         .exists()
     )
     return (
@@ -250,12 +259,12 @@ def _next_rows(limit: int) -> sa.Select[Any]:
 
 # A relay runs a pass every poll interval even when nothing is waiting: its statements are
 # built once (building them, and their cache keys, was most of an idle pass's CPU).
-_LOOK = sa.select(
-    sa.select(sa.func.min(OUTBOX.c.created_at)).where(_waiting()).scalar_subquery(),
-    sa.select(sa.func.count())
-    .select_from(OUTBOX)
-    .where(OUTBOX.c.parked_at.is_not(None))
-    .scalar_subquery(),
+_OLDEST_WAITING = sa.select(sa.func.min(OUTBOX.c.created_at)).where(_waiting())
+# Counting the parked rows is not done every pass: until the table has statistics (a new
+# schema's first minutes), PostgreSQL guesses that nearly every row is parked and reads the
+# whole table rather than ix_outbox_parked_key (PARKED_RECOUNT_SECONDS).
+_PARKED_COUNT = (
+    sa.select(sa.func.count()).select_from(OUTBOX).where(OUTBOX.c.parked_at.is_not(None))
 )
 _TRY_LOCK = sa.text("select pg_try_advisory_xact_lock(:id)")
 
@@ -291,6 +300,9 @@ class OutboxRelay:
         """The last pass found another replica publishing (PostgreSQL's advisory lock)."""
         self._waiting_since: datetime | None = None
         """created_at of the oldest row this relay knows to be waiting, None if none."""
+        self._parked: int | None = None
+        """How many rows the last count found parked; None before the first count."""
+        self._parked_counted_at: datetime | None = None
         # The series exist from the start, so /metrics shows them (at 0) before any event.
         OUTBOX_PARKED.labels(service)
         OUTBOX_PARKED_ROWS.labels(service).set(0)
@@ -322,6 +334,7 @@ class OutboxRelay:
                 self._waiting_since = None
                 self.report_age()
                 OUTBOX_PARKED_ROWS.labels(self._service).set(0)
+                self._parked = None  # counted again once this replica publishes
                 return 0
             rows = await self._read(session)
             if rows:
@@ -334,9 +347,12 @@ class OutboxRelay:
                 if done.published:
                     self._on_stage("sent")
                 await self._mark(session, done)
-            self._waiting_since, parked = await self._look(session)
+            self._waiting_since = await self._oldest_waiting(session)
+            if self._recount_parked(parked_now=bool(done.parked)):
+                self._parked = await self._count_parked(session)
+                self._parked_counted_at = self._clock.now()
         self.report_age()
-        OUTBOX_PARKED_ROWS.labels(self._service).set(parked)
+        OUTBOX_PARKED_ROWS.labels(self._service).set(self._parked or 0)
         for row in done.published:
             EVENTS_PUBLISHED.labels(self._service, row.topic).inc()
         for row, reason in done.parked:
@@ -365,10 +381,21 @@ class OutboxRelay:
         got = await session.execute(_TRY_LOCK, {"id": self._lock_id})
         return bool(got.scalar_one())
 
-    async def _look(self, session: AsyncSession) -> tuple[datetime | None, int]:
-        """When the oldest waiting row was created (None if none), and how many are parked."""
-        row = (await session.execute(_LOOK)).one()
-        return row[0], int(row[1])
+    async def _oldest_waiting(self, session: AsyncSession) -> datetime | None:
+        """When the oldest waiting row was created; None if none is."""
+        oldest: datetime | None = (await session.execute(_OLDEST_WAITING)).scalar_one()
+        return oldest
+
+    def _recount_parked(self, *, parked_now: bool) -> bool:
+        """Whether this pass counts the parked rows (PARKED_RECOUNT_SECONDS)."""
+        if parked_now or self._parked is None or self._parked > 0:
+            return True
+        assert self._parked_counted_at is not None
+        since = (self._clock.now() - self._parked_counted_at).total_seconds()
+        return not 0 <= since < PARKED_RECOUNT_SECONDS
+
+    async def _count_parked(self, session: AsyncSession) -> int:
+        return int((await session.execute(_PARKED_COUNT)).scalar_one())
 
     async def _read(self, session: AsyncSession) -> list[_Row]:
         """The next rows to publish in id order, without those held behind a parked row."""

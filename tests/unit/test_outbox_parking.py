@@ -314,6 +314,33 @@ async def test_the_oldest_waiting_row_s_age_and_the_parked_rows_are_reported_eac
     assert (oldest_age(service), parked_now(service)) == (0, 0)
 
 
+async def test_a_row_parked_by_another_replica_is_counted_within_the_recount_interval(
+    sessions: async_sessionmaker[AsyncSession], clock: ManualClock, service: str
+) -> None:
+    """While a relay knows of no parked row it counts them only every PARKED_RECOUNT_SECONDS
+    (the count cannot use its index until the table has statistics); a row another replica
+    parked meanwhile shows within that interval."""
+    relay = OutboxRelay(sessions, Broker(), clock=clock, service=service)
+    await relay.run_once()
+    assert parked_now(service) == 0
+
+    await commit(sessions, clock, ("p1", "parked elsewhere"))
+    async with sessions() as s, s.begin():  # as the replica holding the lock would have
+        await s.execute(OUTBOX.update().values(parked_at=clock.now(), park_reason="too_large"))
+    clock.advance(timedelta(seconds=shared.outbox.PARKED_RECOUNT_SECONDS - 1))
+    await relay.run_once()
+    assert parked_now(service) == 0  # not counted yet
+
+    clock.advance(timedelta(seconds=1))
+    await relay.run_once()
+    assert parked_now(service) == 1
+    [parked] = await parked_rows(sessions)
+    await unpark(sessions, parked.id)
+    await relay.run_once()  # it knows of one, so it counts on every pass
+    assert parked_now(service) == 0
+    assert await states(sessions) == {"parked elsewhere": "published"}
+
+
 async def test_a_stuck_pass_keeps_the_age_rising(
     sessions: async_sessionmaker[AsyncSession],
     clock: ManualClock,
