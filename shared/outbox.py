@@ -229,9 +229,11 @@ def _next_rows(limit: int) -> sa.Select[Any]:
     """The next rows to publish in id order, without those held behind a parked row."""
     table = OUTBOX
     parked = table.alias("parked")
-    # OFFSET 0 keeps PostgreSQL from turning the test into an anti-join: without statistics
-    # (a new schema's first minutes) it takes nearly every row for parked and hashes the whole
-    # table on every pass. Kept as a test per row, it is one probe of ix_outbox_parked_key.
+    # OFFSET 0 keeps PostgreSQL from turning the test into an anti-join. A generic plan made
+    # while the outbox was nearly empty (a new schema, before its first analyze) joined it by
+    # scanning the whole table once per waiting row, and kept doing so at thousands of rows.
+    # Kept as a test per row, it is one probe of ix_outbox_parked_key at any size
+    # (tests/integration/test_query_plans_pg.py).
     held = (
         sa.select(parked.c.id)
         .where(

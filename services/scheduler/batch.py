@@ -103,12 +103,12 @@ def report_pairs(report: Report) -> list[tuple[str, str]]:
 def key_holders(programs: Iterable[str], pairs: Iterable[tuple[str, str]]) -> sa.Select[uuid.UUID]:
     """The people of ``programs`` holding any of the (kind, value) ``pairs``, once each.
 
-    The keys are looked up first, by ``ix_person_key_lookup``, in a materialized CTE, and only
-    the few people found are joined. Left to itself, PostgreSQL may plan the join the other
-    way round: every person of the program, each probed for the keys. It does when the
-    program's share of ``person`` is unknown, as in the minutes after a schema is created
-    (no statistics yet): it then guesses a few people, finds hundreds, and the batch's two
-    holder queries take about 40 ms each instead of about 2 ms.
+    The keys are looked up first, in a materialized CTE, and only the few people found are
+    joined. Left to itself, PostgreSQL may plan the join the other way round: every person of
+    the program, each probed for the keys. It did in a new schema, before its first analyze:
+    it guessed that a program holds a few people, and a generic plan made then was kept as
+    the table grew; at about 500 people each of a batch's two holder queries took about 40 ms
+    instead of under 2 ms (tests/integration/test_query_plans_pg.py).
     """
     found = (
         sa.select(PERSON_KEY.c.person_id)
