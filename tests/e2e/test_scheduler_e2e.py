@@ -9,7 +9,7 @@ import sys
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -63,16 +63,35 @@ async def _case_events(kafka_bootstrap: str, report_id: str, *types: str) -> lis
     return [{"type": (e := Envelope.from_bytes(r.value)).type, **e.data} for r in found]
 
 
+def _nobody_else() -> dict[str, str]:
+    """A person no other test sends: every identifier the linker weighs is drawn at random.
+
+    The builder's defaults (Jane, born 1990-01-01, 12 Elm St, 336-555-0100) are shared by
+    reports of many tests in the same run, and the scheduler reads them all. With only the
+    family name random, two of them can agree phonetically ("Kx4a0e21" and "Qx9e0a3712" have
+    the same metaphone code, as 5 % of such pairs do), the linker may make them one person,
+    and this report then joins the other's case, whose window opened minutes earlier."""
+    n = uuid.uuid4().int
+    return {
+        "family": f"Kx{uuid.uuid4().hex[:6]}",
+        "given": f"Sg{uuid.uuid4().hex[:6]}",
+        "dob": (date(1950, 1, 1) + timedelta(days=n % 18_000)).strftime("%Y%m%d"),
+        "phone": f"^PRN^PH^^^336^{200 + n % 800}{(n >> 20) % 10_000:04d}",
+        "street": f"{100 + (n >> 40) % 9_000} Sycamore St",
+    }
+
+
 async def test_an_mllp_overdose_becomes_a_remote_contact_task_due_24h_after_the_incident(
     intake_process: IntakeProcess, scheduler_process: ServiceProcess, kafka_bootstrap: str
 ) -> None:
     ref = f"SCH-{uuid.uuid4().hex[:10]}"
-    family = f"Kx{uuid.uuid4().hex[:6]}"
+    person = _nobody_else()
+    family = person["family"]
     # Two hours ago, to the minute: 14:00 or 16:00 local, say, so quiet hours may move the due
     # time (never the window).
     incident = (datetime.now(UTC) - timedelta(hours=2)).replace(second=0, microsecond=0)
     (ack,) = await intake_process.mllp(
-        framed(adt(ref, family=family, visit=f"V-{ref}", admit=hl7_time(incident)))
+        framed(adt(ref, visit=f"V-{ref}", admit=hl7_time(incident), **person))
     )
     assert ack_fields(ack)[0] == "AA"
 
