@@ -27,7 +27,7 @@ from fastapi import FastAPI
 
 from services.intake.app import create_app
 from services.intake.ems_json import MAX_BATCH, EmsRunReportIn
-from services.intake.models import IDEMPOTENCY
+from services.intake.models import IDEMPOTENCY, INBOUND, REPORT
 from services.intake.nemsis import DEFAULT_MAX_RECORDS
 from services.intake.partners import create_partner, issue_key
 from services.intake.seed import DEMO_EMS, DEMO_HOSPITAL, seed_demo
@@ -38,7 +38,7 @@ from shared.events import OverdoseReported
 from shared.migrations import upgrade
 from shared.outbox import OUTBOX
 from shared.settings import Settings
-from tests.hl7_builder import ack_fields, adt, routine
+from tests.hl7_builder import ack_fields, adt, framed, routine
 from tests.support import wait_for
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "nemsis"
@@ -1336,3 +1336,64 @@ async def test_each_partner_kind_uses_only_its_own_endpoint(intake: Intake) -> N
     assert_error(await post_le(intake, intake.hospital_key, le_report()), 403, "wrong_partner_kind")
     assert_error(await intake.post_ems(overdose_example(), key=key), 403, "wrong_partner_kind")
     assert_error(await intake.post_hl7("MSH|^~\\&|X", key=key), 403, "wrong_partner_kind")
+
+
+# --------------------------------------------------------------------------- event size
+
+
+async def test_an_event_larger_than_the_broker_takes_is_refused_before_commit_everywhere(
+    tmp_path: Path,
+) -> None:
+    """Nothing intake accepts may be unpublishable. With a 1 KiB event limit, which every
+    overdose's event exceeds, each path refuses the overdose with `event_too_large` and keeps
+    no report and no event, and the routine message beside it is still accepted."""
+    async with running_intake(tmp_path, kafka_max_event_bytes=1024) as intake:
+        reader, writer = await asyncio.open_connection("127.0.0.1", intake.mllp_port)
+        try:
+            writer.write(framed(adt("BIG-EVT-1")) + framed(routine("BIG-EVT-2")))
+            await writer.drain()
+            acks = [(await reader.readuntil(b"\x1c\r"))[1:-2].decode() for _ in range(2)]
+        finally:
+            writer.close()
+        assert [ack_fields(a) for a in acks] == [
+            ("AR", "BIG-EVT-1", "102"),
+            ("AA", "BIG-EVT-2", ""),
+        ]
+        assert "larger than intake can publish" in acks[0]
+
+        over_http = await intake.post_hl7(adt("BIG-EVT-3", visit="V-BIG-3"))
+        assert over_http.status_code == 422  # AR, with its ERR segment
+        assert ack_fields(over_http.text) == ("AR", "BIG-EVT-3", "102")
+
+        ems = await intake.post_ems(overdose_example())
+        assert ems.status_code == 200, ems.text
+        (result,) = ems.json()["results"]
+        assert (result["status"], result["report_id"]) == ("rejected", None)
+        assert result["error"]["code"] == "event_too_large"
+
+        key = await _le_key(intake)
+        assert_error(await post_le(intake, key, le_report()), 422, "event_too_large")
+
+        assert await intake.events("OverdoseReported") == []  # no report reached the outbox
+        refusals = [e.event() for e in await intake.events("InboundRejected")]
+        assert [r.reason_code for r in refusals] == ["event_too_large"] * 2  # feed health
+        async with intake.app.state.runtime.sessions() as session:
+            rows = (await session.execute(sa.select(INBOUND.c.status, INBOUND.c.reason_code))).all()
+            count = sa.select(sa.func.count()).select_from(REPORT)
+            reports = (await session.execute(count)).scalar()
+        # the two HL7 overdoses are kept sealed for a replay once the limit is raised
+        assert sorted(map(tuple, rows)) == [
+            ("not_overdose", None),
+            ("rejected", "event_too_large"),
+            ("rejected", "event_too_large"),
+        ]
+        assert reports == 0
+
+
+async def test_the_event_limit_does_not_refuse_an_ordinary_overdose(tmp_path: Path) -> None:
+    """The default limit (1,000,000 bytes) is far above an ordinary overdose's event."""
+    async with running_intake(tmp_path) as intake:
+        response = await intake.post_hl7(adt("SMALL-EVT-1"))
+        assert ack_fields(response.text)[0] == "AA"
+        (envelope,) = await intake.events()
+        assert 1024 < len(envelope.model_dump_json()) < 1_000_000 // 100

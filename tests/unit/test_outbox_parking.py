@@ -20,6 +20,7 @@ from shared.bus import InMemoryPublisher, KafkaPublisher, kafka_park_reason
 from shared.clock import ManualClock
 from shared.db import create_engine, session_factory
 from shared.envelope import Envelope
+from shared.events import InboundRejected
 from shared.migrations import upgrade
 from shared.outbox import (
     OUTBOX,
@@ -31,6 +32,7 @@ from shared.outbox import (
     parked_rows,
     unpark,
 )
+from shared.outbox_rows import EventTooLargeError, outbox_row
 from shared.settings import SERVICES
 from shared.uow import UnitOfWork
 from tests.support import create_widget, test_metadata, wait_for
@@ -477,3 +479,29 @@ async def test_a_message_refused_before_sending_stops_the_batch_there() -> None:
     await publisher.publish(messages(b"c"))
     assert len(publisher.producers) == 1  # nothing was delivered out of sequence: no renewal
     await publisher.stop()
+
+
+def test_an_event_over_the_size_limit_never_becomes_an_outbox_row() -> None:
+    """The limit counts the envelope's JSON and its key, and is inclusive: an event of
+    exactly the limit is written, one byte more raises before any row exists."""
+    envelope = Envelope.wrap(
+        InboundRejected(
+            inbound_id=uuid.uuid4(),
+            source_kind="ed",
+            source_org="demo-hospital",
+            reason_code="field_too_long",
+            reason="A field is longer than intake accepts.",
+            received_at=datetime.now(UTC),
+        ),
+        source="/portline/intake",
+        subject="demo-hospital",
+        time=datetime.now(UTC),
+    )
+    size = len(envelope.model_dump_json().encode()) + len("demo-hospital")
+    row = outbox_row(envelope, max_bytes=size)
+    assert Envelope.from_bytes(row["payload"]).id == envelope.id
+    assert outbox_row(envelope)["payload"] == row["payload"]  # no limit: the same row
+    with pytest.raises(EventTooLargeError) as refused:
+        outbox_row(envelope, max_bytes=size - 1)
+    assert (refused.value.size, refused.value.limit) == (size, size - 1)
+    assert str(size) in str(refused.value)
