@@ -9,7 +9,8 @@ effect within the partner cache's time.
 Bounded: at most ``max_connections`` in total and ``max_connections_per_partner`` per partner
 (unauthenticated connections share one such allowance); a connection over either is closed
 at once. A frame must arrive whole within ``frame_timeout`` of its first byte (a sender
-feeding one byte a minute is cut off), and a connection idle for ``idle_timeout`` is closed.
+feeding one byte a minute is cut off), and a connection that has sent no message for
+``idle_timeout`` is closed (bytes between frames, whitespace or junk, do not count).
 
 Framing problems (bytes outside a frame, an oversized message) are answered with an AR on the
 same connection instead of closing it; a frame cut off by the peer closing is logged and
@@ -148,6 +149,9 @@ class MllpListener:
             if len(self._connections) >= self._max_connections:
                 MLLP_CONNECTIONS.labels("refused_total_limit").inc()
                 return
+            # Counted from here, before the first await: connections accepted together
+            # cannot all pass the check above while each is still authenticating.
+            self._connections.add(task)
             peer = _peer(writer)
             partners: frozenset[str] | None
             try:
@@ -163,7 +167,6 @@ class MllpListener:
                 buckets = ()
                 return
             self._open.update(buckets)
-            self._connections.add(task)
             outcome = "unverified" if partners is None else "accepted" if partners else None
             MLLP_CONNECTIONS.labels(outcome or "unauthenticated").inc()
             if partners is not None and not partners:
@@ -188,27 +191,29 @@ class MllpListener:
         handle: asyncio.TimerHandle
 
         def watchdog() -> None:
-            # One timer per connection, not one per read: idle connections, and frames that
-            # take too long to arrive, are cut off.
+            # One timer per connection, not one per read. While a frame is arriving, only its
+            # deadline runs; otherwise the idle time, counted from the last message answered
+            # (or the connection's start). Bytes outside a frame (whitespace, junk) are not
+            # activity: a peer trickling them is cut off like an idle one.
             nonlocal handle
             now = loop.time()
-            if frame_started is not None and now - frame_started >= self._frame_timeout:
-                MLLP_CONNECTIONS.labels("cut_slow_frame").inc()
-                writer.transport.abort()
-                return
-            if now - last_activity >= self._idle:
-                writer.transport.abort()
-                return
-            deadline = last_activity + self._idle
             if frame_started is not None:
-                deadline = min(deadline, frame_started + self._frame_timeout)
+                if now - frame_started >= self._frame_timeout:
+                    MLLP_CONNECTIONS.labels("cut_slow_frame").inc()
+                    writer.transport.abort()
+                    return
+                deadline = frame_started + self._frame_timeout
+            elif now - last_activity >= self._idle:
+                writer.transport.abort()
+                return
+            else:
+                deadline = last_activity + self._idle
             handle = loop.call_at(deadline, watchdog)
 
         handle = loop.call_at(last_activity + self._idle, watchdog)
         try:
             while True:
                 data = await reader.read(65536)
-                last_activity = loop.time()
                 if not data:
                     truncated = decoder.at_eof()
                     if truncated is not None:
@@ -216,22 +221,24 @@ class MllpListener:
                     return
                 started = decoder.in_frame
                 for item in decoder.feed(data):
-                    ack = (
-                        self._framing_ack(item)
-                        if isinstance(item, FramingError)
-                        else await self._answer(item, peer)
-                    )
+                    if isinstance(item, FramingError):
+                        ack = self._framing_ack(item)
+                    else:
+                        ack = await self._answer(item, peer)
+                        last_activity = loop.time()
                     writer.write(frame(ack.encode()))
                     await writer.drain()
-                    last_activity = loop.time()
                     started = False
                 if decoder.in_frame and not started:
                     # a frame began in this chunk: its deadline starts now
                     frame_started = loop.time()
                     handle.cancel()
                     watchdog()
-                elif not decoder.in_frame:
+                elif not decoder.in_frame and frame_started is not None:
+                    # the frame ended: the idle time runs again, from its answer
                     frame_started = None
+                    handle.cancel()
+                    watchdog()
         finally:
             handle.cancel()
 

@@ -390,6 +390,146 @@ async def test_a_sender_trickling_a_frame_is_cut_off_and_a_new_client_is_still_s
     assert len(seen.partners) == 1  # only the fast client's message was handled
 
 
+def _connections(outcome: str) -> float:
+    from prometheus_client import REGISTRY
+
+    value = REGISTRY.get_sample_value(
+        "portline_intake_mllp_connections_total", {"outcome": outcome}
+    )
+    return value or 0.0
+
+
+async def _served(port: int, control: str) -> bool:
+    """Whether a connection opened now gets its message answered (False: closed unanswered)."""
+    try:
+        return ack_fields(await _request(port, control))[0] in ("AA", "AR")
+    except (ConnectionError, asyncio.IncompleteReadError):
+        return False
+
+
+async def test_connections_accepted_together_never_pass_the_total_limit() -> None:
+    """The total is counted before authentication, which takes a database read: ten
+    connections accepted at once, while each is still being authenticated, cannot all pass
+    a limit of three."""
+    seen = Seen()
+    release = asyncio.Event()
+
+    async def authenticate(peer: MllpPeer) -> frozenset[str]:
+        await release.wait()  # every connection is authenticating at the same time
+        return frozenset({"h1"})
+
+    async with listening(
+        authenticate, seen, max_connections=3, max_connections_per_partner=100
+    ) as listener:
+        refused = _connections("refused_total_limit")
+        opened = [await asyncio.open_connection("127.0.0.1", listener.port) for _ in range(10)]
+        for _reader, writer in opened:
+            writer.write(framed(routine("TOGETHER")))
+            await writer.drain()
+        await asyncio.sleep(0.2)
+        release.set()
+        answered = 0
+        for reader, writer in opened:
+            with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
+                answered += bool(await asyncio.wait_for(reader.readuntil(b"\x1c\r"), TIMEOUT))
+            writer.close()
+        assert answered == 3
+        assert _connections("refused_total_limit") == refused + 7
+        await asyncio.sleep(0.1)
+        assert await _served(listener.port, "AFTER")  # the closed ones gave their places back
+
+
+async def test_a_flood_held_open_leaves_other_partners_served_until_the_total() -> None:
+    """A flood of unauthenticated connections fills only their shared allowance; the
+    hospitals are served while it stays open, up to the total, which holds for everyone."""
+    seen = Seen()
+
+    async def authenticate(peer: MllpPeer) -> frozenset[str]:
+        return current[0]
+
+    current = [frozenset[str]()]
+    async with listening(
+        authenticate, seen, max_connections=4, max_connections_per_partner=2
+    ) as listener:
+        flood = []
+        for _ in range(5):  # strangers: two are held, the other three closed at once
+            reader, writer = await asyncio.open_connection("127.0.0.1", listener.port)
+            flood.append((reader, writer))
+        await asyncio.sleep(0.2)
+        held = [(r, w) for r, w in flood if not r.at_eof()]
+        assert len(held) == 2
+        current[0] = frozenset({"h1"})
+        hospital = [await asyncio.open_connection("127.0.0.1", listener.port) for _ in range(2)]
+        for reader, writer in hospital:  # served while the flood is still open
+            writer.write(framed(routine("DURING")))
+            await writer.drain()
+            ack = await asyncio.wait_for(reader.readuntil(b"\x1c\r"), TIMEOUT)
+            assert ack_fields(ack.strip(b"\x0b\x1c\r").decode())[0] == "AA"
+        refused = _connections("refused_total_limit")
+        current[0] = frozenset({"h2"})  # another hospital, under its own allowance ...
+        assert not await _served(listener.port, "OVER-TOTAL")  # ... but over the total of 4
+        assert _connections("refused_total_limit") == refused + 1
+        for _reader, writer in [*flood, *hospital]:
+            writer.close()
+        await asyncio.sleep(0.2)
+        assert await _served(listener.port, "AFTER")
+
+
+async def test_bytes_outside_a_frame_do_not_keep_a_connection_open() -> None:
+    """The idle time counts from the last message answered: a peer trickling junk or
+    whitespace between frames is closed like an idle one (after one AR for the junk)."""
+    seen = Seen()
+
+    async def authenticate(peer: MllpPeer) -> frozenset[str]:
+        return frozenset({"h1"})
+
+    async with listening(authenticate, seen, idle_timeout=0.4) as listener:
+        reader, writer = await asyncio.open_connection("127.0.0.1", listener.port)
+        writer.write(framed(routine("FIRST")))
+        await writer.drain()
+        await asyncio.wait_for(reader.readuntil(b"\x1c\r"), TIMEOUT)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        closed = False
+        while loop.time() - started < 4 and not closed:
+            try:
+                writer.write(b"x" if loop.time() - started < 1 else b"\r\n")
+                await writer.drain()
+            except ConnectionError:
+                closed = True
+            await asyncio.sleep(0.1)
+            closed = closed or reader.at_eof()
+        with contextlib.suppress(ConnectionError):
+            rest = await asyncio.wait_for(reader.read(), TIMEOUT)
+            assert ack_fields(rest.strip(b"\x0b\x1c\r").decode())[0] == "AR"  # the junk
+        assert loop.time() - started < 2.5  # the idle time, not the 4 s of trickling
+        writer.close()
+    assert len(seen.partners) == 1
+
+
+async def test_a_frame_still_arriving_is_held_to_its_own_deadline_not_the_idle_time() -> None:
+    seen = Seen()
+
+    async def authenticate(peer: MllpPeer) -> frozenset[str]:
+        return frozenset({"h1"})
+
+    async with listening(authenticate, seen, idle_timeout=0.3, frame_timeout=5) as listener:
+        reader, writer = await asyncio.open_connection("127.0.0.1", listener.port)
+        message = framed(routine("SLOW-BUT-IN-TIME"))
+        half = len(message) // 2
+        await asyncio.sleep(0.1)
+        writer.write(message[:half])  # the frame starts within the idle time ...
+        await writer.drain()
+        await asyncio.sleep(0.6)  # ... and ends after it, well within its own deadline
+        writer.write(message[half:])
+        await writer.drain()
+        ack = await asyncio.wait_for(reader.readuntil(b"\x1c\r"), TIMEOUT)
+        assert ack_fields(ack.strip(b"\x0b\x1c\r").decode()) == ("AA", "SLOW-BUT-IN-TIME", "")
+        # then idle again: closed after the idle time, counted from that answer
+        assert await asyncio.wait_for(reader.read(), TIMEOUT) == b""
+        writer.close()
+
+
 class _Rules:
     def __init__(self, found: MllpRules) -> None:
         self.found = found
