@@ -27,7 +27,7 @@ from services.intake.le_json import LeOverdoseReportIn, to_le_report
 from services.intake.models import IDEMPOTENCY, Channel
 from services.intake.nemsis import EmsInputError, parse_ems_dataset
 from services.intake.partners import PartnerContext, PartnerDirectory
-from services.intake.pipeline import EmsOutcome, EmsSubmission, HL7Submission
+from services.intake.pipeline import EmsOutcome, EmsSubmission, HL7Submission, PreparedSubmission
 from services.intake.pipeline.law_enforcement import LawEnforcementIntake
 from shared.clock import Clock
 from shared.http import ApiError, ErrorResponse
@@ -48,6 +48,8 @@ class IntakeState:
     directory: PartnerDirectory
     submit_hl7: Callable[[HL7Submission], Awaitable[str]]
     """Prepares an HL7 submission and waits for its group commit: its ACK text."""
+    hl7: MicroBatcher[PreparedSubmission, str]
+    """The HL7 group commit that `submit_hl7` queues on (MLLP and HTTP share it)."""
     ems: MicroBatcher[list[EmsSubmission], list[EmsOutcome]]
     le: LawEnforcementIntake
     uow: Any

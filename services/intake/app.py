@@ -230,6 +230,7 @@ def create_app(settings: Settings) -> FastAPI:
         app.state.intake = IntakeState(
             directory=directory,
             submit_hl7=submit_hl7,
+            hl7=hl7_batcher,
             ems=ems_batcher,
             le=LawEnforcementIntake(
                 store=store,

@@ -1214,6 +1214,84 @@ async def test_a_full_queue_answers_busy_503_and_ae_at_once(tmp_path: Path) -> N
         assert [(await w).status_code for w in waiting] == [200, 200, 200]
 
 
+async def test_a_full_hl7_queue_answers_ae_over_mllp_and_503_over_http_at_once(
+    tmp_path: Path,
+) -> None:
+    """Backpressure on the HL7 group commit, which MLLP and HTTP share: with its commit held
+    and its queue full, the next message is answered AE ("busy, resend") over MLLP and 503
+    with Retry-After over HTTP, at once and storing nothing; the held ones are then stored."""
+    async with running_intake(tmp_path, intake_queue_max=1, intake_batch_concurrency=1) as intake:
+        batcher = intake.app.state.intake.hl7
+        held, entered = asyncio.Event(), asyncio.Event()
+        original = batcher._process
+
+        async def slow(items: Any, reply: Any) -> Any:
+            entered.set()
+            await held.wait()
+            return await original(items, reply)
+
+        batcher._process = slow
+        submitted = 0
+        submit = batcher.submit
+
+        async def counted(item: Any) -> Any:
+            nonlocal submitted
+            submitted += 1
+            return await submit(item)
+
+        batcher.submit = counted
+
+        async def send(control: str) -> str:
+            reader, writer = await asyncio.open_connection("127.0.0.1", intake.mllp_port)
+            try:
+                writer.write(framed(routine(control, visit=control)))
+                await writer.drain()
+                return (await reader.readuntil(b"\x1c\r"))[1:-2].decode()
+            finally:
+                writer.close()
+
+        # the first is in its batch, held; the second waits for a commit slot; the third
+        # fills the queue
+        states = [
+            entered.is_set,
+            lambda: submitted == 2 and batcher.pending() == 0,
+            lambda: batcher.pending() == 1,
+        ]
+        waiting: list[asyncio.Task[str]] = []
+        for i, reached in enumerate(states):
+            waiting.append(asyncio.create_task(send(f"Q-{i}")))
+            await wait_for(reached, timeout=30)  # states, not sleeps: a loaded machine is slow
+        try:
+            busy = await asyncio.wait_for(send("Q-BUSY"), 10)
+            over_http = await asyncio.wait_for(intake.post_hl7(routine("Q-HTTP")), 10)
+            # a flood meanwhile is answered at once and queues nothing: memory stays flat
+            flood = await asyncio.wait_for(
+                asyncio.gather(*(intake.post_hl7(routine(f"Q-F{i}")) for i in range(50))), 10
+            )
+            assert {r.status_code for r in flood} == {503}
+            assert batcher.pending() == 1
+        finally:
+            held.set()
+        assert ack_fields(busy)[:2] == ("AE", "Q-BUSY")
+        assert "busy" in busy
+        assert over_http.status_code == 503
+        assert over_http.headers["retry-after"]
+        assert ack_fields(over_http.text)[:2] == ("AE", "Q-HTTP")
+        assert [ack_fields(await w)[:2] for w in waiting] == [
+            ("AA", "Q-0"),
+            ("AA", "Q-1"),
+            ("AA", "Q-2"),
+        ]
+        async with intake.app.state.runtime.sessions() as session:
+            stored = (
+                await session.execute(sa.select(sa.func.count()).select_from(INBOUND))
+            ).scalar()
+        assert stored == 3  # the busy ones left nothing: their senders resend them
+        assert (
+            ack_fields((await intake.post_hl7(routine("Q-BUSY", visit="Q-BUSY"))).text)[0] == "AA"
+        )
+
+
 # --------------------------------------------------------------------------- law enforcement
 
 
