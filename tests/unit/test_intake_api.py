@@ -357,6 +357,19 @@ async def test_hl7_from_a_facility_not_the_partners_is_422_ar_with_err(intake: I
     assert await intake.events("OverdoseReported") == []
 
 
+async def test_hl7_with_an_oversized_field_is_422_ar_102_and_the_next_overdose_is_aa(
+    intake: Intake,
+) -> None:
+    response = await intake.post_hl7(adt("HTTP-BIG-1", street="1" * 5000))
+    assert response.status_code == 422
+    assert ack_fields(response.text) == ("AR", "HTTP-BIG-1", "102")
+    assert "1" * 300 not in response.text
+    assert await intake.events("OverdoseReported") == []
+    after = await intake.post_hl7(adt("HTTP-BIG-2", visit="V-AFTER"))
+    assert ack_fields(after.text)[0] == "AA"
+    assert len(await intake.events("OverdoseReported")) == 1
+
+
 @pytest.mark.parametrize(
     "body",
     [b"hello, this is not HL7", b"", b"\x00\xff\xfe garbage \x01", b"PID|1||no header"],

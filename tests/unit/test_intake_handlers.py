@@ -17,6 +17,7 @@ from services.intake.partners import (
     PartnerDirectory,
     add_facility,
     create_partner,
+    issue_key,
     remove_facility,
 )
 from services.intake.pipeline import EmsIntake, EmsSubmission, HL7Intake, HL7Submission
@@ -401,6 +402,56 @@ async def test_a_resend_is_matched_within_its_partner_only(
     assert all("MOVING" not in (k or "") for k in keys)  # hashed, never raw partner input
 
 
+async def test_an_a08_revises_only_its_own_partner_s_report(
+    intake: HL7Intake, sessions: async_sessionmaker[AsyncSession]
+) -> None:
+    """The same facility, visit and MRN from another partner (a facility that changed hands)
+    is that partner's own report: its A08 creates a report and never revises the first
+    partner's."""
+    async with sessions() as s, s.begin():
+        await add_facility(s, partner_id="demo-hospital", facility="MOVING")
+    (first,) = await intake.receive([mllp(adt("REV-1", facility="MOVING", visit="VM1"))])
+    async with sessions() as s, s.begin():
+        await remove_facility(s, partner_id="demo-hospital", facility="MOVING")
+        await create_partner(
+            s, partner_id="other-hospital", program_id="demo", name="O", kind="hospital", now=T0
+        )
+        await add_facility(s, partner_id="other-hospital", facility="MOVING")
+    a08 = adt("REV-2", facility="MOVING", visit="VM1", trigger="A08", dx="T40.411A")
+    (second,) = await intake.receive(
+        [HL7Submission(a08.encode(), Channel.MLLP, frozenset({"other-hospital"}))]
+    )
+    assert ack_fields(first)[0] == ack_fields(second)[0] == "AA"
+    mine, theirs = (e.event() for e in await events(sessions))
+    assert isinstance(mine, OverdoseReported)
+    assert isinstance(theirs, OverdoseReported)
+    assert (mine.source_org, theirs.source_org) == ("demo-hospital", "other-hospital")
+    assert theirs.report_id != mine.report_id
+    assert (mine.revision, theirs.revision) == (1, 1)  # a report of its own, not a revision
+
+
+async def test_the_same_pcr_number_from_two_agencies_is_two_reports(
+    ems: EmsIntake, sessions: async_sessionmaker[AsyncSession], tmp_path: Path, clock: ManualClock
+) -> None:
+    await seed_demo(sessions, clock=clock, var_dir=tmp_path)
+    ours = await ems_partner(sessions, tmp_path)
+    async with sessions() as s, s.begin():
+        await create_partner(
+            s, partner_id="other-ems", program_id="demo", name="Other EMS", kind="ems", now=T0
+        )
+        key = (await issue_key(s, partner_id="other-ems", now=T0)).api_key
+    theirs = await PartnerDirectory(sessions, ttl_seconds=0).by_api_key(key)
+    assert theirs is not None
+    (a,) = await ems.receive([EmsSubmission(ours, 0, run("PCR-SAME"))])
+    changed = run("PCR-SAME", narrative="naloxone given, improved")
+    (b,) = await ems.receive([EmsSubmission(theirs, 0, changed)])
+    assert (a.status, b.status) == ("accepted", "accepted")  # not a revision of ours
+    assert a.report_id != b.report_id
+    assert (a.revision, b.revision) == (1, 1)
+    (again,) = await ems.receive([EmsSubmission(ours, 0, run("PCR-SAME"))])
+    assert (again.status, again.report_id) == ("duplicate", a.report_id)
+
+
 def _refused(channel: str, reason: str) -> float:
     from prometheus_client import REGISTRY
 
@@ -586,6 +637,43 @@ async def test_an_oversized_name_is_refused_ar_102_and_kept_for_replay(
     assert ack_fields(ack) == ("AR", "BIG-1", "102")
     (row,) = await inbound(sessions)
     assert (row.status, row.reason_code) == ("rejected", "field_too_long")
+
+
+@pytest.mark.parametrize(
+    ("field", "at_most", "location", "value"),
+    [
+        ("family", "Y" * 100, "PID^1^5", "X" * 101),
+        ("given", "Y" * 100, "PID^1^5", "X" * 101),
+        ("street", "9" * 200, "PID^1^11", "9" * 201),
+        ("city", "Y" * 100, "PID^1^11", "X" * 101),
+        ("phone", "^PRN^PH^^^336^" + "5" * 28, "PID^1^13", "^PRN^PH^^^336^" + "5" * 40),
+        ("mrn", "M" * 64, "PID^1^3", "M" * 65),
+    ],
+)
+async def test_each_identity_field_is_capped_refused_ar_102_beyond_and_kept_for_replay(
+    intake: HL7Intake,
+    sessions: async_sessionmaker[AsyncSession],
+    field: str,
+    at_most: str,
+    location: str,
+    value: str,
+) -> None:
+    """Names, address, phone and MRN have a longest value: at it the overdose is accepted,
+    one character beyond it is refused (never cut), kept sealed, and nothing is published."""
+    (fits,) = await intake.receive([mllp(adt("CAP-OK", visit="VCAP1", **{field: at_most}))])
+    assert ack_fields(fits)[0] == "AA"
+    (ack,) = await intake.receive([mllp(adt("CAP-BIG", visit="VCAP2", **{field: value}))])
+    assert ack_fields(ack) == ("AR", "CAP-BIG", "102")
+    err = next(seg for seg in ack.split("\r") if seg.startswith("ERR|")).split("|")
+    assert err[2] == location
+    assert value not in ack  # the refusal names the field, never echoes it
+    rows = await inbound(sessions)
+    assert [(r.status, r.reason_code) for r in rows] == [
+        ("accepted", None),
+        ("rejected", "field_too_long"),
+    ]
+    assert len(await events(sessions)) == 2  # the accepted report and the refusal's notice
+    assert {e.type for e in await events(sessions)} == {"OverdoseReported", "InboundRejected"}
 
 
 async def test_a_fatal_ems_overdose_and_a_later_version_saying_so_are_fatal(
