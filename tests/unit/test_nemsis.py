@@ -15,6 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import services.intake.nemsis as nemsis_module
 from services.intake.nemsis import (
     DEFAULT_MAX_BYTES,
     DEFAULT_MAX_RECORDS,
@@ -915,3 +916,28 @@ def test_random_values_in_elements(value: str) -> None:
         custom("itDisposition.LeaveBehind", v),
     )
     _check(doc(body))
+
+
+@pytest.mark.parametrize(
+    ("element", "limit"),
+    [
+        (e, n)
+        for e, n in nemsis_module._LIMITS.items()
+        if f"<{e}>" in fixture("single_pcr.xml").decode()
+    ],
+)
+def test_every_capped_nemsis_field_is_refused_one_beyond_its_limit(
+    element: str, limit: int
+) -> None:
+    """The JSON run report's `max_length`s hold for the same NEMSIS elements: one character
+    over is that record's `field_too_long` (never cut), naming the element, not the value."""
+    xml = fixture("single_pcr.xml").decode()
+    start = xml.index(f"<{element}>") + len(element) + 2
+    end = xml.index(f"</{element}>", start)
+    over = "7" * (limit + 1)
+    (result,) = parse_ems_dataset((xml[:start] + over + xml[end:]).encode())
+    assert result.report is None
+    assert result.error is not None
+    assert result.error.code == "field_too_long"
+    assert element in str(result.error)
+    assert over not in str(result.error)
