@@ -9,6 +9,8 @@ birth, phone, street and city, MRN and a free-text note. They go in as
 - an EMS JSON run report and a NEMSIS v3.5 XML run report (tests/fixtures/nemsis/single_pcr.xml
   with the identifiers substituted), each with the note in its narrative;
 - two rejected HL7 messages (unsupported trigger A31, over MLLP and HTTP), kept sealed for replay;
+- HL7 refused at the edge: a facility nobody registered (AR 103 over MLLP and HTTP, nothing
+  stored) and an oversized street (AR 102, kept sealed for replay);
 - refused EMS input: a JSON report that fails validation, and a PCR without its number;
 - a law-enforcement report (`POST /v1/le/overdose-reports`) with the person and their address;
 - outreach, as a peer and a lead: attempt notes, a visit's meeting place (scheduled and moved),
@@ -26,7 +28,8 @@ Then, for every identifier in every spelling (tests/phi_scan.py), with zero hits
 - every record (key, value and headers) of every PORTline topic, read from the beginning with a
   consumer: the producers compress their batches (gzip), so the broker's segment files hold
   compressed bytes and the records as a reader gets them are what must hold no plaintext;
-- every service log the fixtures write (intake, scheduler, outreach).
+- every service log the fixtures write (intake, scheduler, outreach, reporting; reporting has
+  read this run's four reports and its rejections into its own schema before the scan).
 
 The test shows it could fail: the identifiers provably went in (intake published the four
 reports and the two rejections, the scheduler linked the reports to one case, outreach shows
@@ -101,21 +104,23 @@ async def _eventually(probe: Callable[[], Awaitable[Any]], what: str, timeout: f
 # -- what goes in ----------------------------------------------------------------------------
 
 
-def _hl7(p: Planted, control: str, *, trigger: str, visit: str, incident: datetime) -> str:
-    return adt(
-        control,
-        trigger=trigger,
-        visit=visit,
-        family=p.family,
-        given=p.given,
-        dob=p.dob_hl7,
-        phone=f"{p.phone_parens}^PRN^PH^^^{p.phone[:3]}^{p.phone[3:]}",
-        mrn=p.mrn,
-        street=p.street,
-        city=p.city,
-        complaint=f"OD on heroin. {p.note}",
-        admit=hl7_time(incident),
-    )
+def _hl7(
+    p: Planted, control: str, *, trigger: str, visit: str, incident: datetime, **changes: str
+) -> str:
+    fields = {
+        "trigger": trigger,
+        "visit": visit,
+        "family": p.family,
+        "given": p.given,
+        "dob": p.dob_hl7,
+        "phone": f"{p.phone_parens}^PRN^PH^^^{p.phone[:3]}^{p.phone[3:]}",
+        "mrn": p.mrn,
+        "street": p.street,
+        "city": p.city,
+        "complaint": f"OD on heroin. {p.note}",
+        "admit": hl7_time(incident),
+    }
+    return adt(control, **{**fields, **changes})
 
 
 def _ems_json(p: Planted, pcr: str, incident: datetime) -> dict[str, Any]:
@@ -266,6 +271,7 @@ async def test_no_plaintext_phi_in_the_database_the_broker_or_the_logs(
     intake_process: IntakeProcess,
     scheduler_process: ServiceProcess,
     outreach_process: ServiceProcess,
+    reporting_process: ServiceProcess,
     postgres_url: str,
     kafka_bootstrap: str,
     tmp_path: Path,
@@ -289,6 +295,27 @@ async def test_no_plaintext_phi_in_the_database_the_broker_or_the_logs(
         framed(_hl7(person, rejected_refs[0], trigger="A31", visit=f"V{run}R", incident=incident)),
     )
     assert [ack_fields(a)[:2] for a in acks] == [("AA", mllp_ref), ("AR", rejected_refs[0])]
+    # Refused at the edge: a facility nobody registered (AR 103, nothing stored) and an
+    # oversized street (AR 102, kept sealed for replay), both carrying the person.
+    unknown, oversized = f"PHI-UF-{run}", f"PHI-OV-{run}"
+    edge = await intake_process.mllp(
+        framed(
+            _hl7(person, unknown, trigger="A04", visit=f"V{run}U", incident=incident).replace(
+                "DEMO_HOSPITAL", "NOBODY_KNOWS_US"
+            )
+        ),
+        framed(
+            _hl7(
+                person,
+                oversized,
+                trigger="A04",
+                visit=f"V{run}O",
+                incident=incident,
+                street=f"{person.street} {'9' * 300}",
+            )
+        ),
+    )
+    assert [ack_fields(a) for a in edge] == [("AR", unknown, "103"), ("AR", oversized, "102")]
     hospital = {
         "Authorization": f"Bearer {intake_process.hospital_key}",
         "Content-Type": "application/hl7-v2",
@@ -310,6 +337,15 @@ async def test_no_plaintext_phi_in_the_database_the_broker_or_the_logs(
         )
         assert a31.status_code == 422, a31.text
         assert ack_fields(a31.text)[2] == "201", a31.text
+        stranger = await intake.post(
+            "/v1/hl7",
+            content=_hl7(
+                person, f"PHI-UH-{run}", trigger="A04", visit=f"V{run}V", incident=incident
+            ).replace("DEMO_HOSPITAL", "NOBODY_KNOWS_US"),
+            headers=hospital,
+        )
+        assert stranger.status_code == 422, stranger.text
+        assert ack_fields(stranger.text)[2] == "103", stranger.text
 
         # 2. EMS: a JSON run report and a NEMSIS XML one, both overdoses with consent.
         as_json = await intake.post(
@@ -561,14 +597,28 @@ async def test_no_plaintext_phi_in_the_database_the_broker_or_the_logs(
                 await conn.execute(
                     sa.text(
                         "SELECT id, raw_sealed, ack FROM inbound_message "
-                        "WHERE status = 'rejected' AND (ack LIKE :a OR ack LIKE :b)"
+                        "WHERE status = 'rejected' AND (ack LIKE :a OR ack LIKE :b OR ack LIKE :c)"
                     ),
-                    {"a": f"%|{rejected_refs[0]}|%", "b": f"%|{rejected_refs[1]}|%"},
+                    {
+                        "a": f"%|{rejected_refs[0]}|%",
+                        "b": f"%|{rejected_refs[1]}|%",
+                        "c": f"%|{oversized}|%",
+                    },
                 )
             ).all()
+            # refused at the edge: not stored at all
+            strangers = (
+                await conn.execute(
+                    sa.text(
+                        "SELECT count(*) FROM inbound_message WHERE ack LIKE :u OR ack LIKE :h"
+                    ),
+                    {"u": f"%|{unknown}|%", "h": f"%|PHI-UH-{run}|%"},
+                )
+            ).scalar()
     finally:
         await engine.dispose()
-    assert len(rows) == 2, rows
+    assert len(rows) == 3, rows
+    assert strangers == 0
     sealer, _ = load_keys(Settings(env="development", var_dir=Path(env["PORTLINE_VAR_DIR"])))
     for row in rows:
         assert person.family in sealer.open(row.raw_sealed, context="inbound")
@@ -577,10 +627,40 @@ async def test_no_plaintext_phi_in_the_database_the_broker_or_the_logs(
         kafka_bootstrap,
         INTAKE_REJECTED.name,
         where=lambda r: Envelope.from_bytes(r.value).data.get("inbound_id") in inbound_ids,
-        expect=2,
+        expect=3,
         settle=0,
     )
-    assert len(rejections) == 2
+    assert len(rejections) == 3
+
+    # Reporting has read this run's reports and rejections into its own schema, so its
+    # tables and its log are scanned with this run's data in them.
+    reporting = create_engine(postgres_url, service="admin", schema=f"{prefix}reporting")
+
+    async def reporting_has_read_them() -> bool:
+        async with reporting.connect() as conn:
+            reports = (
+                await conn.execute(
+                    sa.text(
+                        "SELECT count(*) FROM rpt_report WHERE CAST(report_id AS text) = ANY(:ids)"
+                    ),
+                    {"ids": sorted(report_ids)},
+                )
+            ).scalar()
+            rejected = (
+                await conn.execute(
+                    sa.text(
+                        "SELECT count(*) FROM rpt_rejected "
+                        "WHERE CAST(inbound_id AS text) = ANY(:ids)"
+                    ),
+                    {"ids": sorted(inbound_ids)},
+                )
+            ).scalar()
+        return reports == len(report_ids) and rejected == len(inbound_ids)
+
+    try:
+        await _eventually(reporting_has_read_them, "reporting to read this run's events", 90)
+    finally:
+        await reporting.dispose()
 
     # 4. The scan. Each place must hold this run's data (else the scan proves nothing) and no
     # identifier in any spelling.
@@ -606,7 +686,12 @@ async def test_no_plaintext_phi_in_the_database_the_broker_or_the_logs(
 
     var = Path(env["PORTLINE_VAR_DIR"])
     logs = sorted(var.glob("*.log"))
-    assert {p.name for p in logs} >= {"intake.log", "scheduler.log", "outreach.log"}
+    assert {p.name for p in logs} >= {
+        "intake.log",
+        "scheduler.log",
+        "outreach.log",
+        "reporting.log",
+    }
     for log in logs:
         assert b'"service":' in log.read_bytes(), f"{log} holds no service log lines"
     if hits := scan_files(logs, needles):
