@@ -188,22 +188,27 @@ class MllpListener:
         loop = asyncio.get_running_loop()
         last_activity = loop.time()
         frame_started: float | None = None
+        answering = False
         handle: asyncio.TimerHandle
 
         def watchdog() -> None:
-            # One timer per connection, not one per read. While a frame is arriving, only its
-            # deadline runs; otherwise the idle time, counted from the last message answered
-            # (or the connection's start). Bytes outside a frame (whitespace, junk) are not
-            # activity: a peer trickling them is cut off like an idle one.
+            # One timer per connection, not one per read. The idle time counts from the last
+            # message answered (or the connection's start); bytes outside a frame (whitespace,
+            # junk) are not activity, so a peer trickling them is cut off like an idle one.
+            # A frame that is arriving has its own deadline, but never later than the idle
+            # time plus one frame's: restarting frames (bare VTs) keeps no connection open.
+            # A message being answered (a slow commit) is never cut off: it arrived in time.
             nonlocal handle
             now = loop.time()
-            if frame_started is not None:
-                if now - frame_started >= self._frame_timeout:
+            if answering:
+                deadline = now + self._idle
+            elif frame_started is not None:
+                deadline = min(frame_started, last_activity + self._idle) + self._frame_timeout
+                if now >= deadline:
                     MLLP_CONNECTIONS.labels("cut_slow_frame").inc()
                     writer.transport.abort()
                     return
-                deadline = frame_started + self._frame_timeout
-            elif now - last_activity >= self._idle:
+            elif now >= last_activity + self._idle:
                 writer.transport.abort()
                 return
             else:
@@ -224,7 +229,9 @@ class MllpListener:
                     if isinstance(item, FramingError):
                         ack = self._framing_ack(item)
                     else:
+                        answering = True
                         ack = await self._answer(item, peer)
+                        answering = False
                         last_activity = loop.time()
                     writer.write(frame(ack.encode()))
                     await writer.drain()

@@ -1215,10 +1215,10 @@ async def test_a_full_queue_answers_busy_503_and_ae_at_once(tmp_path: Path) -> N
             lambda: batcher.pending() == 1,
         ]
         waiting = []
-        for reached in states:
-            waiting.append(asyncio.create_task(intake.post_ems(overdose_example())))
-            await wait_for(reached, timeout=30)  # states, not sleeps: a loaded machine is slow
         try:
+            for reached in states:
+                waiting.append(asyncio.create_task(intake.post_ems(overdose_example())))
+                await wait_for(reached, timeout=30)  # states, not sleeps: a loaded machine
             busy = await asyncio.wait_for(intake.post_ems(overdose_example()), 10)
         finally:
             held.set()
@@ -1271,10 +1271,10 @@ async def test_a_full_hl7_queue_answers_ae_over_mllp_and_503_over_http_at_once(
             lambda: batcher.pending() == 1,
         ]
         waiting: list[asyncio.Task[str]] = []
-        for i, reached in enumerate(states):
-            waiting.append(asyncio.create_task(send(f"Q-{i}")))
-            await wait_for(reached, timeout=30)  # states, not sleeps: a loaded machine is slow
         try:
+            for i, reached in enumerate(states):
+                waiting.append(asyncio.create_task(send(f"Q-{i}")))
+                await wait_for(reached, timeout=30)  # states, not sleeps: a loaded machine
             busy = await asyncio.wait_for(send("Q-BUSY"), 10)
             over_http = await asyncio.wait_for(intake.post_hl7(routine("Q-HTTP")), 10)
             # a flood meanwhile is answered at once and queues nothing: memory stays flat

@@ -475,52 +475,86 @@ async def test_a_flood_held_open_leaves_other_partners_served_until_the_total() 
         assert await _served(listener.port, "AFTER")
 
 
-async def test_bytes_outside_a_frame_do_not_keep_a_connection_open() -> None:
-    """The idle time counts from the last message answered: a peer trickling junk or
-    whitespace between frames is closed like an idle one (after one AR for the junk)."""
-    seen = Seen()
+async def _trickled_until_closed(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, chunk: bytes, *, for_at_most: float
+) -> float:
+    """Write `chunk` every 0.1 s until the listener closes the connection; the seconds it
+    took (or `for_at_most` if it never did)."""
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    while loop.time() - started < for_at_most:
+        try:
+            writer.write(chunk)
+            await writer.drain()
+        except ConnectionError:
+            break
+        await asyncio.sleep(0.1)
+        if reader.at_eof():
+            break
+    return loop.time() - started
 
+
+async def _one_message(listener: MllpListener) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", listener.port)
+    writer.write(framed(routine("FIRST")))
+    await writer.drain()
+    await asyncio.wait_for(reader.readuntil(b"\x1c\r"), TIMEOUT)
+    return reader, writer
+
+
+def _always_h1() -> Callable[[MllpPeer], Any]:
     async def authenticate(peer: MllpPeer) -> frozenset[str]:
         return frozenset({"h1"})
 
-    async with listening(authenticate, seen, idle_timeout=0.4) as listener:
-        reader, writer = await asyncio.open_connection("127.0.0.1", listener.port)
-        writer.write(framed(routine("FIRST")))
+    return authenticate
+
+
+async def test_junk_between_frames_gets_one_ar_and_does_not_keep_a_connection_open() -> None:
+    """The idle time counts from the last message answered: a peer trickling junk between
+    frames gets one AR for it, and is then closed like an idle one."""
+    seen = Seen()
+    async with listening(_always_h1(), seen, idle_timeout=1.0) as listener:
+        reader, writer = await _one_message(listener)
+        writer.write(b"x")
         await writer.drain()
-        await asyncio.wait_for(reader.readuntil(b"\x1c\r"), TIMEOUT)
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        closed = False
-        while loop.time() - started < 4 and not closed:
-            try:
-                writer.write(b"x" if loop.time() - started < 1 else b"\r\n")
-                await writer.drain()
-            except ConnectionError:
-                closed = True
-            await asyncio.sleep(0.1)
-            closed = closed or reader.at_eof()
-        with contextlib.suppress(ConnectionError):
-            rest = await asyncio.wait_for(reader.read(), TIMEOUT)
-            assert ack_fields(rest.strip(b"\x0b\x1c\r").decode())[0] == "AR"  # the junk
-        assert loop.time() - started < 2.5  # the idle time, not the 4 s of trickling
+        ar = await asyncio.wait_for(reader.readuntil(b"\x1c\r"), TIMEOUT)
+        assert ack_fields(ar.strip(b"\x0b\x1c\r").decode())[0] == "AR"
+        took = await _trickled_until_closed(reader, writer, b"x", for_at_most=8)
+        assert took < 6  # the idle time and some slack, not the 8 s of trickling
+        writer.close()
+    assert len(seen.partners) == 1
+
+
+async def test_whitespace_between_frames_does_not_keep_a_connection_open() -> None:
+    seen = Seen()
+    async with listening(_always_h1(), seen, idle_timeout=1.0) as listener:
+        reader, writer = await _one_message(listener)
+        took = await _trickled_until_closed(reader, writer, b"\r\n", for_at_most=8)
+        assert took < 6  # the idle time and some slack, not the 8 s of trickling
+        writer.close()
+
+
+async def test_restarting_a_frame_over_and_over_does_not_keep_a_connection_open() -> None:
+    """A bare VT starts a new frame (the last one is reported truncated): a peer sending one
+    now and then is still held to the idle time plus one frame's deadline."""
+    seen = Seen()
+    async with listening(_always_h1(), seen, idle_timeout=1.0, frame_timeout=1.0) as listener:
+        reader, writer = await _one_message(listener)
+        took = await _trickled_until_closed(reader, writer, b"\x0b", for_at_most=10)
+        assert took < 7  # idle 1 s + frame 1 s and slack, not the 10 s of restarting
         writer.close()
     assert len(seen.partners) == 1
 
 
 async def test_a_frame_still_arriving_is_held_to_its_own_deadline_not_the_idle_time() -> None:
     seen = Seen()
-
-    async def authenticate(peer: MllpPeer) -> frozenset[str]:
-        return frozenset({"h1"})
-
-    async with listening(authenticate, seen, idle_timeout=0.3, frame_timeout=5) as listener:
+    async with listening(_always_h1(), seen, idle_timeout=1.0, frame_timeout=10) as listener:
         reader, writer = await asyncio.open_connection("127.0.0.1", listener.port)
         message = framed(routine("SLOW-BUT-IN-TIME"))
         half = len(message) // 2
-        await asyncio.sleep(0.1)
-        writer.write(message[:half])  # the frame starts within the idle time ...
+        writer.write(message[:half])  # the frame starts at once ...
         await writer.drain()
-        await asyncio.sleep(0.6)  # ... and ends after it, well within its own deadline
+        await asyncio.sleep(2.5)  # ... and ends after the idle time, within its own deadline
         writer.write(message[half:])
         await writer.drain()
         ack = await asyncio.wait_for(reader.readuntil(b"\x1c\r"), TIMEOUT)
@@ -528,6 +562,30 @@ async def test_a_frame_still_arriving_is_held_to_its_own_deadline_not_the_idle_t
         # then idle again: closed after the idle time, counted from that answer
         assert await asyncio.wait_for(reader.read(), TIMEOUT) == b""
         writer.close()
+
+
+async def test_a_message_answered_after_the_idle_time_still_gets_its_ack() -> None:
+    """The idle time never cuts a connection while its message is being answered (a slow
+    commit): the message arrived in time, and its sender gets its ACK."""
+    seen = Seen()
+
+    async def slow(payload: bytes, partners: frozenset[str]) -> str:
+        await asyncio.sleep(2.0)
+        return await seen.handle(payload, partners)
+
+    listener = MllpListener(
+        slow, authenticate=_always_h1(), host="127.0.0.1", port=0, now=lambda: NOW, idle_timeout=0.5
+    )
+    await listener.start()
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", listener.port)
+        writer.write(framed(routine("SLOW-COMMIT")))
+        await writer.drain()
+        ack = await asyncio.wait_for(reader.readuntil(b"\x1c\r"), TIMEOUT)
+        assert ack_fields(ack.strip(b"\x0b\x1c\r").decode())[:2] == ("AA", "SLOW-COMMIT")
+        writer.close()
+    finally:
+        await asyncio.wait_for(listener.stop(), TIMEOUT)
 
 
 class _Rules:
