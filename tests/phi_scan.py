@@ -10,14 +10,16 @@ even made-up PHI, and never a whole line.
 
 from __future__ import annotations
 
+import gzip
 import random
 import re
-from collections.abc import Iterable, Sequence
+import struct
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import date, timedelta
 from pathlib import Path
 
-__all__ = ["Hit", "Needle", "Planted", "scan_bytes", "scan_files"]
+__all__ = ["Hit", "Needle", "Planted", "scan_bytes", "scan_files", "segment_batches"]
 
 # Letters only, and none of a-f: a planted word can never turn up inside hex (hashes, UUIDs).
 _LETTERS = "ghjkmnpqrstvwxz"
@@ -182,3 +184,37 @@ def scan_bytes(data: bytes, where: str, needles: Iterable[Needle]) -> list[Hit]:
 
 def scan_files(paths: Iterable[Path], needles: Sequence[Needle]) -> list[Hit]:
     return [hit for path in paths for hit in scan_bytes(path.read_bytes(), str(path), needles)]
+
+
+# A Kafka record batch (message format v2) on disk: baseOffset int64, batchLength int32, then
+# partitionLeaderEpoch int32, magic int8, crc uint32, attributes int16, lastOffsetDelta int32,
+# baseTimestamp and maxTimestamp int64, producerId int64, producerEpoch int16, baseSequence
+# int32, recordsCount int32, and the records (compressed as a whole when attributes say so).
+_BATCH_HEADER = 61
+_ATTRIBUTES_AT = 21
+_MAGIC_AT = 16
+_CODECS = {0: "none", 1: "gzip", 2: "snappy", 3: "lz4", 4: "zstd"}
+
+
+def segment_batches(data: bytes) -> Iterator[tuple[int, bytes]]:
+    """(base offset, records as stored, decompressed) of every whole batch in a Kafka log
+    segment file. A batch cut off at the end (the active segment being written) is left out.
+    Raises ValueError for a batch this reader cannot decode (an older message format, or a
+    codec other than gzip), so a scan never passes by skipping data it could not read."""
+    pos = 0
+    while pos + _BATCH_HEADER <= len(data):
+        base_offset, length = struct.unpack_from(">qi", data, pos)
+        end = pos + 12 + length
+        if length <= 0 or end > len(data):
+            return
+        if data[pos + _MAGIC_AT] != 2:
+            raise ValueError(f"batch at offset {base_offset}: message format {data[pos + 16]}")
+        (attributes,) = struct.unpack_from(">h", data, pos + _ATTRIBUTES_AT)
+        codec = attributes & 0x7
+        records = data[pos + _BATCH_HEADER : end]
+        if codec == 1:
+            records = gzip.decompress(records)
+        elif codec != 0:
+            raise ValueError(f"batch at offset {base_offset}: {_CODECS.get(codec, codec)} records")
+        yield base_offset, records
+        pos = end

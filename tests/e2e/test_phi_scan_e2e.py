@@ -26,8 +26,10 @@ Then, for every identifier in every spelling (tests/phi_scan.py), with zero hits
 
 - `pg_dump` of the whole test database, every schema;
 - every record (key, value and headers) of every PORTline topic, read from the beginning with a
-  consumer: the producers compress their batches (gzip), so the broker's segment files hold
-  compressed bytes and the records as a reader gets them are what must hold no plaintext;
+  consumer;
+- the broker's log segment files of those topics, when the tests run the local broker: their
+  raw bytes, and every record batch in them opened (the producers compress their batches with
+  gzip, so the raw bytes alone would prove nothing);
 - every service log the fixtures write (intake, scheduler, outreach, reporting; reporting has
   read this run's four reports and its rejections into its own schema before the scan).
 
@@ -65,7 +67,7 @@ from shared.settings import Settings
 from shared.topics import ALL_TOPICS, INTAKE_OVERDOSES, INTAKE_REJECTED, SCHEDULER_CASES
 from tests.e2e.conftest import IntakeProcess, ServiceProcess
 from tests.hl7_builder import ack_fields, adt, framed, hl7_time
-from tests.phi_scan import Hit, Planted, scan_bytes, scan_files
+from tests.phi_scan import Hit, Planted, scan_bytes, scan_files, segment_batches
 from tests.support import read_topic
 
 pytestmark = pytest.mark.e2e
@@ -672,8 +674,7 @@ async def test_no_plaintext_phi_in_the_database_the_broker_or_the_logs(
     if hits := scan_bytes(dump, "pg_dump of the test database", needles):
         failures.append(_report(hits, "the database dump"))
 
-    # The records as any reader gets them (producers compress, so the segment files on disk
-    # hold compressed batches: searching those for plaintext would prove nothing).
+    # The records as any reader gets them.
     pieces: Iterable[tuple[str, bytes]] = await _every_record(kafka_bootstrap)
     place = "the records of PORTline's topics"
     unseen, hits = set(markers), []
@@ -683,6 +684,28 @@ async def test_no_plaintext_phi_in_the_database_the_broker_or_the_logs(
     assert not unseen, f"{place}: this run's events are not there"
     if hits:
         failures.append(_report(hits, place))
+
+    # The broker's own log segments, as a copy of its disk would show them: the raw bytes, and
+    # every batch opened (tests.phi_scan.segment_batches), since the producers compress.
+    # Only where the tests run the local broker (scripts/test.sh says where its data is).
+    if data_dir := os.environ.get("PORTLINE_TEST_KAFKA_DATA_DIR"):
+        topics = {spec.name for spec in ALL_TOPICS}
+        segments = sorted(
+            seg
+            for seg in Path(data_dir).glob("*/*.log")
+            if seg.parent.name.rsplit("-", 1)[0] in topics
+        )
+        assert segments, f"no log segments of PORTline's topics in {data_dir}"
+        unseen, hits = set(markers), []
+        for seg in segments:
+            raw = seg.read_bytes()
+            hits += scan_bytes(raw, str(seg), needles)
+            for offset, records in segment_batches(raw):
+                unseen = {m for m in unseen if m not in records}
+                hits += scan_bytes(records, f"{seg} (batch at offset {offset})", needles)
+        assert not unseen, "the broker's log segments do not hold this run's events"
+        if hits:
+            failures.append(_report(hits, "the broker's log segments"))
 
     var = Path(env["PORTLINE_VAR_DIR"])
     logs = sorted(var.glob("*.log"))

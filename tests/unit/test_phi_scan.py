@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.phi_scan import Planted, scan_bytes, scan_files
+import pytest
+
+from tests.phi_scan import Planted, scan_bytes, scan_files, segment_batches
 
 PERSON = Planted.random(seed=7)
 
@@ -75,3 +77,47 @@ def test_a_hit_masks_every_identifier_near_it() -> None:
         assert PERSON.given not in text
         assert PERSON.family not in text
         assert PERSON.phone[6:] not in text
+
+
+def _batch(value: bytes, *, gzip_it: bool, offset: int = 0) -> bytes:
+    """One record batch as the broker stores it (aiokafka builds the same bytes it sends)."""
+    from aiokafka.record.default_records import DefaultRecordBatchBuilder
+
+    builder = DefaultRecordBatchBuilder(
+        magic=2,
+        compression_type=1 if gzip_it else 0,
+        is_transactional=0,
+        producer_id=-1,
+        producer_epoch=-1,
+        base_sequence=-1,
+        batch_size=1 << 20,
+    )
+    builder.append(0, timestamp=None, key=b"subject", value=value, headers=[])
+    data = bytearray(builder.build())
+    data[:8] = offset.to_bytes(8, "big")
+    return bytes(data)
+
+
+def test_log_segments_are_read_batch_by_batch_and_decompressed() -> None:
+    """Compressed batches hide plaintext from a byte search: the segment reader opens them,
+    so a scan of the segment files finds what a search of the raw bytes cannot."""
+    person = Planted.random()
+    value = f'{{"note": "call {person.phone_dashed} about {person.given}"}}'.encode() * 4
+    segment = (
+        _batch(b"nothing here", gzip_it=False, offset=0)
+        + _batch(value, gzip_it=True, offset=1)
+        + _batch(value, gzip_it=True, offset=2)[:40]  # the active segment, cut mid-batch
+    )
+    assert not scan_bytes(segment, "raw", person.needles())  # compressed: nothing to see
+    batches = list(segment_batches(segment))
+    assert [offset for offset, _ in batches] == [0, 1]
+    assert b"nothing here" in batches[0][1]
+    found = scan_bytes(batches[1][1], "batch 1", person.needles())
+    assert {h.label for h in found} >= {"phone number", "given name"}
+
+
+def test_a_batch_the_reader_cannot_open_is_an_error_not_a_silent_pass() -> None:
+    snappy = bytearray(_batch(b"x", gzip_it=False))
+    snappy[22] |= 2  # attributes (int16 at byte 21): codec 2, snappy
+    with pytest.raises(ValueError, match="snappy"):
+        list(segment_batches(bytes(snappy)))
