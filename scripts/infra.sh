@@ -22,7 +22,8 @@ start_infra() {
     fi
     export KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:${KAFKA_PORT:-9092}
     # The local broker's log directory (deploy/local/kafka.sh): the PHI scan reads its segments.
-    export PORTLINE_TEST_KAFKA_DATA_DIR="${PORTLINE_VAR_DIR:-$PWD/var}/kafka/data"
+    PORTLINE_TEST_KAFKA_DATA_DIR="$(realpath -m "${PORTLINE_VAR_DIR:-var}")/kafka/data"
+    export PORTLINE_TEST_KAFKA_DATA_DIR
   fi
   if [[ -z "${DATABASE_URL:-}" ]]; then
     if ! deploy/local/postgres.sh status >/dev/null 2>&1; then

@@ -199,14 +199,17 @@ _CODECS = {0: "none", 1: "gzip", 2: "snappy", 3: "lz4", 4: "zstd"}
 def segment_batches(data: bytes) -> Iterator[tuple[int, bytes]]:
     """(base offset, records as stored, decompressed) of every whole batch in a Kafka log
     segment file. A batch cut off at the end (the active segment being written) is left out.
-    Raises ValueError for a batch this reader cannot decode (an older message format, or a
-    codec other than gzip), so a scan never passes by skipping data it could not read."""
+    Raises ValueError for a batch this reader cannot decode (a length too short for its
+    header, an older message format, a codec other than gzip), so a scan never passes by
+    skipping data it could not read."""
     pos = 0
     while pos + _BATCH_HEADER <= len(data):
         base_offset, length = struct.unpack_from(">qi", data, pos)
+        if length < _BATCH_HEADER - 12:
+            raise ValueError(f"batch at offset {base_offset}: a length of {length} bytes")
         end = pos + 12 + length
-        if length <= 0 or end > len(data):
-            return
+        if end > len(data):
+            return  # cut off: the active segment's last batch, being written
         if data[pos + _MAGIC_AT] != 2:
             raise ValueError(f"batch at offset {base_offset}: message format {data[pos + 16]}")
         (attributes,) = struct.unpack_from(">h", data, pos + _ATTRIBUTES_AT)

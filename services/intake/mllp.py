@@ -69,7 +69,14 @@ def frame(payload: bytes) -> bytes:
 class MllpDecoder:
     """Incremental MLLP decoder; feed it whatever the socket returns."""
 
-    __slots__ = ("_buffer", "_discarding", "_in_frame", "_in_junk", "max_message_bytes")
+    __slots__ = (
+        "_buffer",
+        "_discarding",
+        "_in_frame",
+        "_in_junk",
+        "frames_started",
+        "max_message_bytes",
+    )
 
     def __init__(self, max_message_bytes: int = 1_048_576) -> None:
         if max_message_bytes < 1:
@@ -79,6 +86,8 @@ class MllpDecoder:
         self._in_frame = False
         self._discarding = False
         self._in_junk = False
+        self.frames_started = 0
+        """Frames begun so far (each VT that opens one, a restart included)."""
 
     def pending(self) -> int:
         """Bytes buffered of an incomplete frame."""
@@ -126,6 +135,7 @@ class MllpDecoder:
             return len(data)
         self._in_junk = False
         self._in_frame = True
+        self.frames_started += 1
         return start + 1
 
     def _read_frame(self, data: bytes, pos: int, out: list[bytes | FramingError]) -> int:
@@ -139,6 +149,7 @@ class MllpDecoder:
             out.append(FramingError.of("truncated_frame"))
             self._reset_frame()
             self._in_frame = True
+            self.frames_started += 1
             return vt + 1
         stop = len(data) if fs == -1 else fs
         if not self._discarding:

@@ -188,7 +188,7 @@ class MllpListener:
         loop = asyncio.get_running_loop()
         last_activity = loop.time()
         frame_started: float | None = None
-        answering = False
+        answering: float | None = None
         handle: asyncio.TimerHandle
 
         def watchdog() -> None:
@@ -197,11 +197,16 @@ class MllpListener:
             # junk) are not activity, so a peer trickling them is cut off like an idle one.
             # A frame that is arriving has its own deadline, but never later than the idle
             # time plus one frame's: restarting frames (bare VTs) keeps no connection open.
-            # A message being answered (a slow commit) is never cut off: it arrived in time.
+            # A message being answered (a slow commit) is not cut off by either: it arrived in
+            # time. Only an answer that takes longer than both together is given up on.
             nonlocal handle
             now = loop.time()
-            if answering:
-                deadline = now + self._idle
+            if answering is not None:
+                deadline = answering + self._idle + self._frame_timeout
+                if now >= deadline:
+                    log.warning("an MLLP message was not answered in time; connection closed")
+                    writer.transport.abort()
+                    return
             elif frame_started is not None:
                 deadline = min(frame_started, last_activity + self._idle) + self._frame_timeout
                 if now >= deadline:
@@ -224,25 +229,25 @@ class MllpListener:
                     if truncated is not None:
                         log.warning("connection closed mid-frame", extra={"code": truncated.code})
                     return
-                started = decoder.in_frame
+                starts = decoder.frames_started
                 for item in decoder.feed(data):
                     if isinstance(item, FramingError):
                         ack = self._framing_ack(item)
                     else:
-                        answering = True
+                        frame_started = None  # this frame has arrived
+                        answering = loop.time()
                         ack = await self._answer(item, peer)
-                        answering = False
+                        answering = None
                         last_activity = loop.time()
                     writer.write(frame(ack.encode()))
                     await writer.drain()
-                    started = False
-                if decoder.in_frame and not started:
+                if decoder.in_frame and decoder.frames_started != starts:
                     # a frame began in this chunk: its deadline starts now
                     frame_started = loop.time()
                     handle.cancel()
                     watchdog()
                 elif not decoder.in_frame and frame_started is not None:
-                    # the frame ended: the idle time runs again, from its answer
+                    # the frame ended without an answer to wait for (one too large, say)
                     frame_started = None
                     handle.cancel()
                     watchdog()

@@ -588,6 +588,59 @@ async def test_a_message_answered_after_the_idle_time_still_gets_its_ack() -> No
         await asyncio.wait_for(listener.stop(), TIMEOUT)
 
 
+async def test_a_frame_after_an_oversized_one_gets_a_deadline_of_its_own() -> None:
+    """An oversized frame that ends in the same read as the next one begins: the next frame is
+    held to its own deadline, not the discarded frame's."""
+    seen = Seen()
+    async with listening(
+        _always_h1(), seen, idle_timeout=10, frame_timeout=1.5, max_message_bytes=1000
+    ) as listener:
+        reader, writer = await asyncio.open_connection("127.0.0.1", listener.port)
+        writer.write(b"\x0b" + b"9" * 3000)  # too large: reported, then discarded as it comes
+        await writer.drain()
+        too_large = await asyncio.wait_for(reader.readuntil(b"\x1c\r"), TIMEOUT)
+        assert b"MSA|AR" in too_large
+        await asyncio.sleep(1.0)
+        good = framed(routine("AFTER-BIG"))
+        writer.write(b"\x1c\r" + good[:20])  # the big one ends, the next one begins ...
+        await writer.drain()
+        await asyncio.sleep(1.0)  # ... past the big one's deadline, within its own
+        writer.write(good[20:])
+        await writer.drain()
+        ack = await asyncio.wait_for(reader.readuntil(b"\x1c\r"), TIMEOUT)
+        assert ack_fields(ack.strip(b"\x0b\x1c\r").decode())[:2] == ("AA", "AFTER-BIG")
+        writer.close()
+
+
+async def test_an_answer_that_never_comes_is_given_up_on_after_idle_and_frame_time() -> None:
+    async def hung(payload: bytes, partners: frozenset[str]) -> str:
+        await asyncio.sleep(60)
+        raise AssertionError("never answered")
+
+    listener = MllpListener(
+        hung,
+        authenticate=_always_h1(),
+        host="127.0.0.1",
+        port=0,
+        now=lambda: NOW,
+        idle_timeout=0.5,
+        frame_timeout=0.5,
+    )
+    await listener.start()
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", listener.port)
+        writer.write(framed(routine("HUNG")))
+        await writer.drain()
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        with contextlib.suppress(ConnectionError):
+            assert await asyncio.wait_for(reader.read(), TIMEOUT) == b""
+        assert loop.time() - started < 5  # about 1 s, not the handler's 60
+        writer.close()
+    finally:
+        await asyncio.wait_for(listener.stop(), TIMEOUT)
+
+
 class _Rules:
     def __init__(self, found: MllpRules) -> None:
         self.found = found

@@ -121,3 +121,17 @@ def test_a_batch_the_reader_cannot_open_is_an_error_not_a_silent_pass() -> None:
     snappy[22] |= 2  # attributes (int16 at byte 21): codec 2, snappy
     with pytest.raises(ValueError, match="snappy"):
         list(segment_batches(bytes(snappy)))
+
+
+def test_a_batch_cut_after_its_header_ends_the_segment_and_a_corrupt_one_is_an_error() -> None:
+    whole = _batch(b"first", gzip_it=True)
+    cut = _batch(b"second " * 50, gzip_it=True, offset=1)
+    assert [o for o, _ in segment_batches(whole + cut[:70])] == [0]  # header read, body cut
+    old_format = bytearray(whole)
+    old_format[16] = 1  # magic: message format v1
+    with pytest.raises(ValueError, match="message format 1"):
+        list(segment_batches(bytes(old_format)))
+    corrupt = bytearray(whole)
+    corrupt[8:12] = (0).to_bytes(4, "big")  # batchLength 0
+    with pytest.raises(ValueError, match="length of 0"):
+        list(segment_batches(bytes(corrupt) + cut))
