@@ -593,18 +593,18 @@ async def test_a_frame_after_an_oversized_one_gets_a_deadline_of_its_own() -> No
     held to its own deadline, not the discarded frame's."""
     seen = Seen()
     async with listening(
-        _always_h1(), seen, idle_timeout=10, frame_timeout=1.5, max_message_bytes=1000
+        _always_h1(), seen, idle_timeout=30, frame_timeout=3, max_message_bytes=1000
     ) as listener:
         reader, writer = await asyncio.open_connection("127.0.0.1", listener.port)
         writer.write(b"\x0b" + b"9" * 3000)  # too large: reported, then discarded as it comes
         await writer.drain()
         too_large = await asyncio.wait_for(reader.readuntil(b"\x1c\r"), TIMEOUT)
         assert b"MSA|AR" in too_large
-        await asyncio.sleep(1.0)
+        await asyncio.sleep(2.0)
         good = framed(routine("AFTER-BIG"))
         writer.write(b"\x1c\r" + good[:20])  # the big one ends, the next one begins ...
         await writer.drain()
-        await asyncio.sleep(1.0)  # ... past the big one's deadline, within its own
+        await asyncio.sleep(2.0)  # ... past the big one's deadline (3 s), within its own (5 s)
         writer.write(good[20:])
         await writer.drain()
         ack = await asyncio.wait_for(reader.readuntil(b"\x1c\r"), TIMEOUT)
